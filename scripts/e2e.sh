@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# End-to-end test, called by scripts/test.sh with its servers running:
+# loads the seed data into a fresh database, serves the functions with
+# `cargo lambda watch` (as `make run` does) and sends every events/ file
+# with `cargo lambda invoke`, plus HTTP requests through the router.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+: "${PG_PORT:?}" "${PAYCACHE_TEST_REDIS_URL:?}"
+
+STACK="$ROOT/.stack/test"
+DB=e2e_$$
+psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c "CREATE DATABASE $DB" >/dev/null
+export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/$DB"
+cargo run --quiet -p paycache-dev -- migrate-and-seed
+
+WATCH_PORT=$(free_port)
+ENV_FILE="$STACK/e2e.env"
+cat >"$ENV_FILE" <<ENV
+REDIS_URL=$PAYCACHE_TEST_REDIS_URL
+DATABASE_URL=$DATABASE_URL
+CACHE_KEY_PREFIX=e2e-$$
+RUST_LOG=info
+ENV
+cargo lambda watch --quiet --ignore-changes -A 127.0.0.1 -P "$WATCH_PORT" --env-file "$ENV_FILE" \
+  >"$STACK/watch.log" 2>&1 &
+E2E_PID=$!
+trap 'kill $E2E_PID 2>/dev/null || true; wait $E2E_PID 2>/dev/null || true' EXIT
+for _ in $(seq 1 600); do
+  port_in_use "$WATCH_PORT" && break
+  kill -0 "$E2E_PID" 2>/dev/null || { cat "$STACK/watch.log" >&2; die "cargo lambda watch exited"; }
+  sleep 0.5
+done
+port_in_use "$WATCH_PORT" || die "cargo lambda watch did not listen on $WATCH_PORT"
+python3 "$ROOT/tests/e2e/run.py" "$WATCH_PORT" || { tail -50 "$STACK/watch.log" >&2; exit 1; }

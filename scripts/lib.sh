@@ -1,0 +1,185 @@
+# shellcheck shell=bash
+# Shared by scripts/run.sh, scripts/test.sh and scripts/e2e.sh: install what is
+# missing, and start/stop throwaway Redis (standalone and cluster) and
+# PostgreSQL servers in a project-local folder. Safe to run again.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export PATH="$HOME/.local/bin:$HOME/.cargo/bin:$PATH"
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+  else die "need root (or sudo) to run: $*"
+  fi
+}
+
+APT_UPDATED=0
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || die "apt-get not found: install $* by hand"
+  if [ "$APT_UPDATED" = 0 ]; then
+    log "apt-get update"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    APT_UPDATED=1
+  fi
+  log "apt-get install $*"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+pg_bindir() {
+  local d
+  for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+    if [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ]; then echo "$d"; return 0; fi
+  done
+  if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1; then
+    dirname "$(command -v initdb)"; return 0
+  fi
+  return 1
+}
+
+ensure_redis() {
+  if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    apt_install redis-server
+  fi
+}
+
+ensure_postgres() {
+  if ! pg_bindir >/dev/null; then apt_install postgresql; fi
+  command -v psql >/dev/null 2>&1 || apt_install postgresql-client
+}
+
+ensure_python() {
+  if ! command -v python3 >/dev/null 2>&1; then apt_install python3 python3-pip; fi
+  if ! python3 -m pip --version >/dev/null 2>&1; then apt_install python3-pip; fi
+}
+
+ensure_cargo_lambda() {
+  if cargo lambda --version >/dev/null 2>&1; then return 0; fi
+  ensure_python
+  log "pip install cargo-lambda"
+  python3 -m pip install --quiet cargo-lambda \
+    || python3 -m pip install --quiet --user --break-system-packages cargo-lambda
+  hash -r
+  cargo lambda --version >/dev/null 2>&1 || die "cargo-lambda did not install"
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# A port P such that P and P+10000 (Redis Cluster's bus port) are both free
+# and P <= 55535, as redis-server requires in cluster mode.
+free_cluster_port() {
+  python3 - <<'PY'
+import random, socket
+for _ in range(200):
+    p = random.randint(20000, 45000)
+    socks = []
+    try:
+        for q in (p, p + 10000):
+            s = socket.socket(); s.bind(("127.0.0.1", q)); socks.append(s)
+        print(p); break
+    except OSError:
+        pass
+    finally:
+        for s in socks: s.close()
+PY
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_redis() { # port
+  local i
+  for i in $(seq 1 200); do
+    if [ "$(redis-cli -h 127.0.0.1 -p "$1" PING 2>/dev/null)" = PONG ]; then return 0; fi
+    sleep 0.05
+  done
+  die "redis-server on port $1 did not start"
+}
+
+start_redis() { # dir port [extra args...]
+  local dir=$1 port=$2; shift 2
+  mkdir -p "$dir"
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+    --dir "$dir" --logfile "$dir/redis.log" --pidfile "$dir/redis.pid" --daemonize yes "$@" >/dev/null
+  wait_redis "$port"
+}
+
+stop_redis() { # dir
+  local pidfile="$1/redis.pid"
+  if [ -f "$pidfile" ]; then
+    kill -CONT "$(cat "$pidfile")" 2>/dev/null || true
+    kill "$(cat "$pidfile")" 2>/dev/null || true
+    rm -f "$pidfile"
+  fi
+}
+
+start_cluster() { # dir -> prints comma-separated URLs
+  local dir=$1 ports=() port i addrs=() urls=()
+  for i in 0 1 2 3 4 5; do
+    port=$(free_cluster_port)
+    start_redis "$dir/node$i" "$port" --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000
+    ports+=("$port"); addrs+=("127.0.0.1:$port"); urls+=("redis://127.0.0.1:$port")
+  done
+  redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 \
+    || die "redis-cli --cluster create failed (see $dir/create.log)"
+  for i in $(seq 1 300); do
+    local ok=1
+    for port in "${ports[@]}"; do
+      redis-cli -h 127.0.0.1 -p "$port" CLUSTER INFO 2>/dev/null | grep -q 'cluster_state:ok' || ok=0
+    done
+    if [ "$ok" = 1 ]; then (IFS=,; echo "${urls[*]}"); return 0; fi
+    sleep 0.1
+  done
+  die "the local Redis Cluster did not reach cluster_state:ok"
+}
+
+stop_cluster() { # dir
+  local node
+  for node in "$1"/node*; do [ -d "$node" ] && stop_redis "$node"; done
+}
+
+# PostgreSQL refuses to run as root; as root we run it as the `postgres` user.
+pg_run() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+start_postgres() { # dir port
+  local dir=$1 port=$2 bindir
+  bindir=$(pg_bindir) || die "PostgreSQL is not installed"
+  if [ "$(id -u)" = 0 ]; then
+    id postgres >/dev/null 2>&1 || as_root useradd --system --no-create-home postgres
+  fi
+  mkdir -p "$dir"
+  if [ "$(id -u)" = 0 ]; then
+    chown postgres "$dir"
+    # The postgres user must reach the folder; where a parent is closed to
+    # it, fall back to a private folder under /tmp.
+    if ! runuser -u postgres -- test -w "$dir"; then
+      local alt; alt=$(mktemp -d /tmp/paycache-pg.XXXXXX); chown postgres "$alt"
+      log "postgres cannot write $dir; using $alt"
+      ln -sfn "$alt" "$dir.alt"; dir=$alt
+    fi
+  fi
+  if [ ! -s "$dir/PG_VERSION" ]; then
+    pg_run "$bindir/initdb" -D "$dir" -U postgres --auth=trust -E UTF8 --no-sync >"$dir.initdb.log" 2>&1 \
+      || { cat "$dir.initdb.log" >&2; die "initdb failed"; }
+  fi
+  if pg_run "$bindir/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
+    log "PostgreSQL already running in $dir"
+  else
+    pg_run "$bindir/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 \
+      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" start >/dev/null \
+      || { tail -20 "$dir/server.log" >&2; die "PostgreSQL did not start"; }
+  fi
+  echo "$dir"
+}
+
+stop_postgres() { # dir
+  local bindir
+  bindir=$(pg_bindir) || return 0
+  [ -s "$1/PG_VERSION" ] && pg_run "$bindir/pg_ctl" -D "$1" -m fast -w stop >/dev/null 2>&1 || true
+}

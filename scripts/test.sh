@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# `make test`: install what is missing, start throwaway servers (standalone
+# Redis, a 3+3 Redis Cluster, PostgreSQL) under .stack/test, run every test,
+# stop the servers. Nothing here uses servers that happen to be running.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+
+ensure_redis
+ensure_postgres
+ensure_cargo_lambda
+
+STACK="$ROOT/.stack/test"
+cleanup() {
+  set +e
+  [ -n "${E2E_PID:-}" ] && kill "$E2E_PID" 2>/dev/null
+  stop_redis "$STACK/redis"
+  stop_cluster "$STACK/cluster"
+  [ -n "${PG_DIR:-}" ] && stop_postgres "$PG_DIR"
+}
+trap cleanup EXIT INT TERM
+# Leftovers of an interrupted run.
+if [ -d "$STACK" ]; then
+  stop_redis "$STACK/redis"; stop_cluster "$STACK/cluster"
+  [ -d "$STACK/pg" ] && stop_postgres "$STACK/pg"
+  [ -L "$STACK/pg.alt" ] && stop_postgres "$(readlink "$STACK/pg.alt")"
+  rm -rf "$STACK"
+fi
+mkdir -p "$STACK"
+
+log "starting Redis, Redis Cluster and PostgreSQL under $STACK"
+REDIS_PORT=$(free_port)
+start_redis "$STACK/redis" "$REDIS_PORT"
+CLUSTER_URLS=$(start_cluster "$STACK/cluster")
+PG_PORT=$(free_port)
+PG_DIR=$(start_postgres "$STACK/pg" "$PG_PORT")
+
+export PAYCACHE_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+export PAYCACHE_TEST_CLUSTER_URLS="$CLUSTER_URLS"
+export PAYCACHE_TEST_PG="host=127.0.0.1 port=$PG_PORT user=postgres dbname=postgres"
+
+log "cargo fmt --check"
+cargo fmt --all --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+log "cargo test"
+cargo test --workspace --all-targets
+log "end-to-end: cargo lambda watch + cargo lambda invoke"
+PG_PORT=$PG_PORT bash "$ROOT/scripts/e2e.sh"

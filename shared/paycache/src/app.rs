@@ -1,0 +1,59 @@
+//! Everything a function needs, built once per execution environment.
+
+use crate::cache_aside::CacheAside;
+use crate::config::{Config, ConfigError};
+use crate::connection::{Redis, RedisSetupError};
+use crate::db::{Db, DbError};
+use crate::keys::Keyspace;
+
+/// Why a function could not initialise. Each message names the variable to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Redis(#[from] RedisSetupError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// The shared dependencies: configuration, Redis, the cache engine, the
+/// database pool. Handlers borrow it (`&App`); nothing here connects at
+/// construction, so a cold start never waits on (or fails for) a slow Redis.
+#[derive(Debug, Clone)]
+pub struct App {
+    pub config: Config,
+    pub keys: Keyspace,
+    pub redis: Redis,
+    pub cache: CacheAside,
+    pub db: Db,
+}
+
+impl App {
+    /// Must be called inside a Tokio runtime.
+    pub fn new(config: Config) -> Result<Self, InitError> {
+        // redis-rs and (later) the AWS SDK both use rustls; naming the
+        // provider once avoids a run-time choice between compiled-in ones.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let redis = Redis::new(&config.redis, config.breaker)?;
+        let cache = CacheAside::new(redis.clone(), config.ttl, config.cache);
+        let db = Db::new(&config.database)?;
+        Ok(Self {
+            keys: Keyspace::new(config.key_prefix.clone()),
+            config,
+            redis,
+            cache,
+            db,
+        })
+    }
+
+    pub fn from_env() -> Result<Self, InitError> {
+        Self::new(Config::from_env()?)
+    }
+}
+
+/// Logging for a function binary: JSON or text as Lambda's log format says
+/// (`AWS_LAMBDA_LOG_FORMAT`), level from `AWS_LAMBDA_LOG_LEVEL` / `RUST_LOG`.
+pub fn init_logging() {
+    lambda_http::tracing::init_default_subscriber();
+}

@@ -1,0 +1,527 @@
+//! Cache-aside reads (`get_or_load`), the seed's pattern 1, made safe for a
+//! fleet of Lambda execution environments that share nothing but Redis.
+//!
+//! # What a read does
+//! 1. `GET key` — a hit costs exactly **one round trip** and returns.
+//! 2. On a miss, one script (`get_or_lease.lua`) either returns a value that
+//!    appeared meanwhile, or takes the key's **load lease** (`SET lock token NX
+//!    PX lease`), or reports that another invocation holds it.
+//! 3. The lease holder loads from PostgreSQL and stores with
+//!    `store_if_leased.lua` (value + TTL + lease release, one round trip).
+//!    Everyone else polls step 2 with a short backoff until the value appears
+//!    or `CACHE_LOCK_WAIT_MS` passes (then loads from the database itself,
+//!    without storing).
+//!
+//! A miss that takes the lease costs three round trips plus the load; a
+//! waiter costs one round trip per poll.
+//!
+//! # Guarantees, and why they hold
+//! - **Stampede protection:** while a lease is live, only its holder loads.
+//!   `SET NX` is atomic in Redis, so of N concurrent misses exactly one gets
+//!   the lease; the lease lives in Redis because Lambda invocations share no
+//!   memory. If the holder dies, the lease expires after `CACHE_LOCK_LEASE_MS`
+//!   and the next poller takes it.
+//! - **No stale write-back:** a value is stored only while its loader still
+//!   holds the lease (checked inside the same script that stores). Invalidation
+//!   ([`CacheAside::invalidate`]) deletes value and lease together, so a load
+//!   that read the database before an update cannot overwrite the invalidation
+//!   with the old row. (This is the lease idea of Nishtala et al., "Scaling
+//!   Memcache at Facebook", NSDI 2013.)
+//! - **Availability:** any Redis error or timeout — or an open circuit
+//!   breaker — makes the read fall through to the database. A Redis outage
+//!   costs latency (at most one response timeout per call until the breaker
+//!   opens, then nothing), never an error.
+//! - **Early refresh (XFetch):** with β > 0 a hit refreshes the value early
+//!   with probability rising as expiry nears, following Vattani, Chierichetti
+//!   and Lowenstein, "Optimal Probabilistic Cache Stampede Prevention" (VLDB
+//!   2015): refresh when `now − δ·β·ln(u) ≥ expiry`, u uniform in (0, 1], δ the
+//!   time the last load took. Only the request that wins the lease refreshes;
+//!   the others keep serving the cached value.
+//! - **Negative caching:** "not found" is stored for `CACHE_NEGATIVE_TTL_SECS`
+//!   so that probing unknown ids does not reach the database every time.
+//! - **TTL jitter:** each TTL is shortened by a random 0–`CACHE_TTL_JITTER_PERCENT`
+//!   so keys filled together (e.g. by the warmer) do not expire together.
+//!
+//! # Stored format
+//! `1:F:<δ ms>:<expiry unix ms>:<JSON>` for a value, `1:N:<δ ms>:<expiry unix
+//! ms>:` for "not found". The expiry is the writer's clock; Lambda clocks are
+//! NTP-disciplined, and the expiry only steers the early-refresh heuristic —
+//! Redis's own TTL decides when a value is gone.
+
+use std::sync::LazyLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redis::{AsyncCommands, Script, Value};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::config::{CacheAsideConfig, TtlConfig};
+use crate::connection::{Redis, RedisUnavailable};
+use crate::keys::CacheKey;
+
+static GET_OR_LEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("cache_aside/get_or_lease.lua")));
+static STORE_IF_LEASED: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("cache_aside/store_if_leased.lua")));
+static RELEASE_LEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("cache_aside/release_lease.lua")));
+
+/// How a response was produced, rendered as an RFC 9211 `Cache-Status` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Served from Redis.
+    Hit,
+    /// Another invocation loaded it while this one waited on the lease.
+    Coalesced,
+    /// Not in Redis; loaded from the database and stored (or not, when the
+    /// lease was lost to an invalidation).
+    Miss { stored: bool },
+    /// Waited the full `CACHE_LOCK_WAIT_MS` for another loader, then loaded
+    /// from the database without storing.
+    LeaseTimeout,
+    /// A hit that XFetch chose to refresh early; served fresh from the database.
+    EarlyRefresh { stored: bool },
+    /// Redis was unavailable; served from the database.
+    Bypass(RedisUnavailable),
+}
+
+impl CacheStatus {
+    /// The `Cache-Status` header value, e.g. `paycache; hit`.
+    pub fn header_value(&self) -> String {
+        match self {
+            Self::Hit => "paycache; hit".into(),
+            Self::Coalesced => "paycache; hit; detail=coalesced".into(),
+            Self::Miss { stored: true } => "paycache; fwd=miss; stored".into(),
+            Self::Miss { stored: false } => "paycache; fwd=miss".into(),
+            Self::LeaseTimeout => "paycache; fwd=miss; detail=lease-timeout".into(),
+            Self::EarlyRefresh { stored: true } => {
+                "paycache; fwd=stale; stored; detail=early-refresh".into()
+            }
+            Self::EarlyRefresh { stored: false } => {
+                "paycache; fwd=stale; detail=early-refresh".into()
+            }
+            Self::Bypass(_) => "paycache; fwd=uri-miss; detail=redis-unavailable".into(),
+        }
+    }
+
+    /// True when the answer came from Redis without a database load.
+    pub fn is_hit(&self) -> bool {
+        matches!(self, Self::Hit | Self::Coalesced)
+    }
+}
+
+/// A value (or a cached "not found") and how it was obtained.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cached<T> {
+    pub value: Option<T>,
+    pub status: CacheStatus,
+}
+
+/// The cache-aside engine: one per execution environment.
+#[derive(Debug, Clone)]
+pub struct CacheAside {
+    redis: Redis,
+    ttl: TtlConfig,
+    config: CacheAsideConfig,
+}
+
+enum LeaseReply {
+    Value(Vec<u8>),
+    Leased,
+    Busy,
+}
+
+struct Entry<T> {
+    value: Option<T>,
+    delta_ms: u64,
+    expires_at_ms: u64,
+}
+
+impl CacheAside {
+    pub fn new(redis: Redis, ttl: TtlConfig, config: CacheAsideConfig) -> Self {
+        Self { redis, ttl, config }
+    }
+
+    pub fn redis(&self) -> &Redis {
+        &self.redis
+    }
+
+    /// Returns the value for `key`, loading it with `load` on a miss.
+    ///
+    /// `load` returns `Ok(None)` for "does not exist" (cached negatively) and
+    /// `Err` when the source of truth failed; the error is passed through and
+    /// nothing is cached.
+    pub async fn get_or_load<T, E, F, Fut>(&self, key: &CacheKey, load: F) -> Result<Cached<T>, E>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+    {
+        let mut load = Some(load);
+        let mut run_load = || {
+            let f = load.take();
+            async move {
+                let started = Instant::now();
+                // `take` runs at most once per call path below; the `None`
+                // arm is unreachable but answered safely rather than panicking.
+                let value = match f {
+                    Some(f) => f().await?,
+                    None => None,
+                };
+                Ok::<_, E>((value, started.elapsed()))
+            }
+        };
+
+        let raw: Option<Vec<u8>> = match self
+            .redis
+            .run(|mut c| async move { c.get(key).await })
+            .await
+        {
+            Ok(raw) => raw,
+            Err(why) => {
+                let (value, _) = run_load().await?;
+                return Ok(Cached {
+                    value,
+                    status: CacheStatus::Bypass(why),
+                });
+            }
+        };
+
+        if let Some(entry) = raw.and_then(|r| decode::<T>(&r)) {
+            if !self.should_refresh_early(&entry) {
+                return Ok(Cached {
+                    value: entry.value,
+                    status: CacheStatus::Hit,
+                });
+            }
+            // XFetch picked this request: refresh if it wins the lease,
+            // otherwise serve what is cached.
+            let token = lease_token();
+            let lock = key.lock_key();
+            let lease_ms = millis(self.config.lock_lease);
+            let token_ref = token.as_str();
+            let won: Result<bool, _> = self
+                .redis
+                .run(|mut c| async move {
+                    let r: Option<String> = redis::cmd("SET")
+                        .arg(&lock)
+                        .arg(token_ref)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(lease_ms)
+                        .query_async(&mut c)
+                        .await?;
+                    Ok(r.is_some())
+                })
+                .await;
+            if won != Ok(true) {
+                return Ok(Cached {
+                    value: entry.value,
+                    status: CacheStatus::Hit,
+                });
+            }
+            let (value, took) = match run_load().await {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    self.release(key, &token).await;
+                    return Err(e);
+                }
+            };
+            let stored = self.store(key, &token, value.as_ref(), took).await;
+            return Ok(Cached {
+                value,
+                status: CacheStatus::EarlyRefresh { stored },
+            });
+        }
+
+        // Miss (or an undecodable entry, which is overwritten).
+        let token = lease_token();
+        let deadline = Instant::now() + self.config.lock_wait;
+        let mut backoff = Duration::from_millis(5);
+        let mut waited = false;
+        loop {
+            let reply = self.get_or_lease(key, &token).await;
+            match reply {
+                Err(why) => {
+                    let (value, _) = run_load().await?;
+                    return Ok(Cached {
+                        value,
+                        status: CacheStatus::Bypass(why),
+                    });
+                }
+                Ok(LeaseReply::Value(raw)) => {
+                    if let Some(entry) = decode::<T>(&raw) {
+                        return Ok(Cached {
+                            value: entry.value,
+                            status: if waited {
+                                CacheStatus::Coalesced
+                            } else {
+                                CacheStatus::Hit
+                            },
+                        });
+                    }
+                    // Undecodable: load without the lease, and do not store
+                    // over a value we do not understand (a newer format).
+                    let (value, _) = run_load().await?;
+                    return Ok(Cached {
+                        value,
+                        status: CacheStatus::Miss { stored: false },
+                    });
+                }
+                Ok(LeaseReply::Leased) => {
+                    let (value, took) = match run_load().await {
+                        Ok(loaded) => loaded,
+                        Err(e) => {
+                            self.release(key, &token).await;
+                            return Err(e);
+                        }
+                    };
+                    let stored = self.store(key, &token, value.as_ref(), took).await;
+                    return Ok(Cached {
+                        value,
+                        status: CacheStatus::Miss { stored },
+                    });
+                }
+                Ok(LeaseReply::Busy) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        let (value, _) = run_load().await?;
+                        return Ok(Cached {
+                            value,
+                            status: CacheStatus::LeaseTimeout,
+                        });
+                    }
+                    waited = true;
+                    let jitter =
+                        Duration::from_micros(fastrand::u64(0..=backoff.as_micros() as u64 / 2));
+                    tokio::time::sleep((backoff + jitter).min(deadline - now)).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    /// Deletes a cached value and any in-flight load lease for it, in one
+    /// round trip (both keys share a hash tag). A load that was in flight
+    /// will not store its result.
+    pub async fn invalidate(&self, key: &CacheKey) -> Result<(), RedisUnavailable> {
+        let lock = key.lock_key();
+        self.redis
+            .run(|mut c| async move {
+                let _: i64 = c.del(&[key.as_str(), lock.as_str()]).await?;
+                Ok(())
+            })
+            .await
+    }
+
+    fn should_refresh_early<T>(&self, entry: &Entry<T>) -> bool {
+        let beta = self.config.xfetch_beta;
+        if beta <= 0.0 || entry.delta_ms == 0 {
+            return false;
+        }
+        // u in (0, 1]; -ln(u) in [0, ∞).
+        let u = 1.0 - fastrand::f64();
+        let gap = -(entry.delta_ms as f64) * beta * u.ln();
+        now_ms() as f64 + gap >= entry.expires_at_ms as f64
+    }
+
+    async fn get_or_lease(
+        &self,
+        key: &CacheKey,
+        token: &str,
+    ) -> Result<LeaseReply, RedisUnavailable> {
+        let lock = key.lock_key();
+        let lease_ms = millis(self.config.lock_lease);
+        self.redis
+            .run(|mut c| async move {
+                let reply: Value = GET_OR_LEASE
+                    .key(key)
+                    .key(&lock)
+                    .arg(token)
+                    .arg(lease_ms)
+                    .invoke_async(&mut c)
+                    .await?;
+                Ok(match reply {
+                    Value::BulkString(bytes) => LeaseReply::Value(bytes),
+                    Value::Int(1) => LeaseReply::Leased,
+                    _ => LeaseReply::Busy,
+                })
+            })
+            .await
+    }
+
+    /// Stores a loaded value if the lease is still ours. Returns whether it
+    /// was stored; a Redis failure here only costs the next reader a miss.
+    async fn store<T: Serialize>(
+        &self,
+        key: &CacheKey,
+        token: &str,
+        value: Option<&T>,
+        took: Duration,
+    ) -> bool {
+        let ttl = match value {
+            Some(_) => key.family().ttl(&self.ttl),
+            None => Some(self.ttl.negative),
+        };
+        let Some(ttl) = ttl else {
+            return false;
+        };
+        let ttl = jittered(ttl, self.ttl.jitter_percent);
+        let Some(encoded) = encode(value, took, ttl) else {
+            return false;
+        };
+        let lock = key.lock_key();
+        let ttl_ms = millis(ttl);
+        self.redis
+            .run(|mut c| async move {
+                let stored: i64 = STORE_IF_LEASED
+                    .key(key)
+                    .key(&lock)
+                    .arg(encoded)
+                    .arg(ttl_ms)
+                    .arg(token)
+                    .invoke_async(&mut c)
+                    .await?;
+                Ok(stored == 1)
+            })
+            .await
+            .unwrap_or(false)
+    }
+
+    async fn release(&self, key: &CacheKey, token: &str) {
+        let lock = key.lock_key();
+        let _ = self
+            .redis
+            .run(|mut c| async move {
+                let _: i64 = RELEASE_LEASE
+                    .key(&lock)
+                    .arg(token)
+                    .invoke_async(&mut c)
+                    .await?;
+                Ok(())
+            })
+            .await;
+    }
+}
+
+fn lease_token() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(millis)
+        .unwrap_or(0)
+}
+
+/// Shortens `ttl` by a random 0–`percent` %.
+pub fn jittered(ttl: Duration, percent: u8) -> Duration {
+    if percent == 0 {
+        return ttl;
+    }
+    let max_cut = ttl.as_millis() as u64 * u64::from(percent) / 100;
+    ttl - Duration::from_millis(fastrand::u64(0..=max_cut))
+}
+
+fn encode<T: Serialize>(value: Option<&T>, took: Duration, ttl: Duration) -> Option<Vec<u8>> {
+    let expires = now_ms().saturating_add(millis(ttl));
+    let delta = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+    let mut out = match value {
+        Some(_) => format!("1:F:{delta}:{expires}:").into_bytes(),
+        None => format!("1:N:{delta}:{expires}:").into_bytes(),
+    };
+    if let Some(v) = value {
+        serde_json::to_writer(&mut out, v).ok()?;
+    }
+    Some(out)
+}
+
+fn decode<T: DeserializeOwned>(raw: &[u8]) -> Option<Entry<T>> {
+    let mut parts = raw.splitn(5, |b| *b == b':');
+    let version = parts.next()?;
+    let kind = parts.next()?;
+    let delta_ms = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let expires_at_ms = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let body = parts.next()?;
+    if version != b"1" {
+        return None;
+    }
+    let value = match kind {
+        b"F" => Some(serde_json::from_slice(body).ok()?),
+        b"N" => None,
+        _ => return None,
+    };
+    Some(Entry {
+        value,
+        delta_ms,
+        expires_at_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_round_trips_values_and_not_found() {
+        let raw = encode(
+            Some(&serde_json::json!({"a": 1})),
+            Duration::from_millis(7),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert!(raw.starts_with(b"1:F:7:"));
+        let e: Entry<serde_json::Value> = decode(&raw).unwrap();
+        assert_eq!(e.value, Some(serde_json::json!({"a": 1})));
+        assert_eq!(e.delta_ms, 7);
+        assert!(e.expires_at_ms > now_ms());
+
+        let raw =
+            encode::<serde_json::Value>(None, Duration::ZERO, Duration::from_secs(1)).unwrap();
+        let e: Entry<serde_json::Value> = decode(&raw).unwrap();
+        assert_eq!(e.value, None);
+    }
+
+    #[test]
+    fn garbage_is_not_decoded() {
+        for raw in [
+            &b""[..],
+            b"1:F",
+            b"2:F:1:1:{}",
+            b"1:X:1:1:{}",
+            b"1:F:x:1:{}",
+            b"1:F:1:1:{",
+            b"{\"a\":1}",
+        ] {
+            assert!(decode::<serde_json::Value>(raw).is_none(), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn jitter_only_shortens_within_bounds() {
+        let ttl = Duration::from_secs(100);
+        for _ in 0..1000 {
+            let j = jittered(ttl, 10);
+            assert!(j <= ttl && j >= Duration::from_secs(90), "{j:?}");
+        }
+        assert_eq!(jittered(ttl, 0), ttl);
+    }
+
+    #[test]
+    fn status_header_values_follow_rfc_9211() {
+        assert_eq!(CacheStatus::Hit.header_value(), "paycache; hit");
+        assert_eq!(
+            CacheStatus::Miss { stored: true }.header_value(),
+            "paycache; fwd=miss; stored"
+        );
+        assert_eq!(
+            CacheStatus::Bypass(RedisUnavailable::Timeout).header_value(),
+            "paycache; fwd=uri-miss; detail=redis-unavailable"
+        );
+    }
+}

@@ -1,0 +1,325 @@
+//! One Redis connection per execution environment, standalone or cluster,
+//! behind one type.
+//!
+//! [`Redis`] is built once at init and shared by every invocation. It never
+//! connects at construction: a cold start while Redis is down still starts,
+//! and the first call connects (within `REDIS_CONNECT_TIMEOUT_MS`). After
+//! that, redis-rs reconnects by itself — the standalone `ConnectionManager`
+//! on any I/O error, the cluster connection per node and on topology change.
+//!
+//! Every call goes through [`Redis::run`], which
+//! - asks the [`Breaker`] first, so an open breaker costs no network time;
+//! - bounds the whole call (connecting, redirections, retries) by
+//!   `REDIS_RESPONSE_TIMEOUT_MS` — a hung Redis can delay a request by that
+//!   much and no more;
+//! - records the outcome in the breaker.
+//!
+//! TLS: `rediss://` URLs use rustls with certificate and host-name
+//! verification; `REDIS_CA_CERT` adds a private root. There is no way to turn
+//! verification off (the seed's `ssl_cert_reqs=None` is not reproduced).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Client, Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Value};
+use tokio::sync::OnceCell;
+
+use crate::breaker::{Breaker, Permit};
+use crate::config::{BreakerConfig, RedisConfig, RedisMode};
+
+/// Why a Redis call did not produce an answer. Callers treat every variant
+/// the same way — fall through to the database — but logs and metrics tell
+/// them apart. The text never contains server replies or addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RedisUnavailable {
+    #[error("the Redis circuit breaker is open")]
+    BreakerOpen,
+    #[error("Redis did not answer within the response timeout")]
+    Timeout,
+    #[error("the Redis connection failed")]
+    Connection,
+    #[error("Redis answered with an error")]
+    Server,
+}
+
+impl RedisUnavailable {
+    /// Short token for `Cache-Status` details and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BreakerOpen => "breaker-open",
+            Self::Timeout => "timeout",
+            Self::Connection => "connection",
+            Self::Server => "server-error",
+        }
+    }
+}
+
+/// Why the Redis client could not be built from configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisSetupError {
+    #[error("REDIS_URL: not a valid Redis URL")]
+    InvalidUrl,
+    #[error("REDIS_CA_CERT: the file cannot be read")]
+    CaCert,
+}
+
+/// A connection handle, cheap to clone; what commands and scripts run on.
+#[derive(Clone)]
+pub enum RedisConnection {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Standalone(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Standalone(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per execution environment, behind an Arc"
+)]
+enum Backend {
+    Standalone(ConnectionManager),
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        connection: OnceCell<ClusterConnection>,
+    },
+}
+
+/// The shared Redis handle: connection, timeouts and circuit breaker.
+#[derive(Clone)]
+pub struct Redis {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Backend,
+    mode: RedisMode,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    breaker: Breaker,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("mode", &self.inner.mode)
+            .field("response_timeout", &self.inner.response_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Redis {
+    /// Builds the client without touching the network. Must be called inside
+    /// a Tokio runtime.
+    pub fn new(config: &RedisConfig, breaker: BreakerConfig) -> Result<Self, RedisSetupError> {
+        let root_cert = match &config.ca_cert {
+            Some(path) => Some(std::fs::read(path).map_err(|_| RedisSetupError::CaCert)?),
+            None => None,
+        };
+        let urls: Vec<&str> = config.urls.expose().split(',').collect();
+        let backend = match config.mode {
+            RedisMode::Standalone => {
+                let url = urls.first().ok_or(RedisSetupError::InvalidUrl)?;
+                let mut info = url
+                    .into_connection_info()
+                    .map_err(|_| RedisSetupError::InvalidUrl)?;
+                if let Some(token) = &config.auth_token {
+                    let settings = info.redis_settings().clone().set_password(token.expose());
+                    info = info.set_redis_settings(settings);
+                }
+                let client = match root_cert {
+                    Some(root) if config.tls => Client::build_with_tls(
+                        info,
+                        redis::TlsCertificates {
+                            client_tls: None,
+                            root_cert: Some(root),
+                        },
+                    ),
+                    _ => Client::open(info),
+                }
+                .map_err(|_| RedisSetupError::InvalidUrl)?;
+                // Reconnection is bounded by our own per-call timeout; the
+                // manager's retries only matter inside that budget.
+                let manager_config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(config.connect_timeout))
+                    .set_response_timeout(Some(config.response_timeout))
+                    .set_number_of_retries(1)
+                    .set_min_delay(Duration::from_millis(10))
+                    .set_max_delay(Duration::from_millis(100));
+                let manager = ConnectionManager::new_lazy_with_config(client, manager_config)
+                    .map_err(|_| RedisSetupError::InvalidUrl)?;
+                Backend::Standalone(manager)
+            }
+            RedisMode::Cluster => {
+                let mut builder = ClusterClientBuilder::new(urls)
+                    .connection_timeout(config.connect_timeout)
+                    .response_timeout(config.response_timeout)
+                    .retries(2)
+                    .min_retry_wait(10)
+                    .max_retry_wait(100);
+                if let Some(token) = &config.auth_token {
+                    builder = builder.password(token.expose());
+                }
+                if let Some(root) = root_cert {
+                    builder = builder.certs(redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root),
+                    });
+                }
+                let client = builder.build().map_err(|_| RedisSetupError::InvalidUrl)?;
+                Backend::Cluster {
+                    client,
+                    connection: OnceCell::new(),
+                }
+            }
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                backend,
+                mode: config.mode,
+                connect_timeout: config.connect_timeout,
+                response_timeout: config.response_timeout,
+                breaker: Breaker::new(breaker),
+            }),
+        })
+    }
+
+    pub fn mode(&self) -> RedisMode {
+        self.inner.mode
+    }
+
+    pub fn breaker(&self) -> &Breaker {
+        &self.inner.breaker
+    }
+
+    pub fn response_timeout(&self) -> Duration {
+        self.inner.response_timeout
+    }
+
+    async fn connection(&self) -> Result<RedisConnection, RedisError> {
+        match &self.inner.backend {
+            Backend::Standalone(manager) => Ok(RedisConnection::Standalone(manager.clone())),
+            Backend::Cluster { client, connection } => {
+                // A failed first connect leaves the cell empty, so the next
+                // call tries again; once connected, the cluster connection
+                // heals itself.
+                let conn = connection
+                    .get_or_try_init(|| client.get_async_connection())
+                    .await?;
+                Ok(RedisConnection::Cluster(conn.clone()))
+            }
+        }
+    }
+
+    /// Runs `op` on a connection, within the response timeout (the connect
+    /// timeout as well, the first time), under the circuit breaker.
+    pub async fn run<T, F, Fut>(&self, op: F) -> Result<T, RedisUnavailable>
+    where
+        F: FnOnce(RedisConnection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let breaker = &self.inner.breaker;
+        if breaker.permit() == Permit::Denied {
+            return Err(RedisUnavailable::BreakerOpen);
+        }
+        let connected = matches!(
+            &self.inner.backend,
+            Backend::Cluster { connection, .. } if connection.initialized()
+        ) || matches!(self.inner.backend, Backend::Standalone(_));
+        let budget = if connected {
+            self.inner.response_timeout
+        } else {
+            self.inner.connect_timeout + self.inner.response_timeout
+        };
+        let outcome = tokio::time::timeout(budget, async {
+            let conn = self.connection().await?;
+            op(conn).await
+        })
+        .await;
+        match outcome {
+            Ok(Ok(value)) => {
+                breaker.record_success();
+                Ok(value)
+            }
+            Ok(Err(err)) => {
+                let kind = classify(&err);
+                // A script or type error is a bug in the request, not an
+                // outage: it must not open the breaker for everyone.
+                if kind == RedisUnavailable::Server {
+                    breaker.record_success();
+                } else {
+                    breaker.record_failure();
+                }
+                tracing::warn!(reason = kind.as_str(), error_kind = ?err.kind(), "redis call failed");
+                Err(kind)
+            }
+            Err(_elapsed) => {
+                breaker.record_failure();
+                tracing::warn!(
+                    reason = "timeout",
+                    budget_ms = budget.as_millis() as u64,
+                    "redis call timed out"
+                );
+                Err(RedisUnavailable::Timeout)
+            }
+        }
+    }
+}
+
+fn classify(err: &RedisError) -> RedisUnavailable {
+    use redis::{ErrorKind, ServerErrorKind};
+    let unavailable_kind = matches!(
+        err.kind(),
+        ErrorKind::AuthenticationFailed
+            | ErrorKind::ClusterConnectionNotFound
+            | ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ReadOnly
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+            )
+    );
+    if err.is_timeout() {
+        RedisUnavailable::Timeout
+    } else if err.is_io_error()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_cluster_error()
+        || err.is_unrecoverable_error()
+        || unavailable_kind
+    {
+        RedisUnavailable::Connection
+    } else {
+        RedisUnavailable::Server
+    }
+}

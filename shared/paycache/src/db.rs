@@ -1,0 +1,150 @@
+//! PostgreSQL, the source of truth.
+//!
+//! The driver is `tokio-postgres` with a small `deadpool-postgres` pool
+//! rather than sqlx: it compiles faster, adds less to each Lambda binary, and
+//! needs no database at build time; this crate's queries are few and
+//! hand-written, so sqlx's compile-time checking would buy little. One
+//! execution environment serves one request at a time, so the pool is small
+//! (`DATABASE_POOL_SIZE`, default 2); in AWS it sits behind RDS Proxy.
+//!
+//! Every statement runs under a server-side `statement_timeout`
+//! (`DATABASE_STATEMENT_TIMEOUT_MS`) and every connection attempt under
+//! `DATABASE_CONNECT_TIMEOUT_MS`, so a slow database cannot hang a function.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::config::DatabaseConfig;
+
+/// Why a database call failed. Like [`crate::connection::RedisUnavailable`],
+/// the text is safe to log and never carries SQL, server messages or URLs.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("DATABASE_URL: not a valid PostgreSQL connection string")]
+    InvalidUrl,
+    #[error("the database is unavailable")]
+    Unavailable,
+    #[error("a database query failed")]
+    Query(#[source] tokio_postgres::Error),
+}
+
+/// The migrations, applied in order, each once (tracked in `schema_migrations`).
+pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_core.sql"))];
+
+/// The deterministic local data set (see the file for its ids).
+pub const LOCAL_SEED: &str = include_str!("../seed/local.sql");
+
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").finish_non_exhaustive()
+    }
+}
+
+impl Db {
+    /// Builds the pool without connecting.
+    pub fn new(config: &DatabaseConfig) -> Result<Self, DbError> {
+        let mut pg = tokio_postgres::Config::from_str(config.url.expose())
+            .map_err(|_| DbError::InvalidUrl)?;
+        pg.connect_timeout(config.connect_timeout);
+        let statement_timeout = format!(
+            "-c statement_timeout={}",
+            config.statement_timeout.as_millis()
+        );
+        let options = match pg.get_options() {
+            Some(existing) => format!("{existing} {statement_timeout}"),
+            None => statement_timeout,
+        };
+        pg.options(options);
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(config.connect_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .recycle_timeout(Some(Duration::from_secs(1)))
+            .build()
+            .map_err(|_| DbError::InvalidUrl)?;
+        Ok(Self { pool })
+    }
+
+    pub async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
+        self.pool.get().await.map_err(|e| {
+            tracing::warn!(error = %e, "database connection unavailable");
+            DbError::Unavailable
+        })
+    }
+
+    /// Applies pending migrations under an advisory lock, so concurrent
+    /// callers (parallel tests, two deploy steps) apply each one once.
+    pub async fn migrate(&self) -> Result<usize, DbError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(query_error)?;
+        tx.batch_execute(
+            "SELECT pg_advisory_xact_lock(7245100001);
+             CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version    integer PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             );",
+        )
+        .await
+        .map_err(query_error)?;
+        let mut applied = 0;
+        for (version, sql) in MIGRATIONS {
+            let done = tx
+                .query_opt(
+                    "SELECT 1 FROM schema_migrations WHERE version = $1",
+                    &[version],
+                )
+                .await
+                .map_err(query_error)?;
+            if done.is_none() {
+                tx.batch_execute(sql).await.map_err(query_error)?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version) VALUES ($1)",
+                    &[version],
+                )
+                .await
+                .map_err(query_error)?;
+                applied += 1;
+            }
+        }
+        tx.commit().await.map_err(query_error)?;
+        Ok(applied)
+    }
+
+    /// Loads the deterministic local data set; safe to run again.
+    pub async fn seed_local(&self) -> Result<(), DbError> {
+        let client = self.client().await?;
+        client.batch_execute(LOCAL_SEED).await.map_err(query_error)
+    }
+}
+
+/// Maps a driver error, telling "the database is gone" from "this query
+/// failed", without keeping the server's text in our own messages.
+pub fn query_error(err: tokio_postgres::Error) -> DbError {
+    // Classes 08 (connection), 53 (insufficient resources) and 57 (operator
+    // intervention, including statement_timeout) mean "try again later".
+    let transient = err
+        .as_db_error()
+        .is_none_or(|db| matches!(&db.code().code()[..2], "08" | "53" | "57"));
+    if err.is_closed() || transient {
+        tracing::warn!(error = %err, "database connection failed");
+        DbError::Unavailable
+    } else {
+        DbError::Query(err)
+    }
+}

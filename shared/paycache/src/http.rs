@@ -1,0 +1,185 @@
+//! The HTTP edge: the one place where errors become `application/problem+json`
+//! (RFC 9457) and cache outcomes become `Cache-Status` (RFC 9211).
+//!
+//! A problem's `detail` describes what was wrong with the request in plain
+//! words. It never carries internal error text: Redis and SQL messages,
+//! addresses and secrets stay in the logs' structured fields at most.
+
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{HeaderName, StatusCode};
+use lambda_http::request::RequestContext;
+use lambda_http::{Body, Request, RequestExt, Response};
+use serde::Serialize;
+
+use crate::cache_aside::CacheStatus;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+/// Largest request body accepted (the contract's 64 KiB).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// An RFC 9457 problem. `type` is `urn:paycache:problem:<slug>`; the slugs
+/// are listed in the OpenAPI document.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub slug: &'static str,
+    pub title: &'static str,
+    pub detail: String,
+    /// Extra members (e.g. `current` on a 409).
+    pub extra: serde_json::Map<String, serde_json::Value>,
+    pub retry_after_secs: Option<u64>,
+}
+
+impl Problem {
+    fn new(
+        status: StatusCode,
+        slug: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            slug,
+            title,
+            detail: detail.into(),
+            extra: serde_json::Map::new(),
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn invalid_request(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            "The request is malformed",
+            detail,
+        )
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "The resource does not exist",
+            detail,
+        )
+    }
+
+    pub fn method_not_allowed(allowed: &'static str) -> Self {
+        let mut p = Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "The method is not allowed on this resource",
+            format!("This resource accepts {allowed} only."),
+        );
+        p.extra.insert("allow".into(), allowed.into());
+        p
+    }
+
+    pub fn payload_too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "The request body is too large",
+            format!("Request bodies are limited to {MAX_BODY_BYTES} bytes."),
+        )
+    }
+
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        let mut p = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "The service is temporarily unavailable",
+            detail,
+        );
+        p.retry_after_secs = Some(1);
+        p
+    }
+
+    pub fn into_response(self, request_id: &str) -> Response<Body> {
+        let mut body = serde_json::Map::new();
+        body.insert(
+            "type".into(),
+            format!("urn:paycache:problem:{}", self.slug).into(),
+        );
+        body.insert("title".into(), self.title.into());
+        body.insert("status".into(), self.status.as_u16().into());
+        body.insert("detail".into(), self.detail.into());
+        body.insert("request_id".into(), request_id.into());
+        let allow = self
+            .extra
+            .get("allow")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
+        for (k, v) in self.extra {
+            if k != "allow" {
+                body.insert(k, v);
+            }
+        }
+        let mut resp = json_response(self.status, &serde_json::Value::Object(body));
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(secs) = self.retry_after_secs {
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(allow) = allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            resp.headers_mut().insert(http::header::ALLOW, allow);
+        }
+        resp
+    }
+}
+
+/// A JSON response. Serialising our own types cannot fail; if it somehow
+/// did, the client gets a bare 500 rather than a panic.
+pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    // Text, not binary: API Gateway then passes the body through as is
+    // instead of base64-decoding it.
+    let (status, body) = match serde_json::to_string(value) {
+        Ok(body) => (status, body),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "{}".to_owned()),
+    };
+    let mut resp = Response::new(Body::Text(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// Adds the `Cache-Status` header.
+pub fn with_cache_status(mut resp: Response<Body>, status: &CacheStatus) -> Response<Body> {
+    if let Ok(v) = HeaderValue::from_str(&status.header_value()) {
+        resp.headers_mut().insert(CACHE_STATUS, v);
+    }
+    resp
+}
+
+/// API Gateway's request id when present (it is what a client sees in
+/// `apigw-requestid`), else the Lambda invocation's.
+pub fn request_id(req: &Request) -> String {
+    if let Some(RequestContext::ApiGatewayV2(ctx)) = req.request_context_ref()
+        && let Some(id) = &ctx.request_id
+        && !id.is_empty()
+    {
+        return id.clone();
+    }
+    req.lambda_context_ref()
+        .map(|c| c.request_id.clone())
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// A path parameter, from API Gateway's `pathParameters`, or, when a router
+/// did not fill them in, from the path itself at segment `index`.
+pub fn path_param(req: &Request, name: &str, index: usize) -> Option<String> {
+    if let Some(v) = req.path_parameters_ref().and_then(|p| p.first(name)) {
+        return Some(v.to_owned());
+    }
+    req.uri()
+        .path()
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .nth(index)
+        .map(str::to_owned)
+}

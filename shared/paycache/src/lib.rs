@@ -1,0 +1,22 @@
+//! `paycache`: the cache crate every function shares.
+//!
+//! Modules follow the sections of the design (`shared/seed/cache-design.md`
+//! in the steering repository): configuration, connection, keys,
+//! cache-aside, … Each states its guarantee and why it holds.
+
+pub mod app;
+pub mod breaker;
+pub mod cache_aside;
+pub mod config;
+pub mod connection;
+pub mod db;
+pub mod http;
+pub mod keys;
+pub mod profile;
+pub mod routes;
+
+pub use app::{App, InitError, init_logging};
+pub use cache_aside::{CacheAside, CacheStatus, Cached};
+pub use config::Config;
+pub use connection::{Redis, RedisUnavailable};
+pub use keys::Keyspace;

@@ -1,0 +1,5 @@
+//! One handler per HTTP route. Each takes the shared [`crate::App`] and the
+//! API Gateway request, and always returns a response: errors are rendered
+//! as problems here, never propagated to the runtime.
+
+pub mod profile_read;

@@ -1,0 +1,460 @@
+//! Real services for tests: `redis-server` processes (standalone and a
+//! 3-primary/3-replica cluster) and PostgreSQL schemas. No mocks.
+//!
+//! Isolation: every test gets its own key prefix and its own PostgreSQL
+//! schema, so tests run in parallel against shared servers and never see each
+//! other's state. Tests that stop, pause or kill Redis start their own
+//! [`RedisServer`].
+//!
+//! Shared servers come from the environment `make test` sets up:
+//! - `PAYCACHE_TEST_REDIS_URL`: a standalone Redis;
+//! - `PAYCACHE_TEST_CLUSTER_URLS`: comma-separated seed nodes of a cluster;
+//! - `PAYCACHE_TEST_PG`: a libpq key/value connection string to a database
+//!   the tests may create schemas in.
+//!
+//! Without the Redis variables a test starts private servers (slower, same
+//! behaviour). Without `PAYCACHE_TEST_PG` a test fails and says to run
+//! `make test`, which starts PostgreSQL.
+#![allow(clippy::unwrap_used)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use paycache::config::{Config, RedisMode};
+
+/// A private temporary directory, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "paycache-{tag}-{}-{:08x}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A port P such that P and P + 10000 (the cluster bus port) are both free,
+/// with P ≤ 55535 as cluster mode requires.
+pub fn free_cluster_port() -> u16 {
+    for _ in 0..200 {
+        let p = fastrand::u16(20_000..45_000);
+        let a = TcpListener::bind(("127.0.0.1", p));
+        let b = TcpListener::bind(("127.0.0.1", p + 10_000));
+        if a.is_ok() && b.is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port pair for a cluster node");
+}
+
+/// One `redis-server` process owned by the test; killed on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    dir: TempDir,
+    extra: Vec<String>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts with extra `redis-server` arguments (e.g. cluster settings).
+    pub fn start_with(extra: &[&str]) -> Self {
+        let dir = TempDir::new("redis");
+        let mut server = Self {
+            port: 0,
+            child: None,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        // A port can be taken between choosing and binding; try a few.
+        let cluster = server.extra.iter().any(|a| a == "--cluster-enabled");
+        for _ in 0..5 {
+            server.port = if cluster {
+                free_cluster_port()
+            } else {
+                free_port()
+            };
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("could not start redis-server (is it installed? `make test` installs it)");
+    }
+
+    fn spawn(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["--logfile", "redis.log"])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be on PATH (`make test` installs it)");
+        self.child = Some(child);
+        wait_for_ping(self.port, Duration::from_secs(10))
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL), as a crash would.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        assert!(
+            self.spawn(),
+            "redis-server did not come back on port {}",
+            self.port
+        );
+    }
+
+    /// Freezes the process (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            let ok = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(child.id().to_string())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "kill -{sig} failed");
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.resume_quietly();
+        self.stop();
+    }
+}
+
+impl RedisServer {
+    fn resume_quietly(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn wait_for_ping(port: u16, within: Duration) -> bool {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        if redis_cli(port, &["PING"]).is_some_and(|o| o.trim() == "PONG") {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A local Redis Cluster: 3 primaries, 3 replicas, `redis-cli --cluster create`.
+#[derive(Debug)]
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..6)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let mut args: Vec<&str> = vec!["--cluster", "create"];
+        args.extend(addrs.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", "1", "--cluster-yes"]);
+        let created = redis_cli(nodes[0].port, &args);
+        assert!(created.is_some(), "redis-cli --cluster create failed");
+        let cluster = Self { nodes };
+        cluster.wait_until_ok(Duration::from_secs(30));
+        cluster
+    }
+
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until every node reports `cluster_state:ok`.
+    pub fn wait_until_ok(&self, within: Duration) {
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            let all_ok = self.nodes.iter().all(|n| {
+                redis_cli(n.port, &["CLUSTER", "INFO"])
+                    .is_some_and(|o| o.contains("cluster_state:ok"))
+            });
+            if all_ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the local Redis Cluster did not reach cluster_state:ok");
+    }
+}
+
+/// Where a test's Redis is: a shared server (isolated by key prefix) or a
+/// private one this value owns.
+#[derive(Debug)]
+pub enum TestRedis {
+    Shared { mode: RedisMode, urls: String },
+    Standalone(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl TestRedis {
+    pub fn standalone() -> Self {
+        match std::env::var("PAYCACHE_TEST_REDIS_URL") {
+            Ok(url) if !url.is_empty() => Self::Shared {
+                mode: RedisMode::Standalone,
+                urls: url,
+            },
+            _ => Self::Standalone(RedisServer::start()),
+        }
+    }
+
+    pub fn cluster() -> Self {
+        match std::env::var("PAYCACHE_TEST_CLUSTER_URLS") {
+            Ok(urls) if !urls.is_empty() => Self::Shared {
+                mode: RedisMode::Cluster,
+                urls,
+            },
+            _ => Self::Cluster(RedisCluster::start()),
+        }
+    }
+
+    pub fn of_mode(mode: RedisMode) -> Self {
+        match mode {
+            RedisMode::Standalone => Self::standalone(),
+            RedisMode::Cluster => Self::cluster(),
+        }
+    }
+
+    pub fn mode(&self) -> RedisMode {
+        match self {
+            Self::Shared { mode, .. } => *mode,
+            Self::Standalone(_) => RedisMode::Standalone,
+            Self::Cluster(_) => RedisMode::Cluster,
+        }
+    }
+
+    pub fn urls(&self) -> String {
+        match self {
+            Self::Shared { urls, .. } => urls.clone(),
+            Self::Standalone(s) => s.url(),
+            Self::Cluster(c) => c.urls(),
+        }
+    }
+
+    /// A raw redis-rs connection for assertions (independent of the code
+    /// under test).
+    pub async fn raw(&self) -> paycache::connection::RedisConnection {
+        let urls = self.urls();
+        match self.mode() {
+            RedisMode::Standalone => {
+                let client = redis::Client::open(urls.as_str()).unwrap();
+                paycache::connection::RedisConnection::Standalone(
+                    redis::aio::ConnectionManager::new(client).await.unwrap(),
+                )
+            }
+            RedisMode::Cluster => {
+                let client =
+                    redis::cluster::ClusterClient::new(urls.split(',').collect::<Vec<_>>())
+                        .unwrap();
+                paycache::connection::RedisConnection::Cluster(
+                    client.get_async_connection().await.unwrap(),
+                )
+            }
+        }
+    }
+}
+
+/// A PostgreSQL schema of the test's own, with the migrations applied.
+#[derive(Debug, Clone)]
+pub struct TestDb {
+    /// libpq key/value string selecting the schema through `search_path`.
+    pub conninfo: String,
+    pub schema: String,
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        let base = std::env::var("PAYCACHE_TEST_PG").unwrap_or_default();
+        assert!(
+            !base.is_empty(),
+            "PAYCACHE_TEST_PG is not set: run the tests with `make test`, which starts PostgreSQL"
+        );
+        let schema = format!("t_{}_{:08x}", std::process::id(), fastrand::u32(..));
+        let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+            .await
+            .expect("cannot connect to the test PostgreSQL");
+        let task = tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .await
+            .unwrap();
+        drop(client);
+        let _ = task.await;
+        let db = Self {
+            conninfo: format!("{base} options='-c search_path={schema}'"),
+            schema,
+        };
+        let pool = paycache::db::Db::new(&db.config()).unwrap();
+        pool.migrate().await.unwrap();
+        db
+    }
+
+    pub fn config(&self) -> paycache::config::DatabaseConfig {
+        paycache::config::DatabaseConfig {
+            url: paycache::config::Secret::new(self.conninfo.clone()),
+            pool_size: 4,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// A direct client for fixtures and assertions.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.conninfo, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    }
+}
+
+/// The seed data's id for user `n` (see `shared/paycache/seed/local.sql`).
+pub fn seed_user_id(n: u64) -> String {
+    format!("00000000-0000-4000-8000-{n:012x}")
+}
+
+/// Inserts user `n` the way the seed data would.
+pub async fn insert_user(db: &TestDb, n: u64) -> String {
+    let id = seed_user_id(n);
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO users (user_id, email, display_name, country, verified, created_at, updated_at)
+             VALUES ($1::text::uuid, $2, $3, 'US', true, '2025-01-01T00:00:00Z', '2025-06-01T00:00:00Z')",
+            &[&id, &format!("user{n}@example.com"), &format!("User {n}")],
+        )
+        .await
+        .unwrap();
+    id
+}
+
+/// A configuration for one test: its own key prefix, the given Redis and
+/// database, the defaults otherwise (overridable with `extra`).
+pub fn config(redis: &TestRedis, db: &TestDb, extra: &[(&str, &str)]) -> Config {
+    let prefix = format!("t{:08x}", fastrand::u32(..));
+    let mode = match redis.mode() {
+        RedisMode::Standalone => "standalone",
+        RedisMode::Cluster => "cluster",
+    };
+    let urls = redis.urls();
+    let mut vars: Vec<(String, String)> = vec![
+        ("REDIS_MODE".into(), mode.into()),
+        ("REDIS_URL".into(), urls),
+        ("DATABASE_URL".into(), db.conninfo.clone()),
+        ("CACHE_KEY_PREFIX".into(), prefix),
+    ];
+    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Config::from_lookup(|name| {
+        vars.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    })
+    .unwrap()
+}
+
+/// Counts the commands a Redis server has executed (`INFO commandstats`),
+/// summed over the given `cmdstat_*` names. For round-trip accounting.
+pub fn command_calls(port: u16) -> std::collections::HashMap<String, u64> {
+    let info = redis_cli(port, &["INFO", "commandstats"]).unwrap_or_default();
+    info.lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
+            Some((name.to_owned(), calls.parse().ok()?))
+        })
+        .collect()
+}

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""End-to-end: send every case of cases.json to the functions running under
+`cargo lambda watch` and check status codes, headers and bodies.
+
+Usage: run.py <watch port>. Prints one line per case and closes with
+'e2e: N passed, M failed'; exits non-zero on any failure."""
+import glob
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PORT = sys.argv[1]
+
+
+def invoke(function, event):
+    out = subprocess.run(
+        ["cargo", "lambda", "invoke", function, "--invoke-address", "127.0.0.1",
+         "--invoke-port", PORT, "--data-file", os.path.join(ROOT, event), "--output-format", "json"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    if out.returncode != 0:
+        raise AssertionError(f"cargo lambda invoke failed: {out.stderr.strip()[-400:]}")
+    resp = json.loads(out.stdout)
+    headers = {k.lower(): v for k, v in (resp.get("headers") or {}).items()}
+    body = resp.get("body") or ""
+    if resp.get("isBase64Encoded"):
+        raise AssertionError("JSON bodies must not be base64-encoded")
+    return resp["statusCode"], headers, body
+
+
+def http(method, path):
+    req = urllib.request.Request(f"http://127.0.0.1:{PORT}{path}", method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=300) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read().decode()
+
+
+def check(case):
+    if "invoke" in case:
+        status, headers, body = invoke(case["invoke"], case["event"])
+    else:
+        status, headers, body = http(case["http"], case["path"])
+    problems = []
+    if status != case["status"]:
+        problems.append(f"status {status}, expected {case['status']} (body {body[:300]})")
+    for k, v in case.get("headers", {}).items():
+        if headers.get(k) != v:
+            problems.append(f"header {k}: {headers.get(k)!r}, expected {v!r}")
+    if "body" in case:
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+            problems.append(f"body is not JSON: {body[:200]!r}")
+        if isinstance(parsed, dict):
+            for k, v in case["body"].items():
+                if parsed.get(k) != v:
+                    problems.append(f"body.{k}: {parsed.get(k)!r}, expected {v!r}")
+    if problems:
+        raise AssertionError("; ".join(problems))
+
+
+def main():
+    spec = json.load(open(os.path.join(ROOT, "tests/e2e/cases.json")))
+    cases = spec["cases"]
+    passed = failed = 0
+    used = {c["event"] for c in cases if "event" in c}
+    for event in sorted(glob.glob(os.path.join(ROOT, "events/*.json"))):
+        rel = os.path.relpath(event, ROOT)
+        if rel not in used:
+            print(f"FAIL {rel}: no e2e case sends this event")
+            failed += 1
+    for case in cases:
+        try:
+            check(case)
+            print(f"ok   {case['name']}")
+            passed += 1
+        except Exception as e:  # noqa: BLE001 - report and go on
+            print(f"FAIL {case['name']}: {e}")
+            failed += 1
+    print(f"e2e: {passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

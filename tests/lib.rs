@@ -1,0 +1,104 @@
+//! Helpers shared by the workspace-level integration tests.
+#![allow(clippy::unwrap_used)]
+
+use paycache::App;
+use paycache::config::RedisMode;
+use test_support::{TestDb, TestRedis};
+
+/// A test world: its own key prefix on a real Redis of the given mode, its
+/// own PostgreSQL schema, and the `App` every function would build.
+pub struct World {
+    pub app: App,
+    pub redis: TestRedis,
+    pub db: TestDb,
+}
+
+impl World {
+    pub async fn new(mode: RedisMode, extra: &[(&str, &str)]) -> Self {
+        Self::with_redis(TestRedis::of_mode(mode), extra).await
+    }
+
+    pub async fn with_redis(redis: TestRedis, extra: &[(&str, &str)]) -> Self {
+        let db = TestDb::create().await;
+        let app = App::new(test_support::config(&redis, &db, extra)).unwrap();
+        Self { app, redis, db }
+    }
+
+    /// Another execution environment: same configuration, its own
+    /// connection, its own circuit breaker.
+    pub fn another_environment(&self) -> App {
+        App::new(self.app.config.clone()).unwrap()
+    }
+
+    /// Keys under this world's prefix (SCAN on every primary in cluster mode).
+    pub async fn keys(&self) -> Vec<String> {
+        let pattern = format!("{}:*", self.app.keys.prefix());
+        let mut conn = self.redis.raw().await;
+        let mut found = Vec::new();
+        match &mut conn {
+            paycache::connection::RedisConnection::Standalone(c) => {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(&pattern)
+                    .query_async(c)
+                    .await
+                    .unwrap();
+                found.extend(keys);
+            }
+            paycache::connection::RedisConnection::Cluster(c) => {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(&pattern)
+                    .route_command_all_primaries(c)
+                    .await;
+                found.extend(keys);
+            }
+        }
+        found.sort();
+        found
+    }
+}
+
+/// Runs one test body against standalone Redis and against the cluster.
+#[macro_export]
+macro_rules! both_modes {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn standalone() {
+                super::$name(paycache::config::RedisMode::Standalone).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() {
+                super::$name(paycache::config::RedisMode::Cluster).await;
+            }
+        }
+    };
+}
+
+/// Extension to run `KEYS` on every primary of a cluster connection.
+pub trait AllPrimaries {
+    fn route_command_all_primaries(
+        &self,
+        conn: &mut redis::cluster_async::ClusterConnection,
+    ) -> impl std::future::Future<Output = Vec<String>>;
+}
+
+impl AllPrimaries for redis::Cmd {
+    async fn route_command_all_primaries(
+        &self,
+        conn: &mut redis::cluster_async::ClusterConnection,
+    ) -> Vec<String> {
+        use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
+        let value = conn
+            .route_command(
+                self.clone(),
+                RoutingInfo::MultiNode((
+                    MultipleNodeRoutingInfo::AllMasters,
+                    Some(ResponsePolicy::CombineArrays),
+                )),
+            )
+            .await
+            .unwrap();
+        redis::from_redis_value(value).unwrap()
+    }
+}
