@@ -111,8 +111,10 @@ start_redis() { # dir port [extra args...]
 stop_redis() { # dir
   local pidfile="$1/redis.pid"
   if [ -f "$pidfile" ]; then
-    kill -CONT "$(cat "$pidfile")" 2>/dev/null || true
-    kill "$(cat "$pidfile")" 2>/dev/null || true
+    local pid i; pid=$(cat "$pidfile")
+    kill -CONT "$pid" 2>/dev/null || true
+    kill "$pid" 2>/dev/null || true
+    for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
     rm -f "$pidfile"
   fi
 }

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# `make run`: install what is missing, start Redis and PostgreSQL under
+# .stack/run (unless REDIS_URL / DATABASE_URL are set: then those are used),
+# apply migrations, load the deterministic seed data, and serve every HTTP
+# route on http://127.0.0.1:${PORT:-9000} through `cargo lambda watch`, with
+# ${CONCURRENCY:-8} instances of each function. Ctrl-C stops what it started.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+
+PORT=${PORT:-9000}
+CONCURRENCY=${CONCURRENCY:-8}
+STACK="$ROOT/.stack/run"
+mkdir -p "$STACK"
+
+ensure_cargo_lambda
+STARTED_REDIS=0 STARTED_PG=""
+WATCH_PID=""
+cleanup() {
+  set +e
+  if [ -n "$WATCH_PID" ]; then kill "$WATCH_PID" 2>/dev/null; wait "$WATCH_PID" 2>/dev/null; fi
+  [ "$STARTED_REDIS" = 1 ] && { log "stopping Redis"; stop_redis "$STACK/redis"; }
+  [ -n "$STARTED_PG" ] && { log "stopping PostgreSQL"; stop_postgres "$STARTED_PG"; }
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if [ -z "${REDIS_URL:-}" ]; then
+  ensure_redis
+  REDIS_PORT=${REDIS_PORT:-6390}
+  stop_redis "$STACK/redis" # a leftover of an interrupted run
+  if port_in_use "$REDIS_PORT"; then REDIS_PORT=$(free_port); fi
+  log "starting Redis on 127.0.0.1:$REDIS_PORT (data in $STACK/redis)"
+  start_redis "$STACK/redis" "$REDIS_PORT"
+  STARTED_REDIS=1
+  export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+else
+  log "using REDIS_URL from the environment"
+fi
+
+if [ -z "${DATABASE_URL:-}" ]; then
+  ensure_postgres
+  PG_PORT=${PG_PORT:-5439}
+  if [ -s "$STACK/pg/postmaster.pid" ] || [ -s "$STACK/pg.alt/postmaster.pid" ]; then
+    stop_postgres "$STACK/pg"; [ -L "$STACK/pg.alt" ] && stop_postgres "$(readlink "$STACK/pg.alt")"
+  fi
+  if port_in_use "$PG_PORT"; then PG_PORT=$(free_port); fi
+  log "starting PostgreSQL on 127.0.0.1:$PG_PORT (data in $STACK/pg)"
+  STARTED_PG=$(start_postgres "$STACK/pg" "$PG_PORT")
+  pg_run psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -tc \
+    "SELECT 1 FROM pg_database WHERE datname = 'paycache'" | grep -q 1 \
+    || pg_run psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c "CREATE DATABASE paycache" >/dev/null
+  export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/paycache"
+else
+  log "using DATABASE_URL from the environment"
+fi
+
+log "applying migrations and loading seed data"
+cargo run --quiet -p paycache-dev -- migrate-and-seed
+
+ENV_FILE="$STACK/functions.env"
+{
+  echo "REDIS_URL=$REDIS_URL"
+  echo "DATABASE_URL=$DATABASE_URL"
+  # Pass through every other documented variable that is set.
+  env | grep -E '^(REDIS_|CACHE_|DATABASE_|RUST_LOG=)' | grep -vE '^(REDIS_URL|DATABASE_URL)=' || true
+} >"$ENV_FILE"
+chmod 600 "$ENV_FILE"
+
+log "serving on http://127.0.0.1:$PORT  (try: curl -i http://127.0.0.1:$PORT/users/00000000-0000-4000-8000-000000000001/profile)"
+cargo lambda watch -A 127.0.0.1 -P "$PORT" --concurrency "$CONCURRENCY" --env-file "$ENV_FILE" &
+WATCH_PID=$!
+wait "$WATCH_PID"
