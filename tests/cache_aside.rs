@@ -197,11 +197,14 @@ async fn xfetch_refreshes_early(mode: RedisMode) {
         "XFetch should refresh a value this close to expiry"
     );
 
-    // β = 0 turns it off: the same situation only ever hits.
+    // β = 0 turns it off. TTL 4 s, read after 1 s: with β = 10 each read
+    // would refresh with P = e^(−3000/3000) ≈ 0.37, so ten plain hits in a
+    // row show that β = 0 really is off — and 3 s of slack keep a slow
+    // machine from reaching the real expiry.
     let off = World::new(
         mode,
         &[
-            ("CACHE_TTL_USER_PROFILE_SECS", "2"),
+            ("CACHE_TTL_USER_PROFILE_SECS", "4"),
             ("CACHE_TTL_JITTER_PERCENT", "0"),
             ("CACHE_XFETCH_BETA", "0"),
         ],
@@ -209,7 +212,7 @@ async fn xfetch_refreshes_early(mode: RedisMode) {
     .await;
     let key = off.app.keys.user_profile(&user(5));
     off.app.cache.get_or_load(&key, load).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     for _ in 0..10 {
         let got = off.app.cache.get_or_load(&key, load).await.unwrap();
         assert_eq!(got.status, CacheStatus::Hit);
@@ -411,4 +414,38 @@ async fn breaker_closes_when_redis_returns() {
     }
     assert!(back, "the cache should be used again after Redis returns");
     assert!(!w.app.redis.breaker().is_open());
+}
+
+/// The AUTH token is sent: the right one works, a wrong one is an outage
+/// (served from the database), never an error to the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_token_is_used() {
+    let token = "correct-horse-battery-staple-42";
+    let server = RedisServer::start_with(&["--requirepass", token]);
+    let url = server.url();
+    let w = World::with_redis(
+        TestRedis::Standalone(server),
+        &[("REDIS_AUTH_TOKEN", token)],
+    )
+    .await;
+    let key = w.app.keys.user_profile(&user(11));
+    let load = || async { Ok::<_, ()>(Some(11u8)) };
+    let got = w.app.cache.get_or_load(&key, load).await.unwrap();
+    assert_eq!(got.status, CacheStatus::Miss { stored: true });
+    assert_eq!(
+        w.app.cache.get_or_load(&key, load).await.unwrap().status,
+        CacheStatus::Hit
+    );
+
+    let mut wrong = w.app.config.clone();
+    wrong.redis.auth_token = Some(paycache::config::Secret::new("wrong-token-wrong-token"));
+    wrong.redis.urls = paycache::config::Secret::new(url);
+    let app = paycache::App::new(wrong).unwrap();
+    let got = app.cache.get_or_load(&key, load).await.unwrap();
+    assert!(
+        matches!(got.status, CacheStatus::Bypass(_)),
+        "{:?}",
+        got.status
+    );
+    assert_eq!(got.value, Some(11));
 }

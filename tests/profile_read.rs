@@ -107,6 +107,37 @@ async fn bad_ids_are_400_and_touch_nothing(mode: RedisMode) {
 both_modes!(bad_ids_are_400_and_touch_nothing);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_are_413() {
+    let w = World::new(RedisMode::Standalone, &[]).await;
+    let id = insert_user(&w.db, 1).await;
+    let mut params = HashMap::new();
+    params.insert("user_id".to_string(), id.clone());
+    let req = http::Request::builder()
+        .method("GET")
+        .uri(format!("/users/{id}/profile"))
+        .body(Body::Binary(vec![b'x'; 64 * 1024 + 1]))
+        .unwrap()
+        .with_path_parameters(params);
+    let resp = handle(&w.app, req).await;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(header(&resp, "content-type"), "application/problem+json");
+    assert!(
+        w.keys().await.is_empty(),
+        "a rejected request must not touch the cache"
+    );
+    // Exactly the limit is fine.
+    let mut params = HashMap::new();
+    params.insert("user_id".to_string(), id.clone());
+    let req = http::Request::builder()
+        .method("GET")
+        .uri(format!("/users/{id}/profile"))
+        .body(Body::Binary(vec![b'x'; 64 * 1024]))
+        .unwrap()
+        .with_path_parameters(params);
+    assert_eq!(handle(&w.app, req).await.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_methods_are_405() {
     let w = World::new(RedisMode::Standalone, &[]).await;
     let req = http::Request::builder()

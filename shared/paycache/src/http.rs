@@ -147,6 +147,17 @@ pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Bo
     resp
 }
 
+/// The contract's size limit, checked before anything else is read: a body
+/// over [`MAX_BODY_BYTES`] is answered with 413 whatever the route.
+pub fn check_body_size(req: &Request) -> Result<(), Problem> {
+    let body: &[u8] = req.body().as_ref();
+    if body.len() > MAX_BODY_BYTES {
+        Err(Problem::payload_too_large())
+    } else {
+        Ok(())
+    }
+}
+
 /// Adds the `Cache-Status` header.
 pub fn with_cache_status(mut resp: Response<Body>, status: &CacheStatus) -> Response<Body> {
     if let Ok(v) = HeaderValue::from_str(&status.header_value()) {

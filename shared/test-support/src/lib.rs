@@ -204,7 +204,8 @@ fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
 fn wait_for_ping(port: u16, within: Duration) -> bool {
     let until = Instant::now() + within;
     while Instant::now() < until {
-        if redis_cli(port, &["PING"]).is_some_and(|o| o.trim() == "PONG") {
+        // A server with `requirepass` answers NOAUTH: it is up all the same.
+        if redis_cli(port, &["PING"]).is_some_and(|o| o.trim() == "PONG" || o.contains("NOAUTH")) {
             return true;
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -4,12 +4,17 @@ use http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
 
 use crate::app::App;
-use crate::http::{Problem, json_response, path_param, request_id, with_cache_status};
+use crate::http::{
+    Problem, check_body_size, json_response, path_param, request_id, with_cache_status,
+};
 use crate::keys::UserId;
 use crate::profile::get_profile;
 
 pub async fn handle(app: &App, req: Request) -> Response<Body> {
     let rid = request_id(&req);
+    if let Err(problem) = check_body_size(&req) {
+        return problem.into_response(&rid);
+    }
     if req.method() != Method::GET {
         return Problem::method_not_allowed("GET").into_response(&rid);
     }
