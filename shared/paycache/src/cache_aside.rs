@@ -43,8 +43,10 @@
 //!   so keys filled together (e.g. by the warmer) do not expire together.
 //!
 //! # Stored format
-//! `1:F:<δ ms>:<expiry unix ms>:<JSON>` for a value, `1:N:<δ ms>:<expiry unix
-//! ms>:` for "not found". The expiry is the writer's clock; Lambda clocks are
+//! `1:F:<δ ms>:<expiry unix ms>:<version>:<JSON>` for a value,
+//! `1:N:<δ ms>:<expiry unix ms>:0:` for "not found". `version` is the
+//! entity's version for versioned families (wallet balances) and 0 otherwise;
+//! Lua scripts read it to refuse to move a cached value backwards. The expiry is the writer's clock; Lambda clocks are
 //! NTP-disciplined, and the expiry only steers the early-refresh heuristic —
 //! Redis's own TTL decides when a value is gone.
 
@@ -81,6 +83,8 @@ pub enum CacheStatus {
     LeaseTimeout,
     /// A hit that XFetch chose to refresh early; served fresh from the database.
     EarlyRefresh { stored: bool },
+    /// A writer holds the key's fence; served from the database, not stored.
+    WriteInProgress,
     /// Redis was unavailable; served from the database.
     Bypass(RedisUnavailable),
 }
@@ -100,6 +104,7 @@ impl CacheStatus {
             Self::EarlyRefresh { stored: false } => {
                 "paycache; fwd=stale; detail=early-refresh".into()
             }
+            Self::WriteInProgress => "paycache; fwd=miss; detail=write-in-progress".into(),
             Self::Bypass(_) => "paycache; fwd=uri-miss; detail=redis-unavailable".into(),
         }
     }
@@ -129,12 +134,19 @@ enum LeaseReply {
     Value(Vec<u8>),
     Leased,
     Busy,
+    WriterFence,
 }
 
 struct Entry<T> {
     value: Option<T>,
     delta_ms: u64,
     expires_at_ms: u64,
+}
+
+/// The header of a stored entry that scripts and writers need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryHeader {
+    pub version: u64,
 }
 
 impl CacheAside {
@@ -152,6 +164,23 @@ impl CacheAside {
     /// `Err` when the source of truth failed; the error is passed through and
     /// nothing is cached.
     pub async fn get_or_load<T, E, F, Fut>(&self, key: &CacheKey, load: F) -> Result<Cached<T>, E>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+    {
+        self.get_or_load_versioned(key, |_| 0, load).await
+    }
+
+    /// [`Self::get_or_load`] for a versioned entity: `version_of` gives the
+    /// version stored in the entry's header, which write-through scripts
+    /// compare so that a cached value never moves backwards.
+    pub async fn get_or_load_versioned<T, E, F, Fut>(
+        &self,
+        key: &CacheKey,
+        version_of: impl Fn(&T) -> u64,
+        load: F,
+    ) -> Result<Cached<T>, E>
     where
         T: Serialize + DeserializeOwned,
         F: FnOnce() -> Fut,
@@ -227,7 +256,8 @@ impl CacheAside {
                     return Err(e);
                 }
             };
-            let stored = self.store(key, &token, value.as_ref(), took).await;
+            let version = value.as_ref().map(&version_of).unwrap_or(0);
+            let stored = self.store(key, &token, value.as_ref(), version, took).await;
             return Ok(Cached {
                 value,
                 status: CacheStatus::EarlyRefresh { stored },
@@ -276,10 +306,21 @@ impl CacheAside {
                             return Err(e);
                         }
                     };
-                    let stored = self.store(key, &token, value.as_ref(), took).await;
+                    let version = value.as_ref().map(&version_of).unwrap_or(0);
+                    let stored = self.store(key, &token, value.as_ref(), version, took).await;
                     return Ok(Cached {
                         value,
                         status: CacheStatus::Miss { stored },
+                    });
+                }
+                Ok(LeaseReply::WriterFence) => {
+                    // A write is between its fence and its cache update: the
+                    // database already has (or is about to have) the newer
+                    // row, and only the writer may fill the cache.
+                    let (value, _) = run_load().await?;
+                    return Ok(Cached {
+                        value,
+                        status: CacheStatus::WriteInProgress,
                     });
                 }
                 Ok(LeaseReply::Busy) => {
@@ -344,6 +385,7 @@ impl CacheAside {
                 Ok(match reply {
                     Value::BulkString(bytes) => LeaseReply::Value(bytes),
                     Value::Int(1) => LeaseReply::Leased,
+                    Value::Int(-1) => LeaseReply::WriterFence,
                     _ => LeaseReply::Busy,
                 })
             })
@@ -357,6 +399,7 @@ impl CacheAside {
         key: &CacheKey,
         token: &str,
         value: Option<&T>,
+        version: u64,
         took: Duration,
     ) -> bool {
         let ttl = match value {
@@ -367,7 +410,7 @@ impl CacheAside {
             return false;
         };
         let ttl = jittered(ttl, self.ttl.jitter_percent);
-        let Some(encoded) = encode(value, took, ttl) else {
+        let Some(encoded) = encode(value, version, took, ttl) else {
             return false;
         };
         let lock = key.lock_key();
@@ -389,19 +432,23 @@ impl CacheAside {
     }
 
     async fn release(&self, key: &CacheKey, token: &str) {
-        let lock = key.lock_key();
-        let _ = self
-            .redis
-            .run(|mut c| async move {
-                let _: i64 = RELEASE_LEASE
-                    .key(&lock)
-                    .arg(token)
-                    .invoke_async(&mut c)
-                    .await?;
-                Ok(())
-            })
-            .await;
+        release_lease(&self.redis, &key.lock_key(), token).await;
     }
+}
+
+/// Deletes a lease (`lock`) if `token` still holds it; best effort (an
+/// unreleased lease expires by itself).
+pub(crate) async fn release_lease(redis: &Redis, lock: &str, token: &str) {
+    let _ = redis
+        .run(|mut c| async move {
+            let _: i64 = RELEASE_LEASE
+                .key(lock)
+                .arg(token)
+                .invoke_async(&mut c)
+                .await?;
+            Ok(())
+        })
+        .await;
 }
 
 fn lease_token() -> String {
@@ -428,12 +475,18 @@ pub fn jittered(ttl: Duration, percent: u8) -> Duration {
     ttl - Duration::from_millis(fastrand::u64(0..=max_cut))
 }
 
-fn encode<T: Serialize>(value: Option<&T>, took: Duration, ttl: Duration) -> Option<Vec<u8>> {
+/// Encodes an entry (see "Stored format" above).
+pub fn encode<T: Serialize>(
+    value: Option<&T>,
+    version: u64,
+    took: Duration,
+    ttl: Duration,
+) -> Option<Vec<u8>> {
     let expires = now_ms().saturating_add(millis(ttl));
     let delta = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
     let mut out = match value {
-        Some(_) => format!("1:F:{delta}:{expires}:").into_bytes(),
-        None => format!("1:N:{delta}:{expires}:").into_bytes(),
+        Some(_) => format!("1:F:{delta}:{expires}:{version}:").into_bytes(),
+        None => format!("1:N:{delta}:{expires}:0:").into_bytes(),
     };
     if let Some(v) = value {
         serde_json::to_writer(&mut out, v).ok()?;
@@ -442,13 +495,14 @@ fn encode<T: Serialize>(value: Option<&T>, took: Duration, ttl: Duration) -> Opt
 }
 
 fn decode<T: DeserializeOwned>(raw: &[u8]) -> Option<Entry<T>> {
-    let mut parts = raw.splitn(5, |b| *b == b':');
-    let version = parts.next()?;
+    let mut parts = raw.splitn(6, |b| *b == b':');
+    let format = parts.next()?;
     let kind = parts.next()?;
     let delta_ms = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
     let expires_at_ms = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let _version: u64 = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
     let body = parts.next()?;
-    if version != b"1" {
+    if format != b"1" {
         return None;
     }
     let value = match kind {
@@ -471,18 +525,20 @@ mod tests {
     fn envelope_round_trips_values_and_not_found() {
         let raw = encode(
             Some(&serde_json::json!({"a": 1})),
+            9,
             Duration::from_millis(7),
             Duration::from_secs(60),
         )
         .unwrap();
         assert!(raw.starts_with(b"1:F:7:"));
+        assert!(std::str::from_utf8(&raw).unwrap().ends_with(":9:{\"a\":1}"));
         let e: Entry<serde_json::Value> = decode(&raw).unwrap();
         assert_eq!(e.value, Some(serde_json::json!({"a": 1})));
         assert_eq!(e.delta_ms, 7);
         assert!(e.expires_at_ms > now_ms());
 
         let raw =
-            encode::<serde_json::Value>(None, Duration::ZERO, Duration::from_secs(1)).unwrap();
+            encode::<serde_json::Value>(None, 0, Duration::ZERO, Duration::from_secs(1)).unwrap();
         let e: Entry<serde_json::Value> = decode(&raw).unwrap();
         assert_eq!(e.value, None);
     }
@@ -492,10 +548,12 @@ mod tests {
         for raw in [
             &b""[..],
             b"1:F",
-            b"2:F:1:1:{}",
-            b"1:X:1:1:{}",
-            b"1:F:x:1:{}",
-            b"1:F:1:1:{",
+            b"2:F:1:1:0:{}",
+            b"1:X:1:1:0:{}",
+            b"1:F:x:1:0:{}",
+            b"1:F:1:1:x:{}",
+            b"1:F:1:1:0:{",
+            b"1:F:1:1:{}",
             b"{\"a\":1}",
         ] {
             assert!(decode::<serde_json::Value>(raw).is_none(), "{raw:?}");

@@ -122,6 +122,35 @@ pub struct DatabaseConfig {
     pub statement_timeout: Duration,
 }
 
+/// Balance write-through.
+#[derive(Debug, Clone, Copy)]
+pub struct BalanceConfig {
+    /// How long a writer's fence lasts. A write that has not committed within
+    /// half of it is rolled back (503), so a fence never expires under a
+    /// write that is still going to commit.
+    pub fence_ttl: Duration,
+}
+
+/// Write-behind audit log.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// An append past this many buffered events is refused (the event then
+    /// reaches PostgreSQL through the outbox reconciliation instead).
+    pub max_buffered: u64,
+    /// Buffer length at which the writer flushes a batch itself (the
+    /// design's "trigger batch write if buffer is full").
+    pub flush_threshold: u64,
+    /// Events moved per claim.
+    pub batch_size: u64,
+    /// How long a flusher's claim (lock) lasts.
+    pub flush_lock: Duration,
+    /// Outbox audit events older than this that are not in `audit_log` are
+    /// inserted from the outbox (covers a failed or lost Redis append).
+    pub reconcile_after: Duration,
+    /// Services whose buffers `audit-flush` drains.
+    pub services: Vec<crate::keys::ServiceName>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub redis: RedisConfig,
@@ -131,6 +160,8 @@ pub struct Config {
     pub ttl: TtlConfig,
     pub cache: CacheAsideConfig,
     pub breaker: BreakerConfig,
+    pub balance: BalanceConfig,
+    pub audit: AuditConfig,
 }
 
 impl Config {
@@ -175,6 +206,17 @@ impl Config {
             breaker: BreakerConfig {
                 failure_threshold: env.number("CACHE_BREAKER_FAILURES", 3, 1, 1000)?,
                 cooldown: env.millis("CACHE_BREAKER_COOLDOWN_MS", 5000, 10, 600_000)?,
+            },
+            balance: BalanceConfig {
+                fence_ttl: env.millis("BALANCE_FENCE_TTL_MS", 10_000, 100, 600_000)?,
+            },
+            audit: AuditConfig {
+                max_buffered: env.number("AUDIT_BUFFER_MAX_EVENTS", 100_000, 1, 100_000_000)?,
+                flush_threshold: env.number("AUDIT_FLUSH_THRESHOLD", 100, 1, 1_000_000)?,
+                batch_size: env.number("AUDIT_FLUSH_BATCH", 500, 1, 10_000)?,
+                flush_lock: env.millis("AUDIT_FLUSH_LOCK_MS", 30_000, 100, 900_000)?,
+                reconcile_after: env.secs("AUDIT_RECONCILE_AFTER_SECS", 300)?,
+                services: audit_services(&env)?,
             },
         })
     }
@@ -298,6 +340,22 @@ fn key_prefix(env: &Env<'_>) -> Result<String, ConfigError> {
             "must be 1–32 of a-z 0-9 _ . - (no ':' or braces: it must not move keys between hash slots)",
         ))
     }
+}
+
+fn audit_services(env: &Env<'_>) -> Result<Vec<crate::keys::ServiceName>, ConfigError> {
+    let raw = env
+        .get("AUDIT_SERVICES")
+        .unwrap_or_else(|| "balance-write".into());
+    raw.split(',')
+        .map(|s| {
+            crate::keys::ServiceName::parse(s.trim()).map_err(|_| {
+                ConfigError::new(
+                    "AUDIT_SERVICES",
+                    "must be a comma-separated list of service names (1–64 of a-z 0-9 _ . -)",
+                )
+            })
+        })
+        .collect()
 }
 
 fn xfetch_beta(env: &Env<'_>) -> Result<f64, ConfigError> {

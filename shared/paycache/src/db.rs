@@ -32,7 +32,10 @@ pub enum DbError {
 }
 
 /// The migrations, applied in order, each once (tracked in `schema_migrations`).
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_core.sql"))];
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_core.sql")),
+    (2, include_str!("../migrations/0002_balance_outbox.sql")),
+];
 
 /// The deterministic local data set (see the file for its ids).
 pub const LOCAL_SEED: &str = include_str!("../seed/local.sql");

@@ -77,6 +77,39 @@ impl Problem {
         p
     }
 
+    pub fn unprocessable(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable",
+            "The request is well-formed but cannot be applied",
+            detail,
+        )
+    }
+
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "version-conflict",
+            "The resource has changed",
+            detail,
+        )
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+            "The request could not be completed; it was logged.",
+        )
+    }
+
+    /// Adds a member to the problem body (e.g. `current` on a 409).
+    pub fn with(mut self, name: &str, value: serde_json::Value) -> Self {
+        self.extra.insert(name.to_owned(), value);
+        self
+    }
+
     pub fn payload_too_large() -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -156,6 +189,41 @@ pub fn check_body_size(req: &Request) -> Result<(), Problem> {
     } else {
         Ok(())
     }
+}
+
+/// The request body as a JSON object, or a 400 saying why it is not one.
+pub fn json_object(req: &Request) -> Result<serde_json::Map<String, serde_json::Value>, Problem> {
+    let body: &[u8] = req.body().as_ref();
+    if body.is_empty() {
+        return Err(Problem::invalid_request(
+            "The request body must be a JSON object.",
+        ));
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(_) => Err(Problem::invalid_request(
+            "The request body must be a JSON object.",
+        )),
+        Err(_) => Err(Problem::invalid_request(
+            "The request body is not valid JSON (numbers must fit a 64-bit float, text must be UTF-8).",
+        )),
+    }
+}
+
+/// A header that may appear at most once, as visible ASCII text.
+pub fn single_header<'a>(req: &'a Request, name: &str) -> Result<Option<&'a str>, Problem> {
+    let mut values = req.headers().get_all(name).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Problem::invalid_request(format!(
+            "The {name} header must appear at most once."
+        )));
+    }
+    first.to_str().map(Some).map_err(|_| {
+        Problem::invalid_request(format!("The {name} header must be printable ASCII."))
+    })
 }
 
 /// Adds the `Cache-Status` header.

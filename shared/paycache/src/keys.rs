@@ -235,6 +235,8 @@ token_id!(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyFamily {
     UserProfile,
+    UserPermissions,
+    UserPreferences,
     WalletBalance,
     Session,
     Blacklist,
@@ -254,6 +256,8 @@ impl KeyFamily {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::UserProfile => "user_profile",
+            Self::UserPermissions => "user_permissions",
+            Self::UserPreferences => "user_preferences",
             Self::WalletBalance => "wallet_balance",
             Self::Session => "session",
             Self::Blacklist => "blacklist",
@@ -276,7 +280,9 @@ impl KeyFamily {
     pub fn ttl(self, ttl: &TtlConfig) -> Option<Duration> {
         let secs = Duration::from_secs;
         match self {
-            Self::UserProfile => Some(ttl.user_profile),
+            Self::UserProfile | Self::UserPermissions | Self::UserPreferences => {
+                Some(ttl.user_profile)
+            }
             Self::WalletBalance => Some(ttl.wallet_balance),
             Self::Session => Some(ttl.session_data),
             Self::Blacklist => Some(secs(86_400)),
@@ -361,9 +367,25 @@ impl Keyspace {
         self.key(KeyFamily::UserProfile, id, None)
     }
 
+    /// `user_permissions:{user_id}` (invalidated with the profile).
+    pub fn user_permissions(&self, id: &UserId) -> CacheKey {
+        self.key(KeyFamily::UserPermissions, id, None)
+    }
+
+    /// `user_preferences:{user_id}` (invalidated with the profile).
+    pub fn user_preferences(&self, id: &UserId) -> CacheKey {
+        self.key(KeyFamily::UserPreferences, id, None)
+    }
+
     /// `wallet_balance:{wallet_id}`
     pub fn wallet_balance(&self, id: &WalletId) -> CacheKey {
         self.key(KeyFamily::WalletBalance, id, None)
+    }
+
+    /// `wallet_balance:{wallet_id}:published` — the highest version whose
+    /// `balance:{wallet_id}` message has been sent; same slot as the balance.
+    pub fn wallet_balance_published(&self, id: &WalletId) -> String {
+        format!("{}:published", self.wallet_balance(id).as_str())
     }
 
     /// `session:{session_id}`
@@ -504,6 +526,8 @@ mod tests {
         let tok = SessionId::parse("c2Vzc2lvbg==").unwrap();
         let keys = [
             ks().user_profile(&user),
+            ks().user_permissions(&user),
+            ks().user_preferences(&user),
             ks().wallet_balance(&wallet),
             ks().session(&tok),
             ks().blacklist(&Jti::parse("jti-1").unwrap()),
@@ -523,6 +547,7 @@ mod tests {
             assert_eq!(k.matches('}').count(), 1, "{k}");
             assert!(k.starts_with(&format!("paycache:{}:{{", key.family().as_str())));
             assert_eq!(hash_tag(k), hash_tag(&key.lock_key()), "{k}");
+            assert_eq!(hash_tag(k), hash_tag(&format!("{k}:published")), "{k}");
         }
         // All keys of one entity share a slot, whatever family or suffix.
         assert_eq!(

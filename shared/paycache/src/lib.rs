@@ -5,15 +5,22 @@
 //! cache-aside, … Each states its guarantee and why it holds.
 
 pub mod app;
+pub mod audit;
+pub mod balance;
 pub mod breaker;
 pub mod cache_aside;
 pub mod config;
 pub mod connection;
 pub mod db;
+pub mod events;
 pub mod http;
+pub mod invalidation;
 pub mod keys;
+pub mod money;
 pub mod profile;
+pub mod pubsub;
 pub mod routes;
+pub mod transactions;
 
 pub use app::{App, InitError, init_logging};
 pub use cache_aside::{CacheAside, CacheStatus, Cached};

@@ -459,3 +459,153 @@ pub fn command_calls(port: u16) -> std::collections::HashMap<String, u64> {
         })
         .collect()
 }
+
+/// A random id in canonical UUID form (version 4 layout), for entities that
+/// must not collide across tests sharing one Redis (pub/sub channels are not
+/// namespaced by key prefix).
+pub fn random_uuid() -> String {
+    let n = fastrand::u128(..);
+    let n = (n & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    let h = format!("{n:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Inserts a wallet for user `user_n` (inserted if missing) with the given
+/// id, currency and balance in minor units, at version 1.
+pub async fn insert_wallet(db: &TestDb, user_n: u64, wallet_id: &str, currency: &str, minor: i64) {
+    let client = db.client().await;
+    let user = seed_user_id(user_n);
+    client
+        .execute(
+            "INSERT INTO users (user_id, email, display_name, country, verified)
+             VALUES ($1::text::uuid, $2, $3, 'US', true) ON CONFLICT DO NOTHING",
+            &[
+                &user,
+                &format!("user{user_n}@example.com"),
+                &format!("User {user_n}"),
+            ],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO wallets (wallet_id, user_id, currency, balance_minor, version)
+             VALUES ($1::text::uuid, $2::text::uuid, $3, $4, 1)",
+            &[&wallet_id, &user, &currency, &minor],
+        )
+        .await
+        .unwrap();
+}
+
+/// Inserts a transaction between two existing wallets.
+pub async fn insert_transaction(
+    db: &TestDb,
+    id: &str,
+    sender: &str,
+    receiver: &str,
+    minor: i64,
+    status: &str,
+) {
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO transactions (transaction_id, sender_wallet_id, receiver_wallet_id, amount_minor,
+                                       currency, status, payment_method)
+             VALUES ($1::text::uuid, $2::text::uuid, $3::text::uuid, $4, 'USD', $5, 'card_ending_1234')",
+            &[&id, &sender, &receiver, &minor, &status],
+        )
+        .await
+        .unwrap();
+}
+
+/// Watches a Redis server with `MONITOR` and reports the commands clients
+/// sent — one per round trip — leaving out the calls scripts make inside
+/// (MONITOR marks those `lua`).
+pub struct CommandMonitor {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl CommandMonitor {
+    pub fn start(port: u16) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "MONITOR"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line == "OK" {
+                    let _ = ready_tx.send(());
+                    continue;
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        Self { child, lines }
+    }
+
+    /// Lower-case names of the client commands seen so far, in order
+    /// (waits briefly for MONITOR's output to catch up).
+    pub fn commands(&self) -> Vec<String> {
+        std::thread::sleep(Duration::from_millis(200));
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| !l.contains(" lua]"))
+            .filter_map(|l| {
+                l.split_once("] \"")
+                    .map(|(_, rest)| rest.split('"').next().unwrap_or("").to_lowercase())
+            })
+            .collect()
+    }
+
+    /// Like [`Self::commands`], with each command's first argument (a
+    /// script's SHA for `evalsha`).
+    pub fn commands_with_first_arg(&self) -> Vec<(String, String)> {
+        std::thread::sleep(Duration::from_millis(200));
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| !l.contains(" lua]"))
+            .filter_map(|l| {
+                let (_, rest) = l.split_once("] \"")?;
+                let mut parts = rest.split("\" \"");
+                let cmd = parts.next()?.trim_end_matches('"').to_lowercase();
+                let arg = parts.next().unwrap_or("").trim_end_matches('"').to_owned();
+                Some((cmd, arg))
+            })
+            .collect()
+    }
+
+    pub fn clear(&self) {
+        std::thread::sleep(Duration::from_millis(200));
+        self.lines.lock().unwrap().clear();
+    }
+}
+
+impl Drop for CommandMonitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -7,12 +7,18 @@
 --
 -- Returns the stored value (bulk string) if present;
 --         1 if the caller now holds the lease and must load;
---         0 if someone else holds the lease (wait and ask again).
+--         0 if another reader holds the lease (wait and ask again);
+--        -1 if a writer holds it (a write is committing: read the database,
+--           store nothing).
 local v = redis.call('GET', KEYS[1])
 if v then
   return v
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return 1
+end
+local holder = redis.call('GET', KEYS[2])
+if holder and string.sub(holder, 1, 2) == 'w:' then
+  return -1
 end
 return 0

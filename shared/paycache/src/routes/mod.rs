@@ -2,4 +2,5 @@
 //! API Gateway request, and always returns a response: errors are rendered
 //! as problems here, never propagated to the runtime.
 
+pub mod balance;
 pub mod profile_read;

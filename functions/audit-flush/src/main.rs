@@ -1,0 +1,21 @@
+//! Scheduled every minute — see `paycache::events::audit_flush`.
+
+use std::time::Duration;
+
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use serde_json::Value;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    paycache::init_logging();
+    let app = paycache::App::from_env()?;
+    let app = &app;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        let deadline = paycache::events::deadline_from_epoch_ms(
+            event.context.deadline,
+            Duration::from_secs(30),
+        );
+        Ok::<_, Error>(paycache::events::audit_flush(app, deadline).await)
+    }))
+    .await
+}

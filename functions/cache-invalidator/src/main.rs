@@ -1,0 +1,17 @@
+//! EventBridge rule — see `paycache::events::cache_invalidation`.
+
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use serde_json::Value;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    paycache::init_logging();
+    let app = paycache::App::from_env()?;
+    let app = &app;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        paycache::events::cache_invalidation(app, &event.payload)
+            .await
+            .map_err(Error::from)
+    }))
+    .await
+}

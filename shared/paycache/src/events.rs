@@ -1,0 +1,137 @@
+//! Handlers for the EventBridge-triggered functions. Each takes the raw
+//! event, never panics on any input, and returns a JSON summary that it also
+//! logs.
+//!
+//! Malformed events are answered with `{"status": "rejected", "reason": …}`
+//! and not retried (retrying cannot fix them). Failures that a retry can fix
+//! (Redis or PostgreSQL unavailable during an invalidation) are returned as
+//! errors, so that Lambda's asynchronous retries and the dead-letter queue
+//! take over: an invalidation must not be dropped.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::app::App;
+use crate::audit;
+use crate::balance;
+use crate::invalidation::{self, InvalidationError};
+use crate::keys::{TransactionId, UserId, WalletId};
+
+fn rejected(reason: impl Into<String>) -> Value {
+    let reason = reason.into();
+    tracing::warn!(reason = %reason, "event rejected");
+    json!({"status": "rejected", "reason": reason})
+}
+
+/// `cache-invalidator`: `UserProfileUpdated` and `TransactionCompleted`.
+pub async fn cache_invalidation(app: &App, event: &Value) -> Result<Value, InvalidationError> {
+    let started = Instant::now();
+    let Some(kind) = event.get("detail-type").and_then(Value::as_str) else {
+        return Ok(rejected("the event has no detail-type"));
+    };
+    let Some(detail) = event.get("detail").filter(|d| d.is_object()) else {
+        return Ok(rejected("the event has no detail object"));
+    };
+    let field = |name: &str| detail.get(name).and_then(Value::as_str);
+    let report = match kind {
+        "UserProfileUpdated" => {
+            let user = match field("user_id").map(UserId::parse) {
+                Some(Ok(u)) => u,
+                Some(Err(e)) => return Ok(rejected(format!("detail.{e}"))),
+                None => return Ok(rejected("detail.user_id is required")),
+            };
+            invalidation::user_profile_updated(app, &user).await?
+        }
+        "TransactionCompleted" => {
+            let id = match field("transaction_id").map(TransactionId::parse) {
+                Some(Ok(t)) => t,
+                Some(Err(e)) => return Ok(rejected(format!("detail.{e}"))),
+                None => return Ok(rejected("detail.transaction_id is required")),
+            };
+            for name in ["sender_wallet_id", "receiver_wallet_id"] {
+                match field(name).map(WalletId::parse) {
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) => {
+                        return Ok(rejected(format!(
+                            "detail.{name} must be a UUID in canonical form"
+                        )));
+                    }
+                    None => return Ok(rejected(format!("detail.{name} is required"))),
+                }
+            }
+            invalidation::transaction_completed(app, &id).await?
+        }
+        other => {
+            tracing::info!(detail_type = %other.chars().take(64).collect::<String>(), "event ignored");
+            return Ok(json!({"status": "ignored"}));
+        }
+    };
+    let summary = json!({
+        "status": "ok",
+        "detail_type": kind,
+        "outcome": report.outcome,
+        "keys_deleted": report.keys_deleted,
+        "wallets_invalidated": report.wallets_invalidated,
+        "published": report.published,
+        "duration_ms": started.elapsed().as_millis() as u64,
+    });
+    tracing::info!(summary = %summary, "invalidation done");
+    Ok(summary)
+}
+
+/// `audit-flush`: drains every configured service's buffer, applies pending
+/// balance outbox rows, and reconciles outbox audit events, stopping before
+/// `deadline`.
+pub async fn audit_flush(app: &App, deadline: Instant) -> Value {
+    let started = Instant::now();
+    let mut errors = Vec::new();
+    let mut flushed = Vec::new();
+    for service in &app.config.audit.services {
+        match audit::flush(app, service, deadline, u64::MAX).await {
+            Ok(report) => flushed.push(serde_json::to_value(report).unwrap_or(Value::Null)),
+            Err(e) => errors.push(format!("{service}: {e}")),
+        }
+    }
+    let outbox = match balance::apply_pending(app, 1000).await {
+        Ok(report) => serde_json::to_value(report).unwrap_or(Value::Null),
+        Err(e) => {
+            errors.push(format!("outbox: {e}"));
+            Value::Null
+        }
+    };
+    let reconciled = match audit::reconcile_outbox(app, 1000).await {
+        Ok(n) => n,
+        Err(e) => {
+            errors.push(format!("reconcile: {e}"));
+            0
+        }
+    };
+    let summary = json!({
+        "status": if errors.is_empty() { "ok" } else { "degraded" },
+        "flushed": flushed,
+        "outbox": outbox,
+        "reconciled": reconciled,
+        "errors": errors,
+        "duration_ms": started.elapsed().as_millis() as u64,
+    });
+    if errors.is_empty() {
+        tracing::info!(summary = %summary, "audit flush done");
+    } else {
+        tracing::error!(summary = %summary, "audit flush degraded");
+    }
+    summary
+}
+
+/// The Lambda deadline (milliseconds since the Unix epoch) as an `Instant`,
+/// or `fallback` from now when it is missing or already past.
+pub fn deadline_from_epoch_ms(deadline_ms: u64, fallback: Duration) -> Instant {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    match deadline_ms.checked_sub(now_ms) {
+        Some(left) if left > 0 => Instant::now() + Duration::from_millis(left),
+        _ => Instant::now() + fallback,
+    }
+}

@@ -1,0 +1,833 @@
+//! Wallet balances through the `balance-write` handler: versioned
+//! write-through, idempotency, failure during a write, pub/sub order and
+//! round trips. Real Redis (both modes) and PostgreSQL.
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::StatusCode;
+use lambda_http::{Body, Request, RequestExt, Response};
+use paycache::App;
+use paycache::balance::{WalletBalance, apply_pending, get_balance, load_balance};
+use paycache::config::RedisMode;
+use paycache::keys::WalletId;
+use paycache::routes::balance::handle;
+use paycache_tests::{World, both_modes};
+use serde_json::{Value, json};
+use test_support::{CommandMonitor, RedisServer, TestRedis, insert_wallet, random_uuid};
+
+fn request(method: &str, wallet: &str, body: Option<Value>, key: Option<&str>) -> Request {
+    let mut params = HashMap::new();
+    params.insert("wallet_id".to_string(), wallet.to_string());
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(format!("/wallets/{wallet}/balance"));
+    if let Some(k) = key {
+        b = b.header("idempotency-key", k);
+    }
+    let body = match body {
+        Some(v) => Body::Text(v.to_string()),
+        None => Body::Empty,
+    };
+    b.body(body).unwrap().with_path_parameters(params)
+}
+
+fn put_body(balance: &str, currency: &str, expected: u64) -> Value {
+    json!({"balance": balance, "currency": currency, "expected_version": expected})
+}
+
+fn body_json(resp: &Response<Body>) -> Value {
+    serde_json::from_slice(resp.body().as_ref()).unwrap()
+}
+
+fn header<'a>(resp: &'a Response<Body>, name: &str) -> &'a str {
+    resp.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap())
+        .unwrap_or("")
+}
+
+async fn new_wallet(w: &World, minor: i64) -> String {
+    let id = random_uuid();
+    insert_wallet(&w.db, 1, &id, "USD", minor).await;
+    id
+}
+
+async fn db_version(w: &World, wallet: &str) -> u64 {
+    load_balance(&w.app.db, &WalletId::parse(wallet).unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .version
+}
+
+async fn get_put_and_errors(mode: RedisMode) {
+    let w = World::new(mode, &[]).await;
+    let wallet = new_wallet(&w, 12550).await;
+
+    let first = handle(&w.app, request("GET", &wallet, None, None)).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(header(&first, "cache-status"), "paycache; fwd=miss; stored");
+    let b = body_json(&first);
+    assert_eq!(b["balance"], "125.50");
+    assert_eq!(b["currency"], "USD");
+    assert_eq!(b["version"], 1);
+    assert_eq!(b["wallet_id"], wallet);
+    assert_eq!(b.as_object().unwrap().len(), 5, "{b}");
+
+    let put = handle(
+        &w.app,
+        request("PUT", &wallet, Some(put_body("99.5", "USD", 1)), None),
+    )
+    .await;
+    assert_eq!(put.status(), StatusCode::OK);
+    let b = body_json(&put);
+    assert_eq!(b["balance"], "99.50");
+    assert_eq!(b["version"], 2);
+
+    // The write-through stored version 2: the next read is a hit on it.
+    let read = handle(&w.app, request("GET", &wallet, None, None)).await;
+    assert_eq!(header(&read, "cache-status"), "paycache; hit");
+    assert_eq!(body_json(&read)["version"], 2);
+    assert_eq!(body_json(&read)["balance"], "99.50");
+
+    // A stale expected_version: 409 with the current state, nothing changes.
+    let stale = handle(
+        &w.app,
+        request("PUT", &wallet, Some(put_body("1.00", "USD", 1)), None),
+    )
+    .await;
+    assert_eq!(stale.status(), StatusCode::CONFLICT);
+    assert_eq!(header(&stale, "content-type"), "application/problem+json");
+    let p = body_json(&stale);
+    assert_eq!(p["current"]["version"], 2);
+    assert_eq!(p["current"]["balance"], "99.50");
+    assert_eq!(p["type"], "urn:paycache:problem:version-conflict");
+
+    // Not the wallet's currency: 422.
+    let eur = handle(
+        &w.app,
+        request("PUT", &wallet, Some(put_body("1.00", "EUR", 2)), None),
+    )
+    .await;
+    assert_eq!(eur.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body_json(&eur)["detail"].as_str().unwrap().contains("USD"));
+
+    // Unknown wallet: 404 for both methods.
+    let unknown = random_uuid();
+    assert_eq!(
+        handle(&w.app, request("GET", &unknown, None, None))
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        handle(
+            &w.app,
+            request("PUT", &unknown, Some(put_body("1.00", "USD", 1)), None)
+        )
+        .await
+        .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(db_version(&w, &wallet).await, 2);
+}
+both_modes!(get_put_and_errors);
+
+/// Hostile input: each is answered 400 or 422 with a problem body, and
+/// changes nothing — not the database, not the cache.
+async fn hostile_writes_change_nothing(mode: RedisMode) {
+    let w = World::new(mode, &[]).await;
+    let wallet = new_wallet(&w, 100).await;
+    let raw = |text: &str| Body::Text(text.to_owned());
+    let long_key = "k".repeat(129);
+    let cases: Vec<(Body, Option<&str>, StatusCode)> = vec![
+        (
+            raw(r#"{"balance": 1e400, "currency": "USD", "expected_version": 1}"#),
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            raw(r#"{"balance": 125.5, "currency": "USD", "expected_version": 1}"#),
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            raw(r#"{"balance": "1e400", "currency": "USD", "expected_version": 1}"#),
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            raw(r#"{"balance": "12,50", "currency": "USD", "expected_version": 1}"#),
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            raw(r#"{"balance": "-5.00", "currency": "USD", "expected_version": 1}"#),
+            None,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            raw(r#"{"balance": "1.005", "currency": "USD", "expected_version": 1}"#),
+            None,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            raw(r#"{"balance": "99999999999999999999", "currency": "USD", "expected_version": 1}"#),
+            None,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            raw(r#"{"balance": "1.00", "currency": "usd", "expected_version": 1}"#),
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            raw(r#"{"balance": "1.00", "currency": "XYZ", "expected_version": 1}"#),
+            None,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            raw(r#"{"balance": "1.00", "currency": "EUR", "expected_version": 1}"#),
+            None,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            raw(r#"{"balance": "1.00", "currency": "USD"}"#),
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            raw(r#"{"currency": "USD", "expected_version": 1}"#),
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            raw(r#"{"balance": "1.00", "currency": "USD", "expected_version": 1.5}"#),
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            raw(r#"{"balance": "1.00", "currency": "USD", "expected_version": -1}"#),
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            raw(r#"{"balance": "1.00", "currency": "USD", "expected_version": 1e400}"#),
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            raw(r#"{"balance": "1.00", "currency": "USD", "expected_version": "1"}"#),
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            raw(r#"{"balance": "1.00", "currency": "USD", "expected_version": 1, "owner": "x"}"#),
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (raw(r#"[1, 2]"#), None, StatusCode::BAD_REQUEST),
+        (raw(r#"{"balance": "1.00""#), None, StatusCode::BAD_REQUEST),
+        (
+            Body::Binary(vec![0xff, 0xfe, 0x00]),
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (Body::Empty, None, StatusCode::BAD_REQUEST),
+        (
+            raw(&format!("{{\"balance\": \"{}\"}}", "9".repeat(70_000))),
+            None,
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            raw(r#"{"balance": "1.00", "currency": "USD", "expected_version": 1}"#),
+            Some(""),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            raw(r#"{"balance": "1.00", "currency": "USD", "expected_version": 1}"#),
+            Some(&long_key),
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (i, (body, key, expected)) in cases.into_iter().enumerate() {
+        let mut params = HashMap::new();
+        params.insert("wallet_id".to_string(), wallet.clone());
+        let mut b = http::Request::builder()
+            .method("PUT")
+            .uri(format!("/wallets/{wallet}/balance"));
+        if let Some(k) = key {
+            b = b.header("idempotency-key", k);
+        }
+        let req = b.body(body).unwrap().with_path_parameters(params);
+        let resp = handle(&w.app, req).await;
+        assert_eq!(
+            resp.status(),
+            expected,
+            "case {i}: {}",
+            String::from_utf8_lossy(resp.body().as_ref())
+        );
+        assert_eq!(
+            header(&resp, "content-type"),
+            "application/problem+json",
+            "case {i}"
+        );
+    }
+    // A wallet id that is not a UUID.
+    for bad in ["not-a-uuid", "{00000000-0000-4000-9000-000000000004}", ""] {
+        let resp = handle(
+            &w.app,
+            request("PUT", bad, Some(put_body("1.00", "USD", 1)), None),
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+    }
+    assert_eq!(db_version(&w, &wallet).await, 1);
+    assert!(
+        w.keys().await.is_empty(),
+        "nothing may be cached or fenced: {:?}",
+        w.keys().await
+    );
+}
+both_modes!(hostile_writes_change_nothing);
+
+/// Reads started after a write returned 200 must see that write's version
+/// or a newer one. `floor` is the highest acknowledged version when the
+/// read starts.
+fn violates(floor: u64, read_version: u64) -> bool {
+    read_version < floor
+}
+
+async fn readers_never_see_an_older_version(mode: RedisMode) {
+    let w = World::new(mode, &[]).await;
+    let wallet = new_wallet(&w, 0).await;
+    let apps: Vec<App> = (0..4).map(|_| w.another_environment()).collect();
+    let acked = Arc::new(AtomicU64::new(1));
+    let violations = Arc::new(AtomicUsize::new(0));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let writes_left = Arc::new(AtomicI64::new(120));
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let app = apps[i % apps.len()].clone();
+        let (wallet, acked, writes_left) = (wallet.clone(), acked.clone(), writes_left.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut expected = 1;
+            let mut n = 0u64;
+            while writes_left.load(Ordering::SeqCst) > 0 {
+                n += 1;
+                let amount = format!("{}.{:02}", i * 1000 + n as usize, n % 100);
+                let resp = handle(
+                    &app,
+                    request(
+                        "PUT",
+                        &wallet,
+                        Some(put_body(&amount, "USD", expected)),
+                        None,
+                    ),
+                )
+                .await;
+                let b = body_json(&resp);
+                match resp.status() {
+                    StatusCode::OK => {
+                        let v = b["version"].as_u64().unwrap();
+                        acked.fetch_max(v, Ordering::SeqCst);
+                        writes_left.fetch_sub(1, Ordering::SeqCst);
+                        expected = v;
+                    }
+                    StatusCode::CONFLICT => expected = b["current"]["version"].as_u64().unwrap(),
+                    other => panic!("unexpected {other}: {b}"),
+                }
+            }
+        }));
+    }
+    for i in 0..6 {
+        let app = apps[(i + 1) % apps.len()].clone();
+        let (wallet, acked, violations, reads, writes_left) = (
+            wallet.clone(),
+            acked.clone(),
+            violations.clone(),
+            reads.clone(),
+            writes_left.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while writes_left.load(Ordering::SeqCst) > 0 {
+                let floor = acked.load(Ordering::SeqCst);
+                let resp = handle(&app, request("GET", &wallet, None, None)).await;
+                assert_eq!(resp.status(), StatusCode::OK);
+                let v = body_json(&resp)["version"].as_u64().unwrap();
+                reads.fetch_add(1, Ordering::SeqCst);
+                if violates(floor, v) {
+                    violations.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(
+        reads.load(Ordering::SeqCst) > 100,
+        "the readers must actually have read"
+    );
+    assert_eq!(
+        violations.load(Ordering::SeqCst),
+        0,
+        "a read returned a version older than an acknowledged write"
+    );
+    // And the cache ends on the database's version.
+    let final_db = db_version(&w, &wallet).await;
+    let cached = get_balance(&w.app, &WalletId::parse(&wallet).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(cached.value.unwrap().version, final_db);
+}
+both_modes!(readers_never_see_an_older_version);
+
+/// The design's write-through — update the database, then SET the cache —
+/// with two writers finishing in the opposite order. The same check that
+/// passes above catches it: this is what makes that test able to fail.
+async fn naive_write_through_is_caught(mode: RedisMode) {
+    let w = World::new(mode, &[]).await;
+    let wallet = new_wallet(&w, 0).await;
+    let id = WalletId::parse(&wallet).unwrap();
+    let a = naive_db(&w, &wallet, 100).await; // writer A commits version 2
+    let b = naive_db(&w, &wallet, 200).await; // writer B commits version 3
+    naive_set(&w, &b).await; // B updates the cache and returns 200
+    let floor = b.version;
+    naive_set(&w, &a).await; // A's SET arrives late
+    let read = get_balance(&w.app, &id).await.unwrap().value.unwrap();
+    assert!(
+        violates(floor, read.version),
+        "the naive variant should serve version {} after {floor} was acknowledged",
+        read.version
+    );
+}
+both_modes!(naive_write_through_is_caught);
+
+async fn naive_db(w: &World, wallet: &str, minor: i64) -> WalletBalance {
+    w.db.client()
+        .await
+        .execute(
+            "UPDATE wallets SET balance_minor = $2, version = version + 1, updated_at = now()
+              WHERE wallet_id = $1::text::uuid",
+            &[&wallet, &minor],
+        )
+        .await
+        .unwrap();
+    load_balance(&w.app.db, &WalletId::parse(wallet).unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+async fn naive_set(w: &World, b: &WalletBalance) {
+    let raw =
+        paycache::cache_aside::encode(Some(b), b.version, Duration::ZERO, Duration::from_secs(300))
+            .unwrap();
+    let key = w.app.keys.wallet_balance(&b.wallet_id);
+    let mut conn = w.redis.raw().await;
+    let _: () = redis::cmd("SET")
+        .arg(key.as_str())
+        .arg(raw)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+async fn idempotent_retries_apply_once(mode: RedisMode) {
+    let w = World::new(mode, &[]).await;
+    let wallet = new_wallet(&w, 500).await;
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let app = if i % 2 == 0 {
+            w.app.clone()
+        } else {
+            w.another_environment()
+        };
+        let wallet = wallet.clone();
+        tasks.push(tokio::spawn(async move {
+            let resp = handle(
+                &app,
+                request(
+                    "PUT",
+                    &wallet,
+                    Some(put_body("7.25", "USD", 1)),
+                    Some("retry-me-1"),
+                ),
+            )
+            .await;
+            (
+                resp.status(),
+                header(&resp, "idempotent-replayed").to_owned(),
+                body_json(&resp),
+            )
+        }));
+    }
+    let mut replayed = 0;
+    let mut bodies = Vec::new();
+    for t in tasks {
+        let (status, replay, body) = t.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if replay == "true" {
+            replayed += 1;
+        }
+        bodies.push(body);
+    }
+    assert_eq!(replayed, 49, "all but the first are replays");
+    assert!(
+        bodies.windows(2).all(|p| p[0] == p[1]),
+        "every retry gets the first response"
+    );
+    assert_eq!(bodies[0]["version"], 2);
+    assert_eq!(db_version(&w, &wallet).await, 2, "applied exactly once");
+    let outbox: i64 =
+        w.db.client()
+            .await
+            .query_one(
+                "SELECT count(*) FROM balance_outbox WHERE wallet_id = $1::text::uuid",
+                &[&wallet],
+            )
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(outbox, 1);
+
+    // Same key, different body: 422, nothing changes. "7.25" and "7.250"
+    // would differ in text but the second is refused anyway (too precise);
+    // "7.3" is a different amount.
+    let other = handle(
+        &w.app,
+        request(
+            "PUT",
+            &wallet,
+            Some(put_body("7.3", "USD", 1)),
+            Some("retry-me-1"),
+        ),
+    )
+    .await;
+    assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // The same amount written differently is the same request.
+    let same = handle(
+        &w.app,
+        request(
+            "PUT",
+            &wallet,
+            Some(put_body("7.250", "USD", 1)),
+            Some("retry-me-1"),
+        ),
+    )
+    .await;
+    assert_eq!(
+        same.status(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "too many decimals is refused before the key is looked at"
+    );
+    let same = handle(
+        &w.app,
+        request(
+            "PUT",
+            &wallet,
+            Some(put_body("7.25", "USD", 1)),
+            Some("retry-me-1"),
+        ),
+    )
+    .await;
+    assert_eq!(same.status(), StatusCode::OK);
+    assert_eq!(header(&same, "idempotent-replayed"), "true");
+    // A 409 is replayed as a 409.
+    let conflict = handle(
+        &w.app,
+        request("PUT", &wallet, Some(put_body("1.00", "USD", 1)), Some("k2")),
+    )
+    .await;
+    assert_eq!(conflict.status(), StatusCode::CONFLICT);
+    let again = handle(
+        &w.app,
+        request("PUT", &wallet, Some(put_body("1.00", "USD", 1)), Some("k2")),
+    )
+    .await;
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    assert_eq!(header(&again, "idempotent-replayed"), "true");
+    assert_eq!(db_version(&w, &wallet).await, 2);
+}
+both_modes!(idempotent_retries_apply_once);
+
+/// Redis dies between the fence and the cache update: the write succeeds,
+/// no read afterwards serves the older cached version, and the pending
+/// outbox row is applied once Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_dies_during_a_write() {
+    let server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let mut w = World::with_redis(
+        TestRedis::Standalone(server),
+        &[
+            ("REDIS_RESPONSE_TIMEOUT_MS", "300"),
+            ("CACHE_BREAKER_FAILURES", "100"),
+        ],
+    )
+    .await;
+    let wallet = new_wallet(&w, 1000).await;
+    let id = WalletId::parse(&wallet).unwrap();
+    // Cache version 1: the stale value a broken design would keep serving.
+    assert_eq!(
+        get_balance(&w.app, &id)
+            .await
+            .unwrap()
+            .value
+            .unwrap()
+            .version,
+        1
+    );
+
+    // Hold the wallet's row lock so the write stops after its fence.
+    let mut blocker = w.db.client().await;
+    let tx = blocker.transaction().await.unwrap();
+    tx.execute(
+        "SELECT 1 FROM wallets WHERE wallet_id = $1::text::uuid FOR UPDATE",
+        &[&wallet],
+    )
+    .await
+    .unwrap();
+    let app = w.app.clone();
+    let wallet2 = wallet.clone();
+    let write = tokio::spawn(async move {
+        handle(
+            &app,
+            request("PUT", &wallet2, Some(put_body("20.00", "USD", 1)), None),
+        )
+        .await
+    });
+    let lock_key = w.app.keys.wallet_balance(&id).lock_key();
+    let mut raw = w.redis.raw().await;
+    let mut fenced = false;
+    for _ in 0..100 {
+        let holder: Option<String> = redis::cmd("GET")
+            .arg(&lock_key)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        if holder.is_some_and(|h| h.starts_with("w:")) {
+            fenced = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        fenced,
+        "the writer must fence before it touches the database"
+    );
+
+    // Kill Redis (SIGKILL), then let the write commit.
+    drop(raw);
+    if let TestRedis::Standalone(server) = &mut w.redis {
+        server.stop();
+    }
+    tx.rollback().await.unwrap();
+    let resp = write.await.unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "the write succeeds without Redis after its fence"
+    );
+    assert_eq!(body_json(&resp)["version"], 2);
+    let pending: i64 = w
+        .db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM balance_outbox WHERE wallet_id = $1::text::uuid AND cache_applied_at IS NULL",
+            &[&wallet],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pending, 1, "the cache step is pending in the outbox");
+
+    // Redis comes back with its data (AOF): the old value was deleted by the
+    // fence, and the fence is still up. No read may return version 1.
+    if let TestRedis::Standalone(server) = &mut w.redis {
+        server.restart();
+    }
+    for _ in 0..20 {
+        let got = get_balance(&w.app, &id).await.unwrap();
+        assert_eq!(got.value.unwrap().version, 2, "served {:?}", got.status);
+    }
+    // The sweep applies the pending row; then reads are hits on version 2.
+    let report = apply_pending(&w.app, 100).await.unwrap();
+    assert_eq!(report.rows, 1);
+    assert_eq!(report.failed_wallets, 0);
+    let pending: i64 =
+        w.db.client()
+            .await
+            .query_one(
+                "SELECT count(*) FROM balance_outbox WHERE cache_applied_at IS NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(pending, 0);
+    // The writer's fence may still be up (it expires by itself); once it is
+    // gone, reads are cache hits on version 2.
+    let mut raw = w.redis.raw().await;
+    let _: i64 = redis::cmd("DEL")
+        .arg(&lock_key)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let got = get_balance(&w.app, &id).await.unwrap();
+    assert_eq!(got.value.unwrap().version, 2);
+    assert_eq!(got.status, paycache::CacheStatus::Hit);
+}
+
+/// Without Redis at the start of a write there is no fence: the write is
+/// refused with 503 and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_fence_no_write() {
+    let server = RedisServer::start();
+    let mut w = World::with_redis(TestRedis::Standalone(server), &[]).await;
+    let wallet = new_wallet(&w, 1000).await;
+    let TestRedis::Standalone(server) = &mut w.redis else {
+        unreachable!()
+    };
+    server.stop();
+    let resp = handle(
+        &w.app,
+        request("PUT", &wallet, Some(put_body("1.00", "USD", 1)), None),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(header(&resp, "retry-after"), "1");
+    assert_eq!(db_version(&w, &wallet).await, 1);
+    // Reads still work, from the database.
+    let read = handle(&w.app, request("GET", &wallet, None, None)).await;
+    assert_eq!(read.status(), StatusCode::OK);
+    assert_eq!(
+        header(&read, "cache-status"),
+        "paycache; fwd=uri-miss; detail=redis-unavailable"
+    );
+}
+
+/// A subscriber to `balance:<wallet>` receives every version, in order,
+/// even with concurrent writers whose cache steps finish out of order.
+async fn pubsub_delivers_every_version_in_order(mode: RedisMode) {
+    use futures_util::StreamExt;
+    let w = World::new(mode, &[]).await;
+    let wallet = new_wallet(&w, 0).await;
+    let first_node = w.redis.urls().split(',').next().unwrap().to_owned();
+    let client = redis::Client::open(first_node).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(format!("balance:{wallet}")).await.unwrap();
+    let mut messages = pubsub.into_on_message();
+
+    let apps: Vec<App> = (0..3).map(|_| w.another_environment()).collect();
+    let mut tasks = Vec::new();
+    for (i, app) in apps.into_iter().enumerate() {
+        let wallet = wallet.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0;
+            let mut expected = 1;
+            while done < 10 {
+                let amount = format!("{}.00", i * 100 + done);
+                let resp = handle(
+                    &app,
+                    request(
+                        "PUT",
+                        &wallet,
+                        Some(put_body(&amount, "USD", expected)),
+                        None,
+                    ),
+                )
+                .await;
+                let b = body_json(&resp);
+                if resp.status() == StatusCode::OK {
+                    done += 1;
+                    expected = b["version"].as_u64().unwrap();
+                } else {
+                    expected = b["current"]["version"].as_u64().unwrap();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut versions = Vec::new();
+    while versions.len() < 30 {
+        let msg = tokio::time::timeout(Duration::from_secs(5), messages.next())
+            .await
+            .expect("a balance message")
+            .unwrap();
+        let payload: String = msg.get_payload().unwrap();
+        let m: Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(m["type"], "balance_update");
+        assert_eq!(m["wallet_id"], wallet);
+        assert_eq!(m["currency"], "USD");
+        assert!(m["timestamp"].as_f64().unwrap() > 1.7e9);
+        assert!(m["balance"].as_str().unwrap().ends_with(".00"));
+        versions.push(m["version"].as_u64().unwrap());
+    }
+    assert_eq!(
+        versions,
+        (2..=31).collect::<Vec<_>>(),
+        "every version once, in order"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), messages.next())
+            .await
+            .is_err(),
+        "no duplicates"
+    );
+}
+both_modes!(pubsub_delivers_every_version_in_order);
+
+/// Round trips per operation, counted with MONITOR (commands that scripts
+/// run inside are not round trips and are left out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trips_per_operation() {
+    let server = RedisServer::start();
+    let port = server.port;
+    let w = World::with_redis(TestRedis::Standalone(server), &[]).await;
+    let wallet = new_wallet(&w, 100).await;
+    let id = WalletId::parse(&wallet).unwrap();
+    // Warm up: load the scripts and the connection.
+    handle(
+        &w.app,
+        request("PUT", &wallet, Some(put_body("2.00", "USD", 1)), None),
+    )
+    .await;
+    handle(&w.app, request("GET", &wallet, None, None)).await;
+
+    let monitor = CommandMonitor::start(port);
+    let resp = handle(
+        &w.app,
+        request("PUT", &wallet, Some(put_body("3.00", "USD", 2)), None),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let sha = |src: &str| redis::Script::new(src).get_hash().to_owned();
+    let fence = sha(include_str!("../shared/paycache/src/balance/fence.lua"));
+    let apply = sha(include_str!("../shared/paycache/src/balance/apply.lua"));
+    let append = sha(include_str!("../shared/paycache/src/audit/append.lua"));
+    let mut seen = monitor.commands_with_first_arg();
+    seen.sort();
+    let mut expected = vec![
+        ("evalsha".to_owned(), fence),
+        ("evalsha".to_owned(), apply),
+        ("evalsha".to_owned(), append),
+    ];
+    expected.sort();
+    assert_eq!(
+        seen, expected,
+        "a balance write: fence, cache update (1), audit append (1)"
+    );
+
+    monitor.clear();
+    let read = get_balance(&w.app, &id).await.unwrap();
+    assert!(read.status.is_hit());
+    assert_eq!(monitor.commands(), vec!["get"], "a cached read is one GET");
+}
