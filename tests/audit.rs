@@ -1,0 +1,286 @@
+//! The write-behind audit log: buffer, claim, insert, acknowledge — with the
+//! flusher killed at every step. Real Redis (both modes) and PostgreSQL.
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+use paycache::audit::{AppendError, AuditEvent, FlushStep, append, flush, flush_with_hook};
+use paycache::config::RedisMode;
+use paycache::keys::ServiceName;
+use paycache_tests::{World, both_modes};
+use test_support::{CommandMonitor, RedisServer, TestRedis};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+fn event(service: &ServiceName, n: u64) -> AuditEvent {
+    AuditEvent {
+        event_id: Uuid::new_v4(),
+        service: service.clone(),
+        event_type: "test_event".into(),
+        occurred_at: OffsetDateTime::now_utc(),
+        payload: serde_json::json!({"n": n}),
+    }
+}
+
+async fn audit_rows(w: &World) -> i64 {
+    w.db.client()
+        .await
+        .query_one("SELECT count(*) FROM audit_log", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn list_len(w: &World, key: &str) -> i64 {
+    let mut raw = w.redis.raw().await;
+    redis::cmd("LLEN")
+        .arg(key)
+        .query_async(&mut raw)
+        .await
+        .unwrap()
+}
+
+async fn fill(w: &World, service: &ServiceName, count: u64) {
+    // Appends from 8 concurrent tasks, each one round trip per event.
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let app = w.app.clone();
+        let service = service.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in (t..count).step_by(8) {
+                append(&app, &event(&service, n)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// 10,000 events; the flusher dies at each step in turn (after taking the
+/// lock, after claiming, after inserting, after acknowledging), then a
+/// flusher runs to the end. The audit table has exactly 10,000 rows.
+async fn ten_thousand_events_survive_a_flusher_killed_at_every_step(mode: RedisMode) {
+    let w = World::new(
+        mode,
+        &[("AUDIT_FLUSH_LOCK_MS", "300"), ("AUDIT_FLUSH_BATCH", "700")],
+    )
+    .await;
+    let service = ServiceName::parse("test-svc").unwrap();
+    fill(&w, &service, 10_000).await;
+    let buffer = w.app.keys.audit_buffer(&service);
+    assert_eq!(list_len(&w, buffer.as_str()).await, 10_000);
+    let far = Instant::now() + Duration::from_secs(600);
+
+    for (round, kill_at) in [
+        FlushStep::Locked,
+        FlushStep::Claimed,
+        FlushStep::Inserted,
+        FlushStep::Acked,
+    ]
+    .into_iter()
+    .cycle()
+    .take(8)
+    .enumerate()
+    {
+        let mut hook = |step: FlushStep| {
+            if step == kill_at {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        };
+        let report = flush_with_hook(&w.app, &service, far, u64::MAX, &mut hook)
+            .await
+            .unwrap();
+        assert!(
+            report.ran && report.interrupted,
+            "round {round}: {report:?}"
+        );
+        // The dead flusher's lock must expire before anyone can go on.
+        let blocked = flush(&w.app, &service, far, 1).await.unwrap();
+        assert!(
+            !blocked.ran,
+            "round {round}: the lock of a dead flusher is still held"
+        );
+        tokio::time::sleep(Duration::from_millis(350)).await;
+    }
+    // Now one flusher runs to the end (the lock is short, so it may take a
+    // few runs; each stops well before its lock could expire).
+    let mut runs = 0;
+    while list_len(&w, buffer.as_str()).await > 0
+        || list_len(&w, &format!("{buffer}:processing")).await > 0
+    {
+        runs += 1;
+        assert!(runs < 200, "the buffer should drain");
+        flush(&w.app, &service, far, u64::MAX).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(audit_rows(&w).await, 10_000, "every event exactly once");
+    assert_eq!(list_len(&w, &format!("{buffer}:dead")).await, 0);
+    // No buffer key carries a TTL (an expiring buffer loses events).
+    let mut raw = w.redis.raw().await;
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(buffer.as_str())
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(
+        ttl == -2 || ttl == -1,
+        "the buffer must never expire: {ttl}"
+    );
+}
+both_modes!(ten_thousand_events_survive_a_flusher_killed_at_every_step);
+
+/// The broken variant: pop a batch, then insert. Killed between the two, a
+/// flusher loses the batch — and the same count catches it.
+async fn a_pop_then_insert_flusher_loses_events(mode: RedisMode) {
+    let w = World::new(mode, &[]).await;
+    let service = ServiceName::parse("naive-svc").unwrap();
+    fill(&w, &service, 1_000).await;
+    let buffer = w.app.keys.audit_buffer(&service);
+    let mut raw = w.redis.raw().await;
+    // Naive flusher #1 pops 100 and dies before inserting.
+    let _: Vec<String> = redis::cmd("LPOP")
+        .arg(buffer.as_str())
+        .arg(100)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    // Naive flusher #2 drains the rest properly.
+    let far = Instant::now() + Duration::from_secs(60);
+    flush(&w.app, &service, far, u64::MAX).await.unwrap();
+    let rows = audit_rows(&w).await;
+    assert!(
+        rows < 1_000,
+        "the naive flusher should have lost events, table has {rows}"
+    );
+}
+both_modes!(a_pop_then_insert_flusher_loses_events);
+
+async fn a_full_buffer_refuses_instead_of_dropping(mode: RedisMode) {
+    let w = World::new(mode, &[("AUDIT_BUFFER_MAX_EVENTS", "5")]).await;
+    let service = ServiceName::parse("small-svc").unwrap();
+    for n in 0..5 {
+        assert_eq!(append(&w.app, &event(&service, n)).await.unwrap(), n + 1);
+    }
+    assert_eq!(
+        append(&w.app, &event(&service, 5)).await,
+        Err(AppendError::Full)
+    );
+    let buffer = w.app.keys.audit_buffer(&service);
+    assert_eq!(list_len(&w, buffer.as_str()).await, 5);
+}
+both_modes!(a_full_buffer_refuses_instead_of_dropping);
+
+/// Unparseable entries are kept in a dead-letter list, not dropped and not
+/// allowed to block the flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_in_the_buffer_goes_to_the_dead_letter_list() {
+    let w = World::new(RedisMode::Standalone, &[]).await;
+    let service = ServiceName::parse("mixed-svc").unwrap();
+    append(&w.app, &event(&service, 1)).await.unwrap();
+    let buffer = w.app.keys.audit_buffer(&service);
+    let mut raw = w.redis.raw().await;
+    let _: i64 = redis::cmd("RPUSH")
+        .arg(buffer.as_str())
+        .arg("{not json")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    append(&w.app, &event(&service, 2)).await.unwrap();
+    let report = flush(
+        &w.app,
+        &service,
+        Instant::now() + Duration::from_secs(60),
+        u64::MAX,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.inserted, 2);
+    assert_eq!(report.dead_lettered, 1);
+    assert_eq!(audit_rows(&w).await, 2);
+    assert_eq!(list_len(&w, &format!("{buffer}:dead")).await, 1);
+    assert_eq!(list_len(&w, buffer.as_str()).await, 0);
+}
+
+/// An append is one round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_is_one_round_trip() {
+    let server = RedisServer::start();
+    let port = server.port;
+    let w = World::with_redis(TestRedis::Standalone(server), &[]).await;
+    let service = ServiceName::parse("rt-svc").unwrap();
+    append(&w.app, &event(&service, 0)).await.unwrap(); // loads the script
+    let monitor = CommandMonitor::start(port);
+    append(&w.app, &event(&service, 1)).await.unwrap();
+    assert_eq!(monitor.commands(), vec!["evalsha"]);
+}
+
+/// Balance writes' audit events reach `audit_log` even when the Redis
+/// append never happened: the reconciliation inserts them from the outbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_reconciliation_records_events_the_buffer_never_got() {
+    let w = World::new(
+        RedisMode::Standalone,
+        &[("AUDIT_RECONCILE_AFTER_SECS", "1")],
+    )
+    .await;
+    let wallet = test_support::random_uuid();
+    test_support::insert_wallet(&w.db, 1, &wallet, "USD", 100).await;
+    let write = paycache::balance::BalanceWrite {
+        wallet: paycache::keys::WalletId::parse(&wallet).unwrap(),
+        balance_minor: 250,
+        currency: paycache::money::Currency::parse("USD").unwrap(),
+        expected_version: 1,
+        idempotency_key: None,
+    };
+    paycache::balance::write_balance(&w.app, &write)
+        .await
+        .unwrap();
+    // Lose the buffered event, as a failover right after the append could.
+    let buffer = w
+        .app
+        .keys
+        .audit_buffer(&ServiceName::parse("balance-write").unwrap());
+    let mut raw = w.redis.raw().await;
+    let _: i64 = redis::cmd("DEL")
+        .arg(buffer.as_str())
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        paycache::audit::reconcile_outbox(&w.app, 100)
+            .await
+            .unwrap(),
+        0,
+        "not due yet"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        paycache::audit::reconcile_outbox(&w.app, 100)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        paycache::audit::reconcile_outbox(&w.app, 100)
+            .await
+            .unwrap(),
+        0,
+        "once"
+    );
+    let row =
+        w.db.client()
+            .await
+            .query_one(
+                "SELECT service, event_type, payload->>'balance' FROM audit_log",
+                &[],
+            )
+            .await
+            .unwrap();
+    assert_eq!(row.get::<_, String>(0), "balance-write");
+    assert_eq!(row.get::<_, String>(1), "balance_updated");
+    assert_eq!(row.get::<_, String>(2), "2.50");
+}
