@@ -107,6 +107,11 @@ async fn get_put_and_errors(mode: RedisMode) {
     assert_eq!(p["current"]["balance"], "99.50");
     assert_eq!(p["type"], "urn:paycache:problem:version-conflict");
 
+    // A write that commits nothing leaves the cache as it found it.
+    let read = handle(&w.app, request("GET", &wallet, None, None)).await;
+    assert_eq!(header(&read, "cache-status"), "paycache; hit");
+    assert_eq!(body_json(&read)["version"], 2);
+
     // Not the wallet's currency: 422.
     let eur = handle(
         &w.app,
@@ -287,11 +292,15 @@ async fn hostile_writes_change_nothing(mode: RedisMode) {
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad:?}");
     }
     assert_eq!(db_version(&w, &wallet).await, 1);
-    assert!(
-        w.keys().await.is_empty(),
-        "nothing may be cached or fenced: {:?}",
-        w.keys().await
-    );
+    // No fence is left behind; the only key a refused write may leave is the
+    // wallet's unchanged balance (a write refused by the database — wrong
+    // currency — leaves the cache with the row it read).
+    let id = WalletId::parse(&wallet).unwrap();
+    let value_key = w.app.keys.wallet_balance(&id);
+    let keys = w.keys().await;
+    assert!(keys.iter().all(|k| k == value_key.as_str()), "{keys:?}");
+    let read = get_balance(&w.app, &id).await.unwrap();
+    assert_eq!(read.value.unwrap().version, 1);
 }
 both_modes!(hostile_writes_change_nothing);
 
@@ -831,3 +840,140 @@ async fn round_trips_per_operation() {
     assert!(read.status.is_hit());
     assert_eq!(monitor.commands(), vec!["get"], "a cached read is one GET");
 }
+
+/// The fence protocol, script by script: writers only raise the fence; one
+/// that leaves without committing never lifts another's; the last one out,
+/// or a version that reaches the highest intent, lifts it.
+async fn fence_protocol(mode: RedisMode) {
+    let w = World::new(mode, &[]).await;
+    let wallet = WalletId::parse(&random_uuid()).unwrap();
+    let key = w.app.keys.wallet_balance(&wallet);
+    let lock = key.lock_key();
+    let published = w.app.keys.wallet_balance_published(&wallet);
+    let fence = redis::Script::new(include_str!("../shared/paycache/src/balance/fence.lua"));
+    let apply = redis::Script::new(include_str!("../shared/paycache/src/balance/apply.lua"));
+    let get_or_lease = redis::Script::new(include_str!(
+        "../shared/paycache/src/cache_aside/get_or_lease.lua"
+    ));
+    let mut c = w.redis.raw().await;
+    let value = |v: u64| {
+        let b = WalletBalance {
+            wallet_id: wallet,
+            currency: "USD".into(),
+            balance: format!("{v}.00"),
+            version: v,
+            updated_at: time::OffsetDateTime::now_utc(),
+        };
+        paycache::cache_aside::encode(Some(&b), v, Duration::ZERO, Duration::from_secs(60)).unwrap()
+    };
+    let leave = |version: u64, leaving: &str| {
+        let mut inv = apply.key(key.as_str());
+        inv.key(&lock)
+            .key(&published)
+            .arg(60_000)
+            .arg("balance:test")
+            .arg(leaving)
+            .arg(version)
+            .arg(value(version));
+        inv
+    };
+    let lease: Option<String> = {
+        let f: String = fence
+            .key(key.as_str())
+            .key(&lock)
+            .arg(2)
+            .arg(10_000)
+            .invoke_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(f, "w:2:1");
+        let f: String = fence
+            .key(key.as_str())
+            .key(&lock)
+            .arg(6)
+            .arg(10_000)
+            .invoke_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(f, "w:6:2");
+        let f: String = fence
+            .key(key.as_str())
+            .key(&lock)
+            .arg(3)
+            .arg(10_000)
+            .invoke_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(f, "w:6:3", "a lower intent never lowers the fence");
+        // A writer leaves without committing (current version 1): the fence stays.
+        let (cached, _): (u64, u64) = leave(1, "1").invoke_async(&mut c).await.unwrap();
+        assert_eq!(cached, 0, "nothing may be cached while writers are inside");
+        redis::cmd("GET")
+            .arg(&lock)
+            .query_async(&mut c)
+            .await
+            .unwrap()
+    };
+    assert_eq!(lease.as_deref(), Some("w:6:2"));
+    // Readers see the writer fence and go to the database.
+    let r: i64 = get_or_lease
+        .key(key.as_str())
+        .key(&lock)
+        .arg("reader")
+        .arg(1000)
+        .invoke_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(r, -1);
+    // A sweep with version 2 does not reach intent 6: nothing changes.
+    let (cached, _): (u64, u64) = leave(2, "0").invoke_async(&mut c).await.unwrap();
+    assert_eq!(cached, 0);
+    // The writer that committed version 2 leaves: one writer still inside.
+    let (cached, _): (u64, u64) = leave(2, "1").invoke_async(&mut c).await.unwrap();
+    assert_eq!(cached, 0);
+    let lease: Option<String> = redis::cmd("GET")
+        .arg(&lock)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(lease.as_deref(), Some("w:6:1"));
+    // The last one leaves (it failed its compare-and-set at version 2): the
+    // fence is lifted and the current row cached.
+    let (cached, _): (u64, u64) = leave(2, "1").invoke_async(&mut c).await.unwrap();
+    assert_eq!(cached, 2);
+    let lease: Option<String> = redis::cmd("GET")
+        .arg(&lock)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(lease, None);
+    // Never backwards: applying version 1 now changes nothing.
+    let (cached, _): (u64, u64) = leave(1, "0").invoke_async(&mut c).await.unwrap();
+    assert_eq!(cached, 2);
+    // A version that reaches the intent lifts a fence whatever its count.
+    let _: String = fence
+        .key(key.as_str())
+        .key(&lock)
+        .arg(3)
+        .arg(10_000)
+        .invoke_async(&mut c)
+        .await
+        .unwrap();
+    let _: String = fence
+        .key(key.as_str())
+        .key(&lock)
+        .arg(3)
+        .arg(10_000)
+        .invoke_async(&mut c)
+        .await
+        .unwrap();
+    let (cached, _): (u64, u64) = leave(3, "0").invoke_async(&mut c).await.unwrap();
+    assert_eq!(cached, 3);
+    let lease: Option<String> = redis::cmd("GET")
+        .arg(&lock)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(lease, None);
+}
+both_modes!(fence_protocol);

@@ -16,6 +16,27 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 PORT = sys.argv[1]
 
 
+def invoke_raw(function, event):
+    out = subprocess.run(
+        ["cargo", "lambda", "invoke", function, "--invoke-address", "127.0.0.1",
+         "--invoke-port", PORT, "--data-file", os.path.join(ROOT, event), "--output-format", "json"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    if out.returncode != 0:
+        raise AssertionError(f"cargo lambda invoke failed: {out.stderr.strip()[-400:]}")
+    return json.loads(out.stdout)
+
+
+def lookup(value, dotted):
+    for part in dotted.split("."):
+        if isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        elif isinstance(value, dict):
+            value = value.get(part)
+        else:
+            return None
+    return value
+
+
 def invoke(function, event):
     out = subprocess.run(
         ["cargo", "lambda", "invoke", function, "--invoke-address", "127.0.0.1",
@@ -31,8 +52,10 @@ def invoke(function, event):
     return resp["statusCode"], headers, body
 
 
-def http(method, path):
-    req = urllib.request.Request(f"http://127.0.0.1:{PORT}{path}", method=method)
+def http(method, path, body=None, headers=None):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{PORT}{path}", method=method, data=data,
+                                 headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=300) as r:
             return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read().decode()
@@ -41,11 +64,19 @@ def http(method, path):
 
 
 def check(case):
+    problems = []
+    if "output" in case:
+        out = invoke_raw(case["invoke"], case["event"])
+        for k, v in case["output"].items():
+            if lookup(out, k) != v:
+                problems.append(f"output.{k}: {lookup(out, k)!r}, expected {v!r} (output {json.dumps(out)[:300]})")
+        if problems:
+            raise AssertionError("; ".join(problems))
+        return
     if "invoke" in case:
         status, headers, body = invoke(case["invoke"], case["event"])
     else:
-        status, headers, body = http(case["http"], case["path"])
-    problems = []
+        status, headers, body = http(case["http"], case["path"], case.get("send"), case.get("send_headers"))
     if status != case["status"]:
         problems.append(f"status {status}, expected {case['status']} (body {body[:300]})")
     for k, v in case.get("headers", {}).items():
@@ -59,8 +90,8 @@ def check(case):
             problems.append(f"body is not JSON: {body[:200]!r}")
         if isinstance(parsed, dict):
             for k, v in case["body"].items():
-                if parsed.get(k) != v:
-                    problems.append(f"body.{k}: {parsed.get(k)!r}, expected {v!r}")
+                if lookup(parsed, k) != v:
+                    problems.append(f"body.{k}: {lookup(parsed, k)!r}, expected {v!r}")
     if problems:
         raise AssertionError("; ".join(problems))
 

@@ -24,17 +24,21 @@
 //!    the fence must outlive every write that can still commit.
 //! 3. **Apply** (one round trip, `apply.lua`): publish every outbox row of
 //!    the wallet not applied yet, in version order, skipping versions already
-//!    published; store the new balance only if it is newer than what is
-//!    cached and no writer intending a newer version has its fence up; lift
-//!    our fence and any fence intending this version or an older one.
+//!    published; leave the fence — it is lifted once the committed version
+//!    reaches the highest intended one (every writer inside has committed or
+//!    will fail its compare-and-set) or the last writer inside leaves; and,
+//!    once no fence stands, store the balance if it is newer than what is
+//!    cached. A write that commits nothing (409, 422, a replay) leaves the
+//!    same way with the wallet's current row, so it does not empty the cache.
 //!
 //! Before step 3 completes, readers are served PostgreSQL (fenced) — never
 //! the old cached balance. If Redis fails at step 3 the write still
-//! succeeds: the fence stays until its TTL (readers keep reading
-//! PostgreSQL), and the outbox row stays pending until the next write of the
-//! wallet, `cache-warmer` or the `audit-flush` sweep ([`apply_pending`])
-//! applies it. After step 3, the cache holds this version or a newer one,
-//! and `apply.lua` never moves it backwards.
+//! succeeds: the fence stays (readers keep reading PostgreSQL) until its TTL
+//! or until a sweep caches a version that reaches it, and the outbox row
+//! stays pending until the next write of the wallet, `cache-warmer` or the
+//! `audit-flush` sweep ([`apply_pending`]) applies it. After step 3, the
+//! cache holds this version or a newer one, and `apply.lua` never moves it
+//! backwards.
 //!
 //! The design's "update the database, then `SETEX`" lets two writers finish
 //! in the opposite order and leave the older balance cached; steps 1 and 3
@@ -220,23 +224,17 @@ struct PendingRow {
 pub async fn write_balance(app: &App, write: &BalanceWrite) -> Result<WriteOutcome, WriteError> {
     let key = app.keys.wallet_balance(&write.wallet);
     let lock = key.lock_key();
-    // The fence names the version this write intends to create, so that
-    // whoever caches that version (or a newer one) may lift it.
-    let token = format!(
-        "w:{}:{:032x}",
-        write.expected_version.saturating_add(1),
-        fastrand::u128(..)
-    );
+    let intent = write.expected_version.saturating_add(1);
     let fence_ttl = app.config.balance.fence_ttl;
     let fenced_at = Instant::now();
-    let (k, l, t) = (&key, &lock, &token);
+    let (k, l) = (&key, &lock);
     let fence_ms = u64::try_from(fence_ttl.as_millis()).unwrap_or(u64::MAX);
     app.redis
         .run(|mut c| async move {
-            let _: i64 = FENCE
+            let _: String = FENCE
                 .key(k)
                 .key(l)
-                .arg(t)
+                .arg(intent)
                 .arg(fence_ms)
                 .invoke_async(&mut c)
                 .await?;
@@ -246,9 +244,15 @@ pub async fn write_balance(app: &App, write: &BalanceWrite) -> Result<WriteOutco
         .map_err(WriteError::FenceUnavailable)?;
 
     let committed = commit(app, write, fenced_at + fence_ttl / 2).await;
-    let (outcome, pending, event) = match committed {
-        Ok(Committed::Done(outcome)) => {
-            crate::cache_aside::release_lease(&app.redis, &lock, &token).await;
+    let (row, pending, event) = match committed {
+        Ok(Committed::Done { outcome, current }) => {
+            // Leave the fence with the wallet's current row: if we were the
+            // last writer inside, the cache gets it back.
+            let current = current.map(|c| c.to_balance());
+            if let Err(why) = apply(app, &write.wallet, current.as_ref(), &[], true).await {
+                tracing::warn!(wallet_id = %write.wallet, reason = why.as_str(),
+                    "could not leave the balance fence; it expires by itself");
+            }
             return Ok(outcome);
         }
         Ok(Committed::Applied {
@@ -257,14 +261,14 @@ pub async fn write_balance(app: &App, write: &BalanceWrite) -> Result<WriteOutco
             event,
         }) => (row, pending, event),
         Err(e) => {
-            crate::cache_aside::release_lease(&app.redis, &lock, &token).await;
+            let _ = apply(app, &write.wallet, None, &[], true).await;
             return Err(e);
         }
     };
 
-    let balance = outcome.to_balance();
+    let balance = row.to_balance();
     let (applied, appended) = tokio::join!(
-        apply(app, &write.wallet, &balance, &pending, &token),
+        apply(app, &write.wallet, Some(&balance), &pending, true),
         audit::append(app, &event)
     );
     let cache = match applied {
@@ -287,8 +291,12 @@ pub async fn write_balance(app: &App, write: &BalanceWrite) -> Result<WriteOutco
 }
 
 enum Committed {
-    /// Decided without a new version (conflict, mismatch, replay, …).
-    Done(WriteOutcome),
+    /// Decided without a new version (conflict, mismatch, replay, …), with
+    /// the wallet's row as read under its lock (none if it does not exist).
+    Done {
+        outcome: WriteOutcome,
+        current: Option<WalletRow>,
+    },
     /// A new version is committed.
     Applied {
         row: WalletRow,
@@ -313,7 +321,10 @@ async fn commit(
         .await
         .map_err(query_error)?
     else {
-        return Ok(Committed::Done(WriteOutcome::NotFound));
+        return Ok(Committed::Done {
+            outcome: WriteOutcome::NotFound,
+            current: None,
+        });
     };
     let current = WalletRow::from_row(&row)?;
 
@@ -339,13 +350,19 @@ async fn commit(
                 .map_err(query_error)?;
             let fingerprint: String = stored.try_get(0).map_err(query_error)?;
             if fingerprint != write.fingerprint() {
-                return Ok(Committed::Done(WriteOutcome::KeyReused));
+                return Ok(Committed::Done {
+                    outcome: WriteOutcome::KeyReused,
+                    current: Some(current),
+                });
             }
             let response: Option<serde_json::Value> = stored.try_get(1).map_err(query_error)?;
             let outcome = response
                 .and_then(|r| serde_json::from_value::<WriteOutcome>(r).ok())
                 .ok_or(DbError::Unavailable)?;
-            return Ok(Committed::Done(WriteOutcome::Replayed(Box::new(outcome))));
+            return Ok(Committed::Done {
+                outcome: WriteOutcome::Replayed(Box::new(outcome)),
+                current: Some(current),
+            });
         }
     }
 
@@ -363,7 +380,10 @@ async fn commit(
     if let Some(outcome) = decided {
         store_response(&tx, write, &outcome).await?;
         tx.commit().await.map_err(query_error)?;
-        return Ok(Committed::Done(outcome));
+        return Ok(Committed::Done {
+            outcome,
+            current: Some(current),
+        });
     }
 
     let new_version = i64::try_from(current.version + 1).map_err(|_| DbError::Unavailable)?;
@@ -490,13 +510,15 @@ fn pending_row(wallet: &WalletId, r: &tokio_postgres::Row) -> Result<PendingRow,
     Ok(PendingRow { version, message })
 }
 
-/// Runs `apply.lua`: one round trip.
+/// Runs `apply.lua`: one round trip. `current` is the wallet's current
+/// balance (none when unknown); `leaving` is true for a writer that raised
+/// the fence.
 async fn apply(
     app: &App,
     wallet: &WalletId,
-    balance: &WalletBalance,
+    current: Option<&WalletBalance>,
     pending: &[PendingRow],
-    token: &str,
+    leaving: bool,
 ) -> Result<u64, RedisUnavailable> {
     let key = app.keys.wallet_balance(wallet);
     let lock = key.lock_key();
@@ -506,9 +528,15 @@ async fn apply(
         .unwrap_or(Duration::from_secs(300));
     let ttl = jittered(ttl, app.config.ttl.jitter_percent);
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-    let encoded = encode(Some(balance), balance.version, Duration::ZERO, ttl)
-        .ok_or(RedisUnavailable::Server)?;
+    let (version, encoded) = match current {
+        Some(b) => (
+            b.version,
+            encode(Some(b), b.version, Duration::ZERO, ttl).ok_or(RedisUnavailable::Server)?,
+        ),
+        None => (0, Vec::new()),
+    };
     let channel = pubsub::balance(wallet);
+    let leaving = if leaving { "1" } else { "0" };
     let (k, l, p, ch, enc) = (&key, &lock, &published, &channel, &encoded);
     app.redis
         .run(|mut c| async move {
@@ -517,8 +545,8 @@ async fn apply(
                 .key(p)
                 .arg(ttl_ms)
                 .arg(ch)
-                .arg(token)
-                .arg(balance.version)
+                .arg(leaving)
+                .arg(version)
                 .arg(enc.as_slice());
             for row in pending {
                 inv.arg(row.version).arg(&row.message);
@@ -578,9 +606,9 @@ pub struct SweepReport {
 
 /// Applies pending outbox rows (those whose cache step failed): for each
 /// wallet, publishes the pending versions in order and caches the wallet's
-/// *current* row (never an old one), lifting the fence of a writer that died
-/// after committing it; one round trip per wallet. Used by `audit-flush` and
-/// `cache-warmer`.
+/// *current* row (never an old one), lifting a fence that the current
+/// version reaches (a writer that died after committing); one round trip per
+/// wallet. Used by `audit-flush` and `cache-warmer`.
 pub async fn apply_pending(app: &App, limit: i64) -> Result<SweepReport, DbError> {
     let client = app.db.client().await?;
     let rows = client
@@ -607,7 +635,7 @@ pub async fn apply_pending(app: &App, limit: i64) -> Result<SweepReport, DbError
         let Some(current) = load_balance(&app.db, &wallet).await? else {
             continue;
         };
-        match apply(app, &wallet, &current, &pending, "").await {
+        match apply(app, &wallet, Some(&current), &pending, false).await {
             Ok(_) => {
                 if let Some(last) = pending.last() {
                     mark_applied(app, &wallet, last.version).await;

@@ -1,22 +1,24 @@
--- Balance write-through, step 2 — after the database commit: update the
--- cache only forwards, publish each version once and in order, lift the fence.
+-- Balance write-through, step 2 — after the database decided: publish each
+-- new version once and in order, move the cache only forwards, and lower or
+-- lift the fence.
 --
 -- KEYS[1]  balance value key
--- KEYS[2]  its lease key (a writer fence is "w:<intended version>:<random>")
+-- KEYS[2]  its lease key; a fence is "w:<highest intended version>:<writers inside>"
 -- KEYS[3]  published-version key  paycache:wallet_balance:{<wallet>}:published
 -- ARGV[1]  value TTL in milliseconds
 -- ARGV[2]  channel, balance:<wallet>
--- ARGV[3]  the writer's fence token, or "" for a sweep
--- ARGV[4]  version of the value to cache (the wallet's current version)
--- ARGV[5]  the encoded value (cache-aside envelope, version in its header)
+-- ARGV[3]  "1" if the caller is a writer leaving the fence, "0" for a sweep
+-- ARGV[4]  the wallet's current version (what ARGV[5] holds)
+-- ARGV[5]  the encoded current balance (cache-aside envelope), or "" for none
 -- ARGV[6], ARGV[7], ...  pairs: version, message — ascending versions, the
 --          outbox rows not yet applied
 --
+-- The fence is lifted when the current version reaches its intended
+-- version (every writer inside has committed, or will fail its
+-- compare-and-set), or when the last writer inside leaves. While it stands,
+-- the value is not written: a writer inside may still commit a newer one.
+-- Otherwise the value is written only if newer than what is cached.
 -- Returns {cached version afterwards, messages published}.
--- The value is written only if it is newer than what is cached, and never
--- while a writer that intends a newer version has its fence up. A fence
--- whose intended version is at most the one cached here is lifted: that
--- writer has committed it, or will fail its compare-and-set.
 local published = tonumber(redis.call('GET', KEYS[3]) or '0')
 local sent = 0
 for i = 6, #ARGV, 2 do
@@ -27,23 +29,39 @@ for i = 6, #ARGV, 2 do
     sent = sent + 1
   end
 end
-redis.call('SET', KEYS[3], published, 'PX', 86400000)
+if sent > 0 then
+  redis.call('SET', KEYS[3], published, 'PX', 86400000)
+end
+
+local version = tonumber(ARGV[4])
+local fenced = false
+local lease = redis.call('GET', KEYS[2])
+if lease then
+  local intent, count = string.match(lease, '^w:(%d+):(%d+)$')
+  if intent then
+    intent = tonumber(intent)
+    count = tonumber(count)
+    if ARGV[3] == '1' then
+      count = count - 1
+    end
+    if version >= intent or count <= 0 then
+      redis.call('DEL', KEYS[2])
+    else
+      fenced = true
+      if ARGV[3] == '1' then
+        redis.call('SET', KEYS[2], 'w:' .. intent .. ':' .. count, 'KEEPTTL')
+      end
+    end
+  end
+end
 
 local cached = 0
 local cur = redis.call('GET', KEYS[1])
 if cur then
   cached = tonumber(string.match(cur, '^1:[FN]:%d+:%d+:(%d+):')) or 0
 end
-local version = tonumber(ARGV[4])
-local lease = redis.call('GET', KEYS[2])
-local fence_version = lease and tonumber(string.match(lease, '^w:(%d+):'))
-local ours = ARGV[3] ~= '' and lease == ARGV[3]
-local newer_writer = fence_version and fence_version > version and not ours
-if version > cached and not newer_writer then
+if not fenced and ARGV[5] ~= '' and version > cached then
   redis.call('SET', KEYS[1], ARGV[5], 'PX', ARGV[1])
   cached = version
-end
-if ours or (fence_version and fence_version <= version) then
-  redis.call('DEL', KEYS[2])
 end
 return {cached, sent}
