@@ -5,6 +5,7 @@ use crate::config::{Config, ConfigError};
 use crate::connection::{Redis, RedisSetupError};
 use crate::db::{Db, DbError};
 use crate::keys::Keyspace;
+use crate::ratelimit::RateLimiter;
 
 /// Why a function could not initialise. Each message names the variable to fix.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +28,7 @@ pub struct App {
     pub redis: Redis,
     pub cache: CacheAside,
     pub db: Db,
+    pub limiter: std::sync::Arc<RateLimiter>,
 }
 
 impl App {
@@ -38,8 +40,17 @@ impl App {
         let redis = Redis::new(&config.redis, config.breaker)?;
         let cache = CacheAside::new(redis.clone(), config.ttl, config.cache);
         let db = Db::new(&config.database)?;
+        let keys = Keyspace::new(config.key_prefix.clone());
+        let limiter = std::sync::Arc::new(RateLimiter::new(
+            redis.clone(),
+            keys.clone(),
+            config.rate_limit.policies.clone(),
+            config.rate_limit.timeout,
+            config.rate_limit.local_capacity,
+        ));
         Ok(Self {
-            keys: Keyspace::new(config.key_prefix.clone()),
+            keys,
+            limiter,
             config,
             redis,
             cache,

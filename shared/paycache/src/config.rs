@@ -151,6 +151,16 @@ pub struct AuditConfig {
     pub services: Vec<crate::keys::ServiceName>,
 }
 
+/// Rate limiting.
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    pub policies: crate::ratelimit::Policies,
+    /// The decision comes within this, whatever Redis does.
+    pub timeout: Duration,
+    /// Remembered denials per execution environment.
+    pub local_capacity: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub redis: RedisConfig,
@@ -162,6 +172,7 @@ pub struct Config {
     pub breaker: BreakerConfig,
     pub balance: BalanceConfig,
     pub audit: AuditConfig,
+    pub rate_limit: RateLimitConfig,
 }
 
 impl Config {
@@ -217,6 +228,19 @@ impl Config {
                 flush_lock: env.millis("AUDIT_FLUSH_LOCK_MS", 30_000, 100, 900_000)?,
                 reconcile_after: env.secs("AUDIT_RECONCILE_AFTER_SECS", 300)?,
                 services: audit_services(&env)?,
+            },
+            rate_limit: RateLimitConfig {
+                policies: crate::ratelimit::Policies::parse(
+                    env.get("RATE_LIMIT_POLICIES").as_deref(),
+                    env.get("RATE_LIMIT_DEFAULT").as_deref(),
+                )?,
+                timeout: env.millis("RATE_LIMIT_TIMEOUT_MS", 50, 1, 10_000)?,
+                local_capacity: env.number(
+                    "RATE_LIMIT_LOCAL_CACHE_ENTRIES",
+                    10_000,
+                    0,
+                    1_000_000,
+                )?,
             },
         })
     }

@@ -32,6 +32,16 @@ pub struct Problem {
 }
 
 impl Problem {
+    /// A problem of a type not covered by the constructors below.
+    pub fn new_public(
+        status: StatusCode,
+        slug: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self::new(status, slug, title, detail)
+    }
+
     fn new(
         status: StatusCode,
         slug: &'static str,

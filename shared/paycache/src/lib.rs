@@ -19,6 +19,7 @@ pub mod keys;
 pub mod money;
 pub mod profile;
 pub mod pubsub;
+pub mod ratelimit;
 pub mod routes;
 pub mod transactions;
 

@@ -14,6 +14,7 @@ use crate::http::{
 };
 use crate::keys::WalletId;
 use crate::money::{Currency, CurrencyError, parse_amount};
+use crate::routes::limits::{BALANCE_READ, BALANCE_WRITE, enforce, with_decision};
 
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
@@ -35,9 +36,21 @@ pub async fn handle(app: &App, req: Request) -> Response<Body> {
         }
     };
     if method == Method::GET {
-        get(app, &wallet, &rid).await
+        let limit = match enforce(app, &req, BALANCE_READ, &rid).await {
+            Ok(limit) => limit,
+            Err(denied) => return denied,
+        };
+        with_decision(get(app, &wallet, &rid).await, limit.as_ref())
     } else {
-        put(app, wallet, &req, &rid).await
+        let write = match parse_write(wallet, &req) {
+            Ok(w) => w,
+            Err(problem) => return problem.into_response(&rid),
+        };
+        let limit = match enforce(app, &req, BALANCE_WRITE, &rid).await {
+            Ok(limit) => limit,
+            Err(denied) => return denied,
+        };
+        with_decision(put(app, write, &rid).await, limit.as_ref())
     }
 }
 
@@ -139,11 +152,8 @@ fn parse_write(wallet: WalletId, req: &Request) -> Result<BalanceWrite, Problem>
     })
 }
 
-async fn put(app: &App, wallet: WalletId, req: &Request, rid: &str) -> Response<Body> {
-    let write = match parse_write(wallet, req) {
-        Ok(w) => w,
-        Err(problem) => return problem.into_response(rid),
-    };
+async fn put(app: &App, write: BalanceWrite, rid: &str) -> Response<Body> {
+    let wallet = write.wallet;
     match write_balance(app, &write).await {
         Ok(WriteOutcome::Replayed(inner)) => {
             let mut resp = render(*inner, &wallet, rid);

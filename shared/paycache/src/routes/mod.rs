@@ -3,4 +3,6 @@
 //! as problems here, never propagated to the runtime.
 
 pub mod balance;
+pub mod limits;
 pub mod profile_read;
+pub mod rate_limit_check;

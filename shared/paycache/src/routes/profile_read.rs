@@ -9,6 +9,7 @@ use crate::http::{
 };
 use crate::keys::UserId;
 use crate::profile::get_profile;
+use crate::routes::limits::{PROFILE_READ, enforce, with_decision};
 
 pub async fn handle(app: &App, req: Request) -> Response<Body> {
     let rid = request_id(&req);
@@ -26,12 +27,20 @@ pub async fn handle(app: &App, req: Request) -> Response<Body> {
         Ok(user) => user,
         Err(e) => return Problem::invalid_request(format!("The {e}.")).into_response(&rid),
     };
+    let limit = match enforce(app, &req, PROFILE_READ, &rid).await {
+        Ok(limit) => limit,
+        Err(denied) => return denied,
+    };
+    with_decision(read(app, user, &rid).await, limit.as_ref())
+}
+
+async fn read(app: &App, user: UserId, rid: &str) -> Response<Body> {
     match get_profile(&app.cache, &app.keys, &app.db, &user).await {
         Ok(cached) => {
             let resp = match &cached.value {
                 Some(profile) => json_response(StatusCode::OK, profile),
                 None => {
-                    Problem::not_found(format!("No user has the id {user}.")).into_response(&rid)
+                    Problem::not_found(format!("No user has the id {user}.")).into_response(rid)
                 }
             };
             tracing::info!(user_id = %user, cache_status = %cached.status.header_value(), "profile read");
@@ -40,7 +49,7 @@ pub async fn handle(app: &App, req: Request) -> Response<Body> {
         Err(e) => {
             tracing::error!(user_id = %user, error = %e, "profile read failed");
             Problem::unavailable("The profile store is unavailable; retry shortly.")
-                .into_response(&rid)
+                .into_response(rid)
         }
     }
 }
