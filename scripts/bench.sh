@@ -3,4 +3,4 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 ensure_redis
-cargo bench -p paycache --bench cache_hit "$@"
+cargo bench -p paycache "$@"

@@ -59,10 +59,13 @@ cargo run --quiet -p paycache-dev -- migrate-and-seed
 
 ENV_FILE="$STACK/functions.env"
 {
-  echo "REDIS_URL=$REDIS_URL"
-  echo "DATABASE_URL=$DATABASE_URL"
-  # Pass through every other documented variable that is set.
-  env | grep -E '^(REDIS_|CACHE_|DATABASE_|RUST_LOG=)' | grep -vE '^(REDIS_URL|DATABASE_URL)=' || true
+  echo "REDIS_URL='$REDIS_URL'"
+  echo "DATABASE_URL='$DATABASE_URL'"
+  # Pass through every other documented variable that is set (values are
+  # single-quoted: RATE_LIMIT_POLICIES is JSON).
+  while IFS='=' read -r name value; do
+    printf "%s='%s'\n" "$name" "$value"
+  done < <(env | grep -E '^(REDIS_|CACHE_|DATABASE_|BALANCE_|AUDIT_|RATE_LIMIT_|RUST_LOG=)' | grep -vE '^(REDIS_URL|DATABASE_URL)=' || true)
 } >"$ENV_FILE"
 chmod 600 "$ENV_FILE"
 
