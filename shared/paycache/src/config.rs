@@ -173,6 +173,7 @@ pub struct Config {
     pub balance: BalanceConfig,
     pub audit: AuditConfig,
     pub rate_limit: RateLimitConfig,
+    pub health: crate::health::HealthConfig,
 }
 
 impl Config {
@@ -241,6 +242,11 @@ impl Config {
                     0,
                     1_000_000,
                 )?,
+            },
+            health: crate::health::HealthConfig {
+                // The contract's bound is 2 s; leave room for the response.
+                timeout: env.millis("HEALTH_TIMEOUT_MS", 1500, 10, 1900)?,
+                node_timeout: env.millis("HEALTH_NODE_TIMEOUT_MS", 500, 10, 1900)?,
             },
         })
     }

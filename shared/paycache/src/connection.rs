@@ -29,7 +29,7 @@ use redis::{Client, Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, 
 use tokio::sync::OnceCell;
 
 use crate::breaker::{Breaker, Permit};
-use crate::config::{BreakerConfig, RedisConfig, RedisMode};
+use crate::config::{BreakerConfig, RedisConfig, RedisMode, Secret};
 
 /// Why a Redis call did not produce an answer. Callers treat every variant
 /// the same way — fall through to the database — but logs and metrics tell
@@ -120,7 +120,16 @@ pub struct Redis {
     inner: Arc<Inner>,
 }
 
+/// What a direct connection to one node needs (health checks).
+struct NodeTemplate {
+    /// The first seed URL; a node's host and port replace its own.
+    seed: Secret,
+    root_cert: Option<Vec<u8>>,
+    auth_token: Option<Secret>,
+}
+
 struct Inner {
+    node_template: NodeTemplate,
     backend: Backend,
     mode: RedisMode,
     connect_timeout: Duration,
@@ -146,6 +155,11 @@ impl Redis {
             None => None,
         };
         let urls: Vec<&str> = config.urls.expose().split(',').collect();
+        let node_template = NodeTemplate {
+            seed: Secret::new(urls.first().copied().unwrap_or_default()),
+            root_cert: root_cert.clone(),
+            auth_token: config.auth_token.clone(),
+        };
         let backend = match config.mode {
             RedisMode::Standalone => {
                 let url = urls.first().ok_or(RedisSetupError::InvalidUrl)?;
@@ -204,6 +218,7 @@ impl Redis {
         };
         Ok(Self {
             inner: Arc::new(Inner {
+                node_template,
                 backend,
                 mode: config.mode,
                 connect_timeout: config.connect_timeout,
@@ -223,6 +238,65 @@ impl Redis {
 
     pub fn response_timeout(&self) -> Duration {
         self.inner.response_timeout
+    }
+
+    /// A client for one node (`host:port`), with the same scheme, TLS roots
+    /// and credentials as the configured endpoint; for health checks.
+    pub fn node_client(&self, host: &str, port: u16) -> Result<Client, RedisSetupError> {
+        let t = &self.inner.node_template;
+        let mut info = t
+            .seed
+            .expose()
+            .into_connection_info()
+            .map_err(|_| RedisSetupError::InvalidUrl)?;
+        let addr = match info.addr() {
+            redis::ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => redis::ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => redis::ConnectionAddr::Tcp(host.to_owned(), port),
+        };
+        info = info.set_addr(addr);
+        if let Some(token) = &t.auth_token {
+            let settings = info.redis_settings().clone().set_password(token.expose());
+            info = info.set_redis_settings(settings);
+        }
+        match (
+            &t.root_cert,
+            matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }),
+        ) {
+            (Some(root), true) => Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root.clone()),
+                },
+            ),
+            _ => Client::open(info),
+        }
+        .map_err(|_| RedisSetupError::InvalidUrl)
+    }
+
+    /// The configured endpoint's host and port (standalone health checks).
+    pub fn seed_address(&self) -> Option<(String, u16)> {
+        let info = self
+            .inner
+            .node_template
+            .seed
+            .expose()
+            .into_connection_info()
+            .ok()?;
+        match info.addr() {
+            redis::ConnectionAddr::Tcp(h, p) => Some((h.clone(), *p)),
+            redis::ConnectionAddr::TcpTls { host, port, .. } => Some((host.clone(), *port)),
+            _ => None,
+        }
     }
 
     async fn connection(&self) -> Result<RedisConnection, RedisError> {

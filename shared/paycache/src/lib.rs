@@ -13,6 +13,7 @@ pub mod config;
 pub mod connection;
 pub mod db;
 pub mod events;
+pub mod health;
 pub mod http;
 pub mod invalidation;
 pub mod keys;

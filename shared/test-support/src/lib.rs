@@ -609,3 +609,12 @@ impl Drop for CommandMonitor {
         let _ = self.child.wait();
     }
 }
+
+impl RedisCluster {
+    /// `master` or `slave`, as the node itself says (`ROLE`).
+    pub fn role(&self, index: usize) -> String {
+        redis_cli(self.nodes[index].port, &["ROLE"])
+            .and_then(|o| o.lines().next().map(str::to_owned))
+            .unwrap_or_default()
+    }
+}

@@ -3,6 +3,7 @@
 //! as problems here, never propagated to the runtime.
 
 pub mod balance;
+pub mod health;
 pub mod limits;
 pub mod profile_read;
 pub mod rate_limit_check;

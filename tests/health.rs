@@ -1,0 +1,164 @@
+//! `GET /health` against real Redis: healthy, stopped, paused, and a cluster
+//! with a node down — status and time bound.
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use lambda_http::{Body, Request, Response};
+use paycache::config::RedisMode;
+use paycache::routes::health::handle;
+use paycache_tests::World;
+use serde_json::Value;
+use test_support::{RedisCluster, RedisServer, TestRedis};
+
+fn get() -> Request {
+    http::Request::builder()
+        .method("GET")
+        .uri("/health")
+        .body(Body::Empty)
+        .unwrap()
+}
+
+fn body(resp: &Response<Body>) -> Value {
+    serde_json::from_slice(resp.body().as_ref()).unwrap()
+}
+
+async fn timed(w: &World) -> (Response<Body>, Duration) {
+    let started = Instant::now();
+    let resp = handle(&w.app, get()).await;
+    (resp, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_standalone() {
+    let w = World::new(RedisMode::Standalone, &[]).await;
+    let (resp, _) = timed(&w).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let b = body(&resp);
+    assert_eq!(b["status"], "healthy");
+    assert!(b["response_time_ms"].as_f64().unwrap() > 0.0);
+    assert!(
+        b["memory_usage"]
+            .as_str()
+            .unwrap()
+            .ends_with(['B', 'K', 'M', 'G'])
+    );
+    assert!(b["cluster_state"].is_null());
+    let nodes = b["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0]["ok"], true);
+    assert_eq!(nodes[0]["role"], "primary");
+    assert!(nodes[0]["latency_ms"].as_f64().unwrap() >= 0.0);
+    assert!(nodes[0]["used_memory_human"].is_string());
+    // The probe leaves nothing behind.
+    assert!(w.keys().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_cluster_lists_every_node() {
+    let w = World::new(RedisMode::Cluster, &[]).await;
+    let (resp, _) = timed(&w).await;
+    assert_eq!(resp.status(), StatusCode::OK, "{}", body(&resp));
+    let b = body(&resp);
+    assert_eq!(b["cluster_state"], "ok");
+    let nodes = b["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 6);
+    assert_eq!(nodes.iter().filter(|n| n["role"] == "primary").count(), 3);
+    assert_eq!(nodes.iter().filter(|n| n["role"] == "replica").count(), 3);
+    assert!(nodes.iter().all(|n| n["ok"] == true), "{b}");
+    assert!(b["memory_usage"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_or_paused_is_503_within_2s() {
+    let server = RedisServer::start();
+    let mut w = World::with_redis(
+        TestRedis::Standalone(server),
+        &[("HEALTH_TIMEOUT_MS", "500")],
+    )
+    .await;
+    assert_eq!(timed(&w).await.0.status(), StatusCode::OK);
+
+    let TestRedis::Standalone(server) = &mut w.redis else {
+        unreachable!()
+    };
+    server.pause();
+    let (resp, took) = timed(&w).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(took < Duration::from_secs(2), "paused: {took:?}");
+    let b = body(&resp);
+    assert_eq!(b["status"], "unhealthy");
+    assert!(b["error"].as_str().unwrap().contains("Redis"), "{b}");
+    assert_eq!(resp.headers()["content-type"], "application/json");
+
+    if let TestRedis::Standalone(server) = &mut w.redis {
+        server.resume();
+        server.stop();
+    }
+    let (resp, took) = timed(&w).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(took < Duration::from_secs(2), "stopped: {took:?}");
+    let error = body(&resp)["error"].as_str().unwrap().to_owned();
+    for internal in ["127.0.0.1", "refused", "os error"] {
+        assert!(!error.contains(internal), "internal text in {error}");
+    }
+}
+
+/// One replica down: still healthy, the node shows `ok: false`. A primary
+/// killed: unhealthy at most until the replica takes over, then healthy
+/// again with the dead node reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_with_a_node_down() {
+    let cluster = RedisCluster::start();
+    let replica = (0..6).find(|i| cluster.role(*i) == "slave").unwrap();
+    let primary = (0..6).find(|i| cluster.role(*i) == "master").unwrap();
+    let (replica_port, primary_port) = (cluster.nodes[replica].port, cluster.nodes[primary].port);
+    let mut w = World::with_redis(TestRedis::Cluster(cluster), &[]).await;
+    assert_eq!(timed(&w).await.0.status(), StatusCode::OK);
+
+    let TestRedis::Cluster(cluster) = &mut w.redis else {
+        unreachable!()
+    };
+    cluster.nodes[replica].stop();
+    let (resp, took) = timed(&w).await;
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert_eq!(resp.status(), StatusCode::OK, "{}", body(&resp));
+    let b = body(&resp);
+    let down = b["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["addr"] == format!("127.0.0.1:{replica_port}"))
+        .cloned();
+    assert_eq!(down.unwrap()["ok"], false, "{b}");
+
+    let TestRedis::Cluster(cluster) = &mut w.redis else {
+        unreachable!()
+    };
+    cluster.nodes[primary].stop();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut saw_healthy_again = false;
+    while Instant::now() < deadline {
+        let (resp, took) = timed(&w).await;
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        if resp.status() == StatusCode::OK {
+            let b = body(&resp);
+            let dead = b["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["addr"] == format!("127.0.0.1:{primary_port}"))
+                .cloned();
+            if dead.is_some_and(|n| n["ok"] == false) {
+                saw_healthy_again = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        saw_healthy_again,
+        "after failover the cluster should be healthy with the dead primary reported"
+    );
+}
