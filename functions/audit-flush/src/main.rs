@@ -8,6 +8,7 @@ use serde_json::Value;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     paycache::init_logging();
+    let metrics = paycache::telemetry::init("audit-flush");
     let app = paycache::App::from_env()?;
     let app = &app;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
@@ -15,7 +16,10 @@ async fn main() -> Result<(), Error> {
             event.context.deadline,
             Duration::from_secs(30),
         );
-        Ok::<_, Error>(paycache::events::audit_flush(app, deadline).await)
+        let started = std::time::Instant::now();
+        let summary = paycache::events::audit_flush(app, deadline).await;
+        paycache::telemetry::finish(metrics, started);
+        Ok::<_, Error>(summary)
     }))
     .await
 }

@@ -1,14 +1,3 @@
 //! `GET /users/{user_id}/profile` — see `paycache::routes::profile_read`.
 
-use lambda_http::{Error, Request, service_fn};
-
-#[tokio::main]
-async fn main() -> Result<(), Error> {
-    paycache::init_logging();
-    let app = paycache::App::from_env()?;
-    let app = &app;
-    lambda_http::run(service_fn(move |req: Request| async move {
-        Ok::<_, std::convert::Infallible>(paycache::routes::profile_read::handle(app, req).await)
-    }))
-    .await
-}
+paycache::http_function!("profile-read", paycache::routes::profile_read::handle);

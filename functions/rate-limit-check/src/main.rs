@@ -1,16 +1,6 @@
 //! `POST /rate-limit/check` — see `paycache::routes::rate_limit_check`.
 
-use lambda_http::{Error, Request, service_fn};
-
-#[tokio::main]
-async fn main() -> Result<(), Error> {
-    paycache::init_logging();
-    let app = paycache::App::from_env()?;
-    let app = &app;
-    lambda_http::run(service_fn(move |req: Request| async move {
-        Ok::<_, std::convert::Infallible>(
-            paycache::routes::rate_limit_check::handle(app, req).await,
-        )
-    }))
-    .await
-}
+paycache::http_function!(
+    "rate-limit-check",
+    paycache::routes::rate_limit_check::handle
+);

@@ -68,3 +68,32 @@ impl App {
 pub fn init_logging() {
     lambda_http::tracing::init_default_subscriber();
 }
+
+/// The whole `main` of an HTTP function: logging, metrics, `App` built once
+/// from the environment, then `handler(&app, request)` per invocation with
+/// its EMF line written after it.
+///
+/// ```ignore
+/// paycache::http_function!("profile-read", paycache::routes::profile_read::handle);
+/// ```
+#[macro_export]
+macro_rules! http_function {
+    ($name:literal, $handler:path) => {
+        #[tokio::main]
+        async fn main() -> Result<(), lambda_http::Error> {
+            $crate::init_logging();
+            let metrics = $crate::telemetry::init($name);
+            let app = $crate::App::from_env()?;
+            let app = &app;
+            lambda_http::run(lambda_http::service_fn(
+                move |req: lambda_http::Request| async move {
+                    let started = std::time::Instant::now();
+                    let resp = $handler(app, req).await;
+                    $crate::telemetry::finish(metrics, started);
+                    Ok::<_, std::convert::Infallible>(resp)
+                },
+            ))
+            .await
+        }
+    };
+}

@@ -186,6 +186,24 @@ impl CacheAside {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<T>, E>>,
     {
+        let result = self.lookup(key, version_of, load).await;
+        if let Ok(cached) = &result {
+            crate::telemetry::cache_outcome(&cached.status);
+        }
+        result
+    }
+
+    async fn lookup<T, E, F, Fut>(
+        &self,
+        key: &CacheKey,
+        version_of: impl Fn(&T) -> u64,
+        load: F,
+    ) -> Result<Cached<T>, E>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+    {
         let mut load = Some(load);
         let mut run_load = || {
             let f = load.take();
@@ -244,6 +262,8 @@ impl CacheAside {
                 })
                 .await;
             if won != Ok(true) {
+                // Another request is refreshing: serve what is cached.
+                crate::telemetry::stale_serve();
                 return Ok(Cached {
                     value: entry.value,
                     status: CacheStatus::Hit,

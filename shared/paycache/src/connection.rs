@@ -353,11 +353,13 @@ impl Redis {
                 } else {
                     breaker.record_failure();
                 }
+                crate::telemetry::redis_error();
                 tracing::warn!(reason = kind.as_str(), error_kind = ?err.kind(), "redis call failed");
                 Err(kind)
             }
             Err(_elapsed) => {
                 breaker.record_failure();
+                crate::telemetry::redis_error();
                 tracing::warn!(
                     reason = "timeout",
                     budget_ms = budget.as_millis() as u64,

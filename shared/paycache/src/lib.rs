@@ -22,6 +22,7 @@ pub mod profile;
 pub mod pubsub;
 pub mod ratelimit;
 pub mod routes;
+pub mod telemetry;
 pub mod transactions;
 
 pub use app::{App, InitError, init_logging};

@@ -315,6 +315,7 @@ impl RateLimiter {
             };
 
         if let Some(d) = self.remembered(&key, cost) {
+            crate::telemetry::rate_limit_denied();
             return decision(false, d.0, d.1, d.2, DecisionSource::LocalDenial);
         }
 
@@ -354,6 +355,7 @@ impl RateLimiter {
                 if allowed == 1 {
                     decision(true, remaining, reset, 0, DecisionSource::Redis)
                 } else {
+                    crate::telemetry::rate_limit_denied();
                     self.remember(key, cost, remaining, reset, retry);
                     decision(false, remaining, reset, retry.max(1), DecisionSource::Redis)
                 }

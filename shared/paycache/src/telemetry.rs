@@ -1,0 +1,101 @@
+//! Per-invocation metrics in CloudWatch Embedded Metric Format (EMF).
+//!
+//! Every function writes one EMF line to stdout after each invocation; the
+//! Lambda log pipeline turns it into CloudWatch metrics with no API call on
+//! the request path. Namespace `paycache`, dimension `function`.
+//!
+//! Built on the `metrics` facade with `metrics_cloudwatch_embedded` as its
+//! recorder — a maintained crate that serialises EMF documents with serde —
+//! rather than hand-written EMF. Its `lambda` feature (a tower layer) is not
+//! used: each function flushes explicitly after its handler returns, which
+//! keeps the entry points plain and works for HTTP and EventBridge
+//! functions alike. Without [`init`] (tests, tools) every recording is a
+//! no-op.
+//!
+//! | metric | unit | counted when |
+//! |---|---|---|
+//! | `CacheHit` | Count | a read was served from Redis |
+//! | `CacheMiss` | Count | a read loaded from PostgreSQL (and filled the cache, or was not allowed to) |
+//! | `CacheStaleServe` | Count | an entry near expiry was served while another request refreshed it (XFetch) |
+//! | `CacheBypass` | Count | Redis was unavailable and the read went to PostgreSQL |
+//! | `RedisError` | Count | a Redis call failed or timed out |
+//! | `RateLimitDenied` | Count | a rate-limit check denied |
+//! | `Latency` | Milliseconds | the invocation, end to end |
+
+use std::time::Instant;
+
+use metrics_cloudwatch_embedded::Collector;
+
+use crate::cache_aside::CacheStatus;
+
+pub const NAMESPACE: &str = "paycache";
+
+/// Installs the EMF recorder for `function`. Returns `None` (and logs) if a
+/// recorder is already installed in this process.
+pub fn init(function: &'static str) -> Option<&'static Collector> {
+    let result = metrics_cloudwatch_embedded::Builder::new()
+        .cloudwatch_namespace(NAMESPACE)
+        .with_dimension("function", function)
+        .init();
+    if let Ok(collector) = result {
+        describe();
+        Some(collector)
+    } else {
+        tracing::warn!("metrics recorder already installed; EMF output disabled");
+        None
+    }
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_histogram};
+    for name in [
+        "CacheHit",
+        "CacheMiss",
+        "CacheStaleServe",
+        "CacheBypass",
+        "RedisError",
+        "RateLimitDenied",
+    ] {
+        describe_counter!(name, Unit::Count, "");
+    }
+    describe_histogram!("Latency", Unit::Milliseconds, "");
+}
+
+/// Records the invocation's latency and writes the EMF line.
+pub fn finish(collector: Option<&'static Collector>, started: Instant) {
+    metrics::histogram!("Latency").record(started.elapsed().as_secs_f64() * 1000.0);
+    if let Some(c) = collector {
+        flush_to(c, std::io::stdout());
+    }
+}
+
+/// Writes the collected metrics as EMF to `out` and resets the counters.
+pub fn flush_to(collector: &Collector, out: impl std::io::Write) {
+    if let Err(e) = collector.flush(out) {
+        tracing::warn!(error = %e, "could not write EMF metrics");
+    }
+}
+
+pub fn cache_outcome(status: &CacheStatus) {
+    let name = match status {
+        CacheStatus::Hit | CacheStatus::Coalesced => "CacheHit",
+        CacheStatus::Bypass(_) => "CacheBypass",
+        CacheStatus::Miss { .. }
+        | CacheStatus::LeaseTimeout
+        | CacheStatus::EarlyRefresh { .. }
+        | CacheStatus::WriteInProgress => "CacheMiss",
+    };
+    metrics::counter!(name).increment(1);
+}
+
+pub fn stale_serve() {
+    metrics::counter!("CacheStaleServe").increment(1);
+}
+
+pub fn redis_error() {
+    metrics::counter!("RedisError").increment(1);
+}
+
+pub fn rate_limit_denied() {
+    metrics::counter!("RateLimitDenied").increment(1);
+}
