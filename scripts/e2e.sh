@@ -20,6 +20,7 @@ REDIS_URL=$PAYCACHE_TEST_REDIS_URL
 DATABASE_URL=$DATABASE_URL
 CACHE_KEY_PREFIX=e2e-$$
 RUST_LOG=info
+WARM_USERS=50
 RATE_LIMIT_POLICIES='[{"name":"transfers.create","algorithm":"gcra","limit":5,"window_secs":3600,"burst":5,"fail":"closed"}]'
 ENV
 cargo lambda watch --quiet --ignore-changes -A 127.0.0.1 -P "$WATCH_PORT" --env-file "$ENV_FILE" \

@@ -135,6 +135,28 @@ pub async fn load_balance(db: &Db, wallet: &WalletId) -> Result<Option<WalletBal
         .transpose()
 }
 
+/// Reads many balances in one query; the answer is in the order of `wallets`.
+pub async fn load_balances(
+    db: &Db,
+    wallets: &[WalletId],
+) -> Result<Vec<Option<WalletBalance>>, DbError> {
+    let ids: Vec<Uuid> = wallets.iter().map(WalletId::as_uuid).collect();
+    let client = db.client().await?;
+    let rows = client
+        .query(
+            &format!("SELECT {WALLET_COLUMNS} FROM wallets WHERE wallet_id = ANY($1)"),
+            &[&ids],
+        )
+        .await
+        .map_err(query_error)?;
+    let mut found = std::collections::HashMap::new();
+    for r in &rows {
+        let b = WalletRow::from_row(r)?.to_balance();
+        found.insert(b.wallet_id, b);
+    }
+    Ok(wallets.iter().map(|w| found.remove(w)).collect())
+}
+
 /// The balance through the cache: `wallet_balance:{wallet_id}`, TTL
 /// `CACHE_TTL_WALLET_BALANCE_SECS`, version in the entry header.
 pub async fn get_balance(app: &App, wallet: &WalletId) -> Result<Cached<WalletBalance>, DbError> {

@@ -115,6 +115,18 @@ impl CacheStatus {
     }
 }
 
+/// What a batch fill did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FillReport {
+    /// Entries loaded and stored.
+    pub filled: u64,
+    /// Entries already cached, being loaded elsewhere, fenced, or whose
+    /// lease was lost to an invalidation.
+    pub skipped: u64,
+    /// Entries not filled because Redis failed.
+    pub failed: u64,
+}
+
 /// A value (or a cached "not found") and how it was obtained.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cached<T> {
@@ -360,6 +372,119 @@ impl CacheAside {
                 }
             }
         }
+    }
+
+    /// Fills many entries of one family at once, with the same lease
+    /// protocol as [`Self::get_or_load`] (so it is as safe against
+    /// invalidations and balance writes): every key's value-or-lease script
+    /// is sent at once, `load` reads the leased ones from the database in one
+    /// batch (it gets their indexes in `keys` and answers in that order), and
+    /// every store is sent at once. Entries that are present, being loaded,
+    /// or fenced by a writer are skipped.
+    ///
+    /// The requests of each phase go out concurrently on the multiplexed
+    /// connection(s), which write them back to back: a batch costs about one
+    /// round-trip time per phase, whatever its size. (redis-rs pipelines
+    /// cannot span cluster slots, and a batch's keys are in many.)
+    pub async fn fill_batch<T, E, F, Fut>(
+        &self,
+        keys: &[CacheKey],
+        version_of: impl Fn(&T) -> u64,
+        load: F,
+    ) -> Result<FillReport, E>
+    where
+        T: Serialize,
+        F: FnOnce(Vec<usize>) -> Fut,
+        Fut: Future<Output = Result<Vec<Option<T>>, E>>,
+    {
+        let mut report = FillReport::default();
+        if keys.is_empty() {
+            return Ok(report);
+        }
+        let tokens: Vec<String> = keys.iter().map(|_| lease_token()).collect();
+        let lease_ms = millis(self.config.lock_lease);
+        let (k, t) = (keys, &tokens);
+        let replies = self
+            .redis
+            .run(|c| async move {
+                let calls = k.iter().zip(t).map(|(key, token)| {
+                    let mut c = c.clone();
+                    async move {
+                        GET_OR_LEASE
+                            .key(key)
+                            .key(key.lock_key())
+                            .arg(token)
+                            .arg(lease_ms)
+                            .invoke_async::<Value>(&mut c)
+                            .await
+                    }
+                });
+                Ok(futures_util::future::join_all(calls).await)
+            })
+            .await
+            .unwrap_or_default();
+        let leased: Vec<usize> = replies
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| matches!(r, Ok(Value::Int(1))).then_some(i))
+            .collect();
+        let answered = replies.iter().filter(|r| r.is_ok()).count();
+        report.failed = (keys.len() - answered) as u64;
+        report.skipped = (answered - leased.len()) as u64;
+        if leased.is_empty() {
+            return Ok(report);
+        }
+        let started = Instant::now();
+        let values = load(leased.clone()).await?;
+        let took = started.elapsed();
+        let mut stores = Vec::with_capacity(leased.len());
+        for (slot, value) in leased.iter().zip(values.iter()) {
+            let key = &keys[*slot];
+            let ttl = match value {
+                Some(_) => key.family().ttl(&self.ttl),
+                None => Some(self.ttl.negative),
+            };
+            let encoded = ttl.and_then(|ttl| {
+                let ttl = jittered(ttl, self.ttl.jitter_percent);
+                let version = value.as_ref().map(&version_of).unwrap_or(0);
+                encode(value.as_ref(), version, took, ttl).map(|e| (e, millis(ttl)))
+            });
+            match encoded {
+                Some((e, ttl_ms)) => stores.push((*slot, e, ttl_ms)),
+                None => report.failed += 1,
+            }
+        }
+        let st = &stores;
+        let stored = self
+            .redis
+            .run(|c| async move {
+                let calls = st.iter().map(|(slot, encoded, ttl_ms)| {
+                    let mut c = c.clone();
+                    let key = &k[*slot];
+                    async move {
+                        STORE_IF_LEASED
+                            .key(key)
+                            .key(key.lock_key())
+                            .arg(encoded.as_slice())
+                            .arg(*ttl_ms)
+                            .arg(&t[*slot])
+                            .invoke_async::<i64>(&mut c)
+                            .await
+                    }
+                });
+                Ok(futures_util::future::join_all(calls).await)
+            })
+            .await
+            .unwrap_or_default();
+        for r in &stored {
+            match r {
+                Ok(1) => report.filled += 1,
+                Ok(_) => report.skipped += 1,
+                Err(_) => report.failed += 1,
+            }
+        }
+        report.failed += (stores.len() - stored.len()) as u64;
+        Ok(report)
     }
 
     /// Deletes a cached value and any in-flight load lease for it, in one

@@ -174,6 +174,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub rate_limit: RateLimitConfig,
     pub health: crate::health::HealthConfig,
+    pub warm: crate::warming::WarmConfig,
 }
 
 impl Config {
@@ -247,6 +248,12 @@ impl Config {
                 // The contract's bound is 2 s; leave room for the response.
                 timeout: env.millis("HEALTH_TIMEOUT_MS", 1500, 10, 1900)?,
                 node_timeout: env.millis("HEALTH_NODE_TIMEOUT_MS", 500, 10, 1900)?,
+            },
+            warm: crate::warming::WarmConfig {
+                users: env.number("WARM_USERS", 1000, 0, 1_000_000)?,
+                batch_users: env.number("WARM_BATCH_USERS", 50, 1, 1000)?,
+                concurrency: env.number("WARM_CONCURRENCY", 4, 1, 64)?,
+                deadline_margin: env.millis("WARM_DEADLINE_MARGIN_MS", 1000, 0, 60_000)?,
             },
         })
     }

@@ -123,6 +123,35 @@ pub async fn audit_flush(app: &App, deadline: Instant) -> Value {
     summary
 }
 
+/// `cache-warmer`: a scheduled event warms the `WARM_USERS` most recently
+/// active users; `{"user_ids": [...]}` (at most 10,000) warms those.
+pub async fn cache_warm(app: &App, event: &Value, deadline: Instant) -> Value {
+    let users = match event.get("user_ids") {
+        None => None,
+        Some(Value::Array(list)) if list.len() <= 10_000 => {
+            let mut users = Vec::with_capacity(list.len());
+            for v in list {
+                match v.as_str().map(UserId::parse) {
+                    Some(Ok(u)) => users.push(u),
+                    _ => return rejected("user_ids must be user ids (UUIDs in canonical form)"),
+                }
+            }
+            Some(users)
+        }
+        Some(_) => return rejected("user_ids must be an array of at most 10000 user ids"),
+    };
+    let report = crate::warming::warm(app, users, deadline).await;
+    let mut summary = serde_json::to_value(&report).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut summary {
+        m.insert(
+            "status".into(),
+            json!(if report.failed == 0 { "ok" } else { "degraded" }),
+        );
+    }
+    tracing::info!(summary = %summary, "cache warming done");
+    summary
+}
+
 /// The Lambda deadline (milliseconds since the Unix epoch) as an `Instant`,
 /// or `fallback` from now when it is missing or already past.
 pub fn deadline_from_epoch_ms(deadline_ms: u64, fallback: Duration) -> Instant {

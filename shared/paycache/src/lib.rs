@@ -24,6 +24,7 @@ pub mod ratelimit;
 pub mod routes;
 pub mod telemetry;
 pub mod transactions;
+pub mod warming;
 
 pub use app::{App, InitError, init_logging};
 pub use cache_aside::{CacheAside, CacheStatus, Cached};

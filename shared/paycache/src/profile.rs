@@ -21,21 +21,44 @@ pub struct UserProfile {
     pub updated_at: OffsetDateTime,
 }
 
+const COLUMNS: &str = "user_id, email, display_name, country, verified, created_at, updated_at";
+
 /// Reads one profile from the database (no cache).
 pub async fn load_profile(db: &Db, user: &UserId) -> Result<Option<UserProfile>, DbError> {
     let client = db.client().await?;
     let row = client
         .query_opt(
-            "SELECT user_id, email, display_name, country, verified, created_at, updated_at
-               FROM users WHERE user_id = $1",
+            &format!("SELECT {COLUMNS} FROM users WHERE user_id = $1"),
             &[&user.as_uuid()],
         )
         .await
         .map_err(query_error)?;
-    let Some(row) = row else { return Ok(None) };
+    row.map(|r| from_row(&r)).transpose()
+}
+
+/// Reads many profiles in one query; the answer is in the order of `users`.
+pub async fn load_profiles(db: &Db, users: &[UserId]) -> Result<Vec<Option<UserProfile>>, DbError> {
+    let ids: Vec<uuid::Uuid> = users.iter().map(UserId::as_uuid).collect();
+    let client = db.client().await?;
+    let rows = client
+        .query(
+            &format!("SELECT {COLUMNS} FROM users WHERE user_id = ANY($1)"),
+            &[&ids],
+        )
+        .await
+        .map_err(query_error)?;
+    let mut found = std::collections::HashMap::new();
+    for r in &rows {
+        let p = from_row(r)?;
+        found.insert(p.user_id, p);
+    }
+    Ok(users.iter().map(|u| found.remove(u)).collect())
+}
+
+fn from_row(row: &tokio_postgres::Row) -> Result<UserProfile, DbError> {
     let user_id: uuid::Uuid = row.try_get(0).map_err(query_error)?;
     let country: String = row.try_get(3).map_err(query_error)?;
-    Ok(Some(UserProfile {
+    Ok(UserProfile {
         user_id: UserId::from(user_id),
         email: row.try_get(1).map_err(query_error)?,
         display_name: row.try_get(2).map_err(query_error)?,
@@ -43,7 +66,7 @@ pub async fn load_profile(db: &Db, user: &UserId) -> Result<Option<UserProfile>,
         verified: row.try_get(4).map_err(query_error)?,
         created_at: row.try_get(5).map_err(query_error)?,
         updated_at: row.try_get(6).map_err(query_error)?,
-    }))
+    })
 }
 
 /// The profile through the cache: `user_profile:{user_id}`, TTL

@@ -54,27 +54,52 @@ pub struct TransactionStatus {
 
 const FINAL_STATUSES: &[&str] = &["completed", "failed", "reversed"];
 
+const COLUMNS: &str =
+    "transaction_id, sender_wallet_id, receiver_wallet_id, amount_minor, currency,
+                       status, payment_method, created_at, updated_at";
+
 pub async fn load_transaction(db: &Db, id: &TransactionId) -> Result<Option<Transaction>, DbError> {
     let client = db.client().await?;
-    let Some(r) = client
+    let row = client
         .query_opt(
-            "SELECT transaction_id, sender_wallet_id, receiver_wallet_id, amount_minor, currency,
-                    status, payment_method, created_at, updated_at
-               FROM transactions WHERE transaction_id = $1",
+            &format!("SELECT {COLUMNS} FROM transactions WHERE transaction_id = $1"),
             &[&id.as_uuid()],
         )
         .await
-        .map_err(query_error)?
-    else {
-        return Ok(None);
-    };
+        .map_err(query_error)?;
+    row.map(|r| from_row(&r)).transpose()
+}
+
+/// Reads many transactions in one query; the answer is in the order of `ids`.
+pub async fn load_transactions(
+    db: &Db,
+    ids: &[TransactionId],
+) -> Result<Vec<Option<Transaction>>, DbError> {
+    let uuids: Vec<Uuid> = ids.iter().map(TransactionId::as_uuid).collect();
+    let client = db.client().await?;
+    let rows = client
+        .query(
+            &format!("SELECT {COLUMNS} FROM transactions WHERE transaction_id = ANY($1)"),
+            &[&uuids],
+        )
+        .await
+        .map_err(query_error)?;
+    let mut found = std::collections::HashMap::new();
+    for r in &rows {
+        let t = from_row(r)?;
+        found.insert(t.transaction_id, t);
+    }
+    Ok(ids.iter().map(|i| found.remove(i)).collect())
+}
+
+fn from_row(r: &tokio_postgres::Row) -> Result<Transaction, DbError> {
     let tid: Uuid = r.try_get(0).map_err(query_error)?;
     let sender: Uuid = r.try_get(1).map_err(query_error)?;
     let receiver: Uuid = r.try_get(2).map_err(query_error)?;
     let minor: i64 = r.try_get(3).map_err(query_error)?;
     let currency: String = r.try_get(4).map_err(query_error)?;
     let currency = Currency::parse(currency.trim_end()).map_err(|_| DbError::Unavailable)?;
-    Ok(Some(Transaction {
+    Ok(Transaction {
         transaction_id: TransactionId::from(tid),
         sender_wallet_id: WalletId::from(sender),
         receiver_wallet_id: WalletId::from(receiver),
@@ -84,7 +109,7 @@ pub async fn load_transaction(db: &Db, id: &TransactionId) -> Result<Option<Tran
         payment_method: r.try_get(6).map_err(query_error)?,
         created_at: r.try_get(7).map_err(query_error)?,
         updated_at: r.try_get(8).map_err(query_error)?,
-    }))
+    })
 }
 
 fn status_of(t: &Transaction) -> TransactionStatus {
