@@ -21,6 +21,10 @@ DATABASE_URL=$DATABASE_URL
 CACHE_KEY_PREFIX=e2e-$$
 RUST_LOG=info
 WARM_USERS=50
+AWS_ENDPOINT_URL=${AWS_ENDPOINT_URL:-}
+AWS_REGION=${AWS_REGION:-us-east-1}
+AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-}
+AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-}
 RATE_LIMIT_POLICIES='[{"name":"transfers.create","algorithm":"gcra","limit":5,"window_secs":3600,"burst":5,"fail":"closed"}]'
 ENV
 cargo lambda watch --quiet --ignore-changes -A 127.0.0.1 -P "$WATCH_PORT" --env-file "$ENV_FILE" \

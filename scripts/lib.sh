@@ -66,6 +66,33 @@ ensure_cargo_lambda() {
   cargo lambda --version >/dev/null 2>&1 || die "cargo-lambda did not install"
 }
 
+ensure_moto_server() {
+  if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c 'import moto.server, flask' >/dev/null 2>&1; then
+    ensure_python
+    log "pip install moto[server] (a local CloudWatch-compatible endpoint for tests)"
+    python3 -m pip install --quiet 'moto[server]' \
+      || python3 -m pip install --quiet --user --break-system-packages 'moto[server]'
+    hash -r
+  fi
+}
+
+start_moto() { # dir port
+  mkdir -p "$1"
+  moto_server -H 127.0.0.1 -p "$2" >"$1/moto.log" 2>&1 &
+  echo $! >"$1/moto.pid"
+  local i
+  for i in $(seq 1 100); do
+    port_in_use "$2" && return 0
+    sleep 0.1
+  done
+  die "moto_server did not start (see $1/moto.log)"
+}
+
+stop_moto() { # dir
+  [ -f "$1/moto.pid" ] && kill "$(cat "$1/moto.pid")" 2>/dev/null
+  rm -f "$1/moto.pid"
+}
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }

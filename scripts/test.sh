@@ -8,6 +8,7 @@ cd "$ROOT"
 ensure_redis
 ensure_postgres
 ensure_cargo_lambda
+ensure_moto_server
 
 STACK="$ROOT/.stack/test"
 cleanup() {
@@ -15,12 +16,13 @@ cleanup() {
   [ -n "${E2E_PID:-}" ] && kill "$E2E_PID" 2>/dev/null
   stop_redis "$STACK/redis"
   stop_cluster "$STACK/cluster"
+  stop_moto "$STACK/moto"
   [ -n "${PG_DIR:-}" ] && stop_postgres "$PG_DIR"
 }
 trap cleanup EXIT INT TERM
 # Leftovers of an interrupted run.
 if [ -d "$STACK" ]; then
-  stop_redis "$STACK/redis"; stop_cluster "$STACK/cluster"
+  stop_redis "$STACK/redis"; stop_cluster "$STACK/cluster"; stop_moto "$STACK/moto"
   [ -d "$STACK/pg" ] && stop_postgres "$STACK/pg"
   [ -L "$STACK/pg.alt" ] && stop_postgres "$(readlink "$STACK/pg.alt")"
   rm -rf "$STACK"
@@ -33,10 +35,16 @@ start_redis "$STACK/redis" "$REDIS_PORT"
 CLUSTER_URLS=$(start_cluster "$STACK/cluster")
 PG_PORT=$(free_port)
 PG_DIR=$(start_postgres "$STACK/pg" "$PG_PORT")
+MOTO_PORT=$(free_port)
+start_moto "$STACK/moto" "$MOTO_PORT"
 
 export PAYCACHE_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 export PAYCACHE_TEST_CLUSTER_URLS="$CLUSTER_URLS"
 export PAYCACHE_TEST_PG="host=127.0.0.1 port=$PG_PORT user=postgres dbname=postgres"
+# The AWS SDK talks to the local moto_server, with throwaway credentials.
+export AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT" AWS_REGION=us-east-1 \
+  AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
+unset AWS_PROFILE AWS_SESSION_TOKEN
 
 log "cargo fmt --check"
 cargo fmt --all --check

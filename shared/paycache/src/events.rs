@@ -152,6 +152,38 @@ pub async fn cache_warm(app: &App, event: &Value, deadline: Instant) -> Value {
     summary
 }
 
+/// `metrics-emitter`: reads `INFO` from every node and publishes the
+/// design's cache metrics, per node and for the cluster.
+pub async fn emit_metrics(app: &App, cloudwatch: &aws_sdk_cloudwatch::Client) -> Value {
+    let started = Instant::now();
+    let collected = match crate::node_metrics::collect(app, app.config.health.node_timeout).await {
+        Ok(c) => c,
+        Err(why) => {
+            tracing::error!(reason = why.as_str(), "could not read the cluster's nodes");
+            return json!({"status": "failed", "error": "Redis is unavailable", "published": 0});
+        }
+    };
+    let (status, published, error) =
+        match crate::cloudwatch::publish(cloudwatch, &collected.data).await {
+            Ok(n) => ("ok", n, None),
+            Err(e) => {
+                tracing::error!(error = ?e, "PutMetricData failed");
+                ("failed", 0, Some("CloudWatch PutMetricData failed"))
+            }
+        };
+    let summary = json!({
+        "status": status,
+        "error": error,
+        "nodes": collected.nodes,
+        "nodes_unreachable": collected.nodes_unreachable,
+        "restarted": collected.restarted,
+        "published": published,
+        "duration_ms": started.elapsed().as_millis() as u64,
+    });
+    tracing::info!(summary = %summary, "node metrics emitted");
+    summary
+}
+
 /// The Lambda deadline (milliseconds since the Unix epoch) as an `Instant`,
 /// or `fallback` from now when it is missing or already past.
 pub fn deadline_from_epoch_ms(deadline_ms: u64, fallback: Duration) -> Instant {

@@ -1,0 +1,143 @@
+//! `metrics-emitter` against a real Redis and a local CloudWatch-compatible
+//! endpoint (`moto_server`, started by `make test`; the AWS environment
+//! variables point the SDK at it).
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use std::time::Duration;
+
+use aws_sdk_cloudwatch::types::Dimension;
+use paycache::events::emit_metrics;
+use paycache::keys::UserId;
+use paycache_tests::World;
+use serde_json::Value;
+use test_support::{RedisServer, TestRedis, seed_user_id};
+
+fn must_have_endpoint() {
+    assert!(
+        std::env::var("AWS_ENDPOINT_URL").is_ok_and(|v| v.starts_with("http://127.0.0.1")),
+        "AWS_ENDPOINT_URL must point at the local moto_server: run the tests with `make test`"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rates_over_the_interval_survive_counter_resets() {
+    must_have_endpoint();
+    let server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let port = server.port;
+    let node = format!("127.0.0.1:{port}");
+    let mut w = World::with_redis(TestRedis::Standalone(server), &[]).await;
+    let cw = paycache::cloudwatch::client().await;
+
+    let first = emit_metrics(&w.app, &cw).await;
+    assert_eq!(first["status"], "ok", "{first}");
+    assert_eq!(first["nodes"], 1);
+    assert!(
+        first["published"].as_u64().unwrap() >= 4,
+        "gauges per node and cluster: {first}"
+    );
+
+    // Traffic: lookups that hit and miss.
+    for n in 0..20u64 {
+        let key = w
+            .app
+            .keys
+            .user_profile(&UserId::parse(&seed_user_id(n % 5 + 1)).unwrap());
+        w.app
+            .cache
+            .get_or_load(&key, || async { Ok::<_, ()>(Some(n)) })
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = emit_metrics(&w.app, &cw).await;
+    assert_eq!(second["status"], "ok", "{second}");
+    assert!(
+        second["published"].as_u64().unwrap() > first["published"].as_u64().unwrap(),
+        "rates now: {second}"
+    );
+    assert_eq!(second["restarted"], Value::Array(vec![]));
+
+    // Counters reset under the same run id (CONFIG RESETSTAT), then a real
+    // restart (new run id; the previous snapshot survives in the AOF).
+    let mut raw = w.redis.raw().await;
+    let _: () = redis::cmd("SET")
+        .arg("bump")
+        .arg(1)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let third = emit_metrics(&w.app, &cw).await;
+    assert_eq!(third["status"], "ok", "{third}");
+    assert_eq!(third["restarted"], serde_json::json!([node]), "{third}");
+    if let TestRedis::Standalone(s) = &mut w.redis {
+        s.restart();
+    }
+    let mut fourth = emit_metrics(&w.app, &cw).await;
+    for _ in 0..20 {
+        if fourth["status"] == "ok" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        fourth = emit_metrics(&w.app, &cw).await;
+    }
+    assert_eq!(fourth["status"], "ok", "{fourth}");
+    assert_eq!(fourth["restarted"], serde_json::json!([node]), "{fourth}");
+
+    // Read back what CloudWatch holds: every metric of the design, per node
+    // and for the cluster, with sane values — none negative, rates ≤ 100 %.
+    let listed = cw
+        .list_metrics()
+        .namespace(paycache::cloudwatch::NAMESPACE)
+        .send()
+        .await
+        .unwrap();
+    let names: std::collections::HashSet<String> = listed
+        .metrics()
+        .iter()
+        .filter_map(|m| m.metric_name().map(str::to_owned))
+        .collect();
+    for name in [
+        "cache_hit_rate",
+        "cache_miss_rate",
+        "average_response_time",
+        "memory_utilization",
+        "connection_count",
+        "evicted_keys",
+    ] {
+        assert!(names.contains(name), "{name} missing from {names:?}");
+    }
+    let now = std::time::SystemTime::now();
+    for (name, dim) in [
+        ("cache_hit_rate", ("Node", node.as_str())),
+        ("cache_hit_rate", ("Cluster", "all")),
+        ("evicted_keys", ("Node", node.as_str())),
+    ] {
+        let stats = cw
+            .get_metric_statistics()
+            .namespace(paycache::cloudwatch::NAMESPACE)
+            .metric_name(name)
+            .dimensions(Dimension::builder().name(dim.0).value(dim.1).build())
+            .start_time((now - Duration::from_secs(3600)).into())
+            .end_time((now + Duration::from_secs(3600)).into())
+            .period(60)
+            .statistics(aws_sdk_cloudwatch::types::Statistic::Minimum)
+            .statistics(aws_sdk_cloudwatch::types::Statistic::Maximum)
+            .send()
+            .await
+            .unwrap();
+        let points = stats.datapoints();
+        assert!(!points.is_empty(), "{name} {dim:?}: no datapoints");
+        for p in points {
+            let (min, max) = (p.minimum().unwrap(), p.maximum().unwrap());
+            assert!(min >= 0.0, "{name} {dim:?} went negative: {min}");
+            if name.ends_with("_rate") {
+                assert!(max <= 100.0, "{name} {dim:?} above 100 %: {max}");
+            }
+        }
+    }
+}
