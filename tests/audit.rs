@@ -284,3 +284,41 @@ async fn outbox_reconciliation_records_events_the_buffer_never_got() {
     assert_eq!(row.get::<_, String>(1), "balance_updated");
     assert_eq!(row.get::<_, String>(2), "2.50");
 }
+
+/// With `REDIS_DURABLE_URL` set, audit buffers live there (a Redis that
+/// never evicts) and nothing of them in the cache's Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_buffers_live_in_the_durable_redis() {
+    let durable = RedisServer::start_with(&["--maxmemory-policy", "noeviction"]);
+    let url = durable.url();
+    let w = World::new(RedisMode::Standalone, &[("REDIS_DURABLE_URL", &url)]).await;
+    let service = ServiceName::parse("durable-svc").unwrap();
+    for n in 0..3 {
+        append(&w.app, &event(&service, n)).await.unwrap();
+    }
+    let key = w.app.keys.audit_buffer(&service);
+    let mut d = redis::aio::ConnectionManager::new(redis::Client::open(url.as_str()).unwrap())
+        .await
+        .unwrap();
+    let len: i64 = redis::cmd("LLEN")
+        .arg(key.as_str())
+        .query_async(&mut d)
+        .await
+        .unwrap();
+    assert_eq!(len, 3);
+    assert!(
+        w.keys().await.is_empty(),
+        "nothing in the cache's Redis: {:?}",
+        w.keys().await
+    );
+    let report = flush(
+        &w.app,
+        &service,
+        Instant::now() + Duration::from_secs(60),
+        u64::MAX,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.inserted, 3);
+    drop(durable);
+}

@@ -26,6 +26,9 @@ pub struct App {
     pub config: Config,
     pub keys: Keyspace,
     pub redis: Redis,
+    /// Durable state (audit buffers): `REDIS_DURABLE_URL`, a Redis that
+    /// never evicts, or the main Redis when that is not set.
+    pub durable: Redis,
     pub cache: CacheAside,
     pub db: Db,
     pub limiter: std::sync::Arc<RateLimiter>,
@@ -38,6 +41,10 @@ impl App {
         // provider once avoids a run-time choice between compiled-in ones.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let redis = Redis::new(&config.redis, config.breaker)?;
+        let durable = match &config.durable_redis {
+            Some(durable) => Redis::new(durable, config.breaker)?,
+            None => redis.clone(),
+        };
         let cache = CacheAside::new(redis.clone(), config.ttl, config.cache);
         let db = Db::new(&config.database)?;
         let keys = Keyspace::new(config.key_prefix.clone());
@@ -53,6 +60,7 @@ impl App {
             limiter,
             config,
             redis,
+            durable,
             cache,
             db,
         })

@@ -23,6 +23,12 @@
 //! Cost: an append is one round trip; a flush is one round trip per batch to
 //! claim and one to acknowledge, plus one `INSERT`.
 //!
+//! # Where the buffers live
+//! In the *durable* Redis (`REDIS_DURABLE_URL`; the main one when unset): a
+//! small replication group with `maxmemory-policy noeviction`, so memory
+//! pressure can refuse an append (which then reaches PostgreSQL through the
+//! outbox) but never evict a buffered event.
+//!
 //! # Replication
 //! An append is acknowledged when the primary has it. ElastiCache replicates
 //! asynchronously, so a primary failure in the next instant can lose it. For
@@ -81,7 +87,7 @@ pub async fn append(app: &App, event: &AuditEvent) -> Result<u64, AppendError> {
         .map_err(|_| AppendError::Unavailable(RedisUnavailable::Server))?;
     let max = app.config.audit.max_buffered;
     let len: i64 = app
-        .redis
+        .durable
         .run(|mut c| async move {
             APPEND
                 .key(&key)
@@ -169,7 +175,7 @@ pub async fn flush_with_hook(
 
     let (l, t) = (&lock, &token);
     let locked: Option<String> = app
-        .redis
+        .durable
         .run(|mut c| async move {
             redis::cmd("SET")
                 .arg(l)
@@ -202,7 +208,7 @@ pub async fn flush_with_hook(
         }
         let (b, p, l, t) = (&buffer, &processing, &lock, &token);
         let claimed: Option<Vec<String>> = app
-            .redis
+            .durable
             .run(|mut c| async move {
                 CLAIM
                     .key(b)
@@ -248,7 +254,7 @@ pub async fn flush_with_hook(
         report.dead_lettered += malformed.len() as u64;
         let (p, l, d, t) = (&processing, &lock, &dead, &token);
         let acked: i64 = app
-            .redis
+            .durable
             .run(|mut c| async move {
                 let mut inv = ACK.key(p);
                 inv.key(l).key(d).arg(t);
@@ -267,7 +273,7 @@ pub async fn flush_with_hook(
             return Ok(report);
         }
     }
-    crate::cache_aside::release_lease(&app.redis, &lock, &token).await;
+    crate::cache_aside::release_lease(&app.durable, &lock, &token).await;
     Ok(report)
 }
 

@@ -164,6 +164,9 @@ pub struct RateLimitConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub redis: RedisConfig,
+    /// Where durable state lives (audit buffers; later the token blacklist):
+    /// a Redis that never evicts. `None`: the main Redis.
+    pub durable_redis: Option<RedisConfig>,
     pub database: DatabaseConfig,
     /// Namespace in front of every key: 1–32 of `a-z 0-9 _ . -`.
     pub key_prefix: String,
@@ -188,7 +191,11 @@ impl Config {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Env(&lookup);
         Ok(Self {
-            redis: redis_config(&env)?,
+            redis: redis_config(&env, "")?,
+            durable_redis: match env.get("REDIS_DURABLE_URL") {
+                Some(_) => Some(redis_config(&env, "DURABLE_")?),
+                None => None,
+            },
             database: DatabaseConfig {
                 url: Secret::new(env.required("DATABASE_URL")?),
                 pool_size: env.number("DATABASE_POOL_SIZE", 2, 1, 64)?,
@@ -259,28 +266,40 @@ impl Config {
     }
 }
 
-fn redis_config(env: &Env<'_>) -> Result<RedisConfig, ConfigError> {
-    let mode = match env.get("REDIS_MODE").as_deref() {
+/// The Redis settings under `REDIS_<infix>…` (infix "" or "DURABLE_").
+fn redis_config(env: &Env<'_>, infix: &'static str) -> Result<RedisConfig, ConfigError> {
+    let name = |suffix: &'static str| -> &'static str {
+        match (infix, suffix) {
+            ("", s) => s,
+            (_, "REDIS_MODE") => "REDIS_DURABLE_MODE",
+            (_, "REDIS_URL") => "REDIS_DURABLE_URL",
+            (_, "REDIS_TLS") => "REDIS_DURABLE_TLS",
+            (_, "REDIS_CA_CERT") => "REDIS_DURABLE_CA_CERT",
+            (_, "REDIS_AUTH_TOKEN") => "REDIS_DURABLE_AUTH_TOKEN",
+            (_, s) => s,
+        }
+    };
+    let mode = match env.get(name("REDIS_MODE")).as_deref() {
         None | Some("standalone") => RedisMode::Standalone,
         Some("cluster") => RedisMode::Cluster,
         Some(_) => {
             return Err(ConfigError::new(
-                "REDIS_MODE",
+                name("REDIS_MODE"),
                 "must be `standalone` or `cluster`",
             ));
         }
     };
-    let raw = env.required("REDIS_URL")?;
+    let raw = env.required(name("REDIS_URL"))?;
     let urls: Vec<&str> = raw.split(',').map(str::trim).collect();
     if urls.iter().any(|u| u.is_empty()) {
         return Err(ConfigError::new(
-            "REDIS_URL",
+            name("REDIS_URL"),
             "must be a comma-separated list of redis:// or rediss:// URLs without empty entries",
         ));
     }
     if mode == RedisMode::Standalone && urls.len() != 1 {
         return Err(ConfigError::new(
-            "REDIS_URL",
+            name("REDIS_URL"),
             "standalone mode takes exactly one URL; set REDIS_MODE=cluster for several seed nodes",
         ));
     }
@@ -292,7 +311,7 @@ fn redis_config(env: &Env<'_>) -> Result<RedisConfig, ConfigError> {
             false
         } else {
             return Err(ConfigError::new(
-                "REDIS_URL",
+                name("REDIS_URL"),
                 "each URL must start with redis:// or rediss://",
             ));
         };
@@ -301,44 +320,49 @@ fn redis_config(env: &Env<'_>) -> Result<RedisConfig, ConfigError> {
         // fragment is refused rather than interpreted.
         if url.contains('#') {
             return Err(ConfigError::new(
-                "REDIS_URL",
+                name("REDIS_URL"),
                 "URL fragments are not accepted (TLS certificate verification cannot be disabled)",
             ));
         }
         if tls.is_some_and(|t| t != this_tls) {
             return Err(ConfigError::new(
-                "REDIS_URL",
+                name("REDIS_URL"),
                 "all URLs must use the same scheme",
             ));
         }
         tls = Some(this_tls);
     }
     let tls = tls.unwrap_or(false);
-    match env.get("REDIS_TLS").as_deref() {
+    match env.get(name("REDIS_TLS")).as_deref() {
         None => {}
         Some("true") if tls => {}
         Some("false") if !tls => {}
         Some("true" | "false") => {
             return Err(ConfigError::new(
-                "REDIS_TLS",
+                name("REDIS_TLS"),
                 "disagrees with the scheme of REDIS_URL (rediss:// means TLS on, redis:// off)",
             ));
         }
-        Some(_) => return Err(ConfigError::new("REDIS_TLS", "must be `true` or `false`")),
+        Some(_) => {
+            return Err(ConfigError::new(
+                name("REDIS_TLS"),
+                "must be `true` or `false`",
+            ));
+        }
     }
-    let ca_cert = env.get("REDIS_CA_CERT").map(PathBuf::from);
+    let ca_cert = env.get(name("REDIS_CA_CERT")).map(PathBuf::from);
     if ca_cert.is_some() && !tls {
         return Err(ConfigError::new(
-            "REDIS_CA_CERT",
+            name("REDIS_CA_CERT"),
             "is only meaningful with rediss:// URLs",
         ));
     }
-    let auth_token = match env.get("REDIS_AUTH_TOKEN") {
+    let auth_token = match env.get(name("REDIS_AUTH_TOKEN")) {
         None => None,
         Some(token) if is_valid_auth_token(&token) => Some(Secret::new(token)),
         Some(_) => {
             return Err(ConfigError::new(
-                "REDIS_AUTH_TOKEN",
+                name("REDIS_AUTH_TOKEN"),
                 "must be 16–128 printable ASCII characters without spaces, '@', '\"' or '/' (ElastiCache's rule)",
             ));
         }
@@ -562,6 +586,30 @@ mod tests {
         assert_eq!(
             err_var(&with(&[("REDIS_CA_CERT", "/tmp/ca.pem")])),
             "REDIS_CA_CERT"
+        );
+    }
+
+    #[test]
+    fn durable_redis_is_optional_and_named_in_errors() {
+        assert!(parse(&BASE).unwrap().durable_redis.is_none());
+        let c = parse(&with(&[(
+            "REDIS_DURABLE_URL",
+            "rediss://durable.example:6379",
+        )]))
+        .unwrap();
+        let d = c.durable_redis.unwrap();
+        assert!(d.tls);
+        assert_eq!(d.mode, RedisMode::Standalone);
+        assert_eq!(
+            err_var(&with(&[("REDIS_DURABLE_URL", "http://x")])),
+            "REDIS_DURABLE_URL"
+        );
+        assert_eq!(
+            err_var(&with(&[
+                ("REDIS_DURABLE_URL", "redis://x"),
+                ("REDIS_DURABLE_MODE", "x")
+            ])),
+            "REDIS_DURABLE_MODE"
         );
     }
 
