@@ -141,3 +141,28 @@ async fn rates_over_the_interval_survive_counter_resets() {
         }
     }
 }
+
+/// In cluster mode every primary and replica is read and reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_cluster_node_is_reported() {
+    must_have_endpoint();
+    let w = World::new(paycache::config::RedisMode::Cluster, &[]).await;
+    let cw = paycache::cloudwatch::client().await;
+    let first = emit_metrics(&w.app, &cw).await;
+    assert_eq!(first["status"], "ok", "{first}");
+    assert_eq!(first["nodes"], 6);
+    assert_eq!(first["nodes_unreachable"], 0);
+    let collected = paycache::node_metrics::collect(&w.app, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let by = paycache::node_metrics::by_name(&collected.data);
+    // Six nodes plus the cluster-wide value, for each gauge.
+    assert_eq!(by["connection_count"].len(), 7);
+    // The second run has intervals: one cluster-wide hit rate at most
+    // (none when no lookups happened in between).
+    assert!(
+        by.get("cache_hit_rate")
+            .is_none_or(|v| v.iter().filter(|d| d.node.is_none()).count() <= 1)
+    );
+    assert!(by["evicted_keys"].iter().all(|d| d.value >= 0.0));
+}
