@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod auth;
 pub mod balance;
 pub mod breaker;
 pub mod cache_aside;
@@ -24,6 +25,7 @@ pub mod profile;
 pub mod pubsub;
 pub mod ratelimit;
 pub mod routes;
+pub mod sessions;
 pub mod telemetry;
 pub mod transactions;
 pub mod warming;

@@ -5,5 +5,6 @@
 pub mod balance;
 pub mod health;
 pub mod limits;
+pub mod logout;
 pub mod profile_read;
 pub mod rate_limit_check;

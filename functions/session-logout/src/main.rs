@@ -1,0 +1,3 @@
+//! `POST /sessions/logout` — see `paycache::routes::logout`.
+
+paycache::http_function!("session-logout", paycache::routes::logout::handle);

@@ -1,0 +1,341 @@
+//! The API Gateway HTTP API Lambda authorizer (payload 2.0, simple
+//! responses): who is calling, and may they.
+//!
+//! A request is authorized when its bearer JWT
+//! 1. is signed with a key of the configured JWKS (`AUTH_JWKS` or
+//!    `AUTH_JWKS_FILE`) with **RS256** — or HS256 with `AUTH_HS256_SECRET`,
+//!    which exists for local development only; `alg: none`, and any
+//!    algorithm not enabled, are refused before a key is looked at;
+//! 2. carries valid `exp` and `nbf` (leeway `AUTH_LEEWAY_SECS`), the
+//!    configured `iss` and `aud`, a `sub` that is a user id, a `jti` and a
+//!    `sid` (session id);
+//! 3. is not revoked (`blacklist:{jti}`), and its session exists and belongs
+//!    to `sub` — reading the session refreshes its sliding TTL.
+//!
+//! Step 3 needs Redis. When Redis cannot answer, the authorizer **fails
+//! closed** (denies) unless `AUTH_REVOCATION_FAIL_OPEN=true`: a revoked
+//! token must not become valid because Redis is slow.
+//!
+//! The route receives `user_id`, `session_id`, `jti`, `exp`, `roles` and
+//! `permissions` (comma-separated) as authorizer context; whatever acts for
+//! the calling user reads it from there, never from the request.
+//!
+//! **Result caching.** API Gateway can cache an authorizer's answer per
+//! token for up to an hour; a revoked token would then stay valid until the
+//! cached answer expires. The template sets the cache TTL to 0 (every
+//! request is checked: two Redis requests sent at once, about one
+//! round-trip time); raising it trades revocation latency for fewer
+//! invocations.
+
+use std::collections::HashMap;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use crate::app::App;
+use crate::config::{ConfigError, Secret};
+use crate::keys::{Jti, SessionId, UserId};
+use crate::sessions;
+
+/// Authorizer settings, read by the functions that need them.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub issuer: String,
+    pub audience: String,
+    pub jwks: String,
+    pub hs256_secret: Option<Secret>,
+    pub leeway_secs: u64,
+    pub revocation_fail_open: bool,
+}
+
+impl AuthConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |k: &str| lookup(k).filter(|v| !v.trim().is_empty());
+        let required = |k: &'static str| {
+            get(k).ok_or(ConfigError {
+                variable: k,
+                problem: "is required by the authorizer".into(),
+            })
+        };
+        let jwks = match (get("AUTH_JWKS"), get("AUTH_JWKS_FILE")) {
+            (Some(doc), _) => doc,
+            (None, Some(path)) => std::fs::read_to_string(&path).map_err(|_| ConfigError {
+                variable: "AUTH_JWKS_FILE",
+                problem: "cannot be read".into(),
+            })?,
+            (None, None) => {
+                return Err(ConfigError {
+                    variable: "AUTH_JWKS",
+                    problem: "AUTH_JWKS (a JWKS document) or AUTH_JWKS_FILE is required".into(),
+                });
+            }
+        };
+        let leeway_secs = match get("AUTH_LEEWAY_SECS") {
+            None => 5,
+            Some(v) => v.parse().ok().filter(|s| *s <= 300).ok_or(ConfigError {
+                variable: "AUTH_LEEWAY_SECS",
+                problem: "must be a whole number from 0 to 300".into(),
+            })?,
+        };
+        let revocation_fail_open = match get("AUTH_REVOCATION_FAIL_OPEN").as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(_) => {
+                return Err(ConfigError {
+                    variable: "AUTH_REVOCATION_FAIL_OPEN",
+                    problem: "must be `true` or `false`".into(),
+                });
+            }
+        };
+        Ok(Self {
+            issuer: required("AUTH_ISSUER")?,
+            audience: required("AUTH_AUDIENCE")?,
+            jwks,
+            hs256_secret: get("AUTH_HS256_SECRET").map(Secret::new),
+            leeway_secs,
+            revocation_fail_open,
+        })
+    }
+}
+
+/// Why a request was denied (logged; the client only sees a 403).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error("no bearer token")]
+    MissingToken,
+    #[error("the token is malformed")]
+    Malformed,
+    #[error("the token's algorithm is not allowed")]
+    DisallowedAlgorithm,
+    #[error("the token's key is unknown")]
+    UnknownKey,
+    #[error("the signature is invalid")]
+    BadSignature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token's issuer is wrong")]
+    WrongIssuer,
+    #[error("the token's audience is wrong")]
+    WrongAudience,
+    #[error("the token's claims are incomplete")]
+    MissingClaims,
+    #[error("the token has been revoked")]
+    Revoked,
+    #[error("the session does not exist (logged out or expired)")]
+    NoSession,
+    #[error("the session belongs to another user")]
+    SessionMismatch,
+    #[error("revocation could not be checked (Redis unavailable)")]
+    RevocationUnavailable,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawClaims {
+    sub: Option<String>,
+    jti: Option<String>,
+    sid: Option<String>,
+    exp: i64,
+}
+
+/// Verified claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    pub user: UserId,
+    pub jti: Jti,
+    pub session: SessionId,
+    pub expires_at: OffsetDateTime,
+}
+
+/// Verifies tokens; built once per execution environment.
+pub struct Verifier {
+    keys: HashMap<String, DecodingKey>,
+    hs256: Option<DecodingKey>,
+    config: AuthConfig,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("kids", &self.keys.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    pub fn new(config: AuthConfig) -> Result<Self, ConfigError> {
+        let set: jsonwebtoken::jwk::JwkSet =
+            serde_json::from_str(&config.jwks).map_err(|_| ConfigError {
+                variable: "AUTH_JWKS",
+                problem: "is not a JWKS document ({\"keys\": [...]})".into(),
+            })?;
+        let mut keys = HashMap::new();
+        for (i, jwk) in set.keys.iter().enumerate() {
+            if let Ok(key) = DecodingKey::from_jwk(jwk) {
+                let kid = jwk.common.key_id.clone().unwrap_or_else(|| format!("#{i}"));
+                keys.insert(kid, key);
+            }
+        }
+        if keys.is_empty() && config.hs256_secret.is_none() {
+            return Err(ConfigError {
+                variable: "AUTH_JWKS",
+                problem: "holds no usable key".into(),
+            });
+        }
+        let hs256 = config
+            .hs256_secret
+            .as_ref()
+            .map(|s| DecodingKey::from_secret(s.expose().as_bytes()));
+        Ok(Self {
+            keys,
+            hs256,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &AuthConfig {
+        &self.config
+    }
+
+    /// Checks signature, algorithm and claims (not revocation).
+    pub fn verify(&self, token: &str) -> Result<Claims, Denied> {
+        let header = decode_header(token).map_err(|_| Denied::Malformed)?;
+        let key = match header.alg {
+            Algorithm::RS256 => match &header.kid {
+                Some(kid) => self.keys.get(kid).ok_or(Denied::UnknownKey)?,
+                None if self.keys.len() == 1 => {
+                    self.keys.values().next().ok_or(Denied::UnknownKey)?
+                }
+                None => return Err(Denied::UnknownKey),
+            },
+            Algorithm::HS256 => self.hs256.as_ref().ok_or(Denied::DisallowedAlgorithm)?,
+            _ => return Err(Denied::DisallowedAlgorithm),
+        };
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = self.config.leeway_secs;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&self.config.issuer]);
+        validation.set_audience(&[&self.config.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let data = decode::<RawClaims>(token, key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::InvalidSignature => Denied::BadSignature,
+                K::ExpiredSignature => Denied::Expired,
+                K::ImmatureSignature => Denied::NotYetValid,
+                K::InvalidIssuer => Denied::WrongIssuer,
+                K::InvalidAudience => Denied::WrongAudience,
+                K::MissingRequiredClaim(_) => Denied::MissingClaims,
+                K::InvalidAlgorithm => Denied::DisallowedAlgorithm,
+                _ => Denied::Malformed,
+            }
+        })?;
+        let c = data.claims;
+        let user = c
+            .sub
+            .as_deref()
+            .and_then(|s| UserId::parse(s).ok())
+            .ok_or(Denied::MissingClaims)?;
+        let jti = c
+            .jti
+            .as_deref()
+            .and_then(|s| Jti::parse(s).ok())
+            .ok_or(Denied::MissingClaims)?;
+        let session = c
+            .sid
+            .as_deref()
+            .and_then(|s| SessionId::parse(s).ok())
+            .ok_or(Denied::MissingClaims)?;
+        let expires_at =
+            OffsetDateTime::from_unix_timestamp(c.exp).map_err(|_| Denied::Malformed)?;
+        Ok(Claims {
+            user,
+            jti,
+            session,
+            expires_at,
+        })
+    }
+}
+
+/// The bearer token of an authorizer event (header `authorization`, or the
+/// first identity source).
+pub fn bearer(event: &Value) -> Option<&str> {
+    let from_headers = event
+        .get("headers")
+        .and_then(Value::as_object)
+        .and_then(|h| {
+            h.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        })
+        .and_then(|(_, v)| v.as_str());
+    let raw =
+        from_headers.or_else(|| event.get("identitySource")?.as_array()?.first()?.as_str())?;
+    let (scheme, token) = raw.trim().split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
+}
+
+/// Decides; returns the claims and session roles/permissions when allowed.
+pub async fn decide(
+    app: &App,
+    verifier: &Verifier,
+    event: &Value,
+) -> Result<(Claims, sessions::Session), Denied> {
+    let token = bearer(event).ok_or(Denied::MissingToken)?;
+    let claims = verifier.verify(token)?;
+    let state = match sessions::check(app, &claims.session, &claims.jti).await {
+        Ok(s) => s,
+        Err(why) => {
+            tracing::warn!(reason = why.as_str(), "revocation check failed");
+            if !verifier.config.revocation_fail_open {
+                return Err(Denied::RevocationUnavailable);
+            }
+            // Fail-open mode: no session data to pass on.
+            let session = sessions::Session {
+                user_id: claims.user,
+                email: String::new(),
+                roles: Vec::new(),
+                permissions: Vec::new(),
+                last_activity: OffsetDateTime::now_utc(),
+                ip_address: None,
+                device_info: None,
+            };
+            return Ok((claims, session));
+        }
+    };
+    if state.revoked {
+        return Err(Denied::Revoked);
+    }
+    let session = state.session.ok_or(Denied::NoSession)?;
+    if session.user_id != claims.user {
+        return Err(Denied::SessionMismatch);
+    }
+    Ok((claims, session))
+}
+
+/// The authorizer's answer (simple response format).
+pub async fn authorize(app: &App, verifier: &Verifier, event: &Value) -> Value {
+    match decide(app, verifier, event).await {
+        Ok((claims, session)) => json!({
+            "isAuthorized": true,
+            "context": {
+                "user_id": claims.user.to_string(),
+                "session_id": claims.session.to_string(),
+                "jti": claims.jti.to_string(),
+                "exp": claims.expires_at.unix_timestamp(),
+                "roles": session.roles.join(","),
+                "permissions": session.permissions.join(","),
+            }
+        }),
+        Err(why) => {
+            tracing::info!(reason = %why, "request denied by the authorizer");
+            json!({"isAuthorized": false})
+        }
+    }
+}

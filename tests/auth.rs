@@ -1,0 +1,413 @@
+//! The Lambda authorizer and logout: tokens minted here with test keys
+//! (`tests/fixtures`), sessions and the blacklist in real Redis (both modes).
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use base64::Engine;
+use http::StatusCode;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use lambda_http::request::RequestContext;
+use lambda_http::{Body, RequestExt};
+use paycache::auth::{AuthConfig, Denied, Verifier, authorize, decide};
+use paycache::config::RedisMode;
+use paycache::keys::{Jti, SessionId, UserId};
+use paycache::sessions::{self, Session};
+use paycache_tests::{World, both_modes};
+use serde_json::{Value, json};
+use test_support::{RedisServer, TestRedis, random_uuid};
+use time::OffsetDateTime;
+
+const KEY: &[u8] = include_bytes!("fixtures/jwt-test-key.pem");
+const OTHER_KEY: &[u8] = include_bytes!("fixtures/jwt-other-key.pem");
+const PUBLIC_KEY: &[u8] = include_bytes!("fixtures/jwt-test-key.pub.pem");
+const JWKS: &str = include_str!("fixtures/jwks.json");
+const ISS: &str = "https://auth.paycache.test";
+const AUD: &str = "paycache-api";
+
+fn verifier(fail_open: bool) -> Verifier {
+    let vars: HashMap<&str, String> = [
+        ("AUTH_ISSUER", ISS.to_owned()),
+        ("AUTH_AUDIENCE", AUD.to_owned()),
+        ("AUTH_JWKS", JWKS.to_owned()),
+        ("AUTH_REVOCATION_FAIL_OPEN", fail_open.to_string()),
+    ]
+    .into_iter()
+    .collect();
+    Verifier::new(AuthConfig::from_lookup(|k| vars.get(k).cloned()).unwrap()).unwrap()
+}
+
+fn now() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn claims(user: &str, sid: &str, jti: &str) -> Value {
+    json!({"sub": user, "sid": sid, "jti": jti, "iss": ISS, "aud": AUD,
+           "iat": now(), "nbf": now() - 10, "exp": now() + 600})
+}
+
+fn sign(claims: &Value, key: &[u8]) -> String {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("test-key-1".into());
+    encode(&header, claims, &EncodingKey::from_rsa_pem(key).unwrap()).unwrap()
+}
+
+fn event(token: &str) -> Value {
+    json!({"version": "2.0", "type": "REQUEST", "routeArn": "arn:aws:execute-api:us-east-1:123456789012:abc/$default/GET/health",
+           "identitySource": [format!("Bearer {token}")], "routeKey": "GET /health", "rawPath": "/health",
+           "headers": {"authorization": format!("Bearer {token}")}})
+}
+
+struct Login {
+    user: String,
+    sid: String,
+    jti: String,
+    token: String,
+}
+
+async fn login(w: &World) -> Login {
+    let user = random_uuid();
+    let session = Session {
+        user_id: UserId::parse(&user).unwrap(),
+        email: "user@example.com".into(),
+        roles: vec!["user".into(), "verified".into()],
+        permissions: vec!["read".into(), "write".into(), "transfer".into()],
+        last_activity: OffsetDateTime::now_utc(),
+        ip_address: Some("192.0.2.1".into()),
+        device_info: Some("test".into()),
+    };
+    let sid = sessions::create(&w.app, &session)
+        .await
+        .unwrap()
+        .to_string();
+    let jti = format!("jti-{}", random_uuid());
+    let token = sign(&claims(&user, &sid, &jti), KEY);
+    Login {
+        user,
+        sid,
+        jti,
+        token,
+    }
+}
+
+async fn allowed_and_every_bad_token_denied(mode: RedisMode) {
+    let w = World::new(mode, &[]).await;
+    let v = verifier(false);
+    let l = login(&w).await;
+
+    let ok = authorize(&w.app, &v, &event(&l.token)).await;
+    assert_eq!(ok["isAuthorized"], true, "{ok}");
+    assert_eq!(ok["context"]["user_id"], l.user);
+    assert_eq!(ok["context"]["session_id"], l.sid);
+    assert_eq!(ok["context"]["roles"], "user,verified");
+    assert_eq!(ok["context"]["permissions"], "read,write,transfer");
+
+    let mut c = claims(&l.user, &l.sid, &l.jti);
+    let variant = |edit: &dyn Fn(&mut Value)| {
+        let mut c = c.clone();
+        edit(&mut c);
+        sign(&c, KEY)
+    };
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let none_token = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&c)
+    );
+    let hs_confusion = encode(
+        &Header::new(Algorithm::HS256),
+        &c,
+        &EncodingKey::from_secret(PUBLIC_KEY),
+    )
+    .unwrap();
+    let mut tampered = l.token.clone();
+    let mid = tampered.find('.').unwrap() + 5;
+    tampered.replace_range(
+        mid..mid + 1,
+        if &tampered[mid..mid + 1] == "A" {
+            "B"
+        } else {
+            "A"
+        },
+    );
+    let cases: Vec<(&str, String, Denied)> = vec![
+        (
+            "expired",
+            variant(&|c| c["exp"] = json!(now() - 100)),
+            Denied::Expired,
+        ),
+        (
+            "not yet valid",
+            variant(&|c| c["nbf"] = json!(now() + 300)),
+            Denied::NotYetValid,
+        ),
+        (
+            "wrong issuer",
+            variant(&|c| c["iss"] = json!("https://evil.example")),
+            Denied::WrongIssuer,
+        ),
+        (
+            "wrong audience",
+            variant(&|c| c["aud"] = json!("someone-else")),
+            Denied::WrongAudience,
+        ),
+        ("another key", sign(&c, OTHER_KEY), Denied::BadSignature),
+        ("tampered", tampered, Denied::BadSignature),
+        ("alg none", none_token, Denied::Malformed),
+        (
+            "HS256 with the public key",
+            hs_confusion,
+            Denied::DisallowedAlgorithm,
+        ),
+        (
+            "no session id",
+            variant(&|c| {
+                c.as_object_mut()
+                    .unwrap()
+                    .remove("sid")
+                    .map(|_| ())
+                    .unwrap()
+            }),
+            Denied::MissingClaims,
+        ),
+        (
+            "sub not a user id",
+            variant(&|c| c["sub"] = json!("admin")),
+            Denied::MissingClaims,
+        ),
+        (
+            "unknown session",
+            variant(&|c| c["sid"] = json!("nosuchsession")),
+            Denied::NoSession,
+        ),
+    ];
+    for (name, token, expected) in cases {
+        let got = decide(&w.app, &v, &event(&token))
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(got, expected, "{name}");
+        assert_eq!(
+            authorize(&w.app, &v, &event(&token)).await,
+            json!({"isAuthorized": false}),
+            "{name}"
+        );
+    }
+    for raw in [
+        json!({}),
+        json!({"headers": {"authorization": "Basic dXNlcjpwYXNz"}}),
+        json!({"headers": {"authorization": "Bearer "}}),
+    ] {
+        assert_eq!(
+            decide(&w.app, &v, &raw).await.map(|_| ()).unwrap_err(),
+            Denied::MissingToken
+        );
+    }
+    // Another user's session.
+    let other = login(&w).await;
+    c["sid"] = json!(other.sid);
+    assert_eq!(
+        decide(&w.app, &v, &event(&sign(&c, KEY)))
+            .await
+            .map(|_| ())
+            .unwrap_err(),
+        Denied::SessionMismatch
+    );
+
+    // A blacklisted jti, and a revoked session.
+    sessions::blacklist(
+        &w.app,
+        &Jti::parse(&l.jti).unwrap(),
+        &UserId::parse(&l.user).unwrap(),
+        OffsetDateTime::now_utc() + time::Duration::minutes(10),
+        "test",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        decide(&w.app, &v, &event(&l.token))
+            .await
+            .map(|_| ())
+            .unwrap_err(),
+        Denied::Revoked
+    );
+    sessions::revoke(&w.app, &SessionId::parse(&other.sid).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        decide(&w.app, &v, &event(&other.token))
+            .await
+            .map(|_| ())
+            .unwrap_err(),
+        Denied::NoSession
+    );
+}
+both_modes!(allowed_and_every_bad_token_denied);
+
+async fn sessions_slide_and_logout_revokes_until_expiry(mode: RedisMode) {
+    let w = World::new(mode, &[("CACHE_TTL_SESSION_DATA_SECS", "1800")]).await;
+    let v = verifier(false);
+    let l = login(&w).await;
+    // Age the session, then use it: its TTL is back to the full 30 minutes.
+    let key = w.app.keys.session(&SessionId::parse(&l.sid).unwrap());
+    let mut raw = w.redis.raw().await;
+    let _: i64 = redis::cmd("PEXPIRE")
+        .arg(key.as_str())
+        .arg(5000)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        authorize(&w.app, &v, &event(&l.token)).await["isAuthorized"],
+        true
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(key.as_str())
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(ttl > 1_790_000, "sliding TTL: {ttl}");
+
+    // Logout with the authorizer's context, as API Gateway passes it.
+    let ctx = authorize(&w.app, &v, &event(&l.token)).await["context"].clone();
+    let mut req_ctx =
+        lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpRequestContext::default();
+    let mut auth = lambda_http::aws_lambda_events::apigw::ApiGatewayRequestAuthorizer::default();
+    for (k, val) in ctx.as_object().unwrap() {
+        auth.fields.insert(k.clone(), val.clone());
+    }
+    req_ctx.authorizer = Some(auth);
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/sessions/logout")
+        .body(Body::Empty)
+        .unwrap()
+        .with_request_context(RequestContext::ApiGatewayV2(req_ctx));
+    let resp = paycache::routes::logout::handle(&w.app, req).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    // The same token is refused from now on…
+    assert_eq!(
+        decide(&w.app, &v, &event(&l.token))
+            .await
+            .map(|_| ())
+            .unwrap_err(),
+        Denied::Revoked
+    );
+    // …and the blacklist entry lasts as long as the token, no longer.
+    let left = sessions::blacklist_ttl(&w.app, &Jti::parse(&l.jti).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        left <= Duration::from_secs(600) && left > Duration::from_secs(590),
+        "{left:?}"
+    );
+    // A token that has already expired needs no entry.
+    let gone = format!("jti-{}", random_uuid());
+    sessions::blacklist(
+        &w.app,
+        &Jti::parse(&gone).unwrap(),
+        &UserId::parse(&l.user).unwrap(),
+        OffsetDateTime::now_utc() - time::Duration::seconds(1),
+        "test",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        sessions::blacklist_ttl(&w.app, &Jti::parse(&gone).unwrap())
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Logout without the authorizer's context is 401.
+    let bare = http::Request::builder()
+        .method("POST")
+        .uri("/sessions/logout")
+        .body(Body::Empty)
+        .unwrap();
+    assert_eq!(
+        paycache::routes::logout::handle(&w.app, bare)
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+both_modes!(sessions_slide_and_logout_revokes_until_expiry);
+
+/// Redis unreachable: revocation cannot be checked, so the authorizer
+/// denies — unless configured to fail open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_fails_closed_unless_configured() {
+    let server = RedisServer::start();
+    let mut w = World::with_redis(TestRedis::Standalone(server), &[]).await;
+    let l = login(&w).await;
+    if let TestRedis::Standalone(s) = &mut w.redis {
+        s.stop();
+    }
+    let closed = decide(&w.app, &verifier(false), &event(&l.token))
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(closed, Denied::RevocationUnavailable);
+    let open = authorize(&w.app, &verifier(true), &event(&l.token)).await;
+    assert_eq!(open["isAuthorized"], true);
+    assert_eq!(open["context"]["user_id"], l.user);
+    // A bad token is still refused without Redis.
+    assert_eq!(
+        authorize(
+            &w.app,
+            &verifier(true),
+            &event(&sign(&json!({"sub": "x"}), KEY))
+        )
+        .await["isAuthorized"],
+        false
+    );
+}
+
+#[test]
+fn authorizer_configuration_is_validated() {
+    let base = |extra: &[(&str, &str)]| {
+        let mut vars: HashMap<String, String> = [
+            ("AUTH_ISSUER", ISS),
+            ("AUTH_AUDIENCE", AUD),
+            ("AUTH_JWKS", JWKS),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in extra {
+            vars.insert(k.to_string(), v.to_string());
+        }
+        AuthConfig::from_lookup(|k| vars.get(k).cloned())
+    };
+    assert!(base(&[]).is_ok());
+    assert_eq!(
+        base(&[("AUTH_ISSUER", "")]).unwrap_err().variable,
+        "AUTH_ISSUER"
+    );
+    assert_eq!(
+        base(&[("AUTH_LEEWAY_SECS", "9999")]).unwrap_err().variable,
+        "AUTH_LEEWAY_SECS"
+    );
+    assert_eq!(
+        base(&[("AUTH_REVOCATION_FAIL_OPEN", "maybe")])
+            .unwrap_err()
+            .variable,
+        "AUTH_REVOCATION_FAIL_OPEN"
+    );
+    assert_eq!(
+        Verifier::new(base(&[("AUTH_JWKS", "{\"keys\": []}")]).unwrap())
+            .unwrap_err()
+            .variable,
+        "AUTH_JWKS"
+    );
+    assert_eq!(
+        Verifier::new(base(&[("AUTH_JWKS", "not json")]).unwrap())
+            .unwrap_err()
+            .variable,
+        "AUTH_JWKS"
+    );
+}
