@@ -411,3 +411,115 @@ fn authorizer_configuration_is_validated() {
         "AUTH_JWKS"
     );
 }
+
+fn with_device(mut e: Value, fingerprint: &str) -> Value {
+    e["headers"]["x-device-fingerprint"] = json!(fingerprint);
+    e
+}
+
+/// The authorizer records devices (first seen kept, last seen moved) and
+/// passes `new_device`; a risk score at or above the threshold publishes
+/// one `fraud:<user>` alert per score.
+async fn fraud_signals(mode: RedisMode) {
+    use futures_util::StreamExt;
+    let w = World::new(mode, &[("FRAUD_ALERT_THRESHOLD", "80")]).await;
+    let v = verifier(false);
+    let l = login(&w).await;
+    let fp = format!("fp_{}", random_uuid().replace('-', ""));
+
+    let first = authorize(&w.app, &v, &with_device(event(&l.token), &fp)).await;
+    assert_eq!(first["context"]["new_device"], true, "{first}");
+    let key = w
+        .app
+        .keys
+        .device(&paycache::keys::DeviceFingerprint::parse(&fp).unwrap());
+    let mut raw = w.redis.raw().await;
+    let stored: String = redis::cmd("GET")
+        .arg(key.as_str())
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let d1: Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(d1["user_id"], l.user);
+    assert_eq!(d1["trusted"], false);
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(key.as_str())
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(ttl > 86_000_000, "24 h: {ttl}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = authorize(&w.app, &v, &with_device(event(&l.token), &fp)).await;
+    assert_eq!(second["context"]["new_device"], false);
+    let stored: String = redis::cmd("GET")
+        .arg(key.as_str())
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let d2: Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(d2["first_seen"], d1["first_seen"]);
+    assert_ne!(d2["last_seen"], d1["last_seen"]);
+    // The same device with another user is new for that user.
+    let other = login(&w).await;
+    let third = authorize(&w.app, &v, &with_device(event(&other.token), &fp)).await;
+    assert_eq!(third["context"]["new_device"], true);
+    // A malformed fingerprint is ignored, not an error.
+    let odd = authorize(
+        &w.app,
+        &v,
+        &with_device(event(&l.token), "not a:fingerprint"),
+    )
+    .await;
+    assert_eq!(odd["isAuthorized"], true);
+    assert_eq!(odd["context"]["new_device"], false);
+
+    // Risk: below the threshold no alert; at it, one alert per score.
+    let first_node = w.redis.urls().split(',').next().unwrap().to_owned();
+    let mut pubsub = redis::Client::open(first_node)
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    pubsub.subscribe(format!("fraud:{}", l.user)).await.unwrap();
+    let mut alerts = pubsub.into_on_message();
+    let user = UserId::parse(&l.user).unwrap();
+    paycache::fraud::set_risk_score(&w.app, &user, 50, &["new_device"])
+        .await
+        .unwrap();
+    let low = authorize(&w.app, &v, &event(&l.token)).await;
+    assert_eq!(low["context"]["risk_score"], 50);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), alerts.next())
+            .await
+            .is_err(),
+        "no alert below the threshold"
+    );
+    paycache::fraud::set_risk_score(&w.app, &user, 92, &["new_device", "unusual_amount"])
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let high = authorize(&w.app, &v, &event(&l.token)).await;
+        assert_eq!(
+            high["isAuthorized"], true,
+            "fraud signals inform, they do not deny"
+        );
+        assert_eq!(high["context"]["risk_score"], 92);
+    }
+    let msg = tokio::time::timeout(Duration::from_secs(5), alerts.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let alert: Value = serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
+    assert_eq!(alert["type"], "risk_alert");
+    assert_eq!(alert["user_id"], l.user);
+    assert_eq!(alert["score"], 92);
+    assert_eq!(alert["factors"], json!(["new_device", "unusual_amount"]));
+    assert!(alert["timestamp"].as_f64().unwrap() > 1.7e9);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), alerts.next())
+            .await
+            .is_err(),
+        "one alert per score"
+    );
+}
+both_modes!(fraud_signals);

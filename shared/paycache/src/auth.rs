@@ -36,7 +36,7 @@ use time::OffsetDateTime;
 
 use crate::app::App;
 use crate::config::{ConfigError, Secret};
-use crate::keys::{Jti, SessionId, UserId};
+use crate::keys::{DeviceFingerprint, Jti, SessionId, UserId};
 use crate::sessions;
 
 /// Authorizer settings, read by the functions that need them.
@@ -281,15 +281,60 @@ pub fn bearer(event: &Value) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
 }
 
+/// Fraud signals gathered for an authorized request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Signals {
+    /// True when `X-Device-Fingerprint` names a device new for this user.
+    pub new_device: bool,
+    pub risk_score: Option<u32>,
+}
+
+fn device_header(event: &Value) -> Option<DeviceFingerprint> {
+    let raw = event
+        .get("headers")?
+        .as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("x-device-fingerprint"))?
+        .1
+        .as_str()?;
+    DeviceFingerprint::parse(raw).ok()
+}
+
 /// Decides; returns the claims and session roles/permissions when allowed.
 pub async fn decide(
     app: &App,
     verifier: &Verifier,
     event: &Value,
 ) -> Result<(Claims, sessions::Session), Denied> {
+    decide_with_signals(app, verifier, event)
+        .await
+        .map(|(c, s, _)| (c, s))
+}
+
+/// [`decide`], plus the fraud signals (device, risk score), gathered
+/// concurrently with the revocation check. Fraud signals never deny: they
+/// inform the route, and their failure only leaves them out.
+pub async fn decide_with_signals(
+    app: &App,
+    verifier: &Verifier,
+    event: &Value,
+) -> Result<(Claims, sessions::Session, Signals), Denied> {
     let token = bearer(event).ok_or(Denied::MissingToken)?;
     let claims = verifier.verify(token)?;
-    let state = match sessions::check(app, &claims.session, &claims.jti).await {
+    let device = device_header(event);
+    let (state, new_device, risk) = tokio::join!(
+        sessions::check(app, &claims.session, &claims.jti),
+        async {
+            match &device {
+                Some(d) => crate::fraud::device_seen(app, &claims.user, d)
+                    .await
+                    .unwrap_or(false),
+                None => false,
+            }
+        },
+        async { crate::fraud::risk(app, &claims.user).await.ok().flatten() }
+    );
+    let state = match state {
         Ok(s) => s,
         Err(why) => {
             tracing::warn!(reason = why.as_str(), "revocation check failed");
@@ -306,7 +351,7 @@ pub async fn decide(
                 ip_address: None,
                 device_info: None,
             };
-            return Ok((claims, session));
+            return Ok((claims, session, Signals::default()));
         }
     };
     if state.revoked {
@@ -316,23 +361,31 @@ pub async fn decide(
     if session.user_id != claims.user {
         return Err(Denied::SessionMismatch);
     }
-    Ok((claims, session))
+    let signals = Signals {
+        new_device,
+        risk_score: risk.map(|r| r.score),
+    };
+    Ok((claims, session, signals))
 }
 
 /// The authorizer's answer (simple response format).
 pub async fn authorize(app: &App, verifier: &Verifier, event: &Value) -> Value {
-    match decide(app, verifier, event).await {
-        Ok((claims, session)) => json!({
-            "isAuthorized": true,
-            "context": {
+    match decide_with_signals(app, verifier, event).await {
+        Ok((claims, session, signals)) => {
+            let mut context = json!({
                 "user_id": claims.user.to_string(),
                 "session_id": claims.session.to_string(),
                 "jti": claims.jti.to_string(),
                 "exp": claims.expires_at.unix_timestamp(),
                 "roles": session.roles.join(","),
                 "permissions": session.permissions.join(","),
+                "new_device": signals.new_device,
+            });
+            if let Some(score) = signals.risk_score {
+                context["risk_score"] = json!(score);
             }
-        }),
+            json!({"isAuthorized": true, "context": context})
+        }
         Err(why) => {
             tracing::info!(reason = %why, "request denied by the authorizer");
             json!({"isAuthorized": false})

@@ -178,6 +178,8 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     pub health: crate::health::HealthConfig,
     pub warm: crate::warming::WarmConfig,
+    /// A cached risk score at or above this publishes a fraud alert.
+    pub fraud_alert_threshold: u32,
 }
 
 impl Config {
@@ -256,6 +258,7 @@ impl Config {
                 timeout: env.millis("HEALTH_TIMEOUT_MS", 1500, 10, 1900)?,
                 node_timeout: env.millis("HEALTH_NODE_TIMEOUT_MS", 500, 10, 1900)?,
             },
+            fraud_alert_threshold: env.number("FRAUD_ALERT_THRESHOLD", 80, 0, 1000)?,
             warm: crate::warming::WarmConfig {
                 users: env.number("WARM_USERS", 1000, 0, 1_000_000)?,
                 batch_users: env.number("WARM_BATCH_USERS", 50, 1, 1000)?,

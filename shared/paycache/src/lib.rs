@@ -15,6 +15,7 @@ pub mod config;
 pub mod connection;
 pub mod db;
 pub mod events;
+pub mod fraud;
 pub mod health;
 pub mod http;
 pub mod invalidation;
