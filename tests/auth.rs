@@ -523,3 +523,26 @@ async fn fraud_signals(mode: RedisMode) {
     );
 }
 both_modes!(fraud_signals);
+
+/// A WebSocket API calls the authorizer with `methodArn` and a token in the
+/// query string; the answer is an IAM policy with the same context.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_connect_gets_a_policy() {
+    let w = World::new(RedisMode::Standalone, &[]).await;
+    let v = verifier(false);
+    let l = login(&w).await;
+    let arn = "arn:aws:execute-api:us-east-1:123456789012:wsapi/prod/$connect";
+    let ws = |token: &str| {
+        json!({"type": "REQUEST", "methodArn": arn, "headers": {},
+                                  "queryStringParameters": {"token": token},
+                                  "requestContext": {"routeKey": "$connect", "connectionId": "abc="}})
+    };
+    let ok = authorize(&w.app, &v, &ws(&l.token)).await;
+    assert_eq!(ok["principalId"], l.user);
+    assert_eq!(ok["policyDocument"]["Statement"][0]["Effect"], "Allow");
+    assert_eq!(ok["policyDocument"]["Statement"][0]["Resource"], arn);
+    assert_eq!(ok["context"]["user_id"], l.user);
+    let denied = authorize(&w.app, &v, &ws("garbage")).await;
+    assert_eq!(denied["policyDocument"]["Statement"][0]["Effect"], "Deny");
+    assert!(denied.get("context").is_none());
+}

@@ -264,8 +264,9 @@ impl Verifier {
     }
 }
 
-/// The bearer token of an authorizer event (header `authorization`, or the
-/// first identity source).
+/// The bearer token of an authorizer event: header `authorization`, the
+/// first identity source, or — for WebSocket `$connect` — the `token` query
+/// parameter.
 pub fn bearer(event: &Value) -> Option<&str> {
     let from_headers = event
         .get("headers")
@@ -275,6 +276,17 @@ pub fn bearer(event: &Value) -> Option<&str> {
                 .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
         })
         .and_then(|(_, v)| v.as_str());
+    // WebSocket `$connect`: browsers cannot set headers, so `?token=`.
+    if from_headers.is_none()
+        && let Some(token) = event
+            .get("queryStringParameters")
+            .and_then(|q| q.get("token"))
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+    {
+        return Some(token);
+    }
     let raw =
         from_headers.or_else(|| event.get("identitySource")?.as_array()?.first()?.as_str())?;
     let (scheme, token) = raw.trim().split_once(' ')?;
@@ -368,8 +380,37 @@ pub async fn decide_with_signals(
     Ok((claims, session, signals))
 }
 
-/// The authorizer's answer (simple response format).
+/// The authorizer's answer: the HTTP API's simple response, or, for a
+/// WebSocket API (its events carry `methodArn`), an IAM policy with the same
+/// context.
 pub async fn authorize(app: &App, verifier: &Verifier, event: &Value) -> Value {
+    let simple = authorize_simple(app, verifier, event).await;
+    let Some(arn) = event.get("methodArn").and_then(Value::as_str) else {
+        return simple;
+    };
+    let allowed = simple["isAuthorized"] == true;
+    let principal = simple["context"]["user_id"]
+        .as_str()
+        .unwrap_or("anonymous")
+        .to_owned();
+    let mut policy = json!({
+        "principalId": principal,
+        "policyDocument": {
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Action": "execute-api:Invoke",
+                "Effect": if allowed { "Allow" } else { "Deny" },
+                "Resource": arn,
+            }]
+        }
+    });
+    if allowed {
+        policy["context"] = simple["context"].clone();
+    }
+    policy
+}
+
+async fn authorize_simple(app: &App, verifier: &Verifier, event: &Value) -> Value {
     match decide_with_signals(app, verifier, event).await {
         Ok((claims, session, signals)) => {
             let mut context = json!({

@@ -184,6 +184,69 @@ pub async fn emit_metrics(app: &App, cloudwatch: &aws_sdk_cloudwatch::Client) ->
     summary
 }
 
+/// `ws-connections`: the WebSocket API's `$connect`, `$disconnect` and
+/// `ping` routes. The user comes from the authorizer's context (WebSocket
+/// authorizers put it in `requestContext.authorizer`); `$connect` without
+/// one is refused (401), so is a malformed connection id (400).
+pub async fn websocket(app: &App, event: &Value) -> Value {
+    let ctx = event.get("requestContext").cloned().unwrap_or(Value::Null);
+    let route = ctx.get("routeKey").and_then(Value::as_str).unwrap_or("");
+    let status = |code: u16, body: Value| json!({"statusCode": code, "body": body.to_string()});
+    let Some(conn) = ctx
+        .get("connectionId")
+        .and_then(Value::as_str)
+        .and_then(|c| crate::keys::ConnectionId::parse(c).ok())
+    else {
+        return status(
+            400,
+            json!({"error": "connectionId is missing or malformed"}),
+        );
+    };
+    let user = ctx
+        .get("authorizer")
+        .and_then(|a| a.get("user_id"))
+        .and_then(Value::as_str)
+        .and_then(|u| UserId::parse(u).ok());
+    let result = match route {
+        "$connect" => {
+            let Some(user) = user else {
+                return status(401, json!({"error": "not authenticated"}));
+            };
+            let client = event
+                .get("headers")
+                .and_then(|h| h.get("User-Agent").or_else(|| h.get("user-agent")))
+                .and_then(Value::as_str);
+            crate::realtime::connect(app, &user, &conn, client)
+                .await
+                .map(|_| 200)
+        }
+        "$disconnect" => crate::realtime::disconnect(app, &conn, user.as_ref())
+            .await
+            .map(|_| 200),
+        "ping" => match crate::realtime::ping(app, &conn).await {
+            Ok(true) => Ok(200),
+            Ok(false) => Ok(410),
+            Err(e) => Err(e),
+        },
+        _ => Ok(400),
+    };
+    match result {
+        Ok(200) => status(200, json!({"route": route})),
+        Ok(410) => status(
+            410,
+            json!({"error": "the connection is not registered (expired)"}),
+        ),
+        Ok(_) => status(400, json!({"error": "unknown route"})),
+        Err(why) => {
+            tracing::error!(route = %route, reason = why.as_str(), "websocket registry unavailable");
+            status(
+                503,
+                json!({"error": "the connection registry is unavailable"}),
+            )
+        }
+    }
+}
+
 /// The Lambda deadline (milliseconds since the Unix epoch) as an `Instant`,
 /// or `fallback` from now when it is missing or already past.
 pub fn deadline_from_epoch_ms(deadline_ms: u64, fallback: Duration) -> Instant {

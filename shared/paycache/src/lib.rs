@@ -25,6 +25,7 @@ pub mod node_metrics;
 pub mod profile;
 pub mod pubsub;
 pub mod ratelimit;
+pub mod realtime;
 pub mod routes;
 pub mod sessions;
 pub mod telemetry;
