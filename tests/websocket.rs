@@ -165,3 +165,34 @@ async fn refusals(mode: RedisMode) {
     assert!(w.keys().await.is_empty());
 }
 both_modes!(refusals);
+
+/// The `system:announcements` helper reaches a subscriber with the contract's
+/// message shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announcements_reach_subscribers() {
+    use futures_util::StreamExt;
+    let server = test_support::RedisServer::start();
+    let url = server.url();
+    let w = World::with_redis(test_support::TestRedis::Standalone(server), &[]).await;
+    let mut sub = redis::Client::open(url)
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    sub.subscribe(paycache::pubsub::SYSTEM_ANNOUNCEMENTS)
+        .await
+        .unwrap();
+    let mut messages = sub.into_on_message();
+    let reached = paycache::pubsub::announce(&w.app.redis, "maintenance at 03:00 UTC")
+        .await
+        .unwrap();
+    assert_eq!(reached, 1);
+    let msg = tokio::time::timeout(std::time::Duration::from_secs(5), messages.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let m: Value = serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
+    assert_eq!(m["type"], "announcement");
+    assert_eq!(m["message"], "maintenance at 03:00 UTC");
+    assert!(m["timestamp"].as_f64().unwrap() > 1.7e9);
+}

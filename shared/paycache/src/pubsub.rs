@@ -69,3 +69,46 @@ pub struct ProfileUpdated<'a> {
     pub user_id: &'a UserId,
     pub timestamp: f64,
 }
+
+/// `system:announcements` — `{"type": "announcement", "message", "timestamp"}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Announcement<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub message: &'a str,
+    pub timestamp: f64,
+}
+
+/// Publishes `message` as JSON on `channel`: one round trip. Returns the
+/// number of subscribers reached. (Most messages are published inside the
+/// script that makes the change they announce; this is for the rest.)
+pub async fn publish<T: Serialize>(
+    redis: &crate::connection::Redis,
+    channel: &str,
+    message: &T,
+) -> Result<u64, crate::connection::RedisUnavailable> {
+    let json =
+        serde_json::to_string(message).map_err(|_| crate::connection::RedisUnavailable::Server)?;
+    redis
+        .run(|mut c| async move {
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(json)
+                .query_async(&mut c)
+                .await
+        })
+        .await
+}
+
+/// A system-wide announcement to every connected client's subscriber.
+pub async fn announce(
+    redis: &crate::connection::Redis,
+    message: &str,
+) -> Result<u64, crate::connection::RedisUnavailable> {
+    let msg = Announcement {
+        kind: "announcement",
+        message,
+        timestamp: unix_seconds(OffsetDateTime::now_utc()),
+    };
+    publish(redis, SYSTEM_ANNOUNCEMENTS, &msg).await
+}
