@@ -281,15 +281,9 @@ impl CacheAside {
                     status: CacheStatus::Hit,
                 });
             }
-            let (value, took) = match run_load().await {
-                Ok(loaded) => loaded,
-                Err(e) => {
-                    self.release(key, &token).await;
-                    return Err(e);
-                }
-            };
-            let version = value.as_ref().map(&version_of).unwrap_or(0);
-            let stored = self.store(key, &token, value.as_ref(), version, took).await;
+            let (value, stored) = self
+                .fill_leased(key, &token, run_load(), &version_of)
+                .await?;
             return Ok(Cached {
                 value,
                 status: CacheStatus::EarlyRefresh { stored },
@@ -331,15 +325,9 @@ impl CacheAside {
                     });
                 }
                 Ok(LeaseReply::Leased) => {
-                    let (value, took) = match run_load().await {
-                        Ok(loaded) => loaded,
-                        Err(e) => {
-                            self.release(key, &token).await;
-                            return Err(e);
-                        }
-                    };
-                    let version = value.as_ref().map(&version_of).unwrap_or(0);
-                    let stored = self.store(key, &token, value.as_ref(), version, took).await;
+                    let (value, stored) = self
+                        .fill_leased(key, &token, run_load(), &version_of)
+                        .await?;
                     return Ok(Cached {
                         value,
                         status: CacheStatus::Miss { stored },
@@ -574,6 +562,27 @@ impl CacheAside {
             })
             .await
             .unwrap_or(false)
+    }
+
+    /// Runs the load of a leaseholder and stores its result while the lease
+    /// holds; a failed load releases the lease so waiters need not wait it out.
+    async fn fill_leased<T: Serialize, E>(
+        &self,
+        key: &CacheKey,
+        token: &str,
+        load: impl Future<Output = Result<(Option<T>, Duration), E>>,
+        version_of: &impl Fn(&T) -> u64,
+    ) -> Result<(Option<T>, bool), E> {
+        let (value, took) = match load.await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                self.release(key, token).await;
+                return Err(e);
+            }
+        };
+        let version = value.as_ref().map(version_of).unwrap_or(0);
+        let stored = self.store(key, token, value.as_ref(), version, took).await;
+        Ok((value, stored))
     }
 
     async fn release(&self, key: &CacheKey, token: &str) {

@@ -299,6 +299,26 @@ impl Redis {
         }
     }
 
+    /// `SET key value PX ttl_ms` — one round trip; for the JSON entries
+    /// (sessions, blacklist, risk scores, connection metadata) written whole.
+    pub async fn set_px(
+        &self,
+        key: &str,
+        value: String,
+        ttl_ms: u64,
+    ) -> Result<(), RedisUnavailable> {
+        self.run(|mut c| async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(ttl_ms.max(1))
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
     async fn connection(&self) -> Result<RedisConnection, RedisError> {
         match &self.inner.backend {
             Backend::Standalone(manager) => Ok(RedisConnection::Standalone(manager.clone())),

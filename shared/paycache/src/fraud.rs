@@ -76,19 +76,7 @@ pub async fn set_risk_score(
     };
     let json = serde_json::to_string(&entry).map_err(|_| RedisUnavailable::Server)?;
     let key = app.keys.risk_score(user);
-    let (k, ms) = (&key, ttl_ms(ttl));
-    app.redis
-        .run(|mut c| async move {
-            let _: () = redis::cmd("SET")
-                .arg(k)
-                .arg(json)
-                .arg("PX")
-                .arg(ms)
-                .query_async(&mut c)
-                .await?;
-            Ok(())
-        })
-        .await?;
+    app.redis.set_px(key.as_str(), json, ttl_ms(ttl)).await?;
     Ok(entry)
 }
 

@@ -42,19 +42,7 @@ async fn write_meta(
 ) -> Result<(), RedisUnavailable> {
     let json = serde_json::to_string(meta).map_err(|_| RedisUnavailable::Server)?;
     let key = app.keys.ws_meta(conn);
-    let (k, ms) = (&key, ttl_ms(app));
-    app.redis
-        .run(|mut c| async move {
-            let _: () = redis::cmd("SET")
-                .arg(k)
-                .arg(json)
-                .arg("PX")
-                .arg(ms)
-                .query_async(&mut c)
-                .await?;
-            Ok(())
-        })
-        .await
+    app.redis.set_px(key.as_str(), json, ttl_ms(app)).await
 }
 
 /// `$connect`: registers the connection for the user.

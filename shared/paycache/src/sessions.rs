@@ -57,19 +57,8 @@ pub async fn create(app: &App, session: &Session) -> Result<SessionId, RedisUnav
     let id = SessionId::parse(&raw).map_err(|_| RedisUnavailable::Server)?;
     let key = app.keys.session(&id);
     let json = serde_json::to_string(session).map_err(|_| RedisUnavailable::Server)?;
-    let ttl = session_ttl(app);
-    let k = &key;
     app.redis
-        .run(|mut c| async move {
-            let _: () = redis::cmd("SET")
-                .arg(k)
-                .arg(json)
-                .arg("PX")
-                .arg(ttl)
-                .query_async(&mut c)
-                .await?;
-            Ok(())
-        })
+        .set_px(key.as_str(), json, session_ttl(app))
         .await?;
     Ok(id)
 }
@@ -110,19 +99,7 @@ pub async fn blacklist(
     let ms = u64::try_from(left.whole_milliseconds())
         .unwrap_or(u64::MAX)
         .max(1);
-    let k = &key;
-    app.durable
-        .run(|mut c| async move {
-            let _: () = redis::cmd("SET")
-                .arg(k)
-                .arg(json)
-                .arg("PX")
-                .arg(ms)
-                .query_async(&mut c)
-                .await?;
-            Ok(())
-        })
-        .await
+    app.durable.set_px(key.as_str(), json, ms).await
 }
 
 /// What a request's credentials look like in Redis.

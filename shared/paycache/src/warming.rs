@@ -78,13 +78,7 @@ pub async fn most_recently_active(app: &App, n: u64) -> Result<Vec<UserId>, DbEr
         )
         .await
         .map_err(query_error)?;
-    rows.iter()
-        .map(|r| {
-            r.try_get::<_, Uuid>(0)
-                .map(UserId::from)
-                .map_err(query_error)
-        })
-        .collect()
+    ids(&rows)
 }
 
 /// Warms `users` (or the N most recently active when `None`).
@@ -174,27 +168,28 @@ async fn warm_batch(app: &App, users: &[UserId]) -> Result<[FillReport; 3], DbEr
     Ok([p?, b?, t?])
 }
 
+/// The ids in the first column of `rows`.
+fn ids<T: From<Uuid>>(rows: &[tokio_postgres::Row]) -> Result<Vec<T>, DbError> {
+    rows.iter()
+        .map(|r| r.try_get::<_, Uuid>(0).map(T::from).map_err(query_error))
+        .collect()
+}
+
 /// The users' wallets, and each user's 10 most recent transactions.
 async fn related(
     app: &App,
     users: &[UserId],
 ) -> Result<(Vec<WalletId>, Vec<TransactionId>), DbError> {
-    let ids: Vec<Uuid> = users.iter().map(UserId::as_uuid).collect();
+    let users: Vec<Uuid> = users.iter().map(UserId::as_uuid).collect();
     let client = app.db.client().await?;
     let wallets = client
         .query(
             "SELECT wallet_id FROM wallets WHERE user_id = ANY($1) ORDER BY wallet_id",
-            &[&ids],
+            &[&users],
         )
         .await
-        .map_err(query_error)?
-        .iter()
-        .map(|r| {
-            r.try_get::<_, Uuid>(0)
-                .map(WalletId::from)
-                .map_err(query_error)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+        .map_err(query_error)?;
+    let wallets: Vec<WalletId> = ids(&wallets)?;
     let txns = client
         .query(
             "SELECT DISTINCT t.transaction_id
@@ -212,16 +207,9 @@ async fn related(
                    ORDER BY x.created_at DESC
                    LIMIT 10
                ) t",
-            &[&ids],
+            &[&users],
         )
         .await
-        .map_err(query_error)?
-        .iter()
-        .map(|r| {
-            r.try_get::<_, Uuid>(0)
-                .map(TransactionId::from)
-                .map_err(query_error)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((wallets, txns))
+        .map_err(query_error)?;
+    Ok((wallets, ids(&txns)?))
 }
