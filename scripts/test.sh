@@ -51,6 +51,21 @@ cargo fmt --all --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 log "cargo test"
-cargo test --workspace --all-targets
+cargo test --workspace --all-targets 2>&1 | tee "$STACK/test-output.log"
 log "end-to-end: cargo lambda watch + cargo lambda invoke"
-PG_PORT=$PG_PORT bash "$ROOT/scripts/e2e.sh"
+PG_PORT=$PG_PORT bash "$ROOT/scripts/e2e.sh" 2>&1 | tee "$STACK/e2e-output.log"
+
+# Secrets never reach logs or errors: none of the tests' secret values may
+# appear in anything the tests or the functions printed.
+log "secrets in output"
+leaked=0
+while IFS= read -r secret; do
+  case "$secret" in ''|'#'*) continue ;; esac
+  if grep -rqF -- "$secret" "$STACK/test-output.log" "$STACK/e2e-output.log" "$STACK/watch.log"; then
+    echo "secret leaked into the output: ${secret:0:4}…" >&2
+    leaked=1
+  fi
+done <"$ROOT/tests/secrets.txt"
+[ "$leaked" = 0 ] || die "a test secret appeared in the output"
+echo "secrets: none of $(grep -cv '^\(#\|$\)' "$ROOT/tests/secrets.txt") leaked"
+tail -n 1 "$STACK/e2e-output.log"

@@ -578,6 +578,35 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever the input, parsing never panics, and whatever parses
+        /// builds a key with exactly the one hash tag this module chose,
+        /// holding exactly the identifier.
+        #[test]
+        fn hostile_input_never_chooses_a_slot(raw in "\\PC{0,200}", bytes in proptest::collection::vec(0u8..=255, 0..80)) {
+            let lossy = String::from_utf8_lossy(&bytes).into_owned();
+            for candidate in [raw.as_str(), lossy.as_str()] {
+                if let Ok(id) = UserId::parse(candidate) {
+                    let k = ks().user_profile(&id);
+                    proptest::prop_assert_eq!(hash_tag(k.as_str()), id.to_string());
+                    proptest::prop_assert_eq!(k.as_str().matches('{').count(), 1);
+                }
+                if let Ok(s) = SessionId::parse(candidate) {
+                    let k = ks().session(&s);
+                    proptest::prop_assert_eq!(hash_tag(k.as_str()), s.as_str());
+                    let clean = !s.as_str().contains([':', '{', '}']);
+                    proptest::prop_assert!(clean, "session id with a separator or brace");
+                }
+                if let Ok(e) = Endpoint::parse(candidate) {
+                    let user = UserId::parse(USER).unwrap();
+                    let k = ks().rate_limit(&user, &e);
+                    proptest::prop_assert_eq!(k.as_str().matches(':').count(), 3);
+                    proptest::prop_assert_eq!(hash_tag(k.as_str()), USER);
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_audit_buffer_never_expires() {
         let ttl = crate::config::Config::from_lookup(|k| match k {

@@ -241,6 +241,27 @@ mod tests {
         assert!(!AmountError::Malformed.is_unprocessable());
     }
 
+    proptest::proptest! {
+        /// Any text: no panic; what parses formats back to itself.
+        #[test]
+        fn amounts_round_trip(text in "-?[0-9]{0,22}(\\.[0-9]{0,4})?|\\PC{0,40}", code in "[A-Z]{3}|[a-z]{3}|\\PC{0,5}") {
+            if let Ok(currency) = Currency::parse(&code)
+                && let Ok(minor) = parse_amount(&text, currency)
+            {
+                proptest::prop_assert!(minor >= 0);
+                proptest::prop_assert_eq!(parse_amount(&format_amount(minor, currency), currency), Ok(minor));
+            }
+        }
+
+        #[test]
+        fn every_minor_amount_formats_and_parses(minor in 0i64..=i64::MAX) {
+            for code in ["USD", "JPY", "KWD"] {
+                let c = Currency::parse(code).unwrap();
+                proptest::prop_assert_eq!(parse_amount(&format_amount(minor, c), c), Ok(minor));
+            }
+        }
+    }
+
     #[test]
     fn formats_with_exactly_the_minor_unit_digits() {
         assert_eq!(format_amount(12550, usd()), "125.50");
