@@ -156,10 +156,15 @@ start_cluster() { # dir -> prints comma-separated URLs
   redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 \
     || die "redis-cli --cluster create failed (see $dir/create.log)"
   for i in $(seq 1 300); do
-    local ok=1
+    local ok=1 replicas=0
     for port in "${ports[@]}"; do
       redis-cli -h 127.0.0.1 -p "$port" CLUSTER INFO 2>/dev/null | grep -q 'cluster_state:ok' || ok=0
+      # cluster_state:ok comes before the replicas have attached.
+      if redis-cli -h 127.0.0.1 -p "$port" INFO replication 2>/dev/null | grep -q 'master_link_status:up'; then
+        replicas=$((replicas + 1))
+      fi
     done
+    [ "$replicas" = 3 ] || ok=0
     if [ "$ok" = 1 ]; then (IFS=,; echo "${urls[*]}"); return 0; fi
     sleep 0.1
   done

@@ -9,9 +9,7 @@
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use paycache::config::{
-    BreakerConfig, CacheAsideConfig, RedisConfig, RedisMode, Secret, TtlConfig,
-};
+use paycache::config::{CacheAsideConfig, TtlConfig};
 use paycache::keys::{Keyspace, UserId};
 use paycache::profile::UserProfile;
 use paycache::{CacheAside, CacheStatus, Redis};
@@ -25,22 +23,8 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let redis = rt.block_on(async {
-        Redis::new(
-            &RedisConfig {
-                mode: RedisMode::Standalone,
-                urls: Secret::new(server.url()),
-                tls: false,
-                ca_cert: None,
-                auth_token: None,
-                connect_timeout: Duration::from_secs(1),
-                response_timeout: Duration::from_millis(250),
-            },
-            BreakerConfig {
-                failure_threshold: 3,
-                cooldown: Duration::from_secs(5),
-            },
-        )
-        .unwrap()
+        let (redis, breaker) = test_support::standalone_redis(&server.url());
+        Redis::new(&redis, breaker).unwrap()
     });
     let ttl = TtlConfig {
         user_profile: Duration::from_secs(3600),

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use paycache::Redis;
-use paycache::config::{BreakerConfig, RedisConfig, RedisMode, Secret};
 use paycache::keys::{Endpoint, Keyspace, UserId};
 use paycache::ratelimit::{Algorithm, Policies, RateLimiter};
 use test_support::RedisServer;
@@ -29,21 +28,10 @@ fn bench(c: &mut Criterion) {
     )
     .unwrap();
     let limiter = rt.block_on(async {
-        let redis = Redis::new(
-            &RedisConfig {
-                mode: RedisMode::Standalone,
-                urls: Secret::new(server.url()),
-                tls: false,
-                ca_cert: None,
-                auth_token: None,
-                connect_timeout: Duration::from_secs(1),
-                response_timeout: Duration::from_millis(250),
-            },
-            BreakerConfig {
-                failure_threshold: 3,
-                cooldown: Duration::from_secs(5),
-            },
-        )
+        let redis = {
+            let (redis, breaker) = test_support::standalone_redis(&server.url());
+            Redis::new(&redis, breaker)
+        }
         .unwrap();
         RateLimiter::new(
             redis,

@@ -26,7 +26,6 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{Client, Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Value};
-use tokio::sync::OnceCell;
 
 use crate::breaker::{Breaker, Permit};
 use crate::config::{BreakerConfig, RedisConfig, RedisMode, Secret};
@@ -110,7 +109,10 @@ enum Backend {
     Standalone(ConnectionManager),
     Cluster {
         client: redis::cluster::ClusterClient,
-        connection: OnceCell<ClusterConnection>,
+        /// `None` until the first connect, and again after the breaker
+        /// opened: a fresh connection reads the current topology from the
+        /// seed nodes (see `run`).
+        connection: tokio::sync::Mutex<Option<ClusterConnection>>,
     },
 }
 
@@ -212,7 +214,7 @@ impl Redis {
                 let client = builder.build().map_err(|_| RedisSetupError::InvalidUrl)?;
                 Backend::Cluster {
                     client,
-                    connection: OnceCell::new(),
+                    connection: tokio::sync::Mutex::new(None),
                 }
             }
         };
@@ -323,13 +325,15 @@ impl Redis {
         match &self.inner.backend {
             Backend::Standalone(manager) => Ok(RedisConnection::Standalone(manager.clone())),
             Backend::Cluster { client, connection } => {
-                // A failed first connect leaves the cell empty, so the next
-                // call tries again; once connected, the cluster connection
-                // heals itself.
-                let conn = connection
-                    .get_or_try_init(|| client.get_async_connection())
-                    .await?;
-                Ok(RedisConnection::Cluster(conn.clone()))
+                // A failed connect leaves the slot empty, so the next call
+                // tries again.
+                let mut slot = connection.lock().await;
+                if let Some(conn) = slot.as_ref() {
+                    return Ok(RedisConnection::Cluster(conn.clone()));
+                }
+                let conn = client.get_async_connection().await?;
+                *slot = Some(conn.clone());
+                Ok(RedisConnection::Cluster(conn))
             }
         }
     }
@@ -345,10 +349,12 @@ impl Redis {
         if breaker.permit() == Permit::Denied {
             return Err(RedisUnavailable::BreakerOpen);
         }
-        let connected = matches!(
-            &self.inner.backend,
-            Backend::Cluster { connection, .. } if connection.initialized()
-        ) || matches!(self.inner.backend, Backend::Standalone(_));
+        let connected = match &self.inner.backend {
+            Backend::Standalone(_) => true,
+            Backend::Cluster { connection, .. } => {
+                connection.try_lock().map(|c| c.is_some()).unwrap_or(false)
+            }
+        };
         let budget = if connected {
             self.inner.response_timeout
         } else {
@@ -371,14 +377,14 @@ impl Redis {
                 if kind == RedisUnavailable::Server {
                     breaker.record_success();
                 } else {
-                    breaker.record_failure();
+                    self.record_failure();
                 }
                 crate::telemetry::redis_error();
                 tracing::warn!(reason = kind.as_str(), error_kind = ?err.kind(), "redis call failed");
                 Err(kind)
             }
             Err(_elapsed) => {
-                breaker.record_failure();
+                self.record_failure();
                 crate::telemetry::redis_error();
                 tracing::warn!(
                     reason = "timeout",
@@ -387,6 +393,25 @@ impl Redis {
                 );
                 Err(RedisUnavailable::Timeout)
             }
+        }
+    }
+}
+
+impl Redis {
+    /// Counts a failure; whenever the breaker is then open (it opened, or a
+    /// probe failed) in cluster mode, drops the cluster connection. redis-rs
+    /// refreshes its slot map inside the requests that meet a failed node,
+    /// and the per-call timeout can cut those short again and again after a
+    /// failover; the connection built at the next probe reads the topology
+    /// afresh from the seed nodes.
+    fn record_failure(&self) {
+        self.inner.breaker.record_failure();
+        if self.inner.breaker.is_open()
+            && let Backend::Cluster { connection, .. } = &self.inner.backend
+            && let Ok(mut slot) = connection.try_lock()
+        {
+            tracing::warn!("dropping the cluster connection to rediscover the topology");
+            *slot = None;
         }
     }
 }

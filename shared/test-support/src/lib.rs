@@ -255,7 +255,10 @@ impl RedisCluster {
             .join(",")
     }
 
-    /// Waits until every node reports `cluster_state:ok`.
+    /// Waits until every node reports `cluster_state:ok` and the topology
+    /// is complete: every replica's replication link is up.
+    /// (`cluster_state:ok` alone comes earlier, while the replicas are still
+    /// attaching — a primary killed then has no one to take over.)
     pub fn wait_until_ok(&self, within: Duration) {
         let until = Instant::now() + within;
         while Instant::now() < until {
@@ -263,12 +266,20 @@ impl RedisCluster {
                 redis_cli(n.port, &["CLUSTER", "INFO"])
                     .is_some_and(|o| o.contains("cluster_state:ok"))
             });
-            if all_ok {
+            let replicas_up = self
+                .nodes
+                .iter()
+                .filter_map(|n| redis_cli(n.port, &["INFO", "replication"]))
+                .filter(|i| i.contains("role:slave") && i.contains("master_link_status:up"))
+                .count();
+            if all_ok && replicas_up == self.nodes.len() / 2 {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("the local Redis Cluster did not reach cluster_state:ok");
+        panic!(
+            "the local Redis Cluster did not reach cluster_state:ok with every replica attached"
+        );
     }
 }
 
@@ -565,16 +576,9 @@ impl CommandMonitor {
     /// Lower-case names of the client commands seen so far, in order
     /// (waits briefly for MONITOR's output to catch up).
     pub fn commands(&self) -> Vec<String> {
-        std::thread::sleep(Duration::from_millis(200));
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| !l.contains(" lua]"))
-            .filter_map(|l| {
-                l.split_once("] \"")
-                    .map(|(_, rest)| rest.split('"').next().unwrap_or("").to_lowercase())
-            })
+        self.commands_with_first_arg()
+            .into_iter()
+            .map(|(c, _)| c)
             .collect()
     }
 
@@ -617,4 +621,29 @@ impl RedisCluster {
             .and_then(|o| o.lines().next().map(str::to_owned))
             .unwrap_or_default()
     }
+}
+
+/// Settings for a standalone Redis at `url` with the defaults of the
+/// configuration (for benchmarks that build a `Redis` handle directly).
+pub fn standalone_redis(
+    url: &str,
+) -> (
+    paycache::config::RedisConfig,
+    paycache::config::BreakerConfig,
+) {
+    (
+        paycache::config::RedisConfig {
+            mode: RedisMode::Standalone,
+            urls: paycache::config::Secret::new(url),
+            tls: false,
+            ca_cert: None,
+            auth_token: None,
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_millis(250),
+        },
+        paycache::config::BreakerConfig {
+            failure_threshold: 3,
+            cooldown: Duration::from_secs(5),
+        },
+    )
 }

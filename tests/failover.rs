@@ -1,0 +1,253 @@
+//! Cluster failover under load: a steady mix of profile reads, balance
+//! writes and reads, and rate-limit checks through the real handlers while
+//! one primary of the local 3+3 cluster is killed (`kill -9`).
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use lambda_http::{Body, Request, RequestExt};
+use paycache::balance::load_balance;
+use paycache::keys::WalletId;
+use paycache_tests::World;
+use serde_json::{Value, json};
+use test_support::{RedisCluster, TestRedis, insert_user, insert_wallet, random_uuid};
+
+fn req(method: &str, key: &str, id: &str, body: Option<String>) -> Request {
+    let mut params = HashMap::new();
+    params.insert(key.to_string(), id.to_string());
+    http::Request::builder()
+        .method(method)
+        .uri("/x")
+        .body(body.map(Body::Text).unwrap_or(Body::Empty))
+        .unwrap()
+        .with_path_parameters(params)
+}
+
+#[derive(Clone, Copy)]
+struct Sample {
+    at: Duration,
+    took: Duration,
+    error: bool,
+    kind: &'static str,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_killed_under_load() {
+    let cluster = RedisCluster::start();
+    let primary = (0..6).find(|i| cluster.role(*i) == "master").unwrap();
+    let w = World::with_redis(
+        TestRedis::Cluster(cluster),
+        &[
+            ("CACHE_BREAKER_COOLDOWN_MS", "1000"),
+            ("REDIS_RESPONSE_TIMEOUT_MS", "250"),
+        ],
+    )
+    .await;
+    let users: Vec<String> = {
+        let mut v = Vec::new();
+        for n in 1..=5 {
+            v.push(insert_user(&w.db, n).await);
+        }
+        v
+    };
+    let wallet = random_uuid();
+    insert_wallet(&w.db, 6, &wallet, "USD", 0).await;
+
+    let start = Instant::now();
+    let run_for = Duration::from_secs(14);
+    let kill_at = Duration::from_secs(3);
+    let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
+    let acked = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let stale = Arc::new(Mutex::new(Vec::<(u64, u64)>::new()));
+    let floor = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let record =
+        move |s: &Arc<Mutex<Vec<Sample>>>, t0: Instant, error: bool, kind: &'static str| {
+            s.lock().unwrap().push(Sample {
+                at: t0 - start,
+                took: t0.elapsed(),
+                error,
+                kind,
+            });
+        };
+
+    let mut tasks = Vec::new();
+    // Profile readers.
+    for i in 0..2 {
+        let (app, users, samples) = (w.another_environment(), users.clone(), samples.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = i;
+            while start.elapsed() < run_for {
+                let t0 = Instant::now();
+                let r = paycache::routes::profile_read::handle(
+                    &app,
+                    req("GET", "user_id", &users[n % users.len()], None),
+                )
+                .await;
+                record(&samples, t0, r.status() != StatusCode::OK, "profile");
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }));
+    }
+    // A balance writer (compare-and-set) and a balance reader.
+    {
+        let (app, wallet, samples, acked, floor) = (
+            w.another_environment(),
+            wallet.clone(),
+            samples.clone(),
+            acked.clone(),
+            floor.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut expected = 1u64;
+            let mut n = 0u64;
+            while start.elapsed() < run_for {
+                n += 1;
+                let t0 = Instant::now();
+                let body = json!({"balance": format!("{n}.00"), "currency": "USD", "expected_version": expected}).to_string();
+                let r = paycache::routes::balance::handle(&app, req("PUT", "wallet_id", &wallet, Some(body))).await;
+                let status = r.status();
+                let b: Value = serde_json::from_slice(r.body().as_ref()).unwrap();
+                match status {
+                    StatusCode::OK => {
+                        let v = b["version"].as_u64().unwrap();
+                        acked.lock().unwrap().push(v);
+                        floor.fetch_max(v, std::sync::atomic::Ordering::SeqCst);
+                        expected = v;
+                    }
+                    StatusCode::CONFLICT => expected = b["current"]["version"].as_u64().unwrap(),
+                    _ => {}
+                }
+                // A refused write (503: no fence while Redis fails over) is an
+                // error for the error-rate check; it changed nothing.
+                record(&samples, t0, status != StatusCode::OK && status != StatusCode::CONFLICT, "write");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+    {
+        let (app, wallet, samples, stale, floor) = (
+            w.another_environment(),
+            wallet.clone(),
+            samples.clone(),
+            stale.clone(),
+            floor.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while start.elapsed() < run_for {
+                let min = floor.load(std::sync::atomic::Ordering::SeqCst);
+                let t0 = Instant::now();
+                let r =
+                    paycache::routes::balance::handle(&app, req("GET", "wallet_id", &wallet, None))
+                        .await;
+                let ok = r.status() == StatusCode::OK;
+                if ok {
+                    let v = serde_json::from_slice::<Value>(r.body().as_ref()).unwrap()["version"]
+                        .as_u64()
+                        .unwrap();
+                    if v < min {
+                        stale.lock().unwrap().push((v, min));
+                    }
+                }
+                record(&samples, t0, !ok, "read");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }));
+    }
+    // Rate-limit checks (fail open by default: they never error).
+    {
+        let (app, samples) = (w.another_environment(), samples.clone());
+        tasks.push(tokio::spawn(async move {
+            while start.elapsed() < run_for {
+                let t0 = Instant::now();
+                let body =
+                    json!({"user_id": random_uuid(), "endpoint": "transfers.create"}).to_string();
+                let r = paycache::routes::rate_limit_check::handle(
+                    &app,
+                    http::Request::builder()
+                        .method("POST")
+                        .uri("/rate-limit/check")
+                        .body(Body::Text(body))
+                        .unwrap(),
+                )
+                .await;
+                record(&samples, t0, r.status() != StatusCode::OK, "limit");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }));
+    }
+
+    tokio::time::sleep(kill_at).await;
+    let killed_at = start.elapsed();
+    {
+        let TestRedis::Cluster(cluster) = &w.redis else {
+            unreachable!()
+        };
+        let port = cluster.nodes[primary].port;
+        let pid = std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "INFO", "server"])
+            .output()
+            .unwrap();
+        let pid = String::from_utf8_lossy(&pid.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:").map(|p| p.trim().to_owned()))
+            .unwrap();
+        std::process::Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .unwrap();
+    }
+    for t in tasks {
+        t.await.unwrap(); // a panic in a handler fails here
+    }
+
+    let samples = samples.lock().unwrap().clone();
+    assert!(samples.len() > 500, "a steady load: {}", samples.len());
+    // No request waited longer than a function's budget (Lambda timeout 10 s;
+    // the code's own budgets are far below it).
+    let slowest = samples.iter().map(|s| s.took).max().unwrap();
+    assert!(
+        slowest < Duration::from_secs(5),
+        "slowest request {slowest:?}"
+    );
+    // Errors stop within the cluster's node timeout (2 s) plus 3 s.
+    let recovered_by = killed_at + Duration::from_secs(5);
+    let late: Vec<_> = samples
+        .iter()
+        .filter(|s| s.error && s.at > recovered_by)
+        .map(|s| (s.at, s.kind))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "errors after {recovered_by:?}: {} (first at {:?})",
+        late.len(),
+        late.first()
+    );
+    // There was load after recovery, and it succeeded.
+    assert!(samples.iter().filter(|s| s.at > recovered_by).count() > 100);
+    // Every acknowledged write is in PostgreSQL; no read went backwards.
+    let acked = acked.lock().unwrap().clone();
+    assert!(!acked.is_empty());
+    let db = load_balance(&w.app.db, &WalletId::parse(&wallet).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(db.version >= *acked.iter().max().unwrap());
+    let client = w.db.client().await;
+    for v in &acked {
+        let found: i64 = client
+            .query_one("SELECT count(*) FROM balance_outbox WHERE wallet_id = $1::text::uuid AND version = $2", &[&wallet, &(*v as i64)])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(found, 1, "acknowledged version {v} is not in PostgreSQL");
+    }
+    assert!(
+        stale.lock().unwrap().is_empty(),
+        "stale reads: {:?}",
+        stale.lock().unwrap()
+    );
+}
