@@ -38,13 +38,7 @@ def lookup(value, dotted):
 
 
 def invoke(function, event):
-    out = subprocess.run(
-        ["cargo", "lambda", "invoke", function, "--invoke-address", "127.0.0.1",
-         "--invoke-port", PORT, "--data-file", os.path.join(ROOT, event), "--output-format", "json"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT)
-    if out.returncode != 0:
-        raise AssertionError(f"cargo lambda invoke failed: {out.stderr.strip()[-400:]}")
-    resp = json.loads(out.stdout)
+    resp = invoke_raw(function, event)
     headers = {k.lower(): v for k, v in (resp.get("headers") or {}).items()}
     body = resp.get("body") or ""
     if resp.get("isBase64Encoded"):
