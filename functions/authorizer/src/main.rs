@@ -7,7 +7,7 @@ use serde_json::Value;
 async fn main() -> Result<(), Error> {
     paycache::init_logging();
     let metrics = paycache::telemetry::init("authorizer");
-    let app = paycache::App::from_env()?;
+    let app = paycache::App::from_env().await?;
     let verifier = paycache::auth::Verifier::new(paycache::auth::AuthConfig::from_env()?)?;
     let (app, verifier) = (&app, &verifier);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {

@@ -10,7 +10,7 @@ use serde_json::Value;
 async fn main() -> Result<(), Error> {
     paycache::init_logging();
     let metrics = paycache::telemetry::init("cache-warmer");
-    let app = paycache::App::from_env()?;
+    let app = paycache::App::from_env().await?;
     let app = &app;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let started = std::time::Instant::now();

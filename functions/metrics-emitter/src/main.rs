@@ -7,7 +7,7 @@ use serde_json::Value;
 async fn main() -> Result<(), Error> {
     paycache::init_logging();
     let metrics = paycache::telemetry::init("metrics-emitter");
-    let app = paycache::App::from_env()?;
+    let app = paycache::App::from_env().await?;
     let cloudwatch = paycache::cloudwatch::client().await;
     let (app, cloudwatch) = (&app, &cloudwatch);
     lambda_runtime::run(service_fn(move |_event: LambdaEvent<Value>| async move {

@@ -18,6 +18,8 @@ async fn main() -> ExitCode {
         pool_size: 1,
         connect_timeout: std::time::Duration::from_secs(10),
         statement_timeout: std::time::Duration::from_secs(600),
+        secret_arn: None,
+        credentials: None,
     }) {
         Ok(db) => db,
         Err(e) => {

@@ -1,11 +1,13 @@
 //! Everything a function needs, built once per execution environment.
 
+use crate::aws::AwsClient;
 use crate::cache_aside::CacheAside;
 use crate::config::{Config, ConfigError};
 use crate::connection::{Redis, RedisSetupError};
 use crate::db::{Db, DbError};
 use crate::keys::Keyspace;
 use crate::ratelimit::RateLimiter;
+use crate::secrets::SecretSource;
 
 /// Why a function could not initialise. Each message names the variable to fix.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +18,10 @@ pub enum InitError {
     Redis(#[from] RedisSetupError),
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error(transparent)]
+    Aws(#[from] crate::aws::AwsError),
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
 }
 
 /// The shared dependencies: configuration, Redis, the cache engine, the
@@ -35,14 +41,77 @@ pub struct App {
 }
 
 impl App {
-    /// Must be called inside a Tokio runtime.
+    /// Must be called inside a Tokio runtime. Secrets must already be in
+    /// `config` (see [`App::with_secrets`]).
     pub fn new(config: Config) -> Result<Self, InitError> {
-        // redis-rs and (later) the AWS SDK both use rustls; naming the
-        // provider once avoids a run-time choice between compiled-in ones.
+        Self::build(config, None, None)
+    }
+
+    /// Fetches the secrets `config` names (concurrently, one request each)
+    /// into it, then builds the `App`; the Redis handles keep their secret's
+    /// source to fetch the token again when Redis refuses it.
+    pub async fn with_secrets(mut config: Config) -> Result<Self, InitError> {
+        let redis_arn = config.redis.auth_token_secret_arn.clone();
+        let durable_arn = config
+            .durable_redis
+            .as_ref()
+            .and_then(|d| d.auth_token_secret_arn.clone());
+        let database_arn = config.database.secret_arn.clone();
+        if redis_arn.is_none() && durable_arn.is_none() && database_arn.is_none() {
+            return Self::new(config);
+        }
+        let client = AwsClient::from_env(config.secrets_timeout)?;
+        let source = |arn: Option<String>, variable| {
+            arn.map(|arn| SecretSource::new(client.clone(), arn, variable))
+        };
+        let redis_source = source(redis_arn, "REDIS_AUTH_TOKEN_SECRET_ARN");
+        let durable_source = source(durable_arn, "REDIS_DURABLE_AUTH_TOKEN_SECRET_ARN");
+        let database_source = source(database_arn, "DATABASE_SECRET_ARN");
+        let (redis_token, durable_token, credentials) = tokio::try_join!(
+            async {
+                match &redis_source {
+                    Some(s) => s.fetch_redis_token().await.map(Some),
+                    None => Ok(None),
+                }
+            },
+            async {
+                match &durable_source {
+                    Some(s) => s.fetch_redis_token().await.map(Some),
+                    None => Ok(None),
+                }
+            },
+            async {
+                match &database_source {
+                    Some(s) => s.fetch_database_credentials().await.map(Some),
+                    None => Ok(None),
+                }
+            },
+        )?;
+        if redis_token.is_some() {
+            config.redis.auth_token = redis_token;
+        }
+        if let Some(durable) = config.durable_redis.as_mut()
+            && durable_token.is_some()
+        {
+            durable.auth_token = durable_token;
+        }
+        if credentials.is_some() {
+            config.database.credentials = credentials;
+        }
+        Self::build(config, redis_source, durable_source)
+    }
+
+    fn build(
+        config: Config,
+        redis_source: Option<SecretSource>,
+        durable_source: Option<SecretSource>,
+    ) -> Result<Self, InitError> {
+        // redis-rs and the AWS client both use rustls; naming the provider
+        // once avoids a run-time choice between compiled-in ones.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let redis = Redis::new(&config.redis, config.breaker)?;
+        let redis = Redis::with_token_source(&config.redis, config.breaker, redis_source)?;
         let durable = match &config.durable_redis {
-            Some(durable) => Redis::new(durable, config.breaker)?,
+            Some(durable) => Redis::with_token_source(durable, config.breaker, durable_source)?,
             None => redis.clone(),
         };
         let cache = CacheAside::new(redis.clone(), config.ttl, config.cache);
@@ -66,8 +135,9 @@ impl App {
         })
     }
 
-    pub fn from_env() -> Result<Self, InitError> {
-        Self::new(Config::from_env()?)
+    /// Configuration from the environment, secrets from Secrets Manager.
+    pub async fn from_env() -> Result<Self, InitError> {
+        Self::with_secrets(Config::from_env()?).await
     }
 }
 
@@ -91,7 +161,7 @@ macro_rules! http_function {
         async fn main() -> Result<(), lambda_http::Error> {
             $crate::init_logging();
             let metrics = $crate::telemetry::init($name);
-            let app = $crate::App::from_env()?;
+            let app = $crate::App::from_env().await?;
             let app = &app;
             lambda_http::run(lambda_http::service_fn(
                 move |req: lambda_http::Request| async move {

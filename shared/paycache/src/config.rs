@@ -73,6 +73,10 @@ pub struct RedisConfig {
     pub ca_cert: Option<PathBuf>,
     /// ElastiCache AUTH token; overrides any password in the URL.
     pub auth_token: Option<Secret>,
+    /// Secrets Manager secret holding the token
+    /// (`REDIS_AUTH_TOKEN_SECRET_ARN`): fetched at init into `auth_token`,
+    /// and again when Redis refuses the token (see `secrets`).
+    pub auth_token_secret_arn: Option<String>,
     pub connect_timeout: Duration,
     /// Budget for one Redis operation, including cluster redirections.
     pub response_timeout: Duration,
@@ -116,6 +120,11 @@ pub struct BreakerConfig {
 #[derive(Debug, Clone)]
 pub struct DatabaseConfig {
     pub url: Secret,
+    /// Secrets Manager secret with the user name and password
+    /// (`DATABASE_SECRET_ARN`); fetched at init into `credentials`.
+    pub secret_arn: Option<String>,
+    /// Replace the user name and password of `url` when set.
+    pub credentials: Option<crate::secrets::DatabaseCredentials>,
     pub pool_size: usize,
     pub connect_timeout: Duration,
     /// Server-side `statement_timeout`, so a slow query cannot hang a function.
@@ -180,6 +189,8 @@ pub struct Config {
     pub warm: crate::warming::WarmConfig,
     /// A cached risk score at or above this publishes a fraud alert.
     pub fraud_alert_threshold: u32,
+    /// Budget of one Secrets Manager request.
+    pub secrets_timeout: Duration,
 }
 
 impl Config {
@@ -200,6 +211,8 @@ impl Config {
             },
             database: DatabaseConfig {
                 url: Secret::new(env.required("DATABASE_URL")?),
+                secret_arn: secret_arn(&env, "DATABASE_SECRET_ARN")?,
+                credentials: None,
                 pool_size: env.number("DATABASE_POOL_SIZE", 2, 1, 64)?,
                 connect_timeout: env.millis("DATABASE_CONNECT_TIMEOUT_MS", 2000, 10, 60_000)?,
                 statement_timeout: env.millis(
@@ -259,6 +272,7 @@ impl Config {
                 node_timeout: env.millis("HEALTH_NODE_TIMEOUT_MS", 500, 10, 1900)?,
             },
             fraud_alert_threshold: env.number("FRAUD_ALERT_THRESHOLD", 80, 0, 1000)?,
+            secrets_timeout: env.millis("SECRETS_TIMEOUT_MS", 3000, 100, 30_000)?,
             warm: crate::warming::WarmConfig {
                 users: env.number("WARM_USERS", 1000, 0, 1_000_000)?,
                 batch_users: env.number("WARM_BATCH_USERS", 50, 1, 1000)?,
@@ -279,6 +293,7 @@ fn redis_config(env: &Env<'_>, infix: &'static str) -> Result<RedisConfig, Confi
             (_, "REDIS_TLS") => "REDIS_DURABLE_TLS",
             (_, "REDIS_CA_CERT") => "REDIS_DURABLE_CA_CERT",
             (_, "REDIS_AUTH_TOKEN") => "REDIS_DURABLE_AUTH_TOKEN",
+            (_, "REDIS_AUTH_TOKEN_SECRET_ARN") => "REDIS_DURABLE_AUTH_TOKEN_SECRET_ARN",
             (_, s) => s,
         }
     };
@@ -370,18 +385,52 @@ fn redis_config(env: &Env<'_>, infix: &'static str) -> Result<RedisConfig, Confi
             ));
         }
     };
+    let auth_token_secret_arn = secret_arn(env, name("REDIS_AUTH_TOKEN_SECRET_ARN"))?;
+    if auth_token.is_some() && auth_token_secret_arn.is_some() {
+        return Err(ConfigError::new(
+            name("REDIS_AUTH_TOKEN_SECRET_ARN"),
+            "set either the token or the secret that holds it, not both",
+        ));
+    }
     Ok(RedisConfig {
         mode,
         urls: Secret::new(urls.join(",")),
         tls,
         ca_cert,
         auth_token,
+        auth_token_secret_arn,
         connect_timeout: env.millis("REDIS_CONNECT_TIMEOUT_MS", 1000, 10, 60_000)?,
         response_timeout: env.millis("REDIS_RESPONSE_TIMEOUT_MS", 250, 5, 60_000)?,
     })
 }
 
-fn is_valid_auth_token(token: &str) -> bool {
+/// A Secrets Manager secret ARN (`arn:<partition>:secretsmanager:...`).
+fn secret_arn(env: &Env<'_>, variable: &'static str) -> Result<Option<String>, ConfigError> {
+    match env.get(variable) {
+        None => Ok(None),
+        Some(arn) => {
+            let parts: Vec<&str> = arn.splitn(7, ':').collect();
+            let ok = arn.len() <= 2048
+                && parts.len() == 7
+                && parts[0] == "arn"
+                && parts[1].starts_with("aws")
+                && parts[2] == "secretsmanager"
+                && parts[5] == "secret"
+                && !parts[6].is_empty()
+                && arn.bytes().all(|b| b.is_ascii_graphic());
+            if ok {
+                Ok(Some(arn))
+            } else {
+                Err(ConfigError::new(
+                    variable,
+                    "must be a Secrets Manager secret ARN (arn:aws:secretsmanager:<region>:<account>:secret:<name>)",
+                ))
+            }
+        }
+    }
+}
+
+pub(crate) fn is_valid_auth_token(token: &str) -> bool {
     (16..=128).contains(&token.len())
         && token
             .bytes()

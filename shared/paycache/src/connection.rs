@@ -20,7 +20,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
@@ -29,6 +29,7 @@ use redis::{Client, Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, 
 
 use crate::breaker::{Breaker, Permit};
 use crate::config::{BreakerConfig, RedisConfig, RedisMode, Secret};
+use crate::secrets::{REFETCH_COOLDOWN, SecretSource};
 
 /// Why a Redis call did not produce an answer. Callers treat every variant
 /// the same way — fall through to the database — but logs and metrics tell
@@ -130,9 +131,26 @@ struct NodeTemplate {
     auth_token: Option<Secret>,
 }
 
-struct Inner {
+/// Everything built from one auth token. A rotated token (see
+/// `refresh_token`) replaces the whole generation; requests already running
+/// finish on the old one.
+struct Generation {
     node_template: NodeTemplate,
     backend: Backend,
+    token: Option<Secret>,
+}
+
+struct Inner {
+    config: RedisConfig,
+    root_cert: Option<Vec<u8>>,
+    current: std::sync::RwLock<Arc<Generation>>,
+    /// Where the token comes from when it is a Secrets Manager secret.
+    token_source: Option<SecretSource>,
+    /// When the token was last fetched again: one re-fetch at a time, and
+    /// none within `REFETCH_COOLDOWN` of the last.
+    refreshed_at: tokio::sync::Mutex<Option<Instant>>,
+    /// When a seed node was last asked whether it accepts the token.
+    probed_at: tokio::sync::Mutex<Option<Instant>>,
     mode: RedisMode,
     connect_timeout: Duration,
     response_timeout: Duration,
@@ -148,86 +166,210 @@ impl std::fmt::Debug for Redis {
     }
 }
 
+fn build_generation(
+    config: &RedisConfig,
+    root_cert: Option<&Vec<u8>>,
+    token: Option<Secret>,
+) -> Result<Generation, RedisSetupError> {
+    let urls: Vec<&str> = config.urls.expose().split(',').collect();
+    let node_template = NodeTemplate {
+        seed: Secret::new(urls.first().copied().unwrap_or_default()),
+        root_cert: root_cert.cloned(),
+        auth_token: token.clone(),
+    };
+    let backend = match config.mode {
+        RedisMode::Standalone => {
+            let url = urls.first().ok_or(RedisSetupError::InvalidUrl)?;
+            let mut info = url
+                .into_connection_info()
+                .map_err(|_| RedisSetupError::InvalidUrl)?;
+            if let Some(token) = &token {
+                let settings = info.redis_settings().clone().set_password(token.expose());
+                info = info.set_redis_settings(settings);
+            }
+            let client = match root_cert {
+                Some(root) if config.tls => Client::build_with_tls(
+                    info,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root.clone()),
+                    },
+                ),
+                _ => Client::open(info),
+            }
+            .map_err(|_| RedisSetupError::InvalidUrl)?;
+            // Reconnection is bounded by our own per-call timeout; the
+            // manager's retries only matter inside that budget.
+            let manager_config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(config.connect_timeout))
+                .set_response_timeout(Some(config.response_timeout))
+                .set_number_of_retries(1)
+                .set_min_delay(Duration::from_millis(10))
+                .set_max_delay(Duration::from_millis(100));
+            let manager = ConnectionManager::new_lazy_with_config(client, manager_config)
+                .map_err(|_| RedisSetupError::InvalidUrl)?;
+            Backend::Standalone(manager)
+        }
+        RedisMode::Cluster => {
+            let mut builder = ClusterClientBuilder::new(urls)
+                .connection_timeout(config.connect_timeout)
+                .response_timeout(config.response_timeout)
+                .retries(2)
+                .min_retry_wait(10)
+                .max_retry_wait(100);
+            if let Some(token) = &token {
+                builder = builder.password(token.expose());
+            }
+            if let Some(root) = root_cert {
+                builder = builder.certs(redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root.clone()),
+                });
+            }
+            let client = builder.build().map_err(|_| RedisSetupError::InvalidUrl)?;
+            Backend::Cluster {
+                client,
+                connection: tokio::sync::Mutex::new(None),
+            }
+        }
+    };
+    Ok(Generation {
+        node_template,
+        backend,
+        token,
+    })
+}
+
 impl Redis {
     /// Builds the client without touching the network. Must be called inside
     /// a Tokio runtime.
     pub fn new(config: &RedisConfig, breaker: BreakerConfig) -> Result<Self, RedisSetupError> {
+        Self::with_token_source(config, breaker, None)
+    }
+
+    /// Like [`Redis::new`]; when Redis refuses the token (`WRONGPASS`),
+    /// `token_source` is read again and the connections rebuilt with the
+    /// token it now holds.
+    pub fn with_token_source(
+        config: &RedisConfig,
+        breaker: BreakerConfig,
+        token_source: Option<SecretSource>,
+    ) -> Result<Self, RedisSetupError> {
         let root_cert = match &config.ca_cert {
             Some(path) => Some(std::fs::read(path).map_err(|_| RedisSetupError::CaCert)?),
             None => None,
         };
-        let urls: Vec<&str> = config.urls.expose().split(',').collect();
-        let node_template = NodeTemplate {
-            seed: Secret::new(urls.first().copied().unwrap_or_default()),
-            root_cert: root_cert.clone(),
-            auth_token: config.auth_token.clone(),
-        };
-        let backend = match config.mode {
-            RedisMode::Standalone => {
-                let url = urls.first().ok_or(RedisSetupError::InvalidUrl)?;
-                let mut info = url
-                    .into_connection_info()
-                    .map_err(|_| RedisSetupError::InvalidUrl)?;
-                if let Some(token) = &config.auth_token {
-                    let settings = info.redis_settings().clone().set_password(token.expose());
-                    info = info.set_redis_settings(settings);
-                }
-                let client = match root_cert {
-                    Some(root) if config.tls => Client::build_with_tls(
-                        info,
-                        redis::TlsCertificates {
-                            client_tls: None,
-                            root_cert: Some(root),
-                        },
-                    ),
-                    _ => Client::open(info),
-                }
-                .map_err(|_| RedisSetupError::InvalidUrl)?;
-                // Reconnection is bounded by our own per-call timeout; the
-                // manager's retries only matter inside that budget.
-                let manager_config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(config.connect_timeout))
-                    .set_response_timeout(Some(config.response_timeout))
-                    .set_number_of_retries(1)
-                    .set_min_delay(Duration::from_millis(10))
-                    .set_max_delay(Duration::from_millis(100));
-                let manager = ConnectionManager::new_lazy_with_config(client, manager_config)
-                    .map_err(|_| RedisSetupError::InvalidUrl)?;
-                Backend::Standalone(manager)
-            }
-            RedisMode::Cluster => {
-                let mut builder = ClusterClientBuilder::new(urls)
-                    .connection_timeout(config.connect_timeout)
-                    .response_timeout(config.response_timeout)
-                    .retries(2)
-                    .min_retry_wait(10)
-                    .max_retry_wait(100);
-                if let Some(token) = &config.auth_token {
-                    builder = builder.password(token.expose());
-                }
-                if let Some(root) = root_cert {
-                    builder = builder.certs(redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(root),
-                    });
-                }
-                let client = builder.build().map_err(|_| RedisSetupError::InvalidUrl)?;
-                Backend::Cluster {
-                    client,
-                    connection: tokio::sync::Mutex::new(None),
-                }
-            }
-        };
+        let generation = build_generation(config, root_cert.as_ref(), config.auth_token.clone())?;
         Ok(Self {
             inner: Arc::new(Inner {
-                node_template,
-                backend,
+                config: config.clone(),
+                root_cert,
+                current: std::sync::RwLock::new(Arc::new(generation)),
+                token_source,
+                refreshed_at: tokio::sync::Mutex::new(None),
+                probed_at: tokio::sync::Mutex::new(None),
                 mode: config.mode,
                 connect_timeout: config.connect_timeout,
                 response_timeout: config.response_timeout,
                 breaker: Breaker::new(breaker),
             }),
         })
+    }
+
+    fn generation(&self) -> Arc<Generation> {
+        let current = self
+            .inner
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(&current)
+    }
+
+    /// The token source, when the token is a Secrets Manager secret.
+    pub fn token_source(&self) -> Option<&SecretSource> {
+        self.inner.token_source.as_ref()
+    }
+
+    /// The cluster client reports a node it could not reconnect to as
+    /// "connection not found", whatever the reason. When the token comes
+    /// from a secret, a failed call therefore checks — at most once per
+    /// `REFETCH_COOLDOWN` — whether a seed node accepts the token, and
+    /// re-fetches it if the node refuses it.
+    async fn probe_auth(&self, generation: &Arc<Generation>) {
+        if self.inner.token_source.is_none() || self.inner.mode != RedisMode::Cluster {
+            return;
+        }
+        {
+            let mut probed_at = self.inner.probed_at.lock().await;
+            if probed_at.is_some_and(|at| at.elapsed() < REFETCH_COOLDOWN) {
+                return;
+            }
+            *probed_at = Some(Instant::now());
+        }
+        let Some((host, port)) = self.seed_address() else {
+            return;
+        };
+        let Ok(client) = self.node_client(&host, port) else {
+            return;
+        };
+        let probe = tokio::time::timeout(
+            self.inner.connect_timeout,
+            client.get_multiplexed_async_connection(),
+        )
+        .await;
+        if let Ok(Err(err)) = probe
+            && is_auth_refusal(&err)
+        {
+            tracing::warn!("a Redis node refused the auth token");
+            self.refresh_token(generation).await;
+        }
+    }
+
+    /// After Redis refused the token of `failed`: fetch the secret again
+    /// (once — concurrent callers wait for the one fetch, and none follows
+    /// within `REFETCH_COOLDOWN`) and, if it holds a new token, switch to a
+    /// new generation of connections. The call that met the refusal still
+    /// fails (it falls through to the database, or a write answers 503
+    /// with Retry-After); the next ones use the new token.
+    async fn refresh_token(&self, failed: &Arc<Generation>) {
+        let Some(source) = &self.inner.token_source else {
+            return;
+        };
+        let mut refreshed_at = self.inner.refreshed_at.lock().await;
+        if !Arc::ptr_eq(&self.generation(), failed) {
+            return; // another call already switched generations
+        }
+        if refreshed_at.is_some_and(|at| at.elapsed() < REFETCH_COOLDOWN) {
+            return;
+        }
+        *refreshed_at = Some(Instant::now());
+        let token = match source.fetch_redis_token().await {
+            Ok(token) => token,
+            Err(err) => {
+                tracing::warn!(error = %err, "re-fetching the Redis auth token failed");
+                return;
+            }
+        };
+        if failed.token.as_ref() == Some(&token) {
+            tracing::warn!("Redis refused the token and the secret still holds it");
+            return;
+        }
+        match build_generation(
+            &self.inner.config,
+            self.inner.root_cert.as_ref(),
+            Some(token),
+        ) {
+            Ok(generation) => {
+                let mut current = self
+                    .inner
+                    .current
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                *current = Arc::new(generation);
+                tracing::info!("Redis auth token rotated: reconnecting with the new token");
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot rebuild the Redis client"),
+        }
     }
 
     pub fn mode(&self) -> RedisMode {
@@ -245,7 +387,8 @@ impl Redis {
     /// A client for one node (`host:port`), with the same scheme, TLS roots
     /// and credentials as the configured endpoint; for health checks.
     pub fn node_client(&self, host: &str, port: u16) -> Result<Client, RedisSetupError> {
-        let t = &self.inner.node_template;
+        let generation = self.generation();
+        let t = &generation.node_template;
         let mut info = t
             .seed
             .expose()
@@ -288,7 +431,7 @@ impl Redis {
     /// The configured endpoint's host and port (standalone health checks).
     pub fn seed_address(&self) -> Option<(String, u16)> {
         let info = self
-            .inner
+            .generation()
             .node_template
             .seed
             .expose()
@@ -321,8 +464,8 @@ impl Redis {
         .await
     }
 
-    async fn connection(&self) -> Result<RedisConnection, RedisError> {
-        match &self.inner.backend {
+    async fn connection(generation: &Generation) -> Result<RedisConnection, RedisError> {
+        match &generation.backend {
             Backend::Standalone(manager) => Ok(RedisConnection::Standalone(manager.clone())),
             Backend::Cluster { client, connection } => {
                 // A failed connect leaves the slot empty, so the next call
@@ -349,7 +492,8 @@ impl Redis {
         if breaker.permit() == Permit::Denied {
             return Err(RedisUnavailable::BreakerOpen);
         }
-        let connected = match &self.inner.backend {
+        let generation = self.generation();
+        let connected = match &generation.backend {
             Backend::Standalone(_) => true,
             Backend::Cluster { connection, .. } => {
                 connection.try_lock().map(|c| c.is_some()).unwrap_or(false)
@@ -361,7 +505,7 @@ impl Redis {
             self.inner.connect_timeout + self.inner.response_timeout
         };
         let outcome = tokio::time::timeout(budget, async {
-            let conn = self.connection().await?;
+            let conn = Self::connection(&generation).await?;
             op(conn).await
         })
         .await;
@@ -372,6 +516,12 @@ impl Redis {
             }
             Ok(Err(err)) => {
                 let kind = classify(&err);
+                if is_auth_refusal(&err) {
+                    tracing::warn!("Redis refused the auth token");
+                    self.refresh_token(&generation).await;
+                } else if kind == RedisUnavailable::Connection {
+                    self.probe_auth(&generation).await;
+                }
                 // A script or type error is a bug in the request, not an
                 // outage: it must not open the breaker for everyone.
                 if kind == RedisUnavailable::Server {
@@ -406,14 +556,22 @@ impl Redis {
     /// afresh from the seed nodes.
     fn record_failure(&self) {
         self.inner.breaker.record_failure();
+        let generation = self.generation();
         if self.inner.breaker.is_open()
-            && let Backend::Cluster { connection, .. } = &self.inner.backend
+            && let Backend::Cluster { connection, .. } = &generation.backend
             && let Ok(mut slot) = connection.try_lock()
         {
             tracing::warn!("dropping the cluster connection to rediscover the topology");
             *slot = None;
         }
     }
+}
+
+/// `WRONGPASS`, `NOAUTH` or a failed handshake: the token is not (or no
+/// longer) accepted.
+fn is_auth_refusal(err: &RedisError) -> bool {
+    err.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(err.code(), Some("WRONGPASS" | "NOAUTH"))
 }
 
 fn classify(err: &RedisError) -> RedisUnavailable {

@@ -57,6 +57,10 @@ impl Db {
         let mut pg = tokio_postgres::Config::from_str(config.url.expose())
             .map_err(|_| DbError::InvalidUrl)?;
         pg.connect_timeout(config.connect_timeout);
+        if let Some(credentials) = &config.credentials {
+            pg.user(&credentials.username);
+            pg.password(credentials.password.expose());
+        }
         let statement_timeout = format!(
             "-c statement_timeout={}",
             config.statement_timeout.as_millis()

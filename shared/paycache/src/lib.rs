@@ -7,6 +7,7 @@
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod aws;
 pub mod balance;
 pub mod breaker;
 pub mod cache_aside;
@@ -27,6 +28,7 @@ pub mod pubsub;
 pub mod ratelimit;
 pub mod realtime;
 pub mod routes;
+pub mod secrets;
 pub mod sessions;
 pub mod telemetry;
 pub mod transactions;

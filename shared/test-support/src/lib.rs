@@ -397,6 +397,8 @@ impl TestDb {
     pub fn config(&self) -> paycache::config::DatabaseConfig {
         paycache::config::DatabaseConfig {
             url: paycache::config::Secret::new(self.conninfo.clone()),
+            secret_arn: None,
+            credentials: None,
             pool_size: 4,
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(30),
@@ -638,6 +640,7 @@ pub fn standalone_redis(
             tls: false,
             ca_cert: None,
             auth_token: None,
+            auth_token_secret_arn: None,
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_millis(250),
         },
