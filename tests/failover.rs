@@ -1,6 +1,8 @@
 //! Cluster failover under load: a steady mix of profile reads, balance
 //! writes and reads, and rate-limit checks through the real handlers while
-//! one primary of the local 3+3 cluster is killed (`kill -9`).
+//! one primary of the local 3+3 cluster is killed (`kill -9`), hands over
+//! to its replica (`CLUSTER FAILOVER`), or is killed and comes back — as a
+//! replica of the primary that replaced it.
 #![allow(clippy::unwrap_used, reason = "tests")]
 
 use std::collections::HashMap;
@@ -34,11 +36,66 @@ struct Sample {
     kind: &'static str,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disruption {
+    /// `kill -9` of a primary: its replica takes over after the node timeout.
+    Kill,
+    /// `CLUSTER FAILOVER` on the primary's replica: a planned hand-over.
+    PlannedFailover,
+    /// `kill -9`, then the node restarts and rejoins as a replica.
+    KillAndReturn,
+}
+
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn kill_node(port: u16) {
+    let pid = cli(port, &["INFO", "server"])
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:").map(|p| p.trim().to_owned()))
+        .unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .unwrap();
+}
+
+/// The index of the node replicating the primary on `primary_port`.
+fn replica_of(cluster: &RedisCluster, primary_port: u16) -> usize {
+    (0..cluster.nodes.len())
+        .find(|&i| {
+            cli(cluster.nodes[i].port, &["INFO", "replication"])
+                .lines()
+                .any(|l| l.trim() == format!("master_port:{primary_port}"))
+        })
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_killed_under_load() {
+    under_load(Disruption::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_failover_under_load() {
+    under_load(Disruption::PlannedFailover).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_returns_as_a_replica_under_load() {
+    under_load(Disruption::KillAndReturn).await;
+}
+
+async fn under_load(disruption: Disruption) {
     let cluster = RedisCluster::start();
     let primary = (0..6).find(|i| cluster.role(*i) == "master").unwrap();
-    let w = World::with_redis(
+    let mut w = World::with_redis(
         TestRedis::Cluster(cluster),
         &[
             ("CACHE_BREAKER_COOLDOWN_MS", "1000"),
@@ -57,7 +114,10 @@ async fn a_primary_killed_under_load() {
     insert_wallet(&w.db, 6, &wallet, "USD", 0).await;
 
     let start = Instant::now();
-    let run_for = Duration::from_secs(14);
+    let run_for = Duration::from_secs(match disruption {
+        Disruption::KillAndReturn => 18,
+        _ => 14,
+    });
     let kill_at = Duration::from_secs(3);
     let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
     let acked = Arc::new(Mutex::new(Vec::<u64>::new()));
@@ -182,23 +242,23 @@ async fn a_primary_killed_under_load() {
 
     tokio::time::sleep(kill_at).await;
     let killed_at = start.elapsed();
-    {
-        let TestRedis::Cluster(cluster) = &w.redis else {
-            unreachable!()
-        };
-        let port = cluster.nodes[primary].port;
-        let pid = std::process::Command::new("redis-cli")
-            .args(["-p", &port.to_string(), "INFO", "server"])
-            .output()
-            .unwrap();
-        let pid = String::from_utf8_lossy(&pid.stdout)
-            .lines()
-            .find_map(|l| l.strip_prefix("process_id:").map(|p| p.trim().to_owned()))
-            .unwrap();
-        std::process::Command::new("kill")
-            .args(["-9", &pid])
-            .status()
-            .unwrap();
+    let TestRedis::Cluster(cluster) = &mut w.redis else {
+        unreachable!()
+    };
+    let port = cluster.nodes[primary].port;
+    match disruption {
+        Disruption::Kill => kill_node(port),
+        Disruption::PlannedFailover => {
+            let replica = replica_of(cluster, port);
+            let answer = cli(cluster.nodes[replica].port, &["CLUSTER", "FAILOVER"]);
+            assert_eq!(answer.trim(), "OK");
+        }
+        Disruption::KillAndReturn => {
+            kill_node(port);
+            // Back after its replica has taken over (node timeout 2 s).
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            tokio::task::block_in_place(|| cluster.nodes[primary].restart());
+        }
     }
     for t in tasks {
         t.await.unwrap(); // a panic in a handler fails here
@@ -206,6 +266,12 @@ async fn a_primary_killed_under_load() {
 
     let samples = samples.lock().unwrap().clone();
     assert!(samples.len() > 500, "a steady load: {}", samples.len());
+    eprintln!(
+        "{disruption:?}: {} requests, {} errors, slowest {:?}",
+        samples.len(),
+        samples.iter().filter(|s| s.error).count(),
+        samples.iter().map(|s| s.took).max().unwrap_or_default()
+    );
     // No request waited longer than a function's budget (Lambda timeout 10 s;
     // the code's own budgets are far below it).
     let slowest = samples.iter().map(|s| s.took).max().unwrap();
@@ -226,6 +292,18 @@ async fn a_primary_killed_under_load() {
         late.len(),
         late.first()
     );
+    if disruption != Disruption::Kill {
+        // The old primary is a replica now: of its own former replica
+        // (planned), or of the node that replaced it (returned).
+        let TestRedis::Cluster(cluster) = &w.redis else {
+            unreachable!()
+        };
+        let until = Instant::now() + Duration::from_secs(15);
+        while cluster.role(primary) != "slave" && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(cluster.role(primary), "slave", "{disruption:?}");
+    }
     // There was load after recovery, and it succeeded.
     assert!(samples.iter().filter(|s| s.at > recovered_by).count() > 100);
     // Every acknowledged write is in PostgreSQL; no read went backwards.
