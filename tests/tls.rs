@@ -244,3 +244,189 @@ async fn verification_is_on() {
         "plain text: {first:?}"
     );
 }
+
+/// A PostgreSQL of the test's own with TLS on (the certificate names only
+/// `localhost`), stopped on drop.
+struct TlsPostgres {
+    bindir: std::path::PathBuf,
+    data: std::path::PathBuf,
+    port: u16,
+}
+
+impl Drop for TlsPostgres {
+    fn drop(&mut self) {
+        let _ = as_postgres(&self.bindir.join("pg_ctl"))
+            .args(["-D"])
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// `initdb` and `pg_ctl` refuse to run as root: run them as `postgres`.
+fn as_postgres(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn pg_bindir() -> std::path::PathBuf {
+    let mut dirs: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|d| d.join("initdb").exists())
+        .collect();
+    dirs.sort();
+    dirs.pop()
+        .expect("PostgreSQL server binaries (`make test` installs them)")
+}
+
+fn start_tls_postgres(dir: &Path) -> TlsPostgres {
+    let bindir = pg_bindir();
+    let data = dir.join("pg");
+    if is_root() {
+        let ok = Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+    // The server refuses a key others can read.
+    Command::new("chmod")
+        .args(["600"])
+        .arg(dir.join("server.key"))
+        .status()
+        .unwrap();
+    let ok = as_postgres(&bindir.join("initdb"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-U", "postgres", "--auth=trust", "--no-sync"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "initdb");
+    let port = free_port();
+    let options = format!(
+        "-p {port} -k {data} -c listen_addresses=localhost -c fsync=off -c ssl=on \
+         -c ssl_cert_file={dir}/server.pem -c ssl_key_file={dir}/server.key",
+        data = data.display(),
+        dir = dir.display()
+    );
+    let server = TlsPostgres { bindir, data, port };
+    let ok = as_postgres(&server.bindir.join("pg_ctl"))
+        .arg("-D")
+        .arg(&server.data)
+        .arg("-l")
+        .arg(server.data.join("server.log"))
+        .args(["-w", "-t", "60", "-o", &options, "start"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "pg_ctl start with TLS");
+    server
+}
+
+/// Whether a pool built for `conninfo` (with `ca` as DATABASE_CA_CERT)
+/// connects, and if so whether its session uses TLS.
+async fn pg_session(conninfo: &str, ca: Option<&Path>) -> Option<bool> {
+    let config = paycache::config::DatabaseConfig {
+        url: paycache::config::Secret::new(conninfo),
+        secret_arn: None,
+        credentials: None,
+        ca_cert: ca.map(Path::to_path_buf),
+        pool_size: 1,
+        connect_timeout: Duration::from_secs(5),
+        statement_timeout: Duration::from_secs(5),
+    };
+    let db = paycache::db::Db::new(&config).unwrap();
+    let client = db.client().await.ok()?;
+    let row = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    Some(row.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_verification_is_on() {
+    let dir = TempDir::new("pgtls");
+    certificates(dir.path());
+    let pg = start_tls_postgres(dir.path());
+    let ca = dir.path().join("ca.pem");
+    let at = |host: &str, mode: &str| {
+        format!(
+            "host={host} port={} user=postgres dbname=postgres{mode}",
+            pg.port
+        )
+    };
+
+    // The right CA and host name: TLS, whether required or preferred.
+    assert_eq!(
+        pg_session(&at("localhost", " sslmode=require"), Some(&ca)).await,
+        Some(true)
+    );
+    assert_eq!(
+        pg_session(&at("localhost", ""), Some(&ca)).await,
+        Some(true)
+    );
+
+    // Anything that does not verify is refused, never used unverified.
+    let other = dir.path().join("other-ca.pem");
+    for (what, conninfo, ca) in [
+        (
+            "a CA that did not sign the certificate",
+            at("localhost", " sslmode=require"),
+            Some(other.as_path()),
+        ),
+        (
+            "a host name the certificate does not name",
+            at("127.0.0.1", " sslmode=require"),
+            Some(ca.as_path()),
+        ),
+        (
+            "the system roots (a private CA is not among them)",
+            at("localhost", " sslmode=require"),
+            None,
+        ),
+        (
+            "sslmode=prefer with a certificate that does not verify",
+            at("localhost", " sslmode=prefer"),
+            Some(other.as_path()),
+        ),
+    ] {
+        assert_eq!(pg_session(&conninfo, ca).await, None, "{what}");
+    }
+
+    // sslmode=require to a server without TLS: no silent plain text.
+    let plain = std::env::var("PAYCACHE_TEST_PG").unwrap();
+    assert_eq!(
+        pg_session(&format!("{plain} sslmode=require"), None).await,
+        None
+    );
+    // The broken variant the test must tell apart: that same server without
+    // `require` is reachable in plain text.
+    assert_eq!(pg_session(&plain, None).await, Some(false));
+}

@@ -20,6 +20,7 @@ async fn main() -> ExitCode {
         statement_timeout: std::time::Duration::from_secs(600),
         secret_arn: None,
         credentials: None,
+        ca_cert: std::env::var_os("DATABASE_CA_CERT").map(Into::into),
     }) {
         Ok(db) => db,
         Err(e) => {

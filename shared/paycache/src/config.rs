@@ -125,6 +125,9 @@ pub struct DatabaseConfig {
     pub secret_arn: Option<String>,
     /// Replace the user name and password of `url` when set.
     pub credentials: Option<crate::secrets::DatabaseCredentials>,
+    /// PEM bundle of extra trusted roots for TLS to PostgreSQL (the RDS CA
+    /// bundle when connecting to RDS directly); the system roots otherwise.
+    pub ca_cert: Option<PathBuf>,
     pub pool_size: usize,
     pub connect_timeout: Duration,
     /// Server-side `statement_timeout`, so a slow query cannot hang a function.
@@ -213,6 +216,7 @@ impl Config {
                 url: Secret::new(env.required("DATABASE_URL")?),
                 secret_arn: secret_arn(&env, "DATABASE_SECRET_ARN")?,
                 credentials: None,
+                ca_cert: env.get("DATABASE_CA_CERT").map(PathBuf::from),
                 pool_size: env.number("DATABASE_POOL_SIZE", 2, 1, 64)?,
                 connect_timeout: env.millis("DATABASE_CONNECT_TIMEOUT_MS", 2000, 10, 60_000)?,
                 statement_timeout: env.millis(

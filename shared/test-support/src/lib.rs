@@ -399,6 +399,7 @@ impl TestDb {
             url: paycache::config::Secret::new(self.conninfo.clone()),
             secret_arn: None,
             credentials: None,
+            ca_cert: None,
             pool_size: 4,
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(30),
