@@ -40,4 +40,27 @@ for _ in $(seq 1 600); do
   sleep 0.5
 done
 port_in_use "$WATCH_PORT" || die "cargo lambda watch did not listen on $WATCH_PORT"
-python3 "$ROOT/tests/e2e/run.py" "$WATCH_PORT" || { tail -50 "$STACK/watch.log" >&2; exit 1; }
+if ! python3 "$ROOT/tests/e2e/run.py" "$WATCH_PORT" | tee "$STACK/e2e-cases.log"; then
+  tail -50 "$STACK/watch.log" >&2; exit 1
+fi
+
+log "hostile input through the router"
+if ! python3 "$ROOT/tests/e2e/hostile.py" "$WATCH_PORT" | tee "$STACK/e2e-hostile.log"; then
+  tail -50 "$STACK/watch.log" >&2; exit 1
+fi
+
+# schemathesis generates requests from openapi.yaml (positive and negative)
+# and checks every answer against it: no 5xx, no undocumented status,
+# content type, header or body. See tests/e2e/schemathesis.toml for what is
+# configured and why.
+log "schemathesis against openapi.yaml"
+if ! SCHEMATHESIS_HOOKS=schemathesis_hooks PYTHONPATH="$ROOT/tests/e2e" \
+  schemathesis --config-file "$ROOT/tests/e2e/schemathesis.toml" run "$ROOT/openapi.yaml" \
+  --url "http://127.0.0.1:$WATCH_PORT" --workers 1 --request-timeout 300 --no-color \
+  >"$STACK/schemathesis.log" 2>&1; then
+  cat "$STACK/schemathesis.log" >&2; tail -50 "$STACK/watch.log" >&2
+  die "schemathesis found failures"
+fi
+grep -E "generated|Seed" "$STACK/schemathesis.log" | tail -2
+st_cases=$(grep -oE "[0-9]+ generated" "$STACK/schemathesis.log" | tail -1)
+echo "$(tail -n 1 "$STACK/e2e-cases.log"); $(tail -n 1 "$STACK/e2e-hostile.log"); schemathesis: ${st_cases:-?}, no failures"

@@ -76,6 +76,16 @@ ensure_moto_server() {
   fi
 }
 
+ensure_schemathesis() {
+  if ! command -v schemathesis >/dev/null 2>&1; then
+    ensure_python
+    log "pip install schemathesis (property-based API tests against openapi.yaml)"
+    python3 -m pip install --quiet 'schemathesis>=4.1,<5' \
+      || python3 -m pip install --quiet --user --break-system-packages 'schemathesis>=4.1,<5'
+    hash -r
+  fi
+}
+
 start_moto() { # dir port
   mkdir -p "$1"
   moto_server -H 127.0.0.1 -p "$2" >"$1/moto.log" 2>&1 &

@@ -9,6 +9,7 @@ ensure_redis
 ensure_postgres
 ensure_cargo_lambda
 ensure_moto_server
+ensure_schemathesis
 
 STACK="$ROOT/.stack/test"
 cleanup() {

@@ -201,6 +201,19 @@ pub fn check_body_size(req: &Request) -> Result<(), Problem> {
     }
 }
 
+/// A JSON number that is a whole number, in JSON Schema's sense: `4518`,
+/// and also `4518.0` or `4.518e3` (an integral value written as a float,
+/// exactly representable), but not `4518.5` or a negative number.
+pub fn whole_number(n: &serde_json::Number) -> Option<u64> {
+    if let Some(v) = n.as_u64() {
+        return Some(v);
+    }
+    let f = n.as_f64()?;
+    // 2^53: beyond it a float no longer names one integer.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    (f.fract() == 0.0 && (0.0..=EXACT).contains(&f)).then_some(f as u64)
+}
+
 /// The request body as a JSON object, or a 400 saying why it is not one.
 pub fn json_object(req: &Request) -> Result<serde_json::Map<String, serde_json::Value>, Problem> {
     let body: &[u8] = req.body().as_ref();
@@ -271,4 +284,22 @@ pub fn path_param(req: &Request, name: &str, index: usize) -> Option<String> {
         .filter(|s| !s.is_empty())
         .nth(index)
         .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_numbers_follow_json_schema() {
+        let n = |s: &str| whole_number(&serde_json::from_str::<serde_json::Number>(s).unwrap());
+        assert_eq!(n("4518"), Some(4518));
+        assert_eq!(n("4518.0"), Some(4518));
+        assert_eq!(n("4.518e3"), Some(4518));
+        assert_eq!(n("4518.5"), None);
+        assert_eq!(n("-1"), None);
+        assert_eq!(n("-0.0"), Some(0));
+        assert_eq!(n("1e300"), None);
+        assert_eq!(n("18446744073709551615"), Some(u64::MAX));
+    }
 }

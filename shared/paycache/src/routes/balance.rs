@@ -10,7 +10,7 @@ use crate::balance::{BalanceWrite, WriteError, WriteOutcome, get_balance, write_
 use crate::db::DbError;
 use crate::http::{
     Problem, check_body_size, json_object, json_response, path_param, request_id, single_header,
-    with_cache_status,
+    whole_number, with_cache_status,
 };
 use crate::keys::WalletId;
 use crate::money::{Currency, CurrencyError, parse_amount};
@@ -79,13 +79,16 @@ fn parse_write(wallet: WalletId, req: &Request) -> Result<BalanceWrite, Problem>
     let idempotency_key = match single_header(req, "idempotency-key")? {
         None => None,
         Some(k)
-            if (1..=128).contains(&k.len()) && k.bytes().all(|b| (0x20..=0x7e).contains(&b)) =>
+            if (1..=128).contains(&k.len())
+                && k.bytes().all(|b| (0x20..=0x7e).contains(&b) && b != b',') =>
         {
             Some(k.to_owned())
         }
+        // A comma: API Gateway joins a repeated header's values with commas,
+        // so "a,b" may be two keys; which one the client meant is unknowable.
         Some(_) => {
             return Err(Problem::invalid_request(
-                "The Idempotency-Key header must be 1–128 printable ASCII characters.",
+                "The Idempotency-Key header must be one value of 1–128 printable ASCII characters other than ','.",
             ));
         }
     };
@@ -133,7 +136,7 @@ fn parse_write(wallet: WalletId, req: &Request) -> Result<BalanceWrite, Problem>
         None => return Err(Problem::invalid_request("balance is required.")),
     };
     let expected_version = match body.get("expected_version") {
-        Some(Value::Number(n)) => n.as_u64().filter(|v| *v >= 1).ok_or_else(|| {
+        Some(Value::Number(n)) => whole_number(n).filter(|v| *v >= 1).ok_or_else(|| {
             Problem::invalid_request("expected_version must be a whole number of at least 1.")
         })?,
         Some(_) => {

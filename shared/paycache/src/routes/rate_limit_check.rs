@@ -5,7 +5,7 @@ use lambda_http::{Body, Request, Response};
 use serde_json::Value;
 
 use crate::app::App;
-use crate::http::{Problem, check_body_size, json_object, json_response, request_id};
+use crate::http::{Problem, check_body_size, json_object, json_response, request_id, whole_number};
 use crate::keys::{Endpoint, UserId};
 use crate::routes::limits::{too_many_requests, with_headers};
 
@@ -65,13 +65,11 @@ fn parse(req: &Request) -> Result<(UserId, Endpoint, u64), Problem> {
     };
     let cost = match body.get("cost") {
         None => 1,
-        Some(Value::Number(n)) => {
-            n.as_u64()
-                .filter(|c| (1..=1000).contains(c))
-                .ok_or_else(|| {
-                    Problem::invalid_request("cost must be a whole number from 1 to 1000.")
-                })?
-        }
+        Some(Value::Number(n)) => whole_number(n)
+            .filter(|c| (1..=1000).contains(c))
+            .ok_or_else(|| {
+                Problem::invalid_request("cost must be a whole number from 1 to 1000.")
+            })?,
         Some(_) => {
             return Err(Problem::invalid_request(
                 "cost must be a whole number from 1 to 1000.",
