@@ -12,6 +12,17 @@ use paycache_tests::World;
 use serde_json::Value;
 use test_support::{RedisServer, TestRedis, seed_user_id};
 
+/// The AWS SDK's CloudWatch client, to read back what `metrics-emitter`
+/// published with its own signed requests: an independent check of them.
+async fn sdk_client() -> aws_sdk_cloudwatch::Client {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    let config = aws_config::from_env().http_client(http).load().await;
+    aws_sdk_cloudwatch::Client::new(&config)
+}
+
 fn must_have_endpoint() {
     assert!(
         std::env::var("AWS_ENDPOINT_URL").is_ok_and(|v| v.starts_with("http://127.0.0.1")),
@@ -26,7 +37,7 @@ async fn rates_over_the_interval_survive_counter_resets() {
     let port = server.port;
     let node = format!("127.0.0.1:{port}");
     let mut w = World::with_redis(TestRedis::Standalone(server), &[]).await;
-    let cw = paycache::cloudwatch::client().await;
+    let cw = paycache::cloudwatch::client().unwrap();
 
     let first = emit_metrics(&w.app, &cw).await;
     assert_eq!(first["status"], "ok", "{first}");
@@ -90,7 +101,8 @@ async fn rates_over_the_interval_survive_counter_resets() {
 
     // Read back what CloudWatch holds: every metric of the design, per node
     // and for the cluster, with sane values — none negative, rates ≤ 100 %.
-    let listed = cw
+    let sdk = sdk_client().await;
+    let listed = sdk
         .list_metrics()
         .namespace(paycache::cloudwatch::NAMESPACE)
         .send()
@@ -117,7 +129,7 @@ async fn rates_over_the_interval_survive_counter_resets() {
         ("cache_hit_rate", ("Cluster", "all")),
         ("evicted_keys", ("Node", node.as_str())),
     ] {
-        let stats = cw
+        let stats = sdk
             .get_metric_statistics()
             .namespace(paycache::cloudwatch::NAMESPACE)
             .metric_name(name)
@@ -147,7 +159,7 @@ async fn rates_over_the_interval_survive_counter_resets() {
 async fn every_cluster_node_is_reported() {
     must_have_endpoint();
     let w = World::new(paycache::config::RedisMode::Cluster, &[]).await;
-    let cw = paycache::cloudwatch::client().await;
+    let cw = paycache::cloudwatch::client().unwrap();
     let first = emit_metrics(&w.app, &cw).await;
     assert_eq!(first["status"], "ok", "{first}");
     assert_eq!(first["nodes"], 6);

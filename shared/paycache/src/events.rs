@@ -154,7 +154,7 @@ pub async fn cache_warm(app: &App, event: &Value, deadline: Instant) -> Value {
 
 /// `metrics-emitter`: reads `INFO` from every node and publishes the
 /// design's cache metrics, per node and for the cluster.
-pub async fn emit_metrics(app: &App, cloudwatch: &aws_sdk_cloudwatch::Client) -> Value {
+pub async fn emit_metrics(app: &App, cloudwatch: &crate::cloudwatch::CloudWatch) -> Value {
     let started = Instant::now();
     let collected = match crate::node_metrics::collect(app, app.config.health.node_timeout).await {
         Ok(c) => c,
@@ -167,7 +167,7 @@ pub async fn emit_metrics(app: &App, cloudwatch: &aws_sdk_cloudwatch::Client) ->
         match crate::cloudwatch::publish(cloudwatch, &collected.data).await {
             Ok(n) => ("ok", n, None),
             Err(e) => {
-                tracing::error!(error = ?e, "PutMetricData failed");
+                tracing::error!(error = %e.0, "PutMetricData failed");
                 ("failed", 0, Some("CloudWatch PutMetricData failed"))
             }
         };

@@ -1,0 +1,374 @@
+//! Budgets of the function binaries themselves (`make bench` builds them in
+//! release first): **cold start** — from process start to the first
+//! `GET /runtime/invocation/next`, i.e. ready for its first event — for
+//! every function, and **peak memory** (`VmHWM`) of the request-serving
+//! functions after a sustained load of events.
+//!
+//! The binaries talk to a minimal Lambda Runtime API served here (the two
+//! endpoints a runtime uses: next invocation, and its response) and to real
+//! Redis and PostgreSQL. The baseline, measured in the same run, is the
+//! cold start of a process that does nothing but the same HTTP request
+//! (`curl` — exec, dynamic linking, one loopback connection).
+#![allow(clippy::unwrap_used, reason = "benchmark set-up")]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use test_support::RedisServer;
+
+const FUNCTIONS: &[&str] = &[
+    "profile-read",
+    "balance-write",
+    "rate-limit-check",
+    "health-check",
+    "authorizer",
+    "session-logout",
+    "ws-connections",
+    "metrics-emitter",
+    "cache-warmer",
+    "audit-flush",
+    "cache-invalidator",
+];
+
+fn bin_dir() -> PathBuf {
+    std::env::var_os("PAYCACHE_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/release")
+        })
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// What the runtime API serves: events to hand out, and a signal when the
+/// runtime first asks for one.
+struct RuntimeApi {
+    port: u16,
+    first_next: mpsc::Receiver<Instant>,
+    served: Arc<AtomicUsize>,
+    answered: Arc<AtomicUsize>,
+}
+
+fn runtime_api(events: Vec<Vec<u8>>) -> RuntimeApi {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    let tx = Arc::new(Mutex::new(Some(tx)));
+    let events = Arc::new(events);
+    let served = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let (s2, a2) = (served.clone(), answered.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let (tx, events, served, answered) =
+                (tx.clone(), events.clone(), s2.clone(), a2.clone());
+            std::thread::spawn(move || serve(stream, &tx, &events, &served, &answered));
+        }
+    });
+    RuntimeApi {
+        port,
+        first_next: rx,
+        served,
+        answered,
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    first: &Mutex<Option<mpsc::Sender<Instant>>>,
+    events: &[Vec<u8>],
+    served: &AtomicUsize,
+    answered: &AtomicUsize,
+) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut out = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut length = 0usize;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            if h == "\r\n" {
+                break;
+            }
+            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        if line.starts_with("GET") && line.contains("/invocation/next") {
+            if let Some(tx) = first.lock().unwrap().take() {
+                let _ = tx.send(Instant::now());
+            }
+            let n = served.fetch_add(1, Ordering::SeqCst);
+            let Some(event) = events.get(n) else {
+                if events.is_empty() {
+                    return; // cold start only: the runtime is killed now
+                }
+                // Load done: hold the runtime here (alive, for its VmHWM)
+                // until it is killed.
+                std::thread::sleep(Duration::from_secs(600));
+                return;
+            };
+            let deadline = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+                + 10_000;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                 lambda-runtime-aws-request-id: req-{n}\r\n\
+                 lambda-runtime-deadline-ms: {deadline}\r\n\
+                 lambda-runtime-invoked-function-arn: arn:aws:lambda:us-east-1:123456789012:function:bench\r\n\
+                 lambda-runtime-trace-id: Root=1-00000000-000000000000000000000000;Sampled=0\r\n\
+                 content-length: {}\r\n\r\n",
+                event.len()
+            );
+            if out.write_all(head.as_bytes()).is_err() || out.write_all(event).is_err() {
+                return;
+            }
+        } else {
+            answered.fetch_add(1, Ordering::SeqCst);
+            let answer = "HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n";
+            if out.write_all(answer.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+struct Env {
+    vars: Vec<(String, String)>,
+    _redis: RedisServer,
+}
+
+fn environment() -> Env {
+    let redis = RedisServer::start();
+    let pg = std::env::var("PAYCACHE_TEST_PG").expect("PAYCACHE_TEST_PG (make bench sets it)");
+    let db = format!("bench_{}", std::process::id());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&pg, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let task = tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .await
+            .unwrap();
+        drop(client);
+        let _ = task.await;
+        let url = format!("{pg} dbname={db}");
+        let config = paycache::config::DatabaseConfig {
+            url: paycache::config::Secret::new(url),
+            secret_arn: None,
+            credentials: None,
+            ca_cert: None,
+            pool_size: 1,
+            connect_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(600),
+        };
+        let db = paycache::db::Db::new(&config).unwrap();
+        db.migrate().await.unwrap();
+        db.seed_local().await.unwrap();
+    });
+    let vars = vec![
+        ("REDIS_URL".into(), redis.url()),
+        ("DATABASE_URL".into(), format!("{pg} dbname={db}")),
+        ("CACHE_KEY_PREFIX".into(), "bench".into()),
+        ("AUTH_ISSUER".into(), "https://auth.paycache.test".into()),
+        ("AUTH_AUDIENCE".into(), "paycache-api".into()),
+        (
+            "AUTH_JWKS_FILE".into(),
+            root().join("tests/fixtures/jwks.json").display().to_string(),
+        ),
+        ("AWS_REGION".into(), "us-east-1".into()),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(), "256".into()),
+        ("AWS_LAMBDA_FUNCTION_VERSION".into(), "$LATEST".into()),
+        ("AWS_LAMBDA_LOG_STREAM_NAME".into(), "bench".into()),
+        ("AWS_LAMBDA_LOG_GROUP_NAME".into(), "bench".into()),
+        ("RUST_LOG".into(), "error".into()),
+    ];
+    Env {
+        vars,
+        _redis: redis,
+    }
+}
+
+fn spawn(program: &PathBuf, name: &str, env: &Env, port: u16) -> Child {
+    Command::new(program)
+        .env_clear()
+        .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("AWS_LAMBDA_FUNCTION_NAME", name)
+        .env("AWS_LAMBDA_RUNTIME_API", format!("127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e} (make bench builds it)", program.display()))
+}
+
+fn kill(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Process start to the first `next` request.
+fn cold_start(program: &PathBuf, name: &str, env: &Env) -> Duration {
+    let api = runtime_api(Vec::new());
+    let started = Instant::now();
+    let child = spawn(program, name, env, api.port);
+    let ready = api
+        .first_next
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("{name} never asked for an event"));
+    kill(child);
+    ready - started
+}
+
+fn curl_baseline(port: u16) -> Duration {
+    let started = Instant::now();
+    let api = port;
+    let mut child = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-m",
+            "5",
+            &format!("http://127.0.0.1:{api}/2018-06-01/runtime/invocation/next"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _ = child.wait();
+    started.elapsed()
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = bin_dir();
+    // `cargo test --all-targets` runs benchmarks once as a smoke test; this
+    // one needs release binaries and minutes, so it runs under `make bench`
+    // (`cargo bench`) only.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("functions: skipped outside `cargo bench` (make bench runs it)");
+        return;
+    }
+    if let Some(missing) = FUNCTIONS.iter().find(|f| !dir.join(f).exists()) {
+        panic!(
+            "{} is not built: `make bench` builds the release binaries first",
+            dir.join(missing).display()
+        );
+    }
+    let env = environment();
+    let mut group = c.benchmark_group("cold_start");
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(3));
+    group.bench_function("baseline: curl of the runtime API", |b| {
+        b.iter_custom(|iters| {
+            let api = runtime_api(vec![b"{}".to_vec(); iters as usize + 1]);
+            (0..iters).map(|_| curl_baseline(api.port)).sum()
+        })
+    });
+    for name in FUNCTIONS {
+        let program = dir.join(name);
+        group.bench_function(*name, |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| cold_start(&program, name, &env)).sum())
+        });
+    }
+    group.finish();
+    peak_memory(&env, &dir);
+}
+
+/// `VmHWM` of a process, in KiB.
+fn peak_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmHWM:")?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+fn event(file: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(root().join("events").join(file)).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// `n` profile reads over 2,000 users (misses, then hits), as one event each.
+fn profile_events(n: usize) -> Vec<Vec<u8>> {
+    let template = event("profile-read.json");
+    (0..n)
+        .map(|i| {
+            let id = format!("00000000-0000-4000-8000-{:012x}", i % 2000 + 1);
+            let mut e = template.clone();
+            e["rawPath"] = format!("/users/{id}/profile").into();
+            e["requestContext"]["http"]["path"] = format!("/users/{id}/profile").into();
+            e["pathParameters"]["user_id"] = id.into();
+            serde_json::to_vec(&e).unwrap()
+        })
+        .collect()
+}
+
+fn repeated(file: &str, n: usize) -> Vec<Vec<u8>> {
+    vec![serde_json::to_vec(&event(file)).unwrap(); n]
+}
+
+fn peak_memory(env: &Env, dir: &std::path::Path) {
+    const N: usize = 5000;
+    let loads: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        ("profile-read", profile_events(N)),
+        ("balance-write", repeated("balance-get.json", N)),
+        ("rate-limit-check", repeated("rate-limit-check.json", N)),
+        ("health-check", repeated("health-check.json", N / 5)),
+        ("authorizer", repeated("authorizer-no-session.json", N)),
+    ];
+    println!("\npeak memory (VmHWM) after a sustained load, target 32 MiB:");
+    for (name, events) in loads {
+        let count = events.len();
+        let api = runtime_api(events);
+        let child = spawn(&dir.join(name), name, env, api.port);
+        let until = Instant::now() + Duration::from_secs(300);
+        while api.answered.load(Ordering::SeqCst) < count && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let kib = peak_kib(child.id());
+        let done = api.answered.load(Ordering::SeqCst);
+        let _ = api.served.load(Ordering::SeqCst);
+        kill(child);
+        println!(
+            "  {name:<18} {:>6.1} MiB after {done} events",
+            kib as f64 / 1024.0
+        );
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
