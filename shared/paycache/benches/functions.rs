@@ -39,9 +39,7 @@ const FUNCTIONS: &[&str] = &[
 fn bin_dir() -> PathBuf {
     std::env::var_os("PAYCACHE_BIN_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/release")
-        })
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/release"))
 }
 
 fn root() -> PathBuf {
@@ -200,7 +198,10 @@ fn environment() -> Env {
         ("AUTH_AUDIENCE".into(), "paycache-api".into()),
         (
             "AUTH_JWKS_FILE".into(),
-            root().join("tests/fixtures/jwks.json").display().to_string(),
+            root()
+                .join("tests/fixtures/jwks.json")
+                .display()
+                .to_string(),
         ),
         ("AWS_REGION".into(), "us-east-1".into()),
         ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(), "256".into()),

@@ -126,7 +126,9 @@ mod tests {
         ];
         let refs: Vec<&Datum> = d.iter().collect();
         let body = request_body(&refs, "2026-11-26T00:00:00Z");
-        assert!(body.starts_with("Action=PutMetricData&Version=2010-08-01&Namespace=paycache%2FRedis"));
+        assert!(
+            body.starts_with("Action=PutMetricData&Version=2010-08-01&Namespace=paycache%2FRedis")
+        );
         assert!(body.contains("MetricData.member.1.Value=97.5"));
         assert!(body.contains("MetricData.member.1.Dimensions.member.1.Name=Cluster"));
         assert!(body.contains("MetricData.member.2.Dimensions.member.1.Value=10.0.0.1%3A6379"));

@@ -136,9 +136,14 @@ fn parse_write(wallet: WalletId, req: &Request) -> Result<BalanceWrite, Problem>
         None => return Err(Problem::invalid_request("balance is required.")),
     };
     let expected_version = match body.get("expected_version") {
-        Some(Value::Number(n)) => whole_number(n).filter(|v| *v >= 1).ok_or_else(|| {
-            Problem::invalid_request("expected_version must be a whole number of at least 1.")
-        })?,
+        // Versions are PostgreSQL bigints.
+        Some(Value::Number(n)) => whole_number(n)
+            .filter(|v| (1..=i64::MAX as u64).contains(v))
+            .ok_or_else(|| {
+                Problem::invalid_request(
+                    "expected_version must be a whole number from 1 to 9223372036854775807.",
+                )
+            })?,
         Some(_) => {
             return Err(Problem::invalid_request(
                 "expected_version must be a whole number.",
