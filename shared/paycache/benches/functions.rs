@@ -87,6 +87,9 @@ fn serve(
     served: &AtomicUsize,
     answered: &AtomicUsize,
 ) {
+    // One write per answer and no Nagle delay: otherwise every event waits
+    // for a delayed ACK, and the load measures TCP, not the function.
+    let _ = stream.set_nodelay(true);
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut out = stream;
     loop {
@@ -95,6 +98,7 @@ fn serve(
             return;
         }
         let mut length = 0usize;
+        let mut chunked = false;
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h).unwrap_or(0) == 0 {
@@ -103,13 +107,36 @@ fn serve(
             if h == "\r\n" {
                 break;
             }
-            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            let h = h.to_ascii_lowercase();
+            if let Some(v) = h.strip_prefix("content-length:") {
                 length = v.trim().parse().unwrap_or(0);
             }
+            if h.starts_with("transfer-encoding:") && h.contains("chunked") {
+                chunked = true;
+            }
         }
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
+        if chunked {
+            // Chunks until the empty one, then the (empty) trailer line.
+            loop {
+                let mut size = String::new();
+                if reader.read_line(&mut size).unwrap_or(0) == 0 {
+                    return;
+                }
+                let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+                    .unwrap_or(0);
+                let mut chunk = vec![0; n + 2];
+                if reader.read_exact(&mut chunk).is_err() {
+                    return;
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+        } else {
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
         }
         if line.starts_with("GET") && line.contains("/invocation/next") {
             if let Some(tx) = first.lock().unwrap().take() {
@@ -139,7 +166,9 @@ fn serve(
                  content-length: {}\r\n\r\n",
                 event.len()
             );
-            if out.write_all(head.as_bytes()).is_err() || out.write_all(event).is_err() {
+            let mut answer = head.into_bytes();
+            answer.extend_from_slice(event);
+            if out.write_all(&answer).is_err() {
                 return;
             }
         } else {
