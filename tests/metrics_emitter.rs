@@ -37,7 +37,7 @@ async fn rates_over_the_interval_survive_counter_resets() {
     let port = server.port;
     let node = format!("127.0.0.1:{port}");
     let mut w = World::with_redis(TestRedis::Standalone(server), &[]).await;
-    let cw = paycache::cloudwatch::client().unwrap();
+    let cw = paycache::cloudwatch::client();
 
     let first = emit_metrics(&w.app, &cw).await;
     assert_eq!(first["status"], "ok", "{first}");
@@ -159,7 +159,7 @@ async fn rates_over_the_interval_survive_counter_resets() {
 async fn every_cluster_node_is_reported() {
     must_have_endpoint();
     let w = World::new(paycache::config::RedisMode::Cluster, &[]).await;
-    let cw = paycache::cloudwatch::client().unwrap();
+    let cw = paycache::cloudwatch::client();
     let first = emit_metrics(&w.app, &cw).await;
     assert_eq!(first["status"], "ok", "{first}");
     assert_eq!(first["nodes"], 6);

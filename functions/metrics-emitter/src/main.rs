@@ -8,7 +8,7 @@ async fn main() -> Result<(), Error> {
     paycache::init_logging();
     let metrics = paycache::telemetry::init("metrics-emitter");
     let app = paycache::App::from_env().await?;
-    let cloudwatch = paycache::cloudwatch::client()?;
+    let cloudwatch = paycache::cloudwatch::client();
     let (app, cloudwatch) = (&app, &cloudwatch);
     lambda_runtime::run(service_fn(move |_event: LambdaEvent<Value>| async move {
         let started = std::time::Instant::now();

@@ -31,16 +31,27 @@ const CLOUDWATCH: Service = Service {
     host_prefix: "monitoring",
 };
 
-/// A CloudWatch client; builds without touching the network.
-#[derive(Debug, Clone)]
+/// A CloudWatch client. The HTTPS client (and the system's trusted roots it
+/// loads, a few milliseconds) is built at the first publish, not at init:
+/// the function's cold start does not pay for it.
+#[derive(Debug, Clone, Default)]
 pub struct CloudWatch {
-    client: AwsClient,
+    client: std::sync::Arc<std::sync::OnceLock<Result<AwsClient, AwsError>>>,
 }
 
-pub fn client() -> Result<CloudWatch, AwsError> {
-    Ok(CloudWatch {
-        client: AwsClient::from_env(TIMEOUT)?,
-    })
+impl CloudWatch {
+    fn aws(&self) -> Result<&AwsClient, AwsError> {
+        self.client
+            .get_or_init(|| AwsClient::from_env(TIMEOUT))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+/// Builds nothing yet (see [`CloudWatch`]); a missing `AWS_REGION` is
+/// reported by the first publish.
+pub fn client() -> CloudWatch {
+    CloudWatch::default()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,9 +100,9 @@ pub async fn publish(cloudwatch: &CloudWatch, data: &[Datum]) -> Result<usize, P
         .format(&time::format_description::well_known::Rfc3339)
         .map_err(|_| PublishError(AwsError::Signing))?;
     let finite: Vec<&Datum> = data.iter().filter(|d| d.value.is_finite()).collect();
+    let client = cloudwatch.aws().map_err(PublishError)?;
     for chunk in finite.chunks(BATCH) {
-        cloudwatch
-            .client
+        client
             .post(
                 CLOUDWATCH,
                 "application/x-www-form-urlencoded; charset=utf-8",
