@@ -92,7 +92,13 @@ async fn a_killed_primary_returns_as_a_replica_under_load() {
     under_load(Disruption::KillAndReturn).await;
 }
 
+/// One failover at a time: each test runs its own 6-node cluster under load,
+/// and on a 2-core machine two of them at once slow the cluster's own
+/// failure detection past what the test bounds (node timeout + 3 s).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn under_load(disruption: Disruption) {
+    let _serial = SERIAL.lock().await;
     let cluster = RedisCluster::start();
     let primary = (0..6).find(|i| cluster.role(*i) == "master").unwrap();
     let mut w = World::with_redis(
