@@ -96,7 +96,8 @@ impl std::fmt::Debug for AwsClient {
 
 impl AwsClient {
     /// Reads the region from the environment and builds the HTTPS client
-    /// (loading the system's trusted roots); does not touch the network.
+    /// (with the system's trusted roots, shared with the PostgreSQL client);
+    /// does not touch the network.
     pub fn from_env(timeout: Duration) -> Result<Self, AwsError> {
         let region = std::env::var("AWS_REGION")
             .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
@@ -107,10 +108,9 @@ impl AwsClient {
                     && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
             })
             .ok_or(AwsError::Config("AWS_REGION"))?;
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let tls = crate::tls::client_config(crate::tls::native_roots().clone());
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map_err(|_| AwsError::Config("the system's trusted root certificates"))?
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .build();

@@ -154,12 +154,7 @@ impl Db {
 
 /// rustls with the system roots and `DATABASE_CA_CERT`.
 fn tls_connector(config: &DatabaseConfig) -> Result<MakeRustlsConnect, DbError> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut roots = rustls::RootCertStore::empty();
-    // Unreadable system certificates are skipped; if none remain and no CA
-    // file is given, TLS connections fail (verification never turns off).
-    let native = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(native.certs);
+    let mut roots = crate::tls::native_roots().clone();
     if let Some(path) = &config.ca_cert {
         let pem = std::fs::read(path).map_err(|_| DbError::CaCert)?;
         use rustls::pki_types::pem::PemObject;
@@ -173,10 +168,7 @@ fn tls_connector(config: &DatabaseConfig) -> Result<MakeRustlsConnect, DbError> 
             roots.add(cert).map_err(|_| DbError::CaCert)?;
         }
     }
-    let tls = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(MakeRustlsConnect::new(tls))
+    Ok(MakeRustlsConnect::new(crate::tls::client_config(roots)))
 }
 
 /// Maps a driver error, telling "the database is gone" from "this query

@@ -31,6 +31,7 @@ pub mod routes;
 pub mod secrets;
 pub mod sessions;
 pub mod telemetry;
+mod tls;
 pub mod transactions;
 pub mod warming;
 
