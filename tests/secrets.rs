@@ -157,7 +157,7 @@ async fn secrets_are_fetched_once_at_init() {
     let redis_arn = create_secret(&aws, &format!(r#"{{"token":"{TOKEN_A}"}}"#)).await;
 
     // A role of the test's own; the database secret names it.
-    let role = format!("r_{:08x}", fastrand_u32());
+    let role = format!("r_{:08x}", test_support::random_u32());
     db.client()
         .await
         .batch_execute(&format!(
@@ -223,10 +223,6 @@ async fn secrets_are_fetched_once_at_init() {
         err.contains("REDIS_AUTH_TOKEN_SECRET_ARN") && err.contains("ResourceNotFoundException"),
         "{err}"
     );
-}
-
-fn fastrand_u32() -> u32 {
-    u32::from_str_radix(&test_support::random_uuid()[..8], 16).unwrap()
 }
 
 async fn rotation(mode: RedisMode) {

@@ -175,7 +175,7 @@ async fn read_twice(db: &TestDb, url: &str, ca: Option<&Path>) -> (CacheStatus, 
         ("REDIS_CONNECT_TIMEOUT_MS".to_owned(), "2000".to_owned()),
         (
             "CACHE_KEY_PREFIX".to_owned(),
-            format!("tls{:08x}", fastrand_u32()),
+            format!("tls{:08x}", test_support::random_u32()),
         ),
     ];
     if let Some(ca) = ca {
@@ -193,13 +193,6 @@ async fn read_twice(db: &TestDb, url: &str, ca: Option<&Path>) -> (CacheStatus, 
     let a = app.cache.get_or_load(&key, load).await.unwrap().status;
     let b = app.cache.get_or_load(&key, load).await.unwrap().status;
     (a, b)
-}
-
-fn fastrand_u32() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

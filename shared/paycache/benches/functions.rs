@@ -51,7 +51,6 @@ fn root() -> PathBuf {
 struct RuntimeApi {
     port: u16,
     first_next: mpsc::Receiver<Instant>,
-    served: Arc<AtomicUsize>,
     answered: Arc<AtomicUsize>,
 }
 
@@ -75,7 +74,6 @@ fn runtime_api(events: Vec<Vec<u8>>) -> RuntimeApi {
     RuntimeApi {
         port,
         first_next: rx,
-        served,
         answered,
     }
 }
@@ -278,7 +276,6 @@ fn cold_start(program: &PathBuf, name: &str, env: &Env) -> Duration {
 
 fn curl_baseline(port: u16) -> Duration {
     let started = Instant::now();
-    let api = port;
     let mut child = Command::new("curl")
         .args([
             "-s",
@@ -286,7 +283,7 @@ fn curl_baseline(port: u16) -> Duration {
             "/dev/null",
             "-m",
             "5",
-            &format!("http://127.0.0.1:{api}/2018-06-01/runtime/invocation/next"),
+            &format!("http://127.0.0.1:{port}/2018-06-01/runtime/invocation/next"),
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -391,7 +388,6 @@ fn peak_memory(env: &Env, dir: &std::path::Path) {
         }
         let kib = peak_kib(child.id());
         let done = api.answered.load(Ordering::SeqCst);
-        let _ = api.served.load(Ordering::SeqCst);
         kill(child);
         println!(
             "  {name:<18} {:>6.1} MiB after {done} events",

@@ -477,6 +477,11 @@ pub fn command_calls(port: u16) -> std::collections::HashMap<String, u64> {
 /// A random id in canonical UUID form (version 4 layout), for entities that
 /// must not collide across tests sharing one Redis (pub/sub channels are not
 /// namespaced by key prefix).
+/// A random number, for names a test makes unique (roles, key prefixes).
+pub fn random_u32() -> u32 {
+    fastrand::u32(..)
+}
+
 pub fn random_uuid() -> String {
     let n = fastrand::u128(..);
     let n = (n & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
