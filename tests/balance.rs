@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::StatusCode;
 use lambda_http::{Body, Request, RequestExt, Response};
 use paycache::App;
-use paycache::balance::{WalletBalance, apply_pending, get_balance, load_balance};
+use paycache::balance::{WalletBalance, WriteOutcome, apply_pending, get_balance, load_balance};
 use paycache::config::RedisMode;
 use paycache::keys::WalletId;
 use paycache::routes::balance::handle;
@@ -311,44 +311,106 @@ fn violates(floor: u64, read_version: u64) -> bool {
     read_version < floor
 }
 
-async fn readers_never_see_an_older_version(mode: RedisMode) {
-    let w = World::new(mode, &[]).await;
-    let wallet = new_wallet(&w, 0).await;
+/// The writer under test in [`stale_reads_under_concurrency`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    /// This project's write: fence, commit, apply.
+    Fenced,
+    /// The design's write-through: update the database, then `SET` the
+    /// cache. The broken variant the check must catch.
+    UpdateThenSet,
+}
+
+/// One compare-and-set write of `minor` at `expected`; `Ok(version)` when
+/// acknowledged, `Err(current version)` on a conflict. Both writers pause
+/// for the same random 0–5 ms between their commit and their cache step.
+async fn write_once(
+    writer: Writer,
+    app: &App,
+    wallet: &WalletId,
+    minor: i64,
+    expected: u64,
+) -> Result<u64, u64> {
+    let pause = Duration::from_micros(fastrand::u64(0..=5_000));
+    match writer {
+        Writer::Fenced => {
+            let write = paycache::balance::BalanceWrite {
+                wallet: *wallet,
+                balance_minor: minor,
+                currency: paycache::money::Currency::parse("USD").unwrap(),
+                expected_version: expected,
+                idempotency_key: None,
+            };
+            match paycache::balance::write_balance_pausing(app, &write, pause)
+                .await
+                .unwrap()
+            {
+                WriteOutcome::Applied { balance, .. } => Ok(balance.version),
+                WriteOutcome::VersionConflict { current } => Err(current.version),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        Writer::UpdateThenSet => {
+            let client = app.db.client().await.unwrap();
+            let updated = client
+                .query_opt(
+                    "UPDATE wallets SET balance_minor = $2, version = version + 1, updated_at = now()
+                      WHERE wallet_id = $1 AND version = $3 RETURNING version, updated_at",
+                    &[&wallet.as_uuid(), &minor, &(expected as i64)],
+                )
+                .await
+                .unwrap();
+            drop(client);
+            let Some(row) = updated else {
+                return Err(load_balance(&app.db, wallet)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .version);
+            };
+            let usd = paycache::money::Currency::parse("USD").unwrap();
+            let b = WalletBalance {
+                wallet_id: *wallet,
+                currency: "USD".into(),
+                balance: paycache::money::format_amount(minor, usd),
+                version: row.get::<_, i64>(0) as u64,
+                updated_at: row.get(1),
+            };
+            tokio::time::sleep(pause).await;
+            naive_set(app, &b).await;
+            Ok(b.version)
+        }
+    }
+}
+
+/// The harness: 6 writers and 6 readers on one wallet from 4 execution
+/// environments, until `writes` writes are acknowledged. Readers go
+/// through the real `GET` handler. Returns (reads, stale reads).
+async fn stale_reads_under_concurrency(w: &World, writer: Writer, writes: i64) -> (usize, usize) {
+    let wallet = new_wallet(w, 0).await;
+    let id = WalletId::parse(&wallet).unwrap();
     let apps: Vec<App> = (0..4).map(|_| w.another_environment()).collect();
     let acked = Arc::new(AtomicU64::new(1));
     let violations = Arc::new(AtomicUsize::new(0));
     let reads = Arc::new(AtomicUsize::new(0));
-    let writes_left = Arc::new(AtomicI64::new(120));
+    let writes_left = Arc::new(AtomicI64::new(writes));
     let mut tasks = Vec::new();
     for i in 0..6 {
         let app = apps[i % apps.len()].clone();
-        let (wallet, acked, writes_left) = (wallet.clone(), acked.clone(), writes_left.clone());
+        let (acked, writes_left) = (acked.clone(), writes_left.clone());
         tasks.push(tokio::spawn(async move {
             let mut expected = 1;
-            let mut n = 0u64;
+            let mut n = 0i64;
             while writes_left.load(Ordering::SeqCst) > 0 {
                 n += 1;
-                let amount = format!("{}.{:02}", i * 1000 + n as usize, n % 100);
-                let resp = handle(
-                    &app,
-                    request(
-                        "PUT",
-                        &wallet,
-                        Some(put_body(&amount, "USD", expected)),
-                        None,
-                    ),
-                )
-                .await;
-                let b = body_json(&resp);
-                match resp.status() {
-                    StatusCode::OK => {
-                        let v = b["version"].as_u64().unwrap();
+                let minor = i as i64 * 100_000 + n;
+                match write_once(writer, &app, &id, minor, expected).await {
+                    Ok(v) => {
                         acked.fetch_max(v, Ordering::SeqCst);
                         writes_left.fetch_sub(1, Ordering::SeqCst);
                         expected = v;
                     }
-                    StatusCode::CONFLICT => expected = b["current"]["version"].as_u64().unwrap(),
-                    other => panic!("unexpected {other}: {b}"),
+                    Err(current) => expected = current,
                 }
             }
         }));
@@ -378,71 +440,59 @@ async fn readers_never_see_an_older_version(mode: RedisMode) {
     for t in tasks {
         t.await.unwrap();
     }
-    assert!(
-        reads.load(Ordering::SeqCst) > 100,
-        "the readers must actually have read"
-    );
-    assert_eq!(
+    let (reads, violations) = (
+        reads.load(Ordering::SeqCst),
         violations.load(Ordering::SeqCst),
-        0,
+    );
+    eprintln!("{writer:?} writer: {violations} stale reads in {reads} reads ({writes} writes)");
+    if writer == Writer::Fenced {
+        // And the cache ends on the database's version.
+        let final_db = db_version(w, &wallet).await;
+        let cached = get_balance(&w.app, &id).await.unwrap();
+        assert_eq!(cached.value.unwrap().version, final_db);
+    }
+    (reads, violations)
+}
+
+async fn readers_never_see_an_older_version(mode: RedisMode) {
+    let w = World::new(mode, &[]).await;
+    let (reads, stale) = stale_reads_under_concurrency(&w, Writer::Fenced, 200).await;
+    assert!(reads > 100, "the readers must actually have read: {reads}");
+    assert_eq!(
+        stale, 0,
         "a read returned a version older than an acknowledged write"
     );
-    // And the cache ends on the database's version.
-    let final_db = db_version(&w, &wallet).await;
-    let cached = get_balance(&w.app, &WalletId::parse(&wallet).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(cached.value.unwrap().version, final_db);
 }
 both_modes!(readers_never_see_an_older_version);
 
 /// The design's write-through — update the database, then SET the cache —
-/// with two writers finishing in the opposite order. The same check that
-/// passes above catches it: this is what makes that test able to fail.
-async fn naive_write_through_is_caught(mode: RedisMode) {
+/// through the same writers, readers, pauses and check: it serves stale
+/// reads. This is what makes the test above able to fail.
+async fn update_then_set_is_caught(mode: RedisMode) {
     let w = World::new(mode, &[]).await;
-    let wallet = new_wallet(&w, 0).await;
-    let id = WalletId::parse(&wallet).unwrap();
-    let a = naive_db(&w, &wallet, 100).await; // writer A commits version 2
-    let b = naive_db(&w, &wallet, 200).await; // writer B commits version 3
-    naive_set(&w, &b).await; // B updates the cache and returns 200
-    let floor = b.version;
-    naive_set(&w, &a).await; // A's SET arrives late
-    let read = get_balance(&w.app, &id).await.unwrap().value.unwrap();
+    let (reads, stale) = stale_reads_under_concurrency(&w, Writer::UpdateThenSet, 200).await;
+    assert!(reads > 100, "the readers must actually have read: {reads}");
     assert!(
-        violates(floor, read.version),
-        "the naive variant should serve version {} after {floor} was acknowledged",
-        read.version
+        stale > 0,
+        "the update-then-SET writer should have served stale reads ({reads} reads)"
     );
 }
-both_modes!(naive_write_through_is_caught);
+both_modes!(update_then_set_is_caught);
 
-async fn naive_db(w: &World, wallet: &str, minor: i64) -> WalletBalance {
-    w.db.client()
-        .await
-        .execute(
-            "UPDATE wallets SET balance_minor = $2, version = version + 1, updated_at = now()
-              WHERE wallet_id = $1::text::uuid",
-            &[&wallet, &minor],
-        )
-        .await
-        .unwrap();
-    load_balance(&w.app.db, &WalletId::parse(wallet).unwrap())
-        .await
-        .unwrap()
-        .unwrap()
-}
-
-async fn naive_set(w: &World, b: &WalletBalance) {
+async fn naive_set(app: &App, b: &WalletBalance) {
     let raw =
         paycache::cache_aside::encode(Some(b), b.version, Duration::ZERO, Duration::from_secs(300))
             .unwrap();
-    let key = w.app.keys.wallet_balance(&b.wallet_id);
-    let mut conn = w.redis.raw().await;
-    let _: () = redis::cmd("SET")
-        .arg(key.as_str())
-        .arg(raw)
-        .query_async(&mut conn)
+    let key = app.keys.wallet_balance(&b.wallet_id);
+    let _: () = app
+        .redis
+        .run(|mut c| async move {
+            redis::cmd("SET")
+                .arg(key.as_str())
+                .arg(raw)
+                .query_async(&mut c)
+                .await
+        })
         .await
         .unwrap();
 }

@@ -244,6 +244,20 @@ struct PendingRow {
 
 /// Performs a balance write (see the module documentation).
 pub async fn write_balance(app: &App, write: &BalanceWrite) -> Result<WriteOutcome, WriteError> {
+    write_balance_pausing(app, write, Duration::ZERO).await
+}
+
+/// Fault injection for tests: [`write_balance`] with a pause between the
+/// commit and the cache step — the window in which a Lambda can be frozen,
+/// or its next packet delayed, after PostgreSQL has committed. The
+/// guarantee must hold whatever the pause; `tests/balance.rs` runs this
+/// writer and the design's update-then-SET writer with the same pauses.
+#[doc(hidden)]
+pub async fn write_balance_pausing(
+    app: &App,
+    write: &BalanceWrite,
+    pause_after_commit: Duration,
+) -> Result<WriteOutcome, WriteError> {
     let key = app.keys.wallet_balance(&write.wallet);
     let lock = key.lock_key();
     let intent = write.expected_version.saturating_add(1);
@@ -288,6 +302,9 @@ pub async fn write_balance(app: &App, write: &BalanceWrite) -> Result<WriteOutco
         }
     };
 
+    if !pause_after_commit.is_zero() {
+        tokio::time::sleep(pause_after_commit).await;
+    }
     let balance = row.to_balance();
     let (applied, appended) = tokio::join!(
         apply(app, &write.wallet, Some(&balance), &pending, true),
