@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use lambda_http::{Body, Request, RequestExt};
 use paycache::CacheStatus;
+use paycache::connection::RedisUnavailable;
 use paycache::keys::UserId;
 use paycache_tests::World;
 use test_support::{RedisCluster, RedisServer, TestRedis, insert_user, random_uuid};
@@ -90,8 +91,9 @@ async fn a_busy_redis_costs_one_timeout() {
         .unwrap();
     let took = started.elapsed();
     sleeper.wait().unwrap();
+    // What the bound is for: the response timeout cut the call short.
     assert!(
-        matches!(got.status, CacheStatus::Bypass(_)),
+        matches!(got.status, CacheStatus::Bypass(RedisUnavailable::Timeout)),
         "{:?}",
         got.status
     );
@@ -176,6 +178,13 @@ async fn postgres_down_keeps_cached_reads() {
         };
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(resp.headers()["content-type"], "application/problem+json");
+        // What the bound is for: the database's connect timeout answered
+        // (its problem, with Retry-After), not the cache or a hang.
+        let problem: serde_json::Value = serde_json::from_slice(resp.body().as_ref()).unwrap();
+        assert_eq!(problem["type"], "urn:paycache:problem:unavailable");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains("store is unavailable"), "{detail}");
+        assert_eq!(resp.headers()["retry-after"], "1");
         assert!(
             started.elapsed() < Duration::from_secs(3),
             "{:?}",
