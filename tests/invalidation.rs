@@ -41,22 +41,73 @@ async fn profile_update_invalidates_and_next_read_is_fresh(mode: RedisMode) {
         .unwrap();
     assert_eq!(stale.status, CacheStatus::Hit);
 
+    use futures_util::StreamExt;
+    let first_node = w.redis.urls().split(',').next().unwrap().to_owned();
+    let mut pubsub = redis::Client::open(first_node)
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    let channel = format!("notifications:{id}");
+    pubsub.subscribe(&channel).await.unwrap();
+    let mut messages = pubsub.into_on_message();
+    let mut next_message = async || -> Value {
+        let msg = tokio::time::timeout(Duration::from_secs(5), messages.next())
+            .await
+            .expect("a notification")
+            .unwrap();
+        serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap()
+    };
+
     let summary = cache_invalidation(&w.app, &event("UserProfileUpdated", json!({"user_id": id})))
         .await
         .unwrap();
     assert_eq!(summary["status"], "ok");
     assert_eq!(summary["outcome"], "invalidated");
+    let first = next_message().await;
+    assert_eq!(first["type"], "profile_updated");
+    assert_eq!(first["user_id"], id);
     let next = profile::get_profile(&w.app.cache, &w.app.keys, &w.app.db, &user)
         .await
         .unwrap();
     assert_eq!(next.status, CacheStatus::Miss { stored: true });
     assert_eq!(next.value.unwrap().display_name, "Renamed");
+    let keys_before = w.keys().await;
 
-    // Redelivery is harmless.
+    // Redelivery is harmless: the fresh entry may go, but nothing stale or
+    // new is left in the cache, the next read is the current row, and the
+    // subscriber gets the same kind of notification once more — no other.
     let again = cache_invalidation(&w.app, &event("UserProfileUpdated", json!({"user_id": id})))
         .await
         .unwrap();
     assert_eq!(again["status"], "ok");
+    assert_eq!(again["outcome"], "invalidated");
+    let keys_after = w.keys().await;
+    assert!(
+        keys_after.iter().all(|k| keys_before.contains(k)),
+        "redelivery added keys: {keys_before:?} -> {keys_after:?}"
+    );
+    let second = next_message().await;
+    assert_eq!(second["type"], "profile_updated");
+    assert_eq!(second["user_id"], id);
+    let after = profile::get_profile(&w.app.cache, &w.app.keys, &w.app.db, &user)
+        .await
+        .unwrap();
+    assert_eq!(after.value.unwrap().display_name, "Renamed");
+    assert_eq!(after.status, CacheStatus::Miss { stored: true });
+    let hit = profile::get_profile(&w.app.cache, &w.app.keys, &w.app.db, &user)
+        .await
+        .unwrap();
+    assert_eq!(hit.status, CacheStatus::Hit);
+    assert_eq!(hit.value.unwrap().display_name, "Renamed");
+    drop(next_message);
+    paycache_tests::assert_no_message_before_sentinel(
+        &w.redis,
+        &channel,
+        &mut messages,
+        "one notification per delivery",
+    )
+    .await;
 }
 both_modes!(profile_update_invalidates_and_next_read_is_fresh);
 

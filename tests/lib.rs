@@ -102,3 +102,40 @@ impl AllPrimaries for redis::Cmd {
         redis::from_redis_value(value).unwrap()
     }
 }
+
+/// Asserts that no message is pending on `channel`: waits `quiet`, then
+/// publishes a sentinel and requires it to be the next message. A bare
+/// quiet window passes when delivery is merely slow or the subscriber is
+/// dead; the sentinel proves the subscriber was live and delivering, and
+/// one channel's messages reach a subscriber in order.
+pub async fn assert_no_message_before_sentinel<S>(
+    redis: &TestRedis,
+    channel: &str,
+    messages: &mut S,
+    what: &str,
+) where
+    S: futures_util::Stream<Item = redis::Msg> + Unpin,
+{
+    use futures_util::StreamExt;
+    let quiet = std::time::Duration::from_millis(300);
+    if let Ok(Some(msg)) = tokio::time::timeout(quiet, messages.next()).await {
+        panic!("{what}: unexpected {:?}", msg.get_payload::<String>());
+    }
+    let sentinel = format!("sentinel-{:08x}", test_support::random_u32());
+    let mut conn = redis.raw().await;
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(&sentinel)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), messages.next())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the sentinel never arrived (subscriber dead?)"))
+        .unwrap();
+    assert_eq!(
+        next.get_payload::<String>().unwrap(),
+        sentinel,
+        "{what}: a message came before the sentinel"
+    );
+}
