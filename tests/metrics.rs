@@ -3,7 +3,7 @@
 //! metrics recorder is global to the process.)
 #![allow(clippy::unwrap_used, reason = "tests")]
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use paycache::config::RedisMode;
 use paycache::keys::{Endpoint, UserId};
@@ -129,7 +129,10 @@ async fn emf_lines_follow_the_specification() {
     paycache::profile::get_profile(&down.app.cache, &down.app.keys, &w.app.db, &id)
         .await
         .unwrap();
-    metrics::histogram!("Latency").record(started.elapsed().as_secs_f64() * 1000.0);
+    // The invocation's end, as every function's main records it: Latency is
+    // the time since `started`, which is at least the 50 ms waited here.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    paycache::telemetry::finish(None, started);
 
     let mut out = Vec::new();
     paycache::telemetry::flush_to(collector, &mut out);
@@ -153,7 +156,8 @@ async fn emf_lines_follow_the_specification() {
     assert!(seen["CacheBypass"] >= 1.0, "{seen:?}");
     assert!(seen["RedisError"] >= 1.0, "{seen:?}");
     assert!(seen["RateLimitDenied"] >= 1.0, "{seen:?}");
-    assert!(seen["Latency"] > 0.0, "{seen:?}");
+    assert!(seen["Latency"] >= 50.0, "{seen:?}");
+    assert!(seen["Latency"] < 60_000.0, "{seen:?}");
     // Counters reset at each flush: a second flush reports no new hits.
     let mut again = Vec::new();
     paycache::telemetry::flush_to(collector, &mut again);

@@ -164,17 +164,48 @@ async fn every_cluster_node_is_reported() {
     assert_eq!(first["status"], "ok", "{first}");
     assert_eq!(first["nodes"], 6);
     assert_eq!(first["nodes_unreachable"], 0);
+    // Lookups between the two runs, on keys spread over every primary:
+    // misses, and hits on a key just written.
+    let mut raw = w.redis.raw().await;
+    for n in 0..60 {
+        let key = format!("{}:lookup:{n}", w.app.keys.prefix());
+        let _: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        if n % 2 == 0 {
+            let _: () = redis::cmd("SET")
+                .arg(&key)
+                .arg("x")
+                .arg("EX")
+                .arg(60)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            let _: Option<String> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+        }
+    }
     let collected = paycache::node_metrics::collect(&w.app, Duration::from_secs(1))
         .await
         .unwrap();
     let by = paycache::node_metrics::by_name(&collected.data);
     // Six nodes plus the cluster-wide value, for each gauge.
     assert_eq!(by["connection_count"].len(), 7);
-    // The second run has intervals: one cluster-wide hit rate at most
-    // (none when no lookups happened in between).
+    // The second run has intervals with lookups: exactly one cluster-wide
+    // hit rate, strictly between 0 and 100 % (there were hits and misses).
+    let rates = by
+        .get("cache_hit_rate")
+        .expect("a hit rate over the interval");
+    let cluster_wide: Vec<_> = rates.iter().filter(|d| d.node.is_none()).collect();
+    assert_eq!(cluster_wide.len(), 1, "{rates:?}");
     assert!(
-        by.get("cache_hit_rate")
-            .is_none_or(|v| v.iter().filter(|d| d.node.is_none()).count() <= 1)
+        cluster_wide[0].value > 0.0 && cluster_wide[0].value < 100.0,
+        "{rates:?}"
     );
     assert!(by["evicted_keys"].iter().all(|d| d.value >= 0.0));
 }

@@ -111,7 +111,17 @@ async fn a_short_deadline_stops_early_with_partial_progress() {
     )
     .await;
     assert_eq!(summary["stopped_early"], true, "{summary}");
-    assert!(summary["users_done"].as_u64().unwrap() < 2000, "{summary}");
+    // Partial progress: some users, not all, and what it reports as done
+    // is really in the cache.
+    let done = summary["users_done"].as_u64().unwrap();
+    assert!(done > 0 && done < 2000, "{summary}");
+    let profiles = w
+        .keys()
+        .await
+        .iter()
+        .filter(|k| k.contains("user_profile:") && !k.ends_with(":lock"))
+        .count() as u64;
+    assert!(profiles >= done, "{profiles} profiles cached for {summary}");
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "it stops, it does not finish: {:?}",
