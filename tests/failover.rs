@@ -66,17 +66,6 @@ fn kill_node(port: u16) {
         .unwrap();
 }
 
-/// The index of the node replicating the primary on `primary_port`.
-fn replica_of(cluster: &RedisCluster, primary_port: u16) -> usize {
-    (0..cluster.nodes.len())
-        .find(|&i| {
-            cli(cluster.nodes[i].port, &["INFO", "replication"])
-                .lines()
-                .any(|l| l.trim() == format!("master_port:{primary_port}"))
-        })
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_killed_under_load() {
     under_load(Disruption::Kill).await;
@@ -100,11 +89,10 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 async fn under_load(disruption: Disruption) {
     let _serial = SERIAL.lock().await;
     let cluster = RedisCluster::start();
-    let primary = (0..6).find(|i| cluster.role(*i) == "master").unwrap();
     let mut w = World::with_redis(
         TestRedis::Cluster(cluster),
         &[
-            ("CACHE_BREAKER_COOLDOWN_MS", "1000"),
+            ("CACHE_BREAKER_COOLDOWN_MS", "250"),
             ("REDIS_RESPONSE_TIMEOUT_MS", "250"),
         ],
     )
@@ -118,6 +106,28 @@ async fn under_load(disruption: Disruption) {
     };
     let wallet = random_uuid();
     insert_wallet(&w.db, 6, &wallet, "USD", 0).await;
+    // The primary to disrupt is the one that serves the wallet's balance
+    // (its writes and reads run every 10–20 ms), so the load cannot miss
+    // the failover; `heir` is its replica.
+    let balance_key = w
+        .app
+        .keys
+        .wallet_balance(&WalletId::parse(&wallet).unwrap());
+    let (primary, heir) = {
+        let TestRedis::Cluster(cluster) = &w.redis else {
+            unreachable!()
+        };
+        let primary = cluster.primary_for_key(balance_key.as_str());
+        let port = cluster.nodes[primary].port;
+        let heir = (0..6).find(|&i| cluster.replicates(i, port)).unwrap();
+        (primary, heir)
+    };
+    let heir_port = {
+        let TestRedis::Cluster(cluster) = &w.redis else {
+            unreachable!()
+        };
+        cluster.nodes[heir].port
+    };
 
     let start = Instant::now();
     let run_for = Duration::from_secs(match disruption {
@@ -252,11 +262,21 @@ async fn under_load(disruption: Disruption) {
         unreachable!()
     };
     let port = cluster.nodes[primary].port;
+    // When the heir became a primary, for the timeline.
+    let promoted = tokio::spawn(async move {
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            if cli(heir_port, &["ROLE"]).lines().next() == Some("master") {
+                return Some(start.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    });
     match disruption {
         Disruption::Kill => kill_node(port),
         Disruption::PlannedFailover => {
-            let replica = replica_of(cluster, port);
-            let answer = cli(cluster.nodes[replica].port, &["CLUSTER", "FAILOVER"]);
+            let answer = cli(heir_port, &["CLUSTER", "FAILOVER"]);
             assert_eq!(answer.trim(), "OK");
         }
         Disruption::KillAndReturn => {
@@ -270,8 +290,43 @@ async fn under_load(disruption: Disruption) {
         t.await.unwrap(); // a panic in a handler fails here
     }
 
+    let promoted_at = promoted.await.unwrap();
     let samples = samples.lock().unwrap().clone();
     assert!(samples.len() > 500, "a steady load: {}", samples.len());
+    let errors_at: Vec<_> = samples
+        .iter()
+        .filter(|s| s.error)
+        .map(|s| (s.at, s.kind))
+        .collect();
+    eprintln!(
+        "{disruption:?} timeline: disrupted at {killed_at:?}, replica promoted at {promoted_at:?}, \
+         errors from {:?} to {:?}",
+        errors_at.first(),
+        errors_at.last()
+    );
+    assert!(promoted_at.is_some(), "the replica was never promoted");
+    // The load saw the failover: requests to the wallet's shard failed
+    // while it had no primary, or (planned) were redirected by the old one.
+    let saw = match disruption {
+        Disruption::PlannedFailover => {
+            let TestRedis::Cluster(cluster) = &w.redis else {
+                unreachable!()
+            };
+            cli(cluster.nodes[primary].port, &["INFO", "errorstats"])
+                .lines()
+                .find_map(|l| l.strip_prefix("errorstat_MOVED:count="))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        }
+        _ => samples
+            .iter()
+            .filter(|s| s.error && s.at >= killed_at && (s.kind == "write" || s.kind == "read"))
+            .count() as u64,
+    };
+    assert!(
+        saw > 0,
+        "{disruption:?}: the load never met the failover (errors or MOVED: {saw})"
+    );
     eprintln!(
         "{disruption:?}: {} requests, {} errors, slowest {:?}",
         samples.len(),
@@ -294,7 +349,7 @@ async fn under_load(disruption: Disruption) {
         .collect();
     assert!(
         late.is_empty(),
-        "errors after {recovered_by:?}: {} (first at {:?})",
+        "errors after {recovered_by:?}: {} (first at {:?}; replica promoted at {promoted_at:?})",
         late.len(),
         late.first()
     );

@@ -105,15 +105,23 @@ async fn redis_stopped_or_paused_is_503_within_2s() {
     }
 }
 
-/// One replica down: still healthy, the node shows `ok: false`. A primary
-/// killed: unhealthy at most until the replica takes over, then healthy
-/// again with the dead node reported.
+/// One replica down (of another primary): still healthy, the node shows
+/// `ok: false`. A primary killed: unhealthy — the probe's keys on its slots
+/// fail, then `cluster_state` is `fail` until its replica takes over — then
+/// healthy again with the dead node reported and its replica promoted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_with_a_node_down() {
     let cluster = RedisCluster::start();
-    let replica = (0..6).find(|i| cluster.role(*i) == "slave").unwrap();
     let primary = (0..6).find(|i| cluster.role(*i) == "master").unwrap();
-    let (replica_port, primary_port) = (cluster.nodes[replica].port, cluster.nodes[primary].port);
+    let primary_port = cluster.nodes[primary].port;
+    let replicates = |i: usize, port: u16| cluster.replicates(i, port);
+    // A replica that does not replicate the primary we kill later, and the
+    // one that does (it must survive to take over).
+    let replica = (0..6)
+        .find(|&i| cluster.role(i) == "slave" && !replicates(i, primary_port))
+        .unwrap();
+    let heir = (0..6).find(|&i| replicates(i, primary_port)).unwrap();
+    let (replica_port, heir_port) = (cluster.nodes[replica].port, cluster.nodes[heir].port);
     let mut w = World::with_redis(TestRedis::Cluster(cluster), &[]).await;
     assert_eq!(timed(&w).await.0.status(), StatusCode::OK);
 
@@ -137,28 +145,43 @@ async fn cluster_with_a_node_down() {
         unreachable!()
     };
     cluster.nodes[primary].stop();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut saw_healthy_again = false;
+    let stopped = Instant::now();
+    let deadline = stopped + Duration::from_secs(30);
+    let mut unhealthy: Option<Duration> = None;
+    let mut healthy_again: Option<Duration> = None;
     while Instant::now() < deadline {
         let (resp, took) = timed(&w).await;
         assert!(took < Duration::from_secs(2), "{took:?}");
-        if resp.status() == StatusCode::OK {
-            let b = body(&resp);
-            let dead = b["nodes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|n| n["addr"] == format!("127.0.0.1:{primary_port}"))
-                .cloned();
-            if dead.is_some_and(|n| n["ok"] == false) {
-                saw_healthy_again = true;
+        let b = body(&resp);
+        if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(b["status"], "unhealthy", "{b}");
+            unhealthy.get_or_insert(stopped.elapsed());
+        } else if resp.status() == StatusCode::OK && unhealthy.is_some() {
+            let node = |port: u16| {
+                b["nodes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|n| n["addr"] == format!("127.0.0.1:{port}"))
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            assert_eq!(b["cluster_state"], "ok", "{b}");
+            if node(primary_port)["ok"] == false && node(heir_port)["role"] == "primary" {
+                healthy_again = Some(stopped.elapsed());
                 break;
             }
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    eprintln!("primary stopped: unhealthy from {unhealthy:?}, healthy again at {healthy_again:?}");
     assert!(
-        saw_healthy_again,
-        "after failover the cluster should be healthy with the dead primary reported"
+        unhealthy.is_some(),
+        "the health check never saw the cluster without a primary"
+    );
+    assert!(
+        healthy_again.is_some(),
+        "after failover the cluster should be healthy with the dead primary reported \
+         and its replica promoted"
     );
 }

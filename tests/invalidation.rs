@@ -100,7 +100,6 @@ async fn profile_update_invalidates_and_next_read_is_fresh(mode: RedisMode) {
         .unwrap();
     assert_eq!(hit.status, CacheStatus::Hit);
     assert_eq!(hit.value.unwrap().display_name, "Renamed");
-    drop(next_message);
     paycache_tests::assert_no_message_before_sentinel(
         &w.redis,
         &channel,

@@ -4,10 +4,14 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use paycache::CacheStatus;
 use paycache::keys::UserId;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use test_support::{TempDir, TestDb, free_port, seed_user_id};
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -168,7 +172,13 @@ fn start(dir: &Path) -> TlsRedis {
     panic!("TLS redis-server did not start");
 }
 
-async fn read_twice(db: &TestDb, url: &str, ca: Option<&Path>) -> (CacheStatus, CacheStatus) {
+/// Two cache reads through an `App` configured with `url` (and `ca` as
+/// `REDIS_CA_CERT`), and what they logged.
+async fn read_twice(
+    db: &TestDb,
+    url: &str,
+    ca: Option<&Path>,
+) -> ((CacheStatus, CacheStatus), String) {
     let mut vars = vec![
         ("REDIS_URL".to_owned(), url.to_owned()),
         ("DATABASE_URL".to_owned(), db.conninfo.clone()),
@@ -185,14 +195,22 @@ async fn read_twice(db: &TestDb, url: &str, ca: Option<&Path>) -> (CacheStatus, 
         vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
     })
     .unwrap();
-    let app = paycache::App::new(config).unwrap();
-    let key = app
-        .keys
-        .user_profile(&UserId::parse(&seed_user_id(1)).unwrap());
-    let load = || async { Ok::<_, ()>(Some(1u8)) };
-    let a = app.cache.get_or_load(&key, load).await.unwrap().status;
-    let b = app.cache.get_or_load(&key, load).await.unwrap().status;
-    (a, b)
+    test_support::logs::capture(async {
+        let app = paycache::App::new(config).unwrap();
+        let key = app
+            .keys
+            .user_profile(&UserId::parse(&seed_user_id(1)).unwrap());
+        let load = || async { Ok::<_, ()>(Some(1u8)) };
+        let a = app.cache.get_or_load(&key, load).await.unwrap().status;
+        let b = app.cache.get_or_load(&key, load).await.unwrap().status;
+        (a, b)
+    })
+    .await
+}
+
+/// The check: refused, for the certificate (`cause` in the log).
+fn refused_for(outcome: &((CacheStatus, CacheStatus), String), cause: &str) -> bool {
+    matches!(outcome.0.0, CacheStatus::Bypass(_)) && outcome.1.contains(cause)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,38 +222,178 @@ async fn verification_is_on() {
     let good = format!("rediss://localhost:{}", redis.port);
 
     // The right CA and the certificate's host name: TLS works.
-    let (first, second) = read_twice(&db, &good, Some(&dir.path().join("ca.pem"))).await;
+    let ((first, second), _) = read_twice(&db, &good, Some(&dir.path().join("ca.pem"))).await;
     assert_eq!(first, CacheStatus::Miss { stored: true });
     assert_eq!(second, CacheStatus::Hit);
 
-    // Anything else is refused — and the read falls through to the database
-    // instead of failing.
-    for (what, url, ca) in [
+    // Anything else is refused, for the certificate — and the read falls
+    // through to the database instead of failing. The same cases with
+    // verification switched off (the broken variant) connect: the check
+    // would notice verification being turned off.
+    for (what, url, ca, cause) in [
         (
             "a CA that did not sign the certificate",
             good.clone(),
             Some(dir.path().join("other-ca.pem")),
+            "UnknownIssuer",
         ),
         (
             "a host name the certificate does not name",
             format!("rediss://127.0.0.1:{}", redis.port),
             Some(dir.path().join("ca.pem")),
+            "not valid for name",
         ),
         (
             "the system roots (a private CA is not among them)",
             good.clone(),
             None,
+            "UnknownIssuer",
         ),
     ] {
-        let (first, _) = read_twice(&db, &url, ca.as_deref()).await;
-        assert!(matches!(first, CacheStatus::Bypass(_)), "{what}: {first:?}");
+        let verified = read_twice(&db, &url, ca.as_deref()).await;
+        assert!(
+            refused_for(&verified, cause),
+            "{what}: {:?}\n{}",
+            verified.0,
+            verified.1
+        );
+        // The same handshake, from a bare TLS client: verified, it fails
+        // for the same cause; with verification off, Redis answers.
+        let (host, port) = host_port(&url);
+        let roots = match &ca {
+            Some(ca) => roots_of(ca),
+            None => system_roots(),
+        };
+        let checked = ping_over_tls(host, port, verifying(roots)).await;
+        assert!(
+            checked.as_ref().is_err_and(|e| e.contains(cause)),
+            "{what}: {checked:?}"
+        );
+        let unchecked = ping_over_tls(host, port, not_verifying()).await;
+        assert_eq!(
+            unchecked.as_deref(),
+            Ok("+PONG"),
+            "{what}, verification off: the server is reachable, only verification refuses it"
+        );
     }
     // And plain text to a TLS port is not a working cache either.
-    let (first, _) = read_twice(&db, &format!("redis://localhost:{}", redis.port), None).await;
+    let ((first, _), _) = read_twice(&db, &format!("redis://localhost:{}", redis.port), None).await;
     assert!(
         matches!(first, CacheStatus::Bypass(_)),
         "plain text: {first:?}"
     );
+}
+
+/// The broken variant's verifier: accepts any certificate for any name.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn not_verifying() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
+        .with_no_client_auth()
+}
+
+fn verifying(roots: rustls::RootCertStore) -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+fn roots_of(pem: &Path) -> rustls::RootCertStore {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(pem).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    roots
+}
+
+fn system_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    // The system's roots (none of them signed our private CA).
+    for path in ["/etc/ssl/certs/ca-certificates.crt"] {
+        if Path::new(path).exists() {
+            use rustls::pki_types::pem::PemObject;
+            for cert in CertificateDer::pem_file_iter(path).unwrap().flatten() {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    roots
+}
+
+fn host_port(url: &str) -> (&str, u16) {
+    let rest = url.split("://").nth(1).unwrap();
+    let (host, port) = rest.rsplit_once(':').unwrap();
+    (host, port.parse().unwrap())
+}
+
+/// `PING` over TLS with `config`: the answer, or why the handshake failed.
+async fn ping_over_tls(
+    host: &str,
+    port: u16,
+    config: rustls::ClientConfig,
+) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    tls.write_all(b"PING\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 64];
+    let n = tls.read(&mut buf).await.map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
 }
 
 /// A PostgreSQL of the test's own with TLS on (the certificate names only
@@ -353,6 +511,10 @@ async fn pg_session(conninfo: &str, ca: Option<&Path>) -> Option<bool> {
     };
     let db = paycache::db::Db::new(&config).unwrap();
     let client = db.client().await.ok()?;
+    session_ssl(&client).await
+}
+
+async fn session_ssl(client: &tokio_postgres::Client) -> Option<bool> {
     let row = client
         .query_one(
             "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
@@ -386,31 +548,57 @@ async fn postgres_verification_is_on() {
         Some(true)
     );
 
-    // Anything that does not verify is refused, never used unverified.
+    // Anything that does not verify is refused, never used unverified, and
+    // the log says it was the certificate. A client with verification off
+    // (the broken variant) connects to the same server with the same
+    // settings, over TLS: only verification refuses it.
     let other = dir.path().join("other-ca.pem");
-    for (what, conninfo, ca) in [
+    for (what, conninfo, ca, cause) in [
         (
             "a CA that did not sign the certificate",
             at("localhost", " sslmode=require"),
             Some(other.as_path()),
+            "UnknownIssuer",
         ),
         (
             "a host name the certificate does not name",
             at("127.0.0.1", " sslmode=require"),
             Some(ca.as_path()),
+            "not valid for name",
         ),
         (
             "the system roots (a private CA is not among them)",
             at("localhost", " sslmode=require"),
             None,
+            "UnknownIssuer",
         ),
         (
             "sslmode=prefer with a certificate that does not verify",
             at("localhost", " sslmode=prefer"),
             Some(other.as_path()),
+            "UnknownIssuer",
         ),
     ] {
-        assert_eq!(pg_session(&conninfo, ca).await, None, "{what}");
+        let (session, logs) = test_support::logs::capture(pg_session(&conninfo, ca)).await;
+        assert_eq!(session, None, "{what}");
+        assert!(
+            logs.contains(cause),
+            "{what}: the log should say why:\n{logs}"
+        );
+
+        let unverified = tokio_postgres::connect(
+            &conninfo,
+            tokio_postgres_rustls::MakeRustlsConnect::new(not_verifying()),
+        )
+        .await;
+        let (client, connection) =
+            unverified.unwrap_or_else(|e| panic!("{what}, verification off: {e}"));
+        tokio::spawn(connection);
+        assert_eq!(
+            session_ssl(&client).await,
+            Some(true),
+            "{what}, verification off"
+        );
     }
 
     // sslmode=require to a server without TLS: no silent plain text.

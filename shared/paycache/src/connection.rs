@@ -530,7 +530,7 @@ impl Redis {
                     self.record_failure();
                 }
                 crate::telemetry::redis_error();
-                tracing::warn!(reason = kind.as_str(), error_kind = ?err.kind(), "redis call failed");
+                tracing::warn!(reason = kind.as_str(), error_kind = ?err.kind(), error = %crate::telemetry::ErrorChain(&err), "redis call failed");
                 Err(kind)
             }
             Err(_elapsed) => {

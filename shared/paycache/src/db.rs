@@ -102,7 +102,7 @@ impl Db {
 
     pub async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
         self.pool.get().await.map_err(|e| {
-            tracing::warn!(error = %e, "database connection unavailable");
+            tracing::warn!(error = %crate::telemetry::ErrorChain(&e), "database connection unavailable");
             DbError::Unavailable
         })
     }
@@ -180,7 +180,7 @@ pub fn query_error(err: tokio_postgres::Error) -> DbError {
         .as_db_error()
         .is_none_or(|db| matches!(&db.code().code()[..2], "08" | "53" | "57"));
     if err.is_closed() || transient {
-        tracing::warn!(error = %err, "database connection failed");
+        tracing::warn!(error = %crate::telemetry::ErrorChain(&err), "database connection failed");
         DbError::Unavailable
     } else {
         DbError::Query(err)

@@ -99,3 +99,27 @@ pub fn redis_error() {
 pub fn rate_limit_denied() {
     metrics::counter!("RateLimitDenied").increment(1);
 }
+
+/// An error and its sources, `outer: inner: …`, for logs: the cause of a
+/// failed TLS handshake ("invalid peer certificate: UnknownIssuer") sits
+/// several sources below "error performing TLS handshake". Drivers' error
+/// texts carry no credentials (connection strings are never part of them).
+pub struct ErrorChain<'a>(pub &'a dyn std::error::Error);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut last = self.0.to_string();
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            let text = e.to_string();
+            // Some errors repeat their source's text in their own.
+            if !last.contains(&text) {
+                write!(f, ": {text}")?;
+            }
+            last = text;
+            source = e.source();
+        }
+        Ok(())
+    }
+}

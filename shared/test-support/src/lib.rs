@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 
 use paycache::config::{Config, RedisMode};
 
+pub mod logs;
+
 /// A private temporary directory, removed on drop.
 #[derive(Debug)]
 pub struct TempDir(PathBuf);
@@ -89,6 +91,7 @@ impl RedisServer {
 
     /// Starts with extra `redis-server` arguments (e.g. cluster settings).
     pub fn start_with(extra: &[&str]) -> Self {
+        logs::init();
         let dir = TempDir::new("redis");
         let mut server = Self {
             port: 0,
@@ -369,6 +372,7 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn create() -> Self {
+        logs::init();
         let base = std::env::var("PAYCACHE_TEST_PG").unwrap_or_default();
         assert!(
             !base.is_empty(),
@@ -439,6 +443,7 @@ pub async fn insert_user(db: &TestDb, n: u64) -> String {
 /// A configuration for one test: its own key prefix, the given Redis and
 /// database, the defaults otherwise (overridable with `extra`).
 pub fn config(redis: &TestRedis, db: &TestDb, extra: &[(&str, &str)]) -> Config {
+    logs::init();
     let prefix = format!("t{:08x}", fastrand::u32(..));
     let mode = match redis.mode() {
         RedisMode::Standalone => "standalone",
@@ -628,6 +633,41 @@ impl RedisCluster {
         redis_cli(self.nodes[index].port, &["ROLE"])
             .and_then(|o| o.lines().next().map(str::to_owned))
             .unwrap_or_default()
+    }
+
+    /// The index of the primary that serves `key`'s hash slot now.
+    pub fn primary_for_key(&self, key: &str) -> usize {
+        let slot: u16 = (0..self.nodes.len())
+            .find_map(|i| redis_cli(self.nodes[i].port, &["CLUSTER", "KEYSLOT", key]))
+            .and_then(|o| o.trim().parse().ok())
+            .expect("CLUSTER KEYSLOT");
+        (0..self.nodes.len())
+            .find(|&i| {
+                let Some(nodes) = redis_cli(self.nodes[i].port, &["CLUSTER", "NODES"]) else {
+                    return false;
+                };
+                nodes.lines().any(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    fields.len() > 8
+                        && fields[2].contains("myself")
+                        && fields[2].contains("master")
+                        && fields[8..].iter().any(|range| {
+                            let mut ends = range.splitn(2, '-');
+                            let lo = ends.next().and_then(|v| v.parse::<u16>().ok());
+                            let hi = ends.next().and_then(|v| v.parse::<u16>().ok()).or(lo);
+                            matches!((lo, hi), (Some(lo), Some(hi)) if lo <= slot && slot <= hi)
+                        })
+                })
+            })
+            .expect("a primary serves every slot")
+    }
+
+    /// Whether node `index` is a replica of the primary on `primary_port`.
+    pub fn replicates(&self, index: usize, primary_port: u16) -> bool {
+        redis_cli(self.nodes[index].port, &["INFO", "replication"]).is_some_and(|o| {
+            o.lines()
+                .any(|l| l.trim() == format!("master_port:{primary_port}"))
+        })
     }
 }
 
