@@ -68,17 +68,38 @@ fn kill_node(port: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_killed_under_load() {
-    under_load(Disruption::Kill).await;
+    let late = under_load(Disruption::Kill, BREAKER).await;
+    assert!(late.is_empty(), "errors after the bound: {late:?}");
 }
+
+/// The broken variant through the same load and bound: a client that
+/// stays away from Redis for 8 s once its breaker opens (the tests above
+/// use 250 ms) recovers too late, and the bound catches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_breaker_breaks_the_bound() {
+    let late = under_load(Disruption::Kill, SLOW_BREAKER).await;
+    assert!(
+        !late.is_empty(),
+        "with an 8 s breaker cooldown the errors should outlast the bound"
+    );
+}
+
+/// The breaker cooldown of the load: short enough that the client is back
+/// within moments of the cluster's own failover (which takes 3.3–4.8 s
+/// after a kill with a 2 s node timeout on this machine).
+const BREAKER: &str = "250";
+const SLOW_BREAKER: &str = "8000";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_planned_failover_under_load() {
-    under_load(Disruption::PlannedFailover).await;
+    let late = under_load(Disruption::PlannedFailover, BREAKER).await;
+    assert!(late.is_empty(), "errors after the bound: {late:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_primary_returns_as_a_replica_under_load() {
-    under_load(Disruption::KillAndReturn).await;
+    let late = under_load(Disruption::KillAndReturn, BREAKER).await;
+    assert!(late.is_empty(), "errors after the bound: {late:?}");
 }
 
 /// One failover at a time: each test runs its own 6-node cluster under load,
@@ -86,13 +107,16 @@ async fn a_killed_primary_returns_as_a_replica_under_load() {
 /// failure detection past what the test bounds (node timeout + 3 s).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn under_load(disruption: Disruption) {
+/// Runs the load through `disruption` and checks everything but the error
+/// bound; returns the errors after it (`(at, kind)`), for the caller to
+/// judge. `cooldown_ms` is the circuit breaker's cooldown.
+async fn under_load(disruption: Disruption, cooldown_ms: &str) -> Vec<(Duration, &'static str)> {
     let _serial = SERIAL.lock().await;
     let cluster = RedisCluster::start();
     let mut w = World::with_redis(
         TestRedis::Cluster(cluster),
         &[
-            ("CACHE_BREAKER_COOLDOWN_MS", "250"),
+            ("CACHE_BREAKER_COOLDOWN_MS", cooldown_ms),
             ("REDIS_RESPONSE_TIMEOUT_MS", "250"),
         ],
     )
@@ -129,6 +153,7 @@ async fn under_load(disruption: Disruption) {
         cluster.nodes[heir].port
     };
 
+    let environment = || w.another_environment();
     let start = Instant::now();
     let run_for = Duration::from_secs(match disruption {
         Disruption::KillAndReturn => 18,
@@ -152,7 +177,7 @@ async fn under_load(disruption: Disruption) {
     let mut tasks = Vec::new();
     // Profile readers.
     for i in 0..2 {
-        let (app, users, samples) = (w.another_environment(), users.clone(), samples.clone());
+        let (app, users, samples) = (environment(), users.clone(), samples.clone());
         tasks.push(tokio::spawn(async move {
             let mut n = i;
             while start.elapsed() < run_for {
@@ -171,7 +196,7 @@ async fn under_load(disruption: Disruption) {
     // A balance writer (compare-and-set) and a balance reader.
     {
         let (app, wallet, samples, acked, floor) = (
-            w.another_environment(),
+            environment(),
             wallet.clone(),
             samples.clone(),
             acked.clone(),
@@ -206,7 +231,7 @@ async fn under_load(disruption: Disruption) {
     }
     {
         let (app, wallet, samples, stale, floor) = (
-            w.another_environment(),
+            environment(),
             wallet.clone(),
             samples.clone(),
             stale.clone(),
@@ -235,7 +260,7 @@ async fn under_load(disruption: Disruption) {
     }
     // Rate-limit checks (fail open by default: they never error).
     {
-        let (app, samples) = (w.another_environment(), samples.clone());
+        let (app, samples) = (environment(), samples.clone());
         tasks.push(tokio::spawn(async move {
             while start.elapsed() < run_for {
                 let t0 = Instant::now();
@@ -347,9 +372,9 @@ async fn under_load(disruption: Disruption) {
         .filter(|s| s.error && s.at > recovered_by)
         .map(|s| (s.at, s.kind))
         .collect();
-    assert!(
-        late.is_empty(),
-        "errors after {recovered_by:?}: {} (first at {:?}; replica promoted at {promoted_at:?})",
+    eprintln!(
+        "{disruption:?} (breaker cooldown {cooldown_ms} ms): errors after {recovered_by:?}: {} \
+         (first at {:?}; replica promoted at {promoted_at:?})",
         late.len(),
         late.first()
     );
@@ -389,4 +414,5 @@ async fn under_load(disruption: Disruption) {
         "stale reads: {:?}",
         stale.lock().unwrap()
     );
+    late
 }
