@@ -80,25 +80,45 @@ fn request(
         .with_path_parameters(params)
 }
 
+/// Every answer to arbitrary input, with Redis and PostgreSQL up: never a
+/// 5xx (bad input is the caller's error, and nothing here is down), and
+/// every 4xx is a problem document whose `status` is the answer's.
 fn check(resp: &lambda_http::Response<Body>, what: &str) -> Result<(), TestCaseError> {
     let status = resp.status().as_u16();
     prop_assert!(
-        status != 500,
-        "{what}: 500 {}",
+        status < 500,
+        "{what}: {status} {}",
         String::from_utf8_lossy(resp.body().as_ref())
     );
-    if status >= 400 && status != 503 {
+    if status >= 400 {
         let ct = resp
             .headers()
             .get("content-type")
             .map(|v| v.to_str().unwrap_or(""))
             .unwrap_or("");
-        // The health check's 503 is the contract's own shape.
         prop_assert_eq!(ct, "application/problem+json", "{}: {}", what, status);
         let v: Value = serde_json::from_slice(resp.body().as_ref()).unwrap();
         prop_assert_eq!(v["status"].as_u64(), Some(status as u64));
+        prop_assert!(
+            v["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("urn:paycache:problem:"))
+        );
+        prop_assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()));
     }
     Ok(())
+}
+
+/// Whether `user_ids` is what the warmer accepts: an array of at most
+/// 10,000 canonical user ids.
+fn valid_user_ids(v: &Value) -> bool {
+    v.as_array().is_some_and(|list| {
+        list.len() <= 10_000
+            && list.iter().all(|u| {
+                u.as_str()
+                    .is_some_and(|s| paycache::keys::UserId::parse(s).is_ok())
+            })
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,31 +179,50 @@ async fn handlers_survive_arbitrary_input() {
                             request(method, &path, body.clone(), h.clone()),
                         )
                         .await;
-                        prop_assert!(r.status().as_u16() != 500);
+                        check(&r, "rate-limit")?;
                         let r = paycache::routes::logout::handle(
                             &app,
                             request(method, &path, body.clone(), h),
                         )
                         .await;
                         check(&r, "logout")?;
-                        // EventBridge and WebSocket handlers: any JSON at all.
+                        // EventBridge and WebSocket handlers, any JSON at all:
+                        // refused (not retried: no error) and nothing changed.
+                        let before = keys(&app).await;
                         let out = paycache::events::cache_invalidation(&app, &event).await;
+                        let status = out.as_ref().map(|v| v["status"].clone());
                         prop_assert!(
-                            out.is_ok()
-                                || matches!(
-                                    out,
-                                    Err(paycache::invalidation::InvalidationError::Db(_))
-                                )
+                            matches!(
+                                status.as_ref().map(|s| s.as_str()),
+                                Ok(Some("rejected" | "ignored"))
+                            ),
+                            "invalidation of {}: {:?}",
+                            event,
+                            out
                         );
                         let out = paycache::events::websocket(&app, &event).await;
-                        prop_assert!(out["statusCode"].as_u64().is_some_and(|s| s != 500));
+                        prop_assert!(
+                            matches!(out["statusCode"].as_u64(), Some(400 | 401 | 410)),
+                            "websocket {}: {}",
+                            event,
+                            out
+                        );
+                        let error =
+                            serde_json::from_str::<Value>(out["body"].as_str().unwrap_or(""));
+                        prop_assert!(error.is_ok_and(|b| b["error"].is_string()), "{}", out);
+                        prop_assert_eq!(&keys(&app).await, &before, "{}", event);
                         let out = paycache::events::cache_warm(
                             &app,
                             &json!({"user_ids": event}),
                             std::time::Instant::now() + std::time::Duration::from_secs(5),
                         )
                         .await;
-                        prop_assert!(out.is_object());
+                        if valid_user_ids(&event) {
+                            prop_assert_eq!(&out["status"], "ok", "{}", out);
+                        } else {
+                            prop_assert_eq!(&out["status"], "rejected", "{}", out);
+                            prop_assert_eq!(&keys(&app).await, &before, "{}", event);
+                        }
                         Ok(())
                     })
                 },
@@ -192,4 +231,16 @@ async fn handlers_survive_arbitrary_input() {
     })
     .await
     .unwrap();
+}
+
+/// The keys under the app's prefix (a standalone Redis).
+async fn keys(app: &paycache::App) -> Vec<String> {
+    let pattern = format!("{}:*", app.keys.prefix());
+    let mut found: Vec<String> = app
+        .redis
+        .run(|mut c| async move { redis::cmd("KEYS").arg(&pattern).query_async(&mut c).await })
+        .await
+        .unwrap();
+    found.sort();
+    found
 }

@@ -578,32 +578,64 @@ mod tests {
         );
     }
 
+    /// The property every parsed identifier must have: the key built from
+    /// it has exactly the one hash tag this module chose, holding exactly
+    /// the identifier (rate-limit keys: the user's), and no separator or
+    /// brace of the input leaks into the key's structure.
+    fn keys_keep_their_shape(
+        candidate: &str,
+    ) -> Result<usize, proptest::test_runner::TestCaseError> {
+        let mut parsed = 0;
+        if let Ok(id) = UserId::parse(candidate) {
+            parsed += 1;
+            let k = ks().user_profile(&id);
+            proptest::prop_assert_eq!(hash_tag(k.as_str()), id.to_string());
+            proptest::prop_assert_eq!(k.as_str().matches('{').count(), 1);
+        }
+        if let Ok(s) = SessionId::parse(candidate) {
+            parsed += 1;
+            let k = ks().session(&s);
+            proptest::prop_assert_eq!(hash_tag(k.as_str()), s.as_str());
+            let clean = !s.as_str().contains([':', '{', '}']);
+            proptest::prop_assert!(clean, "session id with a separator or brace");
+        }
+        if let Ok(e) = Endpoint::parse(candidate) {
+            parsed += 1;
+            let user = UserId::parse(USER).unwrap();
+            let k = ks().rate_limit(&user, &e);
+            proptest::prop_assert_eq!(k.as_str().matches(':').count(), 3);
+            proptest::prop_assert_eq!(hash_tag(k.as_str()), USER);
+        }
+        Ok(parsed)
+    }
+
     proptest::proptest! {
         /// Whatever the input, parsing never panics, and whatever parses
-        /// builds a key with exactly the one hash tag this module chose,
-        /// holding exactly the identifier.
+        /// keeps its shape.
         #[test]
         fn hostile_input_never_chooses_a_slot(raw in "\\PC{0,200}", bytes in proptest::collection::vec(0u8..=255, 0..80)) {
             let lossy = String::from_utf8_lossy(&bytes).into_owned();
             for candidate in [raw.as_str(), lossy.as_str()] {
-                if let Ok(id) = UserId::parse(candidate) {
-                    let k = ks().user_profile(&id);
-                    proptest::prop_assert_eq!(hash_tag(k.as_str()), id.to_string());
-                    proptest::prop_assert_eq!(k.as_str().matches('{').count(), 1);
-                }
-                if let Ok(s) = SessionId::parse(candidate) {
-                    let k = ks().session(&s);
-                    proptest::prop_assert_eq!(hash_tag(k.as_str()), s.as_str());
-                    let clean = !s.as_str().contains([':', '{', '}']);
-                    proptest::prop_assert!(clean, "session id with a separator or brace");
-                }
-                if let Ok(e) = Endpoint::parse(candidate) {
-                    let user = UserId::parse(USER).unwrap();
-                    let k = ks().rate_limit(&user, &e);
-                    proptest::prop_assert_eq!(k.as_str().matches(':').count(), 3);
-                    proptest::prop_assert_eq!(hash_tag(k.as_str()), USER);
-                }
+                keys_keep_their_shape(candidate)?;
             }
+        }
+
+        /// Valid identifiers of each kind (generated, not hoped for among
+        /// random text) parse, and keep their shape.
+        #[test]
+        fn valid_identifiers_parse_and_keep_their_shape(
+            uuid in proptest::array::uniform16(0u8..=255),
+            session in "[A-Za-z0-9_-]{1,126}={0,2}",
+            endpoint in "[a-z0-9_.-]{1,64}",
+        ) {
+            let user = uuid::Builder::from_random_bytes(uuid).into_uuid().to_string();
+            for valid in [user.as_str(), session.as_str(), endpoint.as_str()] {
+                let parsed = keys_keep_their_shape(valid)?;
+                proptest::prop_assert!(parsed >= 1, "{:?} parsed as nothing", valid);
+            }
+            proptest::prop_assert!(UserId::parse(&user).is_ok());
+            proptest::prop_assert!(SessionId::parse(&session).is_ok());
+            proptest::prop_assert!(Endpoint::parse(&endpoint).is_ok());
         }
     }
 

@@ -242,7 +242,8 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Any text: no panic; what parses formats back to itself.
+        /// Any text and any code: no panic; what parses formats back to
+        /// itself.
         #[test]
         fn amounts_round_trip(text in "-?[0-9]{0,22}(\\.[0-9]{0,4})?|\\PC{0,40}", code in "[A-Z]{3}|[a-z]{3}|\\PC{0,5}") {
             if let Ok(currency) = Currency::parse(&code)
@@ -251,6 +252,36 @@ mod tests {
                 proptest::prop_assert!(minor >= 0);
                 proptest::prop_assert_eq!(parse_amount(&format_amount(minor, currency), currency), Ok(minor));
             }
+        }
+
+        /// Every supported currency, and amounts written with at most its
+        /// minor-unit digits: they parse (this is not left to chance), to
+        /// the value the digits say, and format back to themselves.
+        #[test]
+        fn valid_amounts_in_every_supported_currency(
+            index in 0..CURRENCIES.len(),
+            whole in 0u64..=9_999_999_999_999,
+            fraction in 0u64..1000,
+            digits in 0u8..=3,
+        ) {
+            let (code, exponent) = CURRENCIES[index];
+            let currency = Currency::parse(code);
+            proptest::prop_assert!(currency.is_ok(), "{} is supported", code);
+            let currency = currency.unwrap_or_else(|_| unreachable!());
+            let digits = digits.min(exponent);
+            let fraction = fraction % 10u64.pow(u32::from(digits));
+            let text = if digits == 0 {
+                whole.to_string()
+            } else {
+                format!("{whole}.{fraction:0width$}", width = usize::from(digits))
+            };
+            let expected = i64::try_from(
+                whole * 10u64.pow(u32::from(exponent))
+                    + fraction * 10u64.pow(u32::from(exponent - digits)),
+            ).unwrap_or(i64::MAX);
+            let minor = parse_amount(&text, currency);
+            proptest::prop_assert_eq!(minor, Ok(expected), "{} {}", text, code);
+            proptest::prop_assert_eq!(parse_amount(&format_amount(expected, currency), currency), Ok(expected));
         }
 
         #[test]
