@@ -16,6 +16,7 @@ cleanup() {
   set +e
   [ -n "${E2E_PID:-}" ] && kill "$E2E_PID" 2>/dev/null
   stop_redis "$STACK/redis"
+  stop_redis "$STACK/e2e-redis"
   stop_cluster "$STACK/cluster"
   stop_moto "$STACK/moto"
   [ -n "${PG_DIR:-}" ] && stop_postgres "$PG_DIR"
@@ -23,7 +24,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 # Leftovers of an interrupted run.
 if [ -d "$STACK" ]; then
-  stop_redis "$STACK/redis"; stop_cluster "$STACK/cluster"; stop_moto "$STACK/moto"
+  stop_redis "$STACK/redis"; stop_redis "$STACK/e2e-redis"; stop_cluster "$STACK/cluster"; stop_moto "$STACK/moto"
   [ -d "$STACK/pg" ] && stop_postgres "$STACK/pg"
   [ -L "$STACK/pg.alt" ] && stop_postgres "$(readlink "$STACK/pg.alt")"
   rm -rf "$STACK"
@@ -51,22 +52,40 @@ log "cargo fmt --check"
 cargo fmt --all --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-log "cargo test"
-cargo test --workspace --all-targets 2>&1 | tee "$STACK/test-output.log"
+# Everything the tests log goes to files (shared/test-support/src/logs.rs),
+# and every test's own output is kept (--nocapture): the secrets check below
+# reads all of it. The console gets the summary lines; a failure, its story.
+export PAYCACHE_TEST_LOG_DIR="$STACK/logs"
+cp "$ROOT/tests/secrets.txt" "$STACK/secrets.run"
+log "cargo test (output in $STACK/test-output.log, logs in $PAYCACHE_TEST_LOG_DIR)"
+set +e
+cargo test --workspace --all-targets -- --nocapture >"$STACK/test-output.log" 2>&1
+rc=$?
+set -e
+grep -E '^(test result:|error(\[|:))|^test .* FAILED$' "$STACK/test-output.log" || true
+if [ "$rc" != 0 ]; then
+  grep -E -B2 -A25 "panicked at|^error(\[|:)" "$STACK/test-output.log" | head -400 >&2
+  die "cargo test failed (exit $rc); the whole output is in $STACK/test-output.log"
+fi
 log "end-to-end: cargo lambda watch + cargo lambda invoke"
-PG_PORT=$PG_PORT bash "$ROOT/scripts/e2e.sh" 2>&1 | tee "$STACK/e2e-output.log"
+PG_PORT=$PG_PORT PG_DIR=$PG_DIR bash "$ROOT/scripts/e2e.sh" 2>&1 | tee "$STACK/e2e-output.log"
 
-# Secrets never reach logs or errors: none of the tests' secret values may
-# appear in anything the tests or the functions printed.
+# Secrets never reach logs or errors: none of the tests' secret values, nor
+# the e2e run's (a Redis token and a database password from the local
+# Secrets Manager), may appear in anything the tests, the tools or the
+# functions printed or logged. First the checker must catch a planted leak.
 log "secrets in output"
-leaked=0
-while IFS= read -r secret; do
-  case "$secret" in ''|'#'*) continue ;; esac
-  if grep -rqF -- "$secret" "$STACK/test-output.log" "$STACK/e2e-output.log" "$STACK/watch.log"; then
-    echo "secret leaked into the output: ${secret:0:4}…" >&2
-    leaked=1
-  fi
-done <"$ROOT/tests/secrets.txt"
-[ "$leaked" = 0 ] || die "a test secret appeared in the output"
-echo "secrets: none of $(grep -cv '^\(#\|$\)' "$ROOT/tests/secrets.txt") leaked"
+cat "$STACK"/logs/*.log >"$STACK/test-logs.log" 2>/dev/null || true
+planted="$STACK/planted.log"
+{ echo "an ordinary line"; echo "token=$(grep -v '^\(#\|$\)' "$STACK/secrets.run" | tail -n 1) leaked"; } >"$planted"
+if bash "$ROOT/scripts/check-secrets.sh" "$STACK/secrets.run" "$planted" >/dev/null 2>&1; then
+  die "the secrets check did not catch a planted leak"
+fi
+: >"$STACK/empty.log"
+if bash "$ROOT/scripts/check-secrets.sh" "$STACK/secrets.run" "$STACK/empty.log" >/dev/null 2>&1; then
+  die "the secrets check accepted an empty log"
+fi
+bash "$ROOT/scripts/check-secrets.sh" "$STACK/secrets.run" \
+  "$STACK/test-output.log" "$STACK/test-logs.log" "$STACK/e2e-output.log" "$STACK/watch.log" \
+  || die "a secret appeared in the output (or a log is missing)"
 tail -n 1 "$STACK/e2e-output.log"

@@ -86,16 +86,30 @@ def check(case):
             for k, v in case["body"].items():
                 if lookup(parsed, k) != v:
                     problems.append(f"body.{k}: {lookup(parsed, k)!r}, expected {v!r}")
+        elif parsed is not None:
+            problems.append(f"body is JSON but not an object: {body[:200]!r}")
     if problems:
         raise AssertionError("; ".join(problems))
+
+
+# What this suite is known to hold. A run with fewer cases or events than
+# this checked less than it says: an emptied cases.json or events/ must
+# fail, not pass as "0 passed". Raise these when adding cases.
+MIN_CASES = 55
+MIN_EVENTS = 42
 
 
 def main():
     spec = json.load(open(os.path.join(ROOT, "tests/e2e/cases.json")))
     cases = spec["cases"]
     passed = failed = 0
+    events = glob.glob(os.path.join(ROOT, "events/*.json"))
+    if len(cases) < MIN_CASES or len(events) < MIN_EVENTS:
+        print(f"FAIL e2e: {len(cases)} cases and {len(events)} events, expected at least "
+              f"{MIN_CASES} and {MIN_EVENTS}")
+        failed += 1
     used = {c["event"] for c in cases if "event" in c}
-    for event in sorted(glob.glob(os.path.join(ROOT, "events/*.json"))):
+    for event in sorted(events):
         rel = os.path.relpath(event, ROOT)
         if rel not in used:
             print(f"FAIL {rel}: no e2e case sends this event")
