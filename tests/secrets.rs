@@ -13,7 +13,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use paycache::App;
-use paycache::aws::{AwsClient, SECRETS_MANAGER};
 use paycache::config::RedisMode;
 use paycache::connection::Redis;
 use test_support::{RedisCluster, RedisServer, TestDb, TestRedis};
@@ -24,36 +23,33 @@ const TOKEN_B: &str = "rotation-token-B-4a8f2c6d19e3";
 const TOKEN_C: &str = "rotation-token-C-e07b3a91d6c4";
 const DB_PASSWORD: &str = "db-secret-pw-51f3b8a2c7d9";
 
-fn aws() -> AwsClient {
+async fn aws() -> aws_sdk_secretsmanager::Client {
     assert!(
         std::env::var("AWS_ENDPOINT_URL").is_ok_and(|v| v.starts_with("http://127.0.0.1")),
         "AWS_ENDPOINT_URL must point at the local moto_server: run the tests with `make test`"
     );
-    AwsClient::from_env(Duration::from_secs(5)).unwrap()
+    aws_sdk_secretsmanager::Client::new(paycache::aws::sdk_config(Duration::from_secs(5)).await)
 }
 
-async fn create_secret(aws: &AwsClient, value: &str) -> String {
+async fn create_secret(aws: &aws_sdk_secretsmanager::Client, value: &str) -> String {
     let name = format!("paycache-test-{}", test_support::random_uuid());
-    let body = aws
-        .json_call(
-            SECRETS_MANAGER,
-            "secretsmanager.CreateSecret",
-            &serde_json::json!({ "Name": name, "SecretString": value }),
-        )
+    let answer = aws
+        .create_secret()
+        .name(name)
+        .secret_string(value)
+        .send()
         .await
         .unwrap();
-    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    answer["ARN"].as_str().unwrap().to_owned()
+    answer.arn().unwrap().to_owned()
 }
 
-async fn put_secret(aws: &AwsClient, arn: &str, value: &str) {
-    aws.json_call(
-        SECRETS_MANAGER,
-        "secretsmanager.PutSecretValue",
-        &serde_json::json!({ "SecretId": arn, "SecretString": value }),
-    )
-    .await
-    .unwrap();
+async fn put_secret(aws: &aws_sdk_secretsmanager::Client, arn: &str, value: &str) {
+    aws.put_secret_value()
+        .secret_id(arn)
+        .secret_string(value)
+        .send()
+        .await
+        .unwrap();
 }
 
 /// `redis-cli` against one node, authenticated with `password`.
@@ -151,7 +147,7 @@ async fn app_with_secret(servers: &Servers, db: &TestDb, arn: &str) -> App {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_are_fetched_once_at_init() {
-    let aws = aws();
+    let aws = aws().await;
     let servers = servers(RedisMode::Standalone);
     let db = TestDb::create().await;
     let redis_arn = create_secret(&aws, &format!(r#"{{"token":"{TOKEN_A}"}}"#)).await;
@@ -226,7 +222,7 @@ async fn secrets_are_fetched_once_at_init() {
 }
 
 async fn rotation(mode: RedisMode) {
-    let aws = aws();
+    let aws = aws().await;
     let servers = servers(mode);
     let db = TestDb::create().await;
     let arn = create_secret(&aws, TOKEN_A).await;

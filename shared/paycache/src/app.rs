@@ -1,6 +1,5 @@
 //! Everything a function needs, built once per execution environment.
 
-use crate::aws::AwsClient;
 use crate::cache_aside::CacheAside;
 use crate::config::{Config, ConfigError};
 use crate::connection::{Redis, RedisSetupError};
@@ -60,9 +59,12 @@ impl App {
         if redis_arn.is_none() && durable_arn.is_none() && database_arn.is_none() {
             return Self::new(config);
         }
-        let client = AwsClient::from_env(config.secrets_timeout)?;
+        let sdk = crate::aws::sdk_config(config.secrets_timeout).await;
+        crate::aws::require_region(sdk)?;
+        let client = aws_sdk_secretsmanager::Client::new(sdk);
+        let timeout = config.secrets_timeout;
         let source = |arn: Option<String>, variable| {
-            arn.map(|arn| SecretSource::new(client.clone(), arn, variable))
+            arn.map(|arn| SecretSource::new(client.clone(), timeout, arn, variable))
         };
         let redis_source = source(redis_arn, "REDIS_AUTH_TOKEN_SECRET_ARN");
         let durable_source = source(durable_arn, "REDIS_DURABLE_AUTH_TOKEN_SECRET_ARN");

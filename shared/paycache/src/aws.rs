@@ -1,47 +1,30 @@
-//! A small signed client for the two AWS APIs this project calls:
-//! Secrets Manager `GetSecretValue` (every function, once at init and again
-//! when Redis refuses a rotated token) and, for tests, the calls that create
-//! and rotate a secret.
+//! The AWS SDK for Rust, set up once per execution environment, for the two
+//! AWS APIs this project calls: Secrets Manager `GetSecretValue` (at init,
+//! and again when Redis refuses a rotated token) and CloudWatch
+//! `PutMetricData` (`metrics-emitter`).
 //!
-//! Why not `aws-sdk-secretsmanager`: every function would carry the SDK's
-//! runtime (config loading, credential chain, retry and endpoint machinery),
-//! about 2 MB of each `bootstrap` and tens of milliseconds of cold start, for
-//! one request at init. What is kept from the SDK is the part that must be
-//! exactly right — the request signature, `aws-sigv4`, AWS's own signer —
-//! and the HTTP client is the `hyper` that `lambda_runtime` already carries,
-//! with rustls (ring) and the system's roots, like every other TLS connection
-//! here.
+//! One [`SdkConfig`] per execution environment ([`sdk_config`]): the standard
+//! AWS configuration chain (`AWS_REGION`, the Lambda role's credentials from
+//! the environment, `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_<SERVICE>` for a
+//! local endpoint such as `moto_server`), the SDK's retries, an operation
+//! timeout, and its HTTP client on rustls with ring — the TLS stack of
+//! every other connection here — verifying against the system's roots.
 //!
-//! Credentials come from `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and
-//! `AWS_SESSION_TOKEN`, which Lambda sets from the function's role (and which
-//! `cargo lambda watch` passes through); the region from `AWS_REGION`; the
-//! endpoint from `AWS_ENDPOINT_URL_<SERVICE>` or `AWS_ENDPOINT_URL` when set
-//! (a local endpoint such as `moto_server`), `https://<service>.<region>.amazonaws.com`
-//! otherwise. Errors name the service's error code, never a response body (a
-//! body may hold a secret).
+//! Errors keep the service's error code (`ResourceNotFoundException`) and
+//! never a message or body (a body may hold a secret).
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-use aws_sigv4::sign::v4;
-use aws_smithy_runtime_api::client::identity::Identity;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-
-/// The largest response read (a secret is at most 64 KiB).
-const MAX_RESPONSE: usize = 1 << 20;
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
 
 /// Why an AWS call failed. The text is safe to log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AwsError {
     #[error("AWS configuration: {0} is not set or not valid")]
     Config(&'static str),
-    #[error("the AWS request could not be signed")]
-    Signing,
     #[error("{service} did not answer within {timeout_ms} ms")]
     Timeout {
         service: &'static str,
@@ -61,243 +44,83 @@ pub enum AwsError {
     Body { service: &'static str },
 }
 
-/// One AWS API: its signing name, the suffix of its `AWS_ENDPOINT_URL_*`
-/// variable and its host prefix.
-#[derive(Debug, Clone, Copy)]
-pub struct Service {
-    pub signing_name: &'static str,
-    pub endpoint_env: &'static str,
-    pub host_prefix: &'static str,
+/// The shared AWS configuration of this execution environment, loaded at
+/// the first call (region and endpoint resolved then; credentials at the
+/// first request). `timeout` bounds each operation, retries included; the
+/// first caller's value is kept.
+pub async fn sdk_config(timeout: Duration) -> &'static SdkConfig {
+    static CONFIG: tokio::sync::OnceCell<SdkConfig> = tokio::sync::OnceCell::const_new();
+    CONFIG
+        .get_or_init(|| async move {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let http = aws_smithy_http_client::Builder::new()
+                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                ))
+                .build_https();
+            aws_config::defaults(BehaviorVersion::latest())
+                .http_client(http)
+                .timeout_config(
+                    aws_config::timeout::TimeoutConfig::builder()
+                        .operation_timeout(timeout)
+                        .build(),
+                )
+                .load()
+                .await
+        })
+        .await
 }
 
-pub const SECRETS_MANAGER: Service = Service {
-    signing_name: "secretsmanager",
-    endpoint_env: "AWS_ENDPOINT_URL_SECRETS_MANAGER",
-    host_prefix: "secretsmanager",
-};
+/// The region of `config`, or the error that names the variable to set.
+pub fn require_region(config: &SdkConfig) -> Result<(), AwsError> {
+    match config.region() {
+        Some(r) if !r.as_ref().is_empty() => Ok(()),
+        _ => Err(AwsError::Config("AWS_REGION")),
+    }
+}
 
-type Https = hyper_rustls::HttpsConnector<HttpConnector>;
-
-/// A signed HTTPS client for one region. Cheap to clone.
-#[derive(Clone)]
-pub struct AwsClient {
-    http: Client<Https, Full<Bytes>>,
-    region: String,
+/// Maps an SDK error to [`AwsError`], keeping only the service's error
+/// code and the HTTP status.
+pub fn error<E>(
+    service: &'static str,
     timeout: Duration,
-}
-
-impl std::fmt::Debug for AwsClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AwsClient")
-            .field("region", &self.region)
-            .finish_non_exhaustive()
-    }
-}
-
-impl AwsClient {
-    /// Reads the region from the environment and builds the HTTPS client
-    /// (with the system's trusted roots, shared with the PostgreSQL client);
-    /// does not touch the network.
-    pub fn from_env(timeout: Duration) -> Result<Self, AwsError> {
-        let region = std::env::var("AWS_REGION")
-            .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
-            .ok()
-            .filter(|r| {
-                !r.is_empty()
-                    && r.len() <= 32
-                    && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            })
-            .ok_or(AwsError::Config("AWS_REGION"))?;
-        let tls = crate::tls::client_config(crate::tls::native_roots().clone());
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let http = Client::builder(TokioExecutor::new()).build(https);
-        Ok(Self {
-            http,
-            region,
-            timeout,
-        })
-    }
-
-    pub fn region(&self) -> &str {
-        &self.region
-    }
-
-    fn endpoint(&self, service: Service) -> String {
-        let configured = std::env::var(service.endpoint_env)
-            .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
-            .ok()
-            .filter(|e| !e.is_empty());
-        match configured {
-            Some(url) => url.trim_end_matches('/').to_owned(),
-            None => format!(
-                "https://{}.{}.amazonaws.com",
-                service.host_prefix, self.region
-            ),
-        }
-    }
-
-    /// POSTs an AWS JSON 1.1 request (`X-Amz-Target: <target>`) and returns
-    /// the response body of a 2xx answer.
-    pub async fn json_call(
-        &self,
-        service: Service,
-        target: &str,
-        body: &serde_json::Value,
-    ) -> Result<Bytes, AwsError> {
-        let body = serde_json::to_vec(body).map_err(|_| AwsError::Signing)?;
-        self.post(
+    err: &SdkError<E, HttpResponse>,
+) -> AwsError
+where
+    E: ProvideErrorMetadata,
+{
+    match err {
+        SdkError::TimeoutError(_) => AwsError::Timeout {
             service,
-            "application/x-amz-json-1.1",
-            Some(target),
-            Bytes::from(body),
-        )
-        .await
-    }
-
-    /// Signs and sends one POST to the service's endpoint, within the
-    /// client's timeout.
-    pub async fn post(
-        &self,
-        service: Service,
-        content_type: &str,
-        target: Option<&str>,
-        body: Bytes,
-    ) -> Result<Bytes, AwsError> {
-        let timeout_ms = self.timeout.as_millis() as u64;
-        match tokio::time::timeout(
-            self.timeout,
-            self.post_unbounded(service, content_type, target, body),
-        )
-        .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(AwsError::Timeout {
-                service: service.signing_name,
-                timeout_ms,
-            }),
-        }
-    }
-
-    async fn post_unbounded(
-        &self,
-        service: Service,
-        content_type: &str,
-        target: Option<&str>,
-        body: Bytes,
-    ) -> Result<Bytes, AwsError> {
-        let uri = format!("{}/", self.endpoint(service));
-        let mut builder = http::Request::builder()
-            .method("POST")
-            .uri(&uri)
-            .header("content-type", content_type);
-        if let Some(target) = target {
-            builder = builder.header("x-amz-target", target);
-        }
-        let mut request = builder
-            .body(Full::new(body.clone()))
-            .map_err(|_| AwsError::Config("AWS_ENDPOINT_URL"))?;
-        self.sign(service, &mut request, &body)?;
-        let service_name = service.signing_name;
-        let response = self.http.request(request).await.map_err(|e| {
-            tracing::warn!(service = service_name, error = %e, "AWS request failed");
-            AwsError::Transport {
-                service: service_name,
-            }
-        })?;
-        let status = response.status();
-        let bytes = Limited::new(response.into_body(), MAX_RESPONSE)
-            .collect()
-            .await
-            .map_err(|_| AwsError::Body {
-                service: service_name,
-            })?
-            .to_bytes();
-        if status.is_success() {
-            Ok(bytes)
-        } else {
-            Err(AwsError::Status {
-                service: service_name,
-                status: status.as_u16(),
-                code: error_code(&bytes),
-            })
-        }
-    }
-
-    fn sign(
-        &self,
-        service: Service,
-        request: &mut http::Request<Full<Bytes>>,
-        body: &[u8],
-    ) -> Result<(), AwsError> {
-        let access_key = env_credential("AWS_ACCESS_KEY_ID")?;
-        let secret_key = env_credential("AWS_SECRET_ACCESS_KEY")?;
-        let session_token = std::env::var("AWS_SESSION_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty());
-        let identity: Identity =
-            Credentials::new(access_key, secret_key, session_token, None, "environment").into();
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&self.region)
-            .name(service.signing_name)
-            .time(SystemTime::now())
-            .settings(SigningSettings::default())
-            .build()
-            .map_err(|_| AwsError::Signing)?
-            .into();
-        let uri = request.uri().to_string();
-        let headers: Vec<(&str, &str)> = request
-            .headers()
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
-            .collect();
-        let signable = SignableRequest::new(
-            "POST",
-            uri.as_str(),
-            headers.into_iter(),
-            SignableBody::Bytes(body),
-        )
-        .map_err(|_| AwsError::Signing)?;
-        let (instructions, _signature) = sign(signable, &params)
-            .map_err(|_| AwsError::Signing)?
-            .into_parts();
-        instructions.apply_to_request_http1x(request);
-        Ok(())
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        },
+        SdkError::DispatchFailure(f) if f.is_timeout() => AwsError::Timeout {
+            service,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        },
+        SdkError::ServiceError(e) => AwsError::Status {
+            service,
+            status: e.raw().status().as_u16(),
+            code: code(e.err().code()),
+        },
+        SdkError::ResponseError(_) => AwsError::Body { service },
+        _ => AwsError::Transport { service },
     }
 }
 
-fn env_credential(name: &'static str) -> Result<String, AwsError> {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .ok_or(AwsError::Config(name))
-}
-
-/// The error code of an AWS JSON (`__type`) or query (`<Code>`) error body:
-/// only a short identifier is kept, never a message.
-fn error_code(body: &[u8]) -> String {
-    let from_json = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v.get("__type")?.as_str().map(str::to_owned))
-        .map(|t| t.rsplit('#').next().unwrap_or_default().to_owned());
-    let from_xml = || {
-        let text = std::str::from_utf8(body).ok()?;
-        let start = text.find("<Code>")? + "<Code>".len();
-        let end = start + text[start..].find("</Code>")?;
-        Some(text[start..end].to_owned())
-    };
-    from_json
-        .or_else(from_xml)
-        .filter(|c| {
-            !c.is_empty()
+/// Only identifier characters of a service's error code are kept.
+fn code(code: Option<&str>) -> String {
+    match code {
+        Some(c)
+            if !c.is_empty()
                 && c.len() <= 64
-                && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.')
-        })
-        .unwrap_or_else(|| "unknown".into())
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_') =>
+        {
+            c.to_owned()
+        }
+        _ => "unknown".to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -307,14 +130,10 @@ mod tests {
     #[test]
     fn error_codes_are_identifiers_only() {
         assert_eq!(
-            error_code(br#"{"__type":"com.amazonaws#ResourceNotFoundException","message":"x"}"#),
+            code(Some("ResourceNotFoundException")),
             "ResourceNotFoundException"
         );
-        assert_eq!(
-            error_code(b"<ErrorResponse><Error><Code>Throttling</Code></Error></ErrorResponse>"),
-            "Throttling"
-        );
-        assert_eq!(error_code(br#"{"__type":"a b <script>"}"#), "unknown");
-        assert_eq!(error_code(b"secret-value-here"), "unknown");
+        assert_eq!(code(Some("not a code: secret=abc")), "unknown");
+        assert_eq!(code(None), "unknown");
     }
 }

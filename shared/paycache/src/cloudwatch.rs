@@ -1,19 +1,17 @@
 //! Publishing the node metrics with CloudWatch `PutMetricData`, for
-//! `metrics-emitter`, through the signed client of [`crate::aws`] (the query
-//! protocol: a form-encoded POST).
+//! `metrics-emitter`, with `aws-sdk-cloudwatch` on the execution
+//! environment's shared [`crate::aws::sdk_config`].
 //!
-//! Not `aws-sdk-cloudwatch`: for this one call its runtime made
-//! `metrics-emitter`'s `bootstrap` 6.9 MB against 4.4–5.1 MB for the other
-//! functions (the budget is 6 MB). The tests still read what was published
-//! back with the SDK, so the request is checked by an independent client.
-//! Credentials, region and endpoint come from the standard AWS environment
-//! (`AWS_REGION`, the Lambda role's credentials, and
-//! `AWS_ENDPOINT_URL_CLOUDWATCH` / `AWS_ENDPOINT_URL` for a local endpoint
-//! such as `moto_server`).
+//! `aws-sdk-cloudwatch` is pinned (workspace `Cargo.toml`) to the last
+//! release that speaks CloudWatch's query protocol: later ones use Smithy
+//! RPC v2 CBOR, which the local CloudWatch the tests publish to
+//! (`moto_server` 5.2) does not route. CloudWatch accepts both.
 
 use std::time::Duration;
 
-use crate::aws::{AwsClient, AwsError, Service};
+use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
+
+use crate::aws::AwsError;
 use crate::node_metrics::Datum;
 
 /// The CloudWatch namespace of the node metrics.
@@ -22,29 +20,29 @@ pub const NAMESPACE: &str = "paycache/Redis";
 /// PutMetricData takes at most 1000 data per request.
 const BATCH: usize = 1000;
 
-/// Budget of one PutMetricData request.
+/// Budget of one PutMetricData request, retries included.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-const CLOUDWATCH: Service = Service {
-    signing_name: "monitoring",
-    endpoint_env: "AWS_ENDPOINT_URL_CLOUDWATCH",
-    host_prefix: "monitoring",
-};
-
-/// A CloudWatch client. The HTTPS client (and the system's trusted roots it
-/// loads, a few milliseconds) is built at the first publish, not at init:
-/// the function's cold start does not pay for it.
+/// A CloudWatch client, built at the first publish (the SDK configuration
+/// is loaded then, not at init: the function's cold start does not pay for
+/// it).
 #[derive(Debug, Clone, Default)]
 pub struct CloudWatch {
-    client: std::sync::Arc<std::sync::OnceLock<Result<AwsClient, AwsError>>>,
+    client: std::sync::Arc<tokio::sync::OnceCell<aws_sdk_cloudwatch::Client>>,
 }
 
 impl CloudWatch {
-    fn aws(&self) -> Result<&AwsClient, AwsError> {
-        self.client
-            .get_or_init(|| AwsClient::from_env(TIMEOUT))
-            .as_ref()
-            .map_err(Clone::clone)
+    async fn sdk(&self) -> Result<&aws_sdk_cloudwatch::Client, AwsError> {
+        let client = self
+            .client
+            .get_or_init(|| async {
+                aws_sdk_cloudwatch::Client::new(crate::aws::sdk_config(TIMEOUT).await)
+            })
+            .await;
+        match client.config().region() {
+            Some(_) => Ok(client),
+            None => Err(AwsError::Config("AWS_REGION")),
+        }
     }
 }
 
@@ -58,59 +56,51 @@ pub fn client() -> CloudWatch {
 #[error("CloudWatch PutMetricData failed")]
 pub struct PublishError(#[source] pub AwsError);
 
-/// CloudWatch's unit names (the ones the node metrics use).
-fn unit(name: &str) -> &'static str {
+/// CloudWatch's unit for the node metrics' unit names.
+fn unit(name: &str) -> StandardUnit {
     match name {
-        "Percent" => "Percent",
-        "Milliseconds" => "Milliseconds",
-        "Count/Second" => "Count/Second",
-        "Count" => "Count",
-        "Bytes" => "Bytes",
-        _ => "None",
+        "Percent" => StandardUnit::Percent,
+        "Milliseconds" => StandardUnit::Milliseconds,
+        "Count/Second" => StandardUnit::CountSecond,
+        "Count" => StandardUnit::Count,
+        "Bytes" => StandardUnit::Bytes,
+        _ => StandardUnit::None,
     }
 }
 
-/// The form body of one PutMetricData request.
-fn request_body(data: &[&Datum], timestamp: &str) -> String {
-    let mut form = form_urlencoded::Serializer::new(String::new());
-    form.append_pair("Action", "PutMetricData")
-        .append_pair("Version", "2010-08-01")
-        .append_pair("Namespace", NAMESPACE);
-    for (i, d) in data.iter().enumerate() {
-        let m = format!("MetricData.member.{}", i + 1);
-        let (dimension, value) = match &d.node {
-            Some(node) => ("Node", node.as_str()),
-            None => ("Cluster", "all"),
-        };
-        form.append_pair(&format!("{m}.MetricName"), d.name)
-            .append_pair(&format!("{m}.Unit"), unit(d.unit))
-            .append_pair(&format!("{m}.Value"), &d.value.to_string())
-            .append_pair(&format!("{m}.Timestamp"), timestamp)
-            .append_pair(&format!("{m}.Dimensions.member.1.Name"), dimension)
-            .append_pair(&format!("{m}.Dimensions.member.1.Value"), value);
-    }
-    form.finish()
+/// One datum: per node with dimension `Node`, cluster-wide `Cluster = all`.
+fn datum(d: &Datum, timestamp: aws_sdk_cloudwatch::primitives::DateTime) -> MetricDatum {
+    let (name, value) = match &d.node {
+        Some(node) => ("Node", node.as_str()),
+        None => ("Cluster", "all"),
+    };
+    MetricDatum::builder()
+        .metric_name(d.name)
+        .unit(unit(d.unit))
+        .value(d.value)
+        .timestamp(timestamp)
+        .dimensions(Dimension::builder().name(name).value(value).build())
+        .build()
 }
 
-/// Publishes `data`: per node with dimension `Node`, cluster-wide with
-/// `Cluster = all`. Values CloudWatch cannot take (NaN, infinities) are
+/// Publishes `data`. Values CloudWatch cannot take (NaN, infinities) are
 /// left out. Returns the number of data sent.
 pub async fn publish(cloudwatch: &CloudWatch, data: &[Datum]) -> Result<usize, PublishError> {
-    let timestamp = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .map_err(|_| PublishError(AwsError::Signing))?;
-    let finite: Vec<&Datum> = data.iter().filter(|d| d.value.is_finite()).collect();
-    let client = cloudwatch.aws().map_err(PublishError)?;
+    let now = aws_sdk_cloudwatch::primitives::DateTime::from(std::time::SystemTime::now());
+    let finite: Vec<MetricDatum> = data
+        .iter()
+        .filter(|d| d.value.is_finite())
+        .map(|d| datum(d, now))
+        .collect();
+    let client = cloudwatch.sdk().await.map_err(PublishError)?;
     for chunk in finite.chunks(BATCH) {
         client
-            .post(
-                CLOUDWATCH,
-                "application/x-www-form-urlencoded; charset=utf-8",
-                None,
-                request_body(chunk, &timestamp).into(),
-            )
+            .put_metric_data()
+            .namespace(NAMESPACE)
+            .set_metric_data(Some(chunk.to_vec()))
+            .send()
             .await
-            .map_err(PublishError)?;
+            .map_err(|e| PublishError(crate::aws::error("monitoring", TIMEOUT, &e)))?;
     }
     Ok(finite.len())
 }
@@ -120,29 +110,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn form_body_names_every_member() {
-        let d = [
-            Datum {
-                name: "CacheHitRate",
+    fn data_carry_their_dimension_and_unit() {
+        let now = aws_sdk_cloudwatch::primitives::DateTime::from_secs(1_790_000_000);
+        let cluster = datum(
+            &Datum {
+                name: "cache_hit_rate",
                 unit: "Percent",
                 value: 97.5,
                 node: None,
             },
-            Datum {
-                name: "Evictions",
-                unit: "Count",
+            now,
+        );
+        assert_eq!(cluster.metric_name(), Some("cache_hit_rate"));
+        assert_eq!(cluster.unit(), Some(&StandardUnit::Percent));
+        assert_eq!(cluster.value(), Some(97.5));
+        let d = &cluster.dimensions()[0];
+        assert_eq!((d.name(), d.value()), (Some("Cluster"), Some("all")));
+        let node = datum(
+            &Datum {
+                name: "evicted_keys",
+                unit: "Count/Second",
                 value: 3.0,
                 node: Some("10.0.0.1:6379".into()),
             },
-        ];
-        let refs: Vec<&Datum> = d.iter().collect();
-        let body = request_body(&refs, "2026-11-26T00:00:00Z");
-        assert!(
-            body.starts_with("Action=PutMetricData&Version=2010-08-01&Namespace=paycache%2FRedis")
+            now,
         );
-        assert!(body.contains("MetricData.member.1.Value=97.5"));
-        assert!(body.contains("MetricData.member.1.Dimensions.member.1.Name=Cluster"));
-        assert!(body.contains("MetricData.member.2.Dimensions.member.1.Value=10.0.0.1%3A6379"));
-        assert!(body.contains("MetricData.member.2.Unit=Count"));
+        assert_eq!(node.unit(), Some(&StandardUnit::CountSecond));
+        let d = &node.dimensions()[0];
+        assert_eq!((d.name(), d.value()), (Some("Node"), Some("10.0.0.1:6379")));
     }
 }

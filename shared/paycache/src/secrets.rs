@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::aws::{AwsClient, AwsError, SECRETS_MANAGER};
+use crate::aws::AwsError;
 use crate::config::Secret;
 
 /// A failed fetch does not retry for this long; a rotation is found again
@@ -49,7 +49,9 @@ pub enum SecretError {
 /// One secret: where it is and who asks for it; counts its fetches.
 #[derive(Clone)]
 pub struct SecretSource {
-    client: AwsClient,
+    client: aws_sdk_secretsmanager::Client,
+    /// The operation timeout the client was configured with (for errors).
+    timeout: Duration,
     arn: String,
     /// The configuration variable that named it, for error messages.
     variable: &'static str,
@@ -66,9 +68,15 @@ impl std::fmt::Debug for SecretSource {
 }
 
 impl SecretSource {
-    pub fn new(client: AwsClient, arn: impl Into<String>, variable: &'static str) -> Self {
+    pub fn new(
+        client: aws_sdk_secretsmanager::Client,
+        timeout: Duration,
+        arn: impl Into<String>,
+        variable: &'static str,
+    ) -> Self {
         Self {
             client,
+            timeout,
             arn: arn.into(),
             variable,
             fetches: Arc::new(AtomicU64::new(0)),
@@ -83,23 +91,19 @@ impl SecretSource {
     /// `GetSecretValue` (current version): the `SecretString`.
     pub async fn fetch_string(&self) -> Result<Secret, SecretError> {
         self.fetches.fetch_add(1, Ordering::Relaxed);
-        let body = self
+        let answer = self
             .client
-            .json_call(
-                SECRETS_MANAGER,
-                "secretsmanager.GetSecretValue",
-                &serde_json::json!({ "SecretId": self.arn }),
-            )
+            .get_secret_value()
+            .secret_id(&self.arn)
+            .send()
             .await
-            .map_err(|source| SecretError::Fetch {
+            .map_err(|e| SecretError::Fetch {
                 variable: self.variable,
-                source,
+                source: crate::aws::error("secretsmanager", self.timeout, &e),
             })?;
-        let mut value: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|_| self.format_error("a JSON answer"))?;
-        match value.get_mut("SecretString").map(serde_json::Value::take) {
-            Some(serde_json::Value::String(s)) => Ok(Secret::new(s)),
-            _ => Err(self.format_error("a SecretString")),
+        match answer.secret_string {
+            Some(s) => Ok(Secret::new(s)),
+            None => Err(self.format_error("a SecretString")),
         }
     }
 
