@@ -15,7 +15,8 @@ PG_PORT=$(free_port)
 PG_DIR=$(start_postgres "$STACK/pg" "$PG_PORT")
 export PAYCACHE_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 export PAYCACHE_TEST_PG="host=127.0.0.1 port=$PG_PORT user=postgres dbname=postgres"
-# The function budgets (benches/functions.rs) run the release binaries.
-cargo build --release --bins
+# The function budgets (benches/functions.rs) run the release binaries and
+# the floor (examples/floor.rs).
+cargo build --release --bins --examples
 export PAYCACHE_BIN_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 cargo bench -p paycache "$@"

@@ -48,10 +48,15 @@ fn root() -> PathBuf {
 
 /// What the runtime API serves: events to hand out, and a signal when the
 /// runtime first asks for one.
+/// Per event: when it was handed out, and when its response came back.
+type Timings = Mutex<Vec<(Option<Instant>, Option<Instant>)>>;
+
 struct RuntimeApi {
     port: u16,
     first_next: mpsc::Receiver<Instant>,
     answered: Arc<AtomicUsize>,
+    /// Per event: when it was handed out, and when its response came back.
+    timings: Arc<Timings>,
 }
 
 fn runtime_api(events: Vec<Vec<u8>>) -> RuntimeApi {
@@ -59,22 +64,29 @@ fn runtime_api(events: Vec<Vec<u8>>) -> RuntimeApi {
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = mpsc::channel();
     let tx = Arc::new(Mutex::new(Some(tx)));
+    let timings = Arc::new(Mutex::new(vec![(None, None); events.len()]));
     let events = Arc::new(events);
     let served = Arc::new(AtomicUsize::new(0));
     let answered = Arc::new(AtomicUsize::new(0));
-    let (s2, a2) = (served.clone(), answered.clone());
+    let (s2, a2, t2) = (served.clone(), answered.clone(), timings.clone());
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { return };
-            let (tx, events, served, answered) =
-                (tx.clone(), events.clone(), s2.clone(), a2.clone());
-            std::thread::spawn(move || serve(stream, &tx, &events, &served, &answered));
+            let (tx, events, served, answered, timings) = (
+                tx.clone(),
+                events.clone(),
+                s2.clone(),
+                a2.clone(),
+                t2.clone(),
+            );
+            std::thread::spawn(move || serve(stream, &tx, &events, &served, &answered, &timings));
         }
     });
     RuntimeApi {
         port,
         first_next: rx,
         answered,
+        timings,
     }
 }
 
@@ -84,6 +96,7 @@ fn serve(
     events: &[Vec<u8>],
     served: &AtomicUsize,
     answered: &AtomicUsize,
+    timings: &Timings,
 ) {
     // One write per answer and no Nagle delay: otherwise every event waits
     // for a delayed ACK, and the load measures TCP, not the function.
@@ -166,10 +179,22 @@ fn serve(
             );
             let mut answer = head.into_bytes();
             answer.extend_from_slice(event);
+            timings.lock().unwrap()[n].0 = Some(Instant::now());
             if out.write_all(&answer).is_err() {
                 return;
             }
         } else {
+            // POST /2018-06-01/runtime/invocation/req-<n>/response
+            let n = line
+                .split("/invocation/req-")
+                .nth(1)
+                .and_then(|rest| rest.split('/').next())
+                .and_then(|n| n.parse::<usize>().ok());
+            if let Some(n) = n
+                && let Some(t) = timings.lock().unwrap().get_mut(n)
+            {
+                t.1 = Some(Instant::now());
+            }
             answered.fetch_add(1, Ordering::SeqCst);
             let answer = "HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n";
             if out.write_all(answer.as_bytes()).is_err() {
@@ -318,14 +343,185 @@ fn bench(c: &mut Criterion) {
             (0..iters).map(|_| curl_baseline(api.port)).sum()
         })
     });
+    // PAYCACHE_BIN_DIR_BEFORE: the same functions built from another commit
+    // (before a change), measured in the same run, side by side.
+    let before = std::env::var_os("PAYCACHE_BIN_DIR_BEFORE").map(PathBuf::from);
     for name in FUNCTIONS {
         let program = dir.join(name);
         group.bench_function(*name, |b| {
             b.iter_custom(|iters| (0..iters).map(|_| cold_start(&program, name, &env)).sum())
         });
+        if let Some(before) = &before {
+            let program = before.join(name);
+            if program.exists() {
+                group.bench_function(format!("{name} (before)"), |b| {
+                    b.iter_custom(|iters| {
+                        (0..iters).map(|_| cold_start(&program, name, &env)).sum()
+                    })
+                });
+            }
+        }
     }
     group.finish();
+    for name in FUNCTIONS {
+        let size = |d: &std::path::Path| std::fs::metadata(d.join(name)).map(|m| m.len()).ok();
+        let mib =
+            |b: Option<u64>| b.map_or("—".to_owned(), |b| format!("{:.2} MB", b as f64 / 1e6));
+        println!(
+            "size {name:<18} {:>9}  (before: {})",
+            mib(size(&dir)),
+            mib(before.as_deref().and_then(size))
+        );
+    }
+    hit_invocations(&env, &dir);
     peak_memory(&env, &dir);
+}
+
+/// Runs `events` through one process of `program` and returns the time of
+/// each invocation after the first `warmup`: event handed out → response
+/// received, as the Lambda service would see it.
+fn invocation_times(
+    program: &std::path::Path,
+    name: &str,
+    env: &Env,
+    extra: &[(&str, &str)],
+    events: Vec<Vec<u8>>,
+    warmup: usize,
+) -> Vec<Duration> {
+    let count = events.len();
+    let api = runtime_api(events);
+    let mut command = Command::new(program);
+    command
+        .env_clear()
+        .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(extra.iter().copied())
+        .env("AWS_LAMBDA_FUNCTION_NAME", name)
+        .env("AWS_LAMBDA_RUNTIME_API", format!("127.0.0.1:{}", api.port))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e} (make bench builds it)", program.display()));
+    let until = Instant::now() + Duration::from_secs(300);
+    while api.answered.load(Ordering::SeqCst) < count && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill(child);
+    let timings = api.timings.lock().unwrap();
+    timings
+        .iter()
+        .skip(warmup)
+        .filter_map(|(out, back)| Some(back.as_ref()?.duration_since(*out.as_ref()?)))
+        .collect()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Cache-hit invocation time of every HTTP function, against the floor (a
+/// minimal `lambda_http` function doing one Redis `GET`; examples/floor.rs)
+/// in the same run, same Runtime API, same Redis. Rounds alternate between
+/// the programs so that machine noise falls on all of them alike.
+fn hit_invocations(env: &Env, dir: &std::path::Path) {
+    const N: usize = 1500;
+    const WARMUP: usize = 300;
+    let floor = dir.join("examples/floor");
+    if !floor.exists() {
+        panic!("{} is not built: `make bench` builds it", floor.display());
+    }
+    // The floor reads a value the size of a cached profile.
+    let redis_url = env
+        .vars
+        .iter()
+        .find(|(k, _)| k == "REDIS_URL")
+        .unwrap()
+        .1
+        .clone();
+    let mut conn = redis::Client::open(redis_url)
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("bench-floor")
+        .arg(vec![b'x'; 400])
+        .query(&mut conn)
+        .unwrap();
+    let one_user = |n: usize| {
+        let mut e = event("profile-read.json");
+        let id = "00000000-0000-4000-8000-000000000001";
+        e["rawPath"] = format!("/users/{id}/profile").into();
+        e["requestContext"]["http"]["path"] = format!("/users/{id}/profile").into();
+        e["pathParameters"]["user_id"] = id.into();
+        vec![serde_json::to_vec(&e).unwrap(); n]
+    };
+    type Load = (&'static str, &'static str, Vec<Vec<u8>>);
+    let loads: Vec<Load> = vec![
+        (
+            "floor: one Redis GET",
+            "examples/floor",
+            repeated("profile-read.json", N),
+        ),
+        ("profile-read (hit)", "profile-read", one_user(N)),
+        (
+            "balance-write GET (hit)",
+            "balance-write",
+            repeated("balance-get.json", N),
+        ),
+        (
+            "rate-limit-check",
+            "rate-limit-check",
+            repeated("rate-limit-check.json", N),
+        ),
+        (
+            "health-check",
+            "health-check",
+            repeated("health-check.json", N / 5),
+        ),
+        (
+            "session-logout",
+            "session-logout",
+            repeated("session-logout.json", N),
+        ),
+    ];
+    let mut all: Vec<Vec<Duration>> = vec![Vec::new(); loads.len()];
+    for _round in 0..3 {
+        for (i, (label, program, events)) in loads.iter().enumerate() {
+            let name = program.rsplit('/').next().unwrap();
+            let extra: &[(&str, &str)] = if *program == "examples/floor" {
+                &[("FLOOR_KEY", "bench-floor")]
+            } else {
+                &[]
+            };
+            let warmup = if events.len() < N { WARMUP / 5 } else { WARMUP };
+            let mut t =
+                invocation_times(&dir.join(program), name, env, extra, events.clone(), warmup);
+            assert!(!t.is_empty(), "{label}: no invocation answered");
+            all[i].append(&mut t);
+        }
+    }
+    let medians: Vec<(Duration, Duration)> = all
+        .iter_mut()
+        .map(|t| {
+            t.sort();
+            (percentile(t, 0.5), percentile(t, 0.9))
+        })
+        .collect();
+    let floor_median = medians[0].0;
+    println!("\nwarm invocation time, event handed out -> response received (3 rounds):");
+    println!(
+        "  {:<26} {:>10} {:>10} {:>14}",
+        "function", "median", "p90", "median/floor"
+    );
+    for ((label, _, _), (median, p90)) in loads.iter().zip(&medians) {
+        println!(
+            "  {label:<26} {:>8.1} µs {:>8.1} µs {:>13.2}×",
+            median.as_secs_f64() * 1e6,
+            p90.as_secs_f64() * 1e6,
+            median.as_secs_f64() / floor_median.as_secs_f64()
+        );
+    }
 }
 
 /// `VmHWM` of a process, in KiB.
