@@ -543,7 +543,11 @@ async fn websocket_connect_gets_a_policy() {
     let ok = authorize(&w.app, &v, &ws(&l.token)).await;
     assert_eq!(ok["principalId"], l.user);
     assert_eq!(ok["policyDocument"]["Statement"][0]["Effect"], "Allow");
-    assert_eq!(ok["policyDocument"]["Statement"][0]["Resource"], arn);
+    // IAM takes a resource or a list of them; the policy names just this one.
+    assert_eq!(
+        ok["policyDocument"]["Statement"][0]["Resource"],
+        json!([arn])
+    );
     assert_eq!(ok["context"]["user_id"], l.user);
     let denied = authorize(&w.app, &v, &ws("garbage")).await;
     assert_eq!(denied["policyDocument"]["Statement"][0]["Effect"], "Deny");

@@ -11,8 +11,10 @@ use serde_json::{Value, json};
 use test_support::random_uuid;
 
 fn ws_event(route: &str, conn: &str, user: Option<&str>) -> Value {
+    // As API Gateway sends it (connectedAt and requestTimeEpoch are always there).
     let mut ctx = json!({"routeKey": route, "eventType": "CONNECT", "connectionId": conn,
-                         "requestId": "ws-req", "domainName": "ws.example.com", "stage": "prod"});
+                         "requestId": "ws-req", "domainName": "ws.example.com", "stage": "prod",
+                         "connectedAt": 1795608000000_i64, "requestTimeEpoch": 1795608000000_i64});
     if let Some(u) = user {
         ctx["authorizer"] = json!({"user_id": u, "principalId": u});
     }

@@ -30,7 +30,11 @@
 use std::collections::HashMap;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
-use serde::Deserialize;
+use lambda_http::aws_lambda_events::apigw::{
+    ApiGatewayCustomAuthorizerResponse, ApiGatewayV2CustomAuthorizerSimpleResponse,
+};
+use lambda_http::aws_lambda_events::iam::{IamPolicyEffect, IamPolicyStatement};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
@@ -170,6 +174,12 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
+    /// The authorizer function's verifier, from the environment (the `init`
+    /// of its `event_function!`).
+    pub fn for_app(_: &App) -> Result<Self, ConfigError> {
+        Self::new(AuthConfig::from_env()?)
+    }
+
     pub fn new(config: AuthConfig) -> Result<Self, ConfigError> {
         let set: jsonwebtoken::jwk::JwkSet =
             serde_json::from_str(&config.jwks).map_err(|_| ConfigError {
@@ -264,31 +274,70 @@ impl Verifier {
     }
 }
 
+/// What the authorizer reads of its event — the same fields for an HTTP
+/// API's (payload 2.0) and a WebSocket API's REQUEST authorizer. A local
+/// view: `aws_lambda_events`' two request types differ in what they
+/// require (`requestContext`) and the authorizer needs neither's rest.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizerEvent {
+    /// Present for a WebSocket API (REQUEST authorizer, IAM policy answer).
+    #[serde(default)]
+    pub method_arn: Option<String>,
+    /// HTTP API: the configured identity sources' values.
+    #[serde(default)]
+    pub identity_source: Option<IdentitySource>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub headers: HashMap<String, String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub query_string_parameters: HashMap<String, String>,
+}
+
+/// `identitySource`: a list (payload 2.0) or one comma-separated string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum IdentitySource {
+    Many(Vec<String>),
+    One(String),
+}
+
+fn nullable<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HashMap<String, String>, D::Error> {
+    Ok(Option::<HashMap<String, String>>::deserialize(d)?.unwrap_or_default())
+}
+
+impl AuthorizerEvent {
+    /// The typed event; `None` for anything that is not one (denied).
+    pub fn parse(event: &Value) -> Option<Self> {
+        Self::deserialize(event).ok()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// The bearer token of an authorizer event: header `authorization`, the
 /// first identity source, or — for WebSocket `$connect` — the `token` query
 /// parameter.
-pub fn bearer(event: &Value) -> Option<&str> {
-    let from_headers = event
-        .get("headers")
-        .and_then(Value::as_object)
-        .and_then(|h| {
-            h.iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
-        })
-        .and_then(|(_, v)| v.as_str());
+pub fn bearer(event: &AuthorizerEvent) -> Option<&str> {
+    let from_headers = event.header("authorization");
     // WebSocket `$connect`: browsers cannot set headers, so `?token=`.
     if from_headers.is_none()
         && let Some(token) = event
-            .get("queryStringParameters")
-            .and_then(|q| q.get("token"))
-            .and_then(Value::as_str)
-            .map(str::trim)
+            .query_string_parameters
+            .get("token")
+            .map(|t| t.trim())
             .filter(|t| !t.is_empty())
     {
         return Some(token);
     }
-    let raw =
-        from_headers.or_else(|| event.get("identitySource")?.as_array()?.first()?.as_str())?;
+    let raw = from_headers.or_else(|| match event.identity_source.as_ref()? {
+        IdentitySource::Many(list) => list.first().map(String::as_str),
+        IdentitySource::One(one) => one.split(',').next(),
+    })?;
     let (scheme, token) = raw.trim().split_once(' ')?;
     (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim())
 }
@@ -301,15 +350,8 @@ pub struct Signals {
     pub risk_score: Option<u32>,
 }
 
-fn device_header(event: &Value) -> Option<DeviceFingerprint> {
-    let raw = event
-        .get("headers")?
-        .as_object()?
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("x-device-fingerprint"))?
-        .1
-        .as_str()?;
-    DeviceFingerprint::parse(raw).ok()
+fn device_header(event: &AuthorizerEvent) -> Option<DeviceFingerprint> {
+    DeviceFingerprint::parse(event.header("x-device-fingerprint")?).ok()
 }
 
 /// Decides; returns the claims and session roles/permissions when allowed.
@@ -331,9 +373,10 @@ pub async fn decide_with_signals(
     verifier: &Verifier,
     event: &Value,
 ) -> Result<(Claims, sessions::Session, Signals), Denied> {
-    let token = bearer(event).ok_or(Denied::MissingToken)?;
+    let event = AuthorizerEvent::parse(event).ok_or(Denied::MissingToken)?;
+    let token = bearer(&event).ok_or(Denied::MissingToken)?;
     let claims = verifier.verify(token)?;
-    let device = device_header(event);
+    let device = device_header(&event);
     let (state, new_device, risk) = tokio::join!(
         sessions::check(app, &claims.session, &claims.jti),
         async {
@@ -380,56 +423,88 @@ pub async fn decide_with_signals(
     Ok((claims, session, signals))
 }
 
+/// The context the authorizer passes to the route (API Gateway flattens it
+/// into strings, numbers and booleans).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct AuthorizerContext {
+    pub user_id: String,
+    pub session_id: String,
+    pub jti: String,
+    pub exp: i64,
+    pub roles: String,
+    pub permissions: String,
+    pub new_device: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub risk_score: Option<u32>,
+}
+
 /// The authorizer's answer: the HTTP API's simple response, or, for a
 /// WebSocket API (its events carry `methodArn`), an IAM policy with the same
 /// context.
 pub async fn authorize(app: &App, verifier: &Verifier, event: &Value) -> Value {
-    let simple = authorize_simple(app, verifier, event).await;
-    let Some(arn) = event.get("methodArn").and_then(Value::as_str) else {
-        return simple;
-    };
-    let allowed = simple["isAuthorized"] == true;
-    let principal = simple["context"]["user_id"]
-        .as_str()
-        .unwrap_or("anonymous")
-        .to_owned();
-    let mut policy = json!({
-        "principalId": principal,
-        "policyDocument": {
-            "Version": "2012-10-17",
-            "Statement": [{
-                "Action": "execute-api:Invoke",
-                "Effect": if allowed { "Allow" } else { "Deny" },
-                "Resource": arn,
-            }]
-        }
-    });
-    if allowed {
-        policy["context"] = simple["context"].clone();
-    }
-    policy
-}
-
-async fn authorize_simple(app: &App, verifier: &Verifier, event: &Value) -> Value {
-    match decide_with_signals(app, verifier, event).await {
-        Ok((claims, session, signals)) => {
-            let mut context = json!({
-                "user_id": claims.user.to_string(),
-                "session_id": claims.session.to_string(),
-                "jti": claims.jti.to_string(),
-                "exp": claims.expires_at.unix_timestamp(),
-                "roles": session.roles.join(","),
-                "permissions": session.permissions.join(","),
-                "new_device": signals.new_device,
-            });
-            if let Some(score) = signals.risk_score {
-                context["risk_score"] = json!(score);
-            }
-            json!({"isAuthorized": true, "context": context})
-        }
+    let context = match decide_with_signals(app, verifier, event).await {
+        Ok((claims, session, signals)) => Some(AuthorizerContext {
+            user_id: claims.user.to_string(),
+            session_id: claims.session.to_string(),
+            jti: claims.jti.to_string(),
+            exp: claims.expires_at.unix_timestamp(),
+            roles: session.roles.join(","),
+            permissions: session.permissions.join(","),
+            new_device: signals.new_device,
+            risk_score: signals.risk_score,
+        }),
         Err(why) => {
             tracing::info!(reason = %why, "request denied by the authorizer");
-            json!({"isAuthorized": false})
+            None
         }
+    };
+    let method_arn = AuthorizerEvent::parse(event).and_then(|e| e.method_arn);
+    let answer = match method_arn {
+        None => {
+            let mut simple = ApiGatewayV2CustomAuthorizerSimpleResponse::<Value>::default();
+            simple.is_authorized = context.is_some();
+            if let Some(c) = &context {
+                simple.context = serde_json::to_value(c).unwrap_or(Value::Null);
+            }
+            serde_json::to_value(simple)
+        }
+        Some(arn) => {
+            let mut statement = IamPolicyStatement::default();
+            statement.action = vec!["execute-api:Invoke".to_owned()];
+            statement.effect = if context.is_some() {
+                IamPolicyEffect::Allow
+            } else {
+                IamPolicyEffect::Deny
+            };
+            statement.resource = vec![arn];
+            let mut policy = ApiGatewayCustomAuthorizerResponse::<Value>::default();
+            policy.principal_id = Some(
+                context
+                    .as_ref()
+                    .map_or_else(|| "anonymous".to_owned(), |c| c.user_id.clone()),
+            );
+            policy.policy_document.version = Some("2012-10-17".to_owned());
+            policy.policy_document.statement = vec![statement];
+            if let Some(c) = &context {
+                policy.context = serde_json::to_value(c).unwrap_or(Value::Null);
+            }
+            serde_json::to_value(policy)
+        }
+    };
+    let mut answer = answer.unwrap_or_else(|_| json!({"isAuthorized": false}));
+    // Absent, not `null`: a denial's context, an unused usage key.
+    if let Some(m) = answer.as_object_mut() {
+        m.retain(|_, v| !v.is_null());
     }
+    answer
+}
+
+/// `authorizer`'s handler (see [`authorize`]).
+pub async fn handle_authorizer(
+    app: &App,
+    verifier: &Verifier,
+    event: Value,
+    _: lambda_http::lambda_runtime::Context,
+) -> crate::events::Answer {
+    Ok(authorize(app, verifier, &event).await)
 }

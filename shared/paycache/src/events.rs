@@ -1,15 +1,23 @@
-//! Handlers for the EventBridge-triggered functions. Each takes the raw
-//! event, never panics on any input, and returns a JSON summary that it also
-//! logs.
+//! Handlers for the event-driven functions (EventBridge rules, schedules,
+//! the WebSocket API). Each deserializes its event into a typed struct —
+//! `aws_lambda_events`' where `lambda_http` already carries the type (the
+//! WebSocket proxy request), a small local envelope for EventBridge (the
+//! crate's `eventbridge` feature is not compiled in) — never panics on any
+//! input, and returns a JSON summary that it also logs.
 //!
 //! Malformed events are answered with `{"status": "rejected", "reason": …}`
-//! and not retried (retrying cannot fix them). Failures that a retry can fix
-//! (Redis or PostgreSQL unavailable during an invalidation) are returned as
+//! and not retried (retrying cannot fix them): the runtime hands each
+//! handler the raw JSON and the handler deserializes it, so a bad event is
+//! an answer, not an invocation error. Failures that a retry can fix (Redis
+//! or PostgreSQL unavailable during an invalidation) are returned as
 //! errors, so that Lambda's asynchronous retries and the dead-letter queue
 //! take over: an invalidation must not be dropped.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use lambda_http::aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
+use lambda_http::lambda_runtime::Context;
+use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
 use crate::app::App;
@@ -18,54 +26,84 @@ use crate::balance;
 use crate::invalidation::{self, InvalidationError};
 use crate::keys::{TransactionId, UserId, WalletId};
 
+/// An event as the runtime delivers it, before its handler types it.
+pub type Json = Value;
+
 fn rejected(reason: impl Into<String>) -> Value {
     let reason = reason.into();
     tracing::warn!(reason = %reason, "event rejected");
     json!({"status": "rejected", "reason": reason})
 }
 
+/// The EventBridge envelope: what routing needs.
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    #[serde(rename = "detail-type")]
+    detail_type: String,
+}
+
+/// The events `cache-invalidator` acts on: EventBridge's `detail-type`
+/// names the variant, `detail` holds its fields (other envelope fields are
+/// ignored).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "detail-type", content = "detail")]
+pub enum InvalidationEvent {
+    UserProfileUpdated(UserProfileUpdated),
+    TransactionCompleted(TransactionCompleted),
+}
+
+/// `UserProfileUpdated`'s detail.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct UserProfileUpdated {
+    pub user_id: UserId,
+}
+
+/// `TransactionCompleted`'s detail. The wallets are read from the
+/// transaction's row; the event's copies are validated, not trusted.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct TransactionCompleted {
+    pub transaction_id: TransactionId,
+    pub sender_wallet_id: WalletId,
+    pub receiver_wallet_id: WalletId,
+}
+
+impl InvalidationEvent {
+    /// The typed event, or the summary to answer with: `ignored` for a
+    /// detail-type this function does not handle, `rejected` (with serde's
+    /// reason, which names the field) for a malformed one.
+    pub fn parse(event: &Value) -> Result<Self, Value> {
+        let envelope =
+            Envelope::deserialize(event).map_err(|_| rejected("the event has no detail-type"))?;
+        if !matches!(
+            envelope.detail_type.as_str(),
+            "UserProfileUpdated" | "TransactionCompleted"
+        ) {
+            tracing::info!(detail_type = %envelope.detail_type.chars().take(64).collect::<String>(), "event ignored");
+            return Err(json!({"status": "ignored"}));
+        }
+        if !event.get("detail").is_some_and(Value::is_object) {
+            return Err(rejected("the event has no detail object"));
+        }
+        Self::deserialize(event).map_err(|e| rejected(format!("detail: {e}")))
+    }
+}
+
 /// `cache-invalidator`: `UserProfileUpdated` and `TransactionCompleted`.
 pub async fn cache_invalidation(app: &App, event: &Value) -> Result<Value, InvalidationError> {
     let started = Instant::now();
-    let Some(kind) = event.get("detail-type").and_then(Value::as_str) else {
-        return Ok(rejected("the event has no detail-type"));
+    let event = match InvalidationEvent::parse(event) {
+        Ok(e) => e,
+        Err(answer) => return Ok(answer),
     };
-    let Some(detail) = event.get("detail").filter(|d| d.is_object()) else {
-        return Ok(rejected("the event has no detail object"));
-    };
-    let field = |name: &str| detail.get(name).and_then(Value::as_str);
-    let report = match kind {
-        "UserProfileUpdated" => {
-            let user = match field("user_id").map(UserId::parse) {
-                Some(Ok(u)) => u,
-                Some(Err(e)) => return Ok(rejected(format!("detail.{e}"))),
-                None => return Ok(rejected("detail.user_id is required")),
-            };
-            invalidation::user_profile_updated(app, &user).await?
-        }
-        "TransactionCompleted" => {
-            let id = match field("transaction_id").map(TransactionId::parse) {
-                Some(Ok(t)) => t,
-                Some(Err(e)) => return Ok(rejected(format!("detail.{e}"))),
-                None => return Ok(rejected("detail.transaction_id is required")),
-            };
-            for name in ["sender_wallet_id", "receiver_wallet_id"] {
-                match field(name).map(WalletId::parse) {
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) => {
-                        return Ok(rejected(format!(
-                            "detail.{name} must be a UUID in canonical form"
-                        )));
-                    }
-                    None => return Ok(rejected(format!("detail.{name} is required"))),
-                }
-            }
-            invalidation::transaction_completed(app, &id).await?
-        }
-        other => {
-            tracing::info!(detail_type = %other.chars().take(64).collect::<String>(), "event ignored");
-            return Ok(json!({"status": "ignored"}));
-        }
+    let (kind, report) = match &event {
+        InvalidationEvent::UserProfileUpdated(e) => (
+            "UserProfileUpdated",
+            invalidation::user_profile_updated(app, &e.user_id).await?,
+        ),
+        InvalidationEvent::TransactionCompleted(e) => (
+            "TransactionCompleted",
+            invalidation::transaction_completed(app, &e.transaction_id).await?,
+        ),
     };
     let summary = json!({
         "status": "ok",
@@ -123,22 +161,37 @@ pub async fn audit_flush(app: &App, deadline: Instant) -> Value {
     summary
 }
 
+/// `cache-warmer`'s event: a schedule's (no `user_ids`: the `WARM_USERS`
+/// most recently active users) or `{"user_ids": [...]}`.
+#[derive(Debug, Deserialize)]
+struct WarmRequest {
+    #[serde(default, deserialize_with = "present")]
+    user_ids: Option<Vec<UserId>>,
+}
+
+/// A field that, when present, must hold a value (`null` is refused).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// At most this many users in one `user_ids` list.
+const MAX_WARM_USERS: usize = 10_000;
+
 /// `cache-warmer`: a scheduled event warms the `WARM_USERS` most recently
 /// active users; `{"user_ids": [...]}` (at most 10,000) warms those.
 pub async fn cache_warm(app: &App, event: &Value, deadline: Instant) -> Value {
-    let users = match event.get("user_ids") {
-        None => None,
-        Some(Value::Array(list)) if list.len() <= 10_000 => {
-            let mut users = Vec::with_capacity(list.len());
-            for v in list {
-                match v.as_str().map(UserId::parse) {
-                    Some(Ok(u)) => users.push(u),
-                    _ => return rejected("user_ids must be user ids (UUIDs in canonical form)"),
-                }
-            }
-            Some(users)
+    let users = match WarmRequest::deserialize(event) {
+        Ok(WarmRequest {
+            user_ids: Some(list),
+        }) if list.len() > MAX_WARM_USERS => {
+            return rejected("user_ids must be an array of at most 10000 user ids");
         }
-        Some(_) => return rejected("user_ids must be an array of at most 10000 user ids"),
+        Ok(request) => request.user_ids,
+        Err(_) => {
+            return rejected(
+                "user_ids must be an array of at most 10000 user ids (UUIDs in canonical form)",
+            );
+        }
     };
     let report = crate::warming::warm(app, users, deadline).await;
     let mut summary = serde_json::to_value(&report).unwrap_or(Value::Null);
@@ -189,12 +242,15 @@ pub async fn emit_metrics(app: &App, cloudwatch: &crate::cloudwatch::CloudWatch)
 /// authorizers put it in `requestContext.authorizer`); `$connect` without
 /// one is refused (401), so is a malformed connection id (400).
 pub async fn websocket(app: &App, event: &Value) -> Value {
-    let ctx = event.get("requestContext").cloned().unwrap_or(Value::Null);
-    let route = ctx.get("routeKey").and_then(Value::as_str).unwrap_or("");
     let status = |code: u16, body: Value| json!({"statusCode": code, "body": body.to_string()});
+    let Ok(request) = ApiGatewayWebsocketProxyRequest::deserialize(event) else {
+        return status(400, json!({"error": "not a WebSocket API event"}));
+    };
+    let ctx = &request.request_context;
+    let route = ctx.route_key.as_deref().unwrap_or("");
     let Some(conn) = ctx
-        .get("connectionId")
-        .and_then(Value::as_str)
+        .connection_id
+        .as_deref()
         .and_then(|c| crate::keys::ConnectionId::parse(c).ok())
     else {
         return status(
@@ -203,8 +259,9 @@ pub async fn websocket(app: &App, event: &Value) -> Value {
         );
     };
     let user = ctx
-        .get("authorizer")
-        .and_then(|a| a.get("user_id"))
+        .authorizer
+        .fields
+        .get("user_id")
         .and_then(Value::as_str)
         .and_then(|u| UserId::parse(u).ok());
     let result = match route {
@@ -212,10 +269,10 @@ pub async fn websocket(app: &App, event: &Value) -> Value {
             let Some(user) = user else {
                 return status(401, json!({"error": "not authenticated"}));
             };
-            let client = event
-                .get("headers")
-                .and_then(|h| h.get("User-Agent").or_else(|| h.get("user-agent")))
-                .and_then(Value::as_str);
+            let client = request
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok());
             crate::realtime::connect(app, &user, &conn, client)
                 .await
                 .map(|_| 200)
@@ -247,15 +304,44 @@ pub async fn websocket(app: &App, event: &Value) -> Value {
     }
 }
 
-/// The Lambda deadline (milliseconds since the Unix epoch) as an `Instant`,
-/// or `fallback` from now when it is missing or already past.
-pub fn deadline_from_epoch_ms(deadline_ms: u64, fallback: Duration) -> Instant {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    match deadline_ms.checked_sub(now_ms) {
-        Some(left) if left > 0 => Instant::now() + Duration::from_millis(left),
+/// The invocation's deadline (`Context::deadline`) as an `Instant`, or
+/// `fallback` from now when it is missing or already past.
+pub fn deadline(context: &Context, fallback: Duration) -> Instant {
+    match context.deadline().duration_since(SystemTime::now()) {
+        Ok(left) if !left.is_zero() => Instant::now() + left,
         _ => Instant::now() + fallback,
     }
+}
+
+/// What every event-driven handler returns to the runtime.
+pub type Answer = Result<Value, lambda_http::lambda_runtime::Error>;
+
+/// `cache-invalidator`'s handler (see [`cache_invalidation`]).
+pub async fn handle_invalidation(app: &App, _: &(), event: Value, _: Context) -> Answer {
+    cache_invalidation(app, &event).await.map_err(Into::into)
+}
+
+/// `audit-flush`'s handler: runs until 2 s before the invocation's deadline.
+pub async fn handle_audit_flush(app: &App, _: &(), _event: Value, context: Context) -> Answer {
+    Ok(audit_flush(app, deadline(&context, Duration::from_secs(30))).await)
+}
+
+/// `cache-warmer`'s handler (see [`cache_warm`]).
+pub async fn handle_cache_warm(app: &App, _: &(), event: Value, context: Context) -> Answer {
+    Ok(cache_warm(app, &event, deadline(&context, Duration::from_secs(60))).await)
+}
+
+/// `metrics-emitter`'s handler (see [`emit_metrics`]).
+pub async fn handle_metrics(
+    app: &App,
+    cloudwatch: &crate::cloudwatch::CloudWatch,
+    _event: Value,
+    _: Context,
+) -> Answer {
+    Ok(emit_metrics(app, cloudwatch).await)
+}
+
+/// `ws-connections`' handler (see [`websocket`]).
+pub async fn handle_websocket(app: &App, _: &(), event: Value, _: Context) -> Answer {
+    Ok(websocket(app, &event).await)
 }

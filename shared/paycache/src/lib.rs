@@ -40,3 +40,5 @@ pub use cache_aside::{CacheAside, CacheStatus, Cached};
 pub use config::Config;
 pub use connection::{Redis, RedisUnavailable};
 pub use keys::Keyspace;
+/// The Lambda runtime the function mains run on (`event_function!`).
+pub use lambda_http::lambda_runtime;
