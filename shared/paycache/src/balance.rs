@@ -562,8 +562,10 @@ async fn apply(
     let key = app.keys.wallet_balance(wallet);
     let lock = key.lock_key();
     let published = app.keys.wallet_balance_published(wallet);
-    let ttl = KeyFamily::WalletBalance
-        .ttl(&app.config.ttl)
+    let ttl = app
+        .config
+        .ttl
+        .of(KeyFamily::WalletBalance)
         .unwrap_or(Duration::from_secs(300));
     let ttl = jittered(ttl, app.config.ttl.jitter_percent);
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);

@@ -90,6 +90,18 @@ pub enum CacheStatus {
 }
 
 impl CacheStatus {
+    /// The per-invocation metric this outcome counts under.
+    pub fn metric(&self) -> &'static str {
+        match self {
+            Self::Hit | Self::Coalesced => "CacheHit",
+            Self::Bypass(_) => "CacheBypass",
+            Self::Miss { .. }
+            | Self::LeaseTimeout
+            | Self::EarlyRefresh { .. }
+            | Self::WriteInProgress => "CacheMiss",
+        }
+    }
+
     /// The `Cache-Status` header value, e.g. `paycache; hit`.
     pub fn header_value(&self) -> String {
         match self {
@@ -200,7 +212,7 @@ impl CacheAside {
     {
         let result = self.lookup(key, version_of, load).await;
         if let Ok(cached) = &result {
-            crate::telemetry::cache_outcome(&cached.status);
+            crate::telemetry::cache_outcome(cached.status.metric());
         }
         result
     }
@@ -429,7 +441,7 @@ impl CacheAside {
         for (slot, value) in leased.iter().zip(values.iter()) {
             let key = &keys[*slot];
             let ttl = match value {
-                Some(_) => key.family().ttl(&self.ttl),
+                Some(_) => self.ttl.of(key.family()),
                 None => Some(self.ttl.negative),
             };
             let encoded = ttl.and_then(|ttl| {
@@ -536,7 +548,7 @@ impl CacheAside {
         took: Duration,
     ) -> bool {
         let ttl = match value {
-            Some(_) => key.family().ttl(&self.ttl),
+            Some(_) => self.ttl.of(key.family()),
             None => Some(self.ttl.negative),
         };
         let Some(ttl) = ttl else {

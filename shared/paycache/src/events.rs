@@ -345,3 +345,45 @@ pub async fn handle_metrics(
 pub async fn handle_websocket(app: &App, _: &(), event: Value, _: Context) -> Answer {
     Ok(websocket(app, &event).await)
 }
+
+/// The whole `main` of an event-driven function, as [`crate::http_function!`] is
+/// for HTTP ones: logging, metrics, `App` built once from the environment,
+/// the function's own state built once from it (`init`, optional), then
+/// `handler(&app, &state, event, context)` per invocation with its EMF line
+/// written after it. The runtime hands the handler the raw JSON; the
+/// handler deserializes it into its typed event, so a malformed event is an
+/// answer (`rejected`), never an invocation error that Lambda would retry.
+///
+/// ```ignore
+/// paycache::event_function!("cache-invalidator", paycache::events::handle_invalidation);
+/// paycache::event_function!("authorizer", paycache::auth::Verifier::for_app, paycache::auth::handle_authorizer);
+/// ```
+#[macro_export]
+macro_rules! event_function {
+    ($name:literal, $handler:path) => {
+        $crate::event_function!(
+            $name,
+            |_: &$crate::App| Ok::<(), $crate::InitError>(()),
+            $handler
+        );
+    };
+    ($name:literal, $init:expr, $handler:path) => {
+        #[tokio::main]
+        async fn main() -> Result<(), $crate::lambda_runtime::Error> {
+            $crate::init_logging();
+            let metrics = $crate::telemetry::init($name);
+            let app = $crate::App::from_env().await?;
+            let state = ($init)(&app)?;
+            let (app, state) = (&app, &state);
+            $crate::lambda_runtime::run($crate::lambda_runtime::service_fn(
+                move |event: $crate::lambda_runtime::LambdaEvent<$crate::events::Json>| async move {
+                    let started = std::time::Instant::now();
+                    let answer = $handler(app, state, event.payload, event.context).await;
+                    $crate::telemetry::finish(metrics, started);
+                    answer
+                },
+            ))
+            .await
+        }
+    };
+}

@@ -64,8 +64,10 @@ pub async fn set_risk_score(
     score: u32,
     factors: &[&str],
 ) -> Result<RiskScore, RedisUnavailable> {
-    let ttl = KeyFamily::RiskScore
-        .ttl(&app.config.ttl)
+    let ttl = app
+        .config
+        .ttl
+        .of(KeyFamily::RiskScore)
         .unwrap_or(Duration::from_secs(300));
     let now = OffsetDateTime::now_utc();
     let entry = RiskScore {
@@ -88,8 +90,9 @@ pub async fn device_seen(
 ) -> Result<bool, RedisUnavailable> {
     let key = app.keys.device(device);
     let ttl = ttl_ms(
-        KeyFamily::Device
-            .ttl(&app.config.ttl)
+        app.config
+            .ttl
+            .of(KeyFamily::Device)
             .unwrap_or(Duration::from_secs(86_400)),
     );
     let now = OffsetDateTime::now_utc()

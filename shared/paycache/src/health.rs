@@ -18,11 +18,12 @@
 //! failed over, shows in `nodes` with `ok: false` without making the cache
 //! unhealthy — the cluster still serves every slot.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::app::App;
+pub use crate::config::HealthConfig;
 use crate::config::RedisMode;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -255,13 +256,6 @@ fn format_human(bytes: f64) -> String {
     } else {
         format!("{bytes:.0}B")
     }
-}
-
-/// Budgets of a health check.
-#[derive(Debug, Clone, Copy)]
-pub struct HealthConfig {
-    pub timeout: Duration,
-    pub node_timeout: Duration,
 }
 
 #[cfg(test)]

@@ -13,11 +13,8 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
 
 use uuid::Uuid;
-
-use crate::config::TtlConfig;
 
 /// Why an identifier was rejected, in words fit for a 400 response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -272,30 +269,6 @@ impl KeyFamily {
             Self::AuditBuffer => "audit_buffer",
         }
     }
-
-    /// The TTL for values of this family, or `None` for a family that must
-    /// never expire on its own (the audit buffer: expiring it loses events —
-    /// one of the seed's defects). Families the seed's `cache_ttl_config`
-    /// does not list take the TTL its data models give them.
-    pub fn ttl(self, ttl: &TtlConfig) -> Option<Duration> {
-        let secs = Duration::from_secs;
-        match self {
-            Self::UserProfile | Self::UserPermissions | Self::UserPreferences => {
-                Some(ttl.user_profile)
-            }
-            Self::WalletBalance => Some(ttl.wallet_balance),
-            Self::Session => Some(ttl.session_data),
-            Self::Blacklist => Some(secs(86_400)),
-            Self::Transaction => Some(secs(1800)),
-            Self::TransactionStatus => Some(secs(3600)),
-            Self::RateLimit => Some(ttl.rate_limits),
-            Self::SlidingWindow => Some(secs(3600)),
-            Self::RiskScore => Some(ttl.fraud_scores),
-            Self::Device => Some(secs(86_400)),
-            Self::WsConnections | Self::WsMeta => Some(secs(7200)),
-            Self::AuditBuffer => None,
-        }
-    }
 }
 
 /// A complete Redis key, built only by [`Keyspace`].
@@ -462,6 +435,7 @@ pub fn hash_tag(key: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const USER: &str = "00000000-0000-4000-8000-000000000001";
 
@@ -648,9 +622,9 @@ mod tests {
         })
         .unwrap()
         .ttl;
-        assert_eq!(KeyFamily::AuditBuffer.ttl(&ttl), None);
+        assert_eq!(ttl.of(KeyFamily::AuditBuffer), None);
         assert_eq!(
-            KeyFamily::UserProfile.ttl(&ttl),
+            ttl.of(KeyFamily::UserProfile),
             Some(Duration::from_secs(3600))
         );
     }

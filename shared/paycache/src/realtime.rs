@@ -29,8 +29,10 @@ pub struct ConnectionMeta {
 }
 
 fn ttl_ms(app: &App) -> u64 {
-    let ttl = KeyFamily::WsMeta
-        .ttl(&app.config.ttl)
+    let ttl = app
+        .config
+        .ttl
+        .of(KeyFamily::WsMeta)
         .unwrap_or(Duration::from_secs(7200));
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
 }

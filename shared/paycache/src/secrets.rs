@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::aws::AwsError;
+pub use crate::config::DatabaseCredentials;
 use crate::config::Secret;
 
 /// A failed fetch does not retry for this long; a rotation is found again
@@ -129,22 +130,6 @@ impl SecretSource {
             variable: self.variable,
             expected,
         }
-    }
-}
-
-/// The user name and password of a database secret.
-#[derive(Clone, PartialEq, Eq)]
-pub struct DatabaseCredentials {
-    pub username: String,
-    pub password: Secret,
-}
-
-impl std::fmt::Debug for DatabaseCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DatabaseCredentials")
-            .field("username", &self.username)
-            .field("password", &self.password)
-            .finish()
     }
 }
 

@@ -26,8 +26,6 @@ use std::time::Instant;
 
 use metrics_cloudwatch_embedded::Collector;
 
-use crate::cache_aside::CacheStatus;
-
 pub const NAMESPACE: &str = "paycache";
 
 /// Installs the EMF recorder for `function`. Returns `None` (and logs) if a
@@ -76,16 +74,10 @@ pub fn flush_to(collector: &Collector, out: impl std::io::Write) {
     }
 }
 
-pub fn cache_outcome(status: &CacheStatus) {
-    let name = match status {
-        CacheStatus::Hit | CacheStatus::Coalesced => "CacheHit",
-        CacheStatus::Bypass(_) => "CacheBypass",
-        CacheStatus::Miss { .. }
-        | CacheStatus::LeaseTimeout
-        | CacheStatus::EarlyRefresh { .. }
-        | CacheStatus::WriteInProgress => "CacheMiss",
-    };
-    metrics::counter!(name).increment(1);
+/// Counts one cache lookup under its outcome's metric (`CacheHit`,
+/// `CacheMiss` or `CacheBypass`; the cache engine names the outcome).
+pub fn cache_outcome(metric: &'static str) {
+    metrics::counter!(metric).increment(1);
 }
 
 pub fn stale_serve() {

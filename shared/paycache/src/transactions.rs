@@ -150,8 +150,10 @@ pub async fn get_status(
 pub async fn publish_status(app: &App, transaction: &Transaction) -> Result<u64, RedisUnavailable> {
     let id = &transaction.transaction_id;
     let status = status_of(transaction);
-    let ttl = KeyFamily::TransactionStatus
-        .ttl(&app.config.ttl)
+    let ttl = app
+        .config
+        .ttl
+        .of(KeyFamily::TransactionStatus)
         .unwrap_or(Duration::from_secs(3600));
     let ttl = jittered(ttl, app.config.ttl.jitter_percent);
     let encoded = encode(Some(&status), 0, Duration::ZERO, ttl).ok_or(RedisUnavailable::Server)?;

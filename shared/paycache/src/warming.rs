@@ -15,7 +15,7 @@
 //! could not finish `WARM_DEADLINE_MARGIN_MS` before the deadline, and
 //! reports what it did.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -24,21 +24,11 @@ use uuid::Uuid;
 use crate::app::App;
 use crate::balance::{self, WalletBalance};
 use crate::cache_aside::FillReport;
+pub use crate::config::WarmConfig;
 use crate::db::{DbError, query_error};
 use crate::keys::{TransactionId, UserId, WalletId};
 use crate::profile;
 use crate::transactions;
-
-/// Warming parameters.
-#[derive(Debug, Clone, Copy)]
-pub struct WarmConfig {
-    /// How many of the most recently active users a scheduled run warms.
-    pub users: u64,
-    pub batch_users: usize,
-    pub concurrency: usize,
-    /// No batch starts later than this before the deadline.
-    pub deadline_margin: Duration,
-}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct WarmReport {

@@ -9,6 +9,9 @@
 //! [`Secret`], whose `Debug` and `Display` never show the value, and error
 //! messages name variables, never their contents.
 
+use crate::keys::KeyFamily;
+
+pub mod rate_limit;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -98,6 +101,32 @@ pub struct TtlConfig {
     pub negative: Duration,
 }
 
+impl TtlConfig {
+    /// The TTL for values of `family`, or `None` for a family that must
+    /// never expire on its own (the audit buffer: expiring it loses events —
+    /// one of the seed's defects). Families the seed's `cache_ttl_config`
+    /// does not list take the TTL its data models give them.
+    pub fn of(&self, family: KeyFamily) -> Option<Duration> {
+        let secs = Duration::from_secs;
+        match family {
+            KeyFamily::UserProfile | KeyFamily::UserPermissions | KeyFamily::UserPreferences => {
+                Some(self.user_profile)
+            }
+            KeyFamily::WalletBalance => Some(self.wallet_balance),
+            KeyFamily::Session => Some(self.session_data),
+            KeyFamily::Blacklist => Some(secs(86_400)),
+            KeyFamily::Transaction => Some(secs(1800)),
+            KeyFamily::TransactionStatus => Some(secs(3600)),
+            KeyFamily::RateLimit => Some(self.rate_limits),
+            KeyFamily::SlidingWindow => Some(secs(3600)),
+            KeyFamily::RiskScore => Some(self.fraud_scores),
+            KeyFamily::Device => Some(secs(86_400)),
+            KeyFamily::WsConnections | KeyFamily::WsMeta => Some(secs(7200)),
+            KeyFamily::AuditBuffer => None,
+        }
+    }
+}
+
 /// Tuning of the cache-aside path (see `cache_aside` for what each means).
 #[derive(Debug, Clone, Copy)]
 pub struct CacheAsideConfig {
@@ -124,7 +153,7 @@ pub struct DatabaseConfig {
     /// (`DATABASE_SECRET_ARN`); fetched at init into `credentials`.
     pub secret_arn: Option<String>,
     /// Replace the user name and password of `url` when set.
-    pub credentials: Option<crate::secrets::DatabaseCredentials>,
+    pub credentials: Option<DatabaseCredentials>,
     /// PEM bundle of extra trusted roots for TLS to PostgreSQL (the RDS CA
     /// bundle when connecting to RDS directly); the system roots otherwise.
     pub ca_cert: Option<PathBuf>,
@@ -166,7 +195,7 @@ pub struct AuditConfig {
 /// Rate limiting.
 #[derive(Debug, Clone)]
 pub struct RateLimitConfig {
-    pub policies: crate::ratelimit::Policies,
+    pub policies: rate_limit::Policies,
     /// The decision comes within this, whatever Redis does.
     pub timeout: Duration,
     /// Remembered denials per execution environment.
@@ -188,8 +217,8 @@ pub struct Config {
     pub balance: BalanceConfig,
     pub audit: AuditConfig,
     pub rate_limit: RateLimitConfig,
-    pub health: crate::health::HealthConfig,
-    pub warm: crate::warming::WarmConfig,
+    pub health: HealthConfig,
+    pub warm: WarmConfig,
     /// A cached risk score at or above this publishes a fraud alert.
     pub fraud_alert_threshold: u32,
     /// Budget of one Secrets Manager request.
@@ -258,7 +287,7 @@ impl Config {
                 services: audit_services(&env)?,
             },
             rate_limit: RateLimitConfig {
-                policies: crate::ratelimit::Policies::parse(
+                policies: rate_limit::Policies::parse(
                     env.get("RATE_LIMIT_POLICIES").as_deref(),
                     env.get("RATE_LIMIT_DEFAULT").as_deref(),
                 )?,
@@ -270,14 +299,14 @@ impl Config {
                     1_000_000,
                 )?,
             },
-            health: crate::health::HealthConfig {
+            health: HealthConfig {
                 // The contract's bound is 2 s; leave room for the response.
                 timeout: env.millis("HEALTH_TIMEOUT_MS", 1500, 10, 1900)?,
                 node_timeout: env.millis("HEALTH_NODE_TIMEOUT_MS", 500, 10, 1900)?,
             },
             fraud_alert_threshold: env.number("FRAUD_ALERT_THRESHOLD", 80, 0, 1000)?,
             secrets_timeout: env.millis("SECRETS_TIMEOUT_MS", 3000, 100, 30_000)?,
-            warm: crate::warming::WarmConfig {
+            warm: WarmConfig {
                 users: env.number("WARM_USERS", 1000, 0, 1_000_000)?,
                 batch_users: env.number("WARM_BATCH_USERS", 50, 1, 1000)?,
                 concurrency: env.number("WARM_CONCURRENCY", 4, 1, 64)?,
@@ -532,6 +561,40 @@ impl Env<'_> {
     fn secs(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
         self.number(name, default, 1, 30 * 24 * 3600)
             .map(Duration::from_secs)
+    }
+}
+
+/// Budgets of a health check.
+#[derive(Debug, Clone, Copy)]
+pub struct HealthConfig {
+    pub timeout: Duration,
+    pub node_timeout: Duration,
+}
+
+/// Warming parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct WarmConfig {
+    /// How many of the most recently active users a scheduled run warms.
+    pub users: u64,
+    pub batch_users: usize,
+    pub concurrency: usize,
+    /// No batch starts later than this before the deadline.
+    pub deadline_margin: Duration,
+}
+
+/// The user name and password of a database secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseCredentials {
+    pub username: String,
+    pub password: Secret,
+}
+
+impl std::fmt::Debug for DatabaseCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseCredentials")
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .finish()
     }
 }
 
