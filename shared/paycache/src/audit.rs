@@ -81,6 +81,7 @@ fn buffer_key(app: &App, service: &ServiceName) -> CacheKey {
 
 /// Appends `event` to its service's buffer: one round trip. Returns the
 /// buffer's length afterwards.
+#[tracing::instrument(skip_all, fields(service = %event.service))]
 pub async fn append(app: &App, event: &AuditEvent) -> Result<u64, AppendError> {
     let key = buffer_key(app, &event.service);
     let json = serde_json::to_string(event)
@@ -155,6 +156,7 @@ pub async fn flush(
 /// [`flush`] with a hook called after each step; `Break` makes the flusher
 /// stop on the spot, as if its process had been killed (no clean-up, the
 /// lock stays until it expires). Tests use it to interrupt every step.
+#[tracing::instrument(skip_all, fields(service = %service))]
 pub async fn flush_with_hook(
     app: &App,
     service: &ServiceName,
@@ -249,7 +251,10 @@ pub async fn flush_with_hook(
         }
 
         if !malformed.is_empty() {
-            tracing::error!(service = %service, count = malformed.len(), "unparseable audit events moved to the dead-letter list");
+            tracing::error!(
+                count = malformed.len(),
+                "unparseable audit events moved to the dead-letter list"
+            );
         }
         report.dead_lettered += malformed.len() as u64;
         let (p, l, d, t) = (&processing, &lock, &dead, &token);
@@ -314,6 +319,7 @@ async fn insert_events(app: &App, events: &[AuditEvent]) -> Result<u64, DbError>
 /// `AUDIT_RECONCILE_AFTER_SECS` that are not recorded yet — those whose
 /// Redis append failed, was refused, or was lost in a failover. Returns the
 /// rows added (normally 0).
+#[tracing::instrument(skip_all)]
 pub async fn reconcile_outbox(app: &App, limit: i64) -> Result<u64, DbError> {
     let after = app.config.audit.reconcile_after.as_secs_f64();
     let client = app.db.client().await?;

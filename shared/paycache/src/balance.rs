@@ -159,6 +159,7 @@ pub async fn load_balances(
 
 /// The balance through the cache: `wallet_balance:{wallet_id}`, TTL
 /// `CACHE_TTL_WALLET_BALANCE_SECS`, version in the entry header.
+#[tracing::instrument(skip_all, fields(wallet_id = %wallet))]
 pub async fn get_balance(app: &App, wallet: &WalletId) -> Result<Cached<WalletBalance>, DbError> {
     app.cache
         .get_or_load_versioned(
@@ -253,6 +254,7 @@ pub async fn write_balance(app: &App, write: &BalanceWrite) -> Result<WriteOutco
 /// guarantee must hold whatever the pause; `tests/balance.rs` runs this
 /// writer and the design's update-then-SET writer with the same pauses.
 #[doc(hidden)]
+#[tracing::instrument(skip_all, fields(wallet_id = %write.wallet))]
 pub async fn write_balance_pausing(
     app: &App,
     write: &BalanceWrite,
@@ -286,8 +288,10 @@ pub async fn write_balance_pausing(
             // last writer inside, the cache gets it back.
             let current = current.map(|c| c.to_balance());
             if let Err(why) = apply(app, &write.wallet, current.as_ref(), &[], true).await {
-                tracing::warn!(wallet_id = %write.wallet, reason = why.as_str(),
-                    "could not leave the balance fence; it expires by itself");
+                tracing::warn!(
+                    reason = why.as_str(),
+                    "could not leave the balance fence; it expires by itself"
+                );
             }
             return Ok(outcome);
         }
@@ -316,14 +320,17 @@ pub async fn write_balance_pausing(
             CacheStep::Applied
         }
         Err(why) => {
-            tracing::warn!(wallet_id = %write.wallet, version = balance.version, reason = why.as_str(),
-                "balance cache update pending: the outbox row will be applied later");
+            tracing::warn!(
+                version = balance.version,
+                reason = why.as_str(),
+                "balance cache update pending: the outbox row will be applied later"
+            );
             CacheStep::Pending
         }
     };
     match appended {
         Ok(len) => maybe_flush_early(app, len).await,
-        Err(e) => tracing::error!(wallet_id = %write.wallet, error = %e,
+        Err(e) => tracing::error!(error = %e,
             "audit append failed; the event will be reconciled from the outbox"),
     }
     Ok(WriteOutcome::Applied { balance, cache })
@@ -650,6 +657,7 @@ pub struct SweepReport {
 /// *current* row (never an old one), lifting a fence that the current
 /// version reaches (a writer that died after committing); one round trip per
 /// wallet. Used by `audit-flush` and `cache-warmer`.
+#[tracing::instrument(skip_all)]
 pub async fn apply_pending(app: &App, limit: i64) -> Result<SweepReport, DbError> {
     let client = app.db.client().await?;
     let rows = client
@@ -690,6 +698,7 @@ pub async fn apply_pending(app: &App, limit: i64) -> Result<SweepReport, DbError
 
 /// Event-driven invalidation of a cached balance (one round trip): deletes
 /// the value and any reader's lease, keeps a writer's fence.
+#[tracing::instrument(skip_all, fields(wallet_id = %wallet))]
 pub async fn invalidate(app: &App, wallet: &WalletId) -> Result<(), RedisUnavailable> {
     let key = app.keys.wallet_balance(wallet);
     let lock = key.lock_key();

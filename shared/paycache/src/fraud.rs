@@ -58,6 +58,7 @@ fn ttl_ms(d: Duration) -> u64 {
 
 /// Stores a user's risk score for `CACHE_TTL_FRAUD_SCORES_SECS` (the fraud
 /// service's side; one round trip).
+#[tracing::instrument(skip_all, fields(user_id = %user))]
 pub async fn set_risk_score(
     app: &App,
     user: &UserId,
@@ -83,6 +84,7 @@ pub async fn set_risk_score(
 }
 
 /// Records `device` as seen by `user`; returns whether it is new for them.
+#[tracing::instrument(skip_all, fields(user_id = %user))]
 pub async fn device_seen(
     app: &App,
     user: &UserId,
@@ -116,6 +118,7 @@ pub async fn device_seen(
 
 /// Reads the user's cached risk score, publishing an alert when it is at or
 /// above the threshold (once per score).
+#[tracing::instrument(skip_all, fields(user_id = %user))]
 pub async fn risk(app: &App, user: &UserId) -> Result<Option<RiskScore>, RedisUnavailable> {
     let key = app.keys.risk_score(user);
     let marker = format!("{key}:alerted");

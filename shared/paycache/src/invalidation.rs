@@ -52,6 +52,7 @@ pub enum InvalidationError {
     Db(#[from] DbError),
 }
 
+#[tracing::instrument(skip_all, fields(user_id = %user))]
 pub async fn user_profile_updated(
     app: &App,
     user: &UserId,
@@ -65,7 +66,7 @@ pub async fn user_profile_updated(
         .map_err(query_error)?
         .is_some();
     if !exists {
-        tracing::info!(user_id = %user, "UserProfileUpdated for an unknown user: nothing to do");
+        tracing::info!("UserProfileUpdated for an unknown user: nothing to do");
         return Ok(InvalidationReport {
             outcome: "unknown-id",
             ..InvalidationReport::default()
@@ -107,12 +108,13 @@ pub async fn user_profile_updated(
     })
 }
 
+#[tracing::instrument(skip_all, fields(transaction_id = %id))]
 pub async fn transaction_completed(
     app: &App,
     id: &TransactionId,
 ) -> Result<InvalidationReport, InvalidationError> {
     let Some(txn) = transactions::load_transaction(&app.db, id).await? else {
-        tracing::info!(transaction_id = %id, "TransactionCompleted for an unknown transaction: nothing to do");
+        tracing::info!("TransactionCompleted for an unknown transaction: nothing to do");
         return Ok(InvalidationReport {
             outcome: "unknown-id",
             ..InvalidationReport::default()

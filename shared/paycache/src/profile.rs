@@ -71,6 +71,7 @@ fn from_row(row: &tokio_postgres::Row) -> Result<UserProfile, DbError> {
 
 /// The profile through the cache: `user_profile:{user_id}`, TTL
 /// `CACHE_TTL_USER_PROFILE_SECS`, "not found" cached negatively.
+#[tracing::instrument(skip_all, fields(user_id = %user))]
 pub async fn get_profile(
     cache: &CacheAside,
     keys: &Keyspace,

@@ -48,6 +48,7 @@ async fn write_meta(
 }
 
 /// `$connect`: registers the connection for the user.
+#[tracing::instrument(skip_all, fields(user_id = %user, connection_id = %conn))]
 pub async fn connect(
     app: &App,
     user: &UserId,
@@ -92,6 +93,7 @@ pub async fn meta(
 
 /// `ping`: refreshes `last_ping` and both TTLs. Returns false if the
 /// connection is not registered (it expired or was never connected).
+#[tracing::instrument(skip_all, fields(connection_id = %conn))]
 pub async fn ping(app: &App, conn: &ConnectionId) -> Result<bool, RedisUnavailable> {
     let Some(mut m) = meta(app, conn).await? else {
         return Ok(false);
@@ -110,6 +112,7 @@ pub async fn ping(app: &App, conn: &ConnectionId) -> Result<bool, RedisUnavailab
 }
 
 /// `$disconnect`: removes both entries. Idempotent.
+#[tracing::instrument(skip_all, fields(connection_id = %conn))]
 pub async fn disconnect(
     app: &App,
     conn: &ConnectionId,

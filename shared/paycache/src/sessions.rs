@@ -52,6 +52,7 @@ fn session_ttl(app: &App) -> u64 {
 }
 
 /// Creates a session under a new random id; one round trip.
+#[tracing::instrument(skip_all, fields(user_id = %session.user_id))]
 pub async fn create(app: &App, session: &Session) -> Result<SessionId, RedisUnavailable> {
     let raw = format!("{:032x}{:032x}", fastrand::u128(..), fastrand::u128(..));
     let id = SessionId::parse(&raw).map_err(|_| RedisUnavailable::Server)?;
@@ -64,6 +65,7 @@ pub async fn create(app: &App, session: &Session) -> Result<SessionId, RedisUnav
 }
 
 /// Deletes a session; one round trip. Idempotent.
+#[tracing::instrument(skip_all)]
 pub async fn revoke(app: &App, id: &SessionId) -> Result<(), RedisUnavailable> {
     let key = app.keys.session(id);
     let k = &key;
@@ -112,6 +114,7 @@ pub struct CredentialState {
 
 /// Reads the session (refreshing its sliding TTL) and checks the token's
 /// blacklist entry, both requests at once.
+#[tracing::instrument(skip_all)]
 pub async fn check(
     app: &App,
     session: &SessionId,

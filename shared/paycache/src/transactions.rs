@@ -147,6 +147,7 @@ pub async fn get_status(
 /// Caches `transaction`'s current status, drops its cached entry and
 /// publishes `{"type": "status_update", …}` on `transactions:<id>`: one
 /// round trip. Returns the number of subscribers reached.
+#[tracing::instrument(skip_all, fields(transaction_id = %transaction.transaction_id))]
 pub async fn publish_status(app: &App, transaction: &Transaction) -> Result<u64, RedisUnavailable> {
     let id = &transaction.transaction_id;
     let status = status_of(transaction);
