@@ -5,14 +5,20 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 ensure_redis
 ensure_postgres
+ensure_moto_server
 STACK="$ROOT/.stack/bench"
-cleanup() { set +e; stop_redis "$STACK/redis"; [ -n "${PG_DIR:-}" ] && stop_postgres "$PG_DIR"; }
+cleanup() { set +e; stop_redis "$STACK/redis"; stop_moto "$STACK/moto"; [ -n "${PG_DIR:-}" ] && stop_postgres "$PG_DIR"; }
 trap cleanup EXIT INT TERM
 rm -rf "$STACK"; mkdir -p "$STACK"
 REDIS_PORT=$(free_port)
 start_redis "$STACK/redis" "$REDIS_PORT"
 PG_PORT=$(free_port)
 PG_DIR=$(start_postgres "$STACK/pg" "$PG_PORT")
+MOTO_PORT=$(free_port)
+start_moto "$STACK/moto" "$MOTO_PORT"
+# A local Secrets Manager, for the cold start with secrets fetched at init.
+export AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT" AWS_REGION=us-east-1 \
+  AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
 export PAYCACHE_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 export PAYCACHE_TEST_PG="host=127.0.0.1 port=$PG_PORT user=postgres dbname=postgres"
 # The function budgets (benches/functions.rs) run the release binaries and

@@ -362,6 +362,44 @@ fn bench(c: &mut Criterion) {
             }
         }
     }
+    // Init with the Redis token and database credentials fetched from
+    // Secrets Manager (the deployed configuration), when a local endpoint
+    // is there (`make bench` starts moto_server): the SDK's configuration
+    // and two GetSecretValue calls on the init path.
+    if let Some(arns) = secrets_for_init() {
+        let with_secrets = Env {
+            vars: env
+                .vars
+                .iter()
+                .cloned()
+                .chain(arns)
+                .chain(
+                    [
+                        "AWS_ENDPOINT_URL",
+                        "AWS_ACCESS_KEY_ID",
+                        "AWS_SECRET_ACCESS_KEY",
+                    ]
+                    .iter()
+                    .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?))),
+                )
+                .collect(),
+            _redis: RedisServer::start(),
+        };
+        for (label, d) in [("", Some(&dir)), (" (before)", before.as_ref())] {
+            let Some(d) = d else { continue };
+            let program = d.join("profile-read");
+            group.bench_function(
+                format!("profile-read, secrets from Secrets Manager{label}"),
+                |b| {
+                    b.iter_custom(|iters| {
+                        (0..iters)
+                            .map(|_| cold_start(&program, "profile-read", &with_secrets))
+                            .sum()
+                    })
+                },
+            );
+        }
+    }
     group.finish();
     for name in FUNCTIONS {
         let size = |d: &std::path::Path| std::fs::metadata(d.join(name)).map(|m| m.len()).ok();
@@ -522,6 +560,47 @@ fn hit_invocations(env: &Env, dir: &std::path::Path) {
             median.as_secs_f64() / floor_median.as_secs_f64()
         );
     }
+}
+
+/// Creates the two secrets a deployed function reads at init in the local
+/// Secrets Manager (`AWS_ENDPOINT_URL`), and returns the variables naming
+/// them; `None` without a local endpoint.
+fn secrets_for_init() -> Option<Vec<(String, String)>> {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").ok()?;
+    if !endpoint.starts_with("http://127.0.0.1") {
+        return None;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let sm = aws_sdk_secretsmanager::Client::new(
+            paycache::aws::sdk_config(Duration::from_secs(5)).await,
+        );
+        let tag = format!("bench-{}", std::process::id());
+        let redis = sm
+            .create_secret()
+            .name(format!("{tag}/redis"))
+            .secret_string(r#"{"token":"bench-token-0123456789abcdef"}"#)
+            .send()
+            .await
+            .ok()?;
+        let db = sm
+            .create_secret()
+            .name(format!("{tag}/db"))
+            .secret_string(r#"{"username":"postgres","password":"bench-password"}"#)
+            .send()
+            .await
+            .ok()?;
+        Some(vec![
+            (
+                "REDIS_AUTH_TOKEN_SECRET_ARN".to_owned(),
+                redis.arn()?.to_owned(),
+            ),
+            ("DATABASE_SECRET_ARN".to_owned(), db.arn()?.to_owned()),
+        ])
+    })
 }
 
 /// `VmHWM` of a process, in KiB.
