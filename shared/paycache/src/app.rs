@@ -1,12 +1,12 @@
 //! Everything a function needs, built once per execution environment.
 
-use crate::cache_aside::CacheAside;
-use crate::config::{Config, ConfigError};
-use crate::connection::{Redis, RedisSetupError};
-use crate::db::{Db, DbError};
-use crate::keys::Keyspace;
-use crate::ratelimit::RateLimiter;
-use crate::secrets::SecretSource;
+use crate::infra::config::{Config, ConfigError};
+use crate::infra::connection::{Redis, RedisSetupError};
+use crate::infra::db::{Db, DbError};
+use crate::infra::keys::Keyspace;
+use crate::infra::secrets::SecretSource;
+use crate::patterns::cache_aside::CacheAside;
+use crate::patterns::ratelimit::RateLimiter;
 
 /// Why a function could not initialise. Each message names the variable to fix.
 #[derive(Debug, thiserror::Error)]
@@ -18,9 +18,9 @@ pub enum InitError {
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
-    Aws(#[from] crate::aws::AwsError),
+    Aws(#[from] crate::infra::aws::AwsError),
     #[error(transparent)]
-    Secret(#[from] crate::secrets::SecretError),
+    Secret(#[from] crate::infra::secrets::SecretError),
 }
 
 /// The shared dependencies: configuration, Redis, the cache engine, the
@@ -59,8 +59,8 @@ impl App {
         if redis_arn.is_none() && durable_arn.is_none() && database_arn.is_none() {
             return Self::new(config);
         }
-        let sdk = crate::aws::sdk_config(config.secrets_timeout).await;
-        crate::aws::require_region(sdk)?;
+        let sdk = crate::infra::aws::sdk_config(config.secrets_timeout).await;
+        crate::infra::aws::require_region(sdk)?;
         let client = aws_sdk_secretsmanager::Client::new(sdk);
         let timeout = config.secrets_timeout;
         let source = |arn: Option<String>, variable| {
@@ -161,15 +161,15 @@ macro_rules! http_function {
     ($name:literal, $handler:path) => {
         #[tokio::main]
         async fn main() -> Result<(), lambda_http::Error> {
-            $crate::init_logging();
-            let metrics = $crate::telemetry::init($name);
-            let app = $crate::App::from_env().await?;
+            $crate::app::init_logging();
+            let metrics = $crate::infra::telemetry::init($name);
+            let app = $crate::app::App::from_env().await?;
             let app = &app;
             lambda_http::run(lambda_http::service_fn(
                 move |req: lambda_http::Request| async move {
                     let started = std::time::Instant::now();
                     let resp = $handler(app, req).await;
-                    $crate::telemetry::finish(metrics, started);
+                    $crate::infra::telemetry::finish(metrics, started);
                     Ok::<_, std::convert::Infallible>(resp)
                 },
             ))

@@ -1,39 +1,35 @@
 //! `paycache`: the cache crate every function shares.
 //!
 //! Modules follow the sections of the design (`shared/seed/cache-design.md`
-//! in the steering repository): configuration, connection, keys,
-//! cache-aside, … Each states its guarantee and why it holds.
+//! in the steering repository), arranged in layers; imports point down:
+//!
+//! | layer | what | may import |
+//! |---|---|---|
+//! | [`edge`] | HTTP helpers and routes, event handlers, the authorizer | everything below |
+//! | [`domain`] | profiles, balances, audit log, transactions, sessions, fraud, real-time, warming, health, node metrics, invalidation | `app`, `patterns`, `infra` |
+//! | [`app`] | [`App`]: everything a function needs, built once per execution environment | `patterns`, `infra` |
+//! | [`patterns`] | the design's caching patterns: cache-aside, rate limiting, Pub/Sub | `infra` |
+//! | [`infra`] | configuration, Redis, PostgreSQL, secrets, AWS, TLS, telemetry, keys | nothing above |
+//!
+//! `tests/import_cycles.rs` checks both: no import cycle among the
+//! modules, and no import up the layers. Each module states its guarantee
+//! and why it holds. The modules are also re-exported at the crate root
+//! (`paycache::balance`, `paycache::config`, …), the paths the functions and
+//! tests use.
 
 pub mod app;
-pub mod audit;
-pub mod auth;
-pub mod aws;
-pub mod balance;
-pub mod breaker;
-pub mod cache_aside;
-pub mod cloudwatch;
-pub mod config;
-pub mod connection;
-pub mod db;
-pub mod events;
-pub mod fraud;
-pub mod health;
-pub mod http;
-pub mod invalidation;
-pub mod keys;
-pub mod money;
-pub mod node_metrics;
-pub mod profile;
-pub mod pubsub;
-pub mod ratelimit;
-pub mod realtime;
-pub mod routes;
-pub mod secrets;
-pub mod sessions;
-pub mod telemetry;
-mod tls;
-pub mod transactions;
-pub mod warming;
+pub mod domain;
+pub mod edge;
+pub mod infra;
+pub mod patterns;
+
+pub use domain::{
+    audit, balance, cloudwatch, fraud, health, invalidation, money, node_metrics, profile,
+    realtime, sessions, transactions, warming,
+};
+pub use edge::{auth, events, http, routes};
+pub use infra::{aws, breaker, config, connection, db, keys, secrets, telemetry};
+pub use patterns::{cache_aside, pubsub, ratelimit};
 
 pub use app::{App, InitError, init_logging};
 pub use cache_aside::{CacheAside, CacheStatus, Cached};

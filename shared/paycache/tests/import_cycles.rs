@@ -1,7 +1,9 @@
-//! The crate's modules import each other without cycles: each top-level
-//! module's `crate::<module>` references (outside comments and test code)
-//! form a graph with no strongly connected component larger than one. A
-//! reader can follow a module's imports down without climbing back up.
+//! The crate's structure, checked: its modules import each other without
+//! cycles, and imports point down the layers (`edge` → `domain` → `app` →
+//! `patterns` → `infra`; see the crate docs). A node is a module of a layer
+//! (`domain::balance`) or `app`; an edge is a `crate::…` path to another
+//! one, outside comments and test code. A reader can follow a module's
+//! imports down without climbing back up.
 #![allow(clippy::unwrap_used, reason = "tests")]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -9,8 +11,35 @@ use std::path::Path;
 
 type Graph = BTreeMap<String, BTreeSet<String>>;
 
-/// The import graph of the crate's top-level modules.
-fn graph(src: &Path) -> Graph {
+/// The layers, lowest first.
+const LAYERS: [&str; 5] = ["infra", "patterns", "app", "domain", "edge"];
+
+fn layer_of(node: &str) -> usize {
+    let layer = node.split("::").next().unwrap_or("");
+    LAYERS.iter().position(|l| *l == layer).unwrap()
+}
+
+/// The node a `crate::…` path names: `layer::module`, or `app`.
+fn node_of(path: &str) -> Option<String> {
+    let parts: Vec<String> = path
+        .split("::")
+        .map(|p| {
+            p.chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect()
+        })
+        .collect();
+    match parts.first().map(String::as_str) {
+        Some("app") => Some("app".to_owned()),
+        Some(layer @ ("infra" | "patterns" | "domain" | "edge")) => Some(format!(
+            "{layer}::{}",
+            parts.get(1).filter(|m| !m.is_empty())?
+        )),
+        _ => None,
+    }
+}
+
+fn sources(src: &Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     let mut dirs = vec![src.to_path_buf()];
     while let Some(dir) = dirs.pop() {
@@ -23,38 +52,46 @@ fn graph(src: &Path) -> Graph {
             }
         }
     }
+    files
+}
+
+/// Code lines of a file: no comments, no test module.
+fn code(file: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(file).unwrap();
+    let code = text.split("#[cfg(test)]").next().unwrap_or("").to_owned();
+    code.lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The import graph of the crate's modules.
+fn graph(src: &Path) -> Graph {
     let mut g = Graph::new();
-    for file in &files {
-        let rel = file.strip_prefix(src).unwrap();
-        let top = rel
-            .components()
-            .next()
+    for file in sources(src) {
+        let rel = file
+            .strip_prefix(src)
             .unwrap()
-            .as_os_str()
             .to_string_lossy()
-            .trim_end_matches(".rs")
-            .to_owned();
-        if top == "lib" {
-            continue;
-        }
-        let text = std::fs::read_to_string(file).unwrap();
-        let code = text.split("#[cfg(test)]").next().unwrap_or("");
-        let edges = g.entry(top.clone()).or_default();
-        for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+            .into_owned();
+        let rel = rel.trim_end_matches(".rs");
+        let node = match rel.split('/').collect::<Vec<_>>().as_slice() {
+            ["lib"] => continue,
+            ["app"] => "app".to_owned(),
+            [_layer, "mod"] => continue,
+            [layer, module, ..] => format!("{layer}::{module}"),
+            other => panic!("a file outside the layers: {other:?}"),
+        };
+        let edges = g.entry(node.clone()).or_default();
+        for line in code(&file) {
             for part in line.split("crate::").skip(1) {
-                let name: String = part
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_')
-                    .collect();
-                if !name.is_empty() && name != top {
-                    edges.insert(name);
+                if let Some(to) = node_of(part)
+                    && to != node
+                {
+                    edges.insert(to);
                 }
             }
         }
-    }
-    let modules: BTreeSet<String> = g.keys().cloned().collect();
-    for edges in g.values_mut() {
-        edges.retain(|m| modules.contains(m));
     }
     g
 }
@@ -120,27 +157,110 @@ fn cycles(g: &Graph) -> Vec<Vec<String>> {
 #[test]
 fn no_import_cycles() {
     let g = graph(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
-    assert!(g.len() > 20, "the crate's modules were found: {}", g.len());
+    assert!(g.len() > 25, "the crate's modules were found: {}", g.len());
     assert!(
-        g.values().map(BTreeSet::len).sum::<usize>() > 30,
+        g.values().map(BTreeSet::len).sum::<usize>() > 60,
         "imports were found"
     );
     let found = cycles(&g);
     assert!(found.is_empty(), "import cycles: {found:?}");
 }
 
-/// The broken variant through the same check: one import back up (the
-/// configuration naming a domain module, as it once did) closes a cycle,
-/// and the check reports it.
+/// Imports up the layers, `from -> to`.
+fn upward(g: &Graph) -> Vec<String> {
+    let mut up = Vec::new();
+    for (from, edges) in g {
+        for to in edges {
+            if layer_of(to) > layer_of(from) {
+                up.push(format!("{from} -> {to}"));
+            }
+        }
+    }
+    up
+}
+
+#[test]
+fn imports_point_down_the_layers() {
+    let g = graph(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+    let up = upward(&g);
+    assert!(up.is_empty(), "imports up the layers: {up:?}");
+}
+
+/// Inside the crate, modules are named by their layer: the root's
+/// re-exports (`crate::balance`) are for the crate's users, and would hide
+/// an import from the two checks above.
+#[test]
+fn no_root_aliases_inside_the_crate() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let aliases = [
+        "audit",
+        "balance",
+        "cloudwatch",
+        "fraud",
+        "health",
+        "invalidation",
+        "money",
+        "node_metrics",
+        "profile",
+        "realtime",
+        "sessions",
+        "transactions",
+        "warming",
+        "auth",
+        "events",
+        "http",
+        "routes",
+        "aws",
+        "breaker",
+        "config",
+        "connection",
+        "db",
+        "keys",
+        "secrets",
+        "telemetry",
+        "tls",
+        "cache_aside",
+        "pubsub",
+        "ratelimit",
+    ];
+    let mut found = Vec::new();
+    for file in sources(&src) {
+        if file.ends_with("lib.rs") {
+            continue;
+        }
+        for line in code(&file) {
+            for part in line.split("crate::").skip(1) {
+                let name: String = part
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if aliases.contains(&name.as_str()) {
+                    found.push(format!("{}: crate::{name}", file.display()));
+                }
+            }
+        }
+    }
+    assert!(found.is_empty(), "{found:?}");
+}
+
+/// The broken variants through the same checks: one import back up (the
+/// configuration naming a domain module, as it once did) closes a cycle
+/// and points up the layers, and both checks report it.
 #[test]
 fn an_import_back_up_is_caught() {
     let mut g = graph(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
-    g.get_mut("config").unwrap().insert("warming".into());
+    g.get_mut("infra::config")
+        .unwrap()
+        .insert("domain::warming".into());
     let found = cycles(&g);
     assert!(
-        found
-            .iter()
-            .any(|c| c.contains(&"config".to_owned()) && c.contains(&"warming".to_owned())),
+        found.iter().any(|c| c.contains(&"infra::config".to_owned())
+            && c.contains(&"domain::warming".to_owned())),
         "{found:?}"
+    );
+    assert!(
+        upward(&g).contains(&"infra::config -> domain::warming".to_owned()),
+        "{:?}",
+        upward(&g)
     );
 }

@@ -1,0 +1,137 @@
+//! Event-driven invalidation: what the design's
+//! `handle_user_profile_update` and `handle_transaction_completion` do, made
+//! idempotent and race-free.
+//!
+//! - `UserProfileUpdated {user_id}` deletes `user_profile`,
+//!   `user_permissions` and `user_preferences` of the user, with their load
+//!   leases (so a load that read the old row cannot store it), and publishes
+//!   `{"type": "profile_updated"}` on `notifications:<user_id>` — one script,
+//!   one round trip (all keys share the user's hash tag).
+//! - `TransactionCompleted {transaction_id, …}` caches the transaction's
+//!   status as PostgreSQL has it, drops `txn:{id}` and publishes on
+//!   `transactions:<id>` (one round trip), and invalidates both wallets'
+//!   balances (one round trip each, concurrently) without lifting a writer's
+//!   fence. The wallets are taken from PostgreSQL, not from the event.
+//!
+//! Deleting what is already gone is a no-op, so redelivered events are
+//! harmless. An event for an id PostgreSQL does not know changes nothing and
+//! is logged.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::app::App;
+use crate::domain::balance;
+use crate::domain::transactions;
+use crate::infra::connection::RedisUnavailable;
+use crate::infra::db::{DbError, query_error};
+use crate::infra::keys::{TransactionId, UserId};
+use crate::patterns::pubsub;
+
+static DELETE_AND_PUBLISH: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("invalidation/delete_and_publish.lua")));
+
+/// What an invalidation did, for the function's JSON summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct InvalidationReport {
+    /// `invalidated`, or `unknown-id` when PostgreSQL has no such entity.
+    pub outcome: &'static str,
+    pub keys_deleted: u64,
+    pub wallets_invalidated: u64,
+    pub published: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidationError {
+    #[error("the cache is unavailable: {0}")]
+    Redis(RedisUnavailable),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+#[tracing::instrument(skip_all, fields(user_id = %user))]
+pub async fn user_profile_updated(
+    app: &App,
+    user: &UserId,
+) -> Result<InvalidationReport, InvalidationError> {
+    let exists = app
+        .db
+        .client()
+        .await?
+        .query_opt("SELECT 1 FROM users WHERE user_id = $1", &[&user.as_uuid()])
+        .await
+        .map_err(query_error)?
+        .is_some();
+    if !exists {
+        tracing::info!("UserProfileUpdated for an unknown user: nothing to do");
+        return Ok(InvalidationReport {
+            outcome: "unknown-id",
+            ..InvalidationReport::default()
+        });
+    }
+    let mut keys = Vec::new();
+    for key in [
+        app.keys.user_profile(user),
+        app.keys.user_permissions(user),
+        app.keys.user_preferences(user),
+    ] {
+        keys.push(key.lock_key());
+        keys.push(key.as_str().to_owned());
+    }
+    let channel = pubsub::notifications(user);
+    let message = serde_json::to_string(&pubsub::ProfileUpdated {
+        kind: "profile_updated",
+        user_id: user,
+        timestamp: pubsub::unix_seconds(OffsetDateTime::now_utc()),
+    })
+    .map_err(|_| InvalidationError::Redis(RedisUnavailable::Server))?;
+    let (keys, ch, msg) = (&keys, &channel, &message);
+    let deleted: i64 = app
+        .redis
+        .run(|mut c| async move {
+            let mut inv = DELETE_AND_PUBLISH.prepare_invoke();
+            for k in keys {
+                inv.key(k);
+            }
+            inv.arg(ch).arg(msg).invoke_async(&mut c).await
+        })
+        .await
+        .map_err(InvalidationError::Redis)?;
+    Ok(InvalidationReport {
+        outcome: "invalidated",
+        keys_deleted: u64::try_from(deleted).unwrap_or(0),
+        wallets_invalidated: 0,
+        published: true,
+    })
+}
+
+#[tracing::instrument(skip_all, fields(transaction_id = %id))]
+pub async fn transaction_completed(
+    app: &App,
+    id: &TransactionId,
+) -> Result<InvalidationReport, InvalidationError> {
+    let Some(txn) = transactions::load_transaction(&app.db, id).await? else {
+        tracing::info!("TransactionCompleted for an unknown transaction: nothing to do");
+        return Ok(InvalidationReport {
+            outcome: "unknown-id",
+            ..InvalidationReport::default()
+        });
+    };
+    let (status, sender, receiver) = tokio::join!(
+        transactions::publish_status(app, &txn),
+        balance::invalidate(app, &txn.sender_wallet_id),
+        balance::invalidate(app, &txn.receiver_wallet_id),
+    );
+    status.map_err(InvalidationError::Redis)?;
+    sender.map_err(InvalidationError::Redis)?;
+    receiver.map_err(InvalidationError::Redis)?;
+    Ok(InvalidationReport {
+        outcome: "invalidated",
+        keys_deleted: 0,
+        wallets_invalidated: 2,
+        published: true,
+    })
+}

@@ -1,0 +1,15 @@
+//! The domain: profiles, balances (versioned write-through behind a fence), the audit log (write-behind buffer), transactions, sessions, fraud signals, real-time connections, warming, health, node metrics and invalidation. Built on `crate::app::App`, the patterns and the infrastructure.
+
+pub mod audit;
+pub mod balance;
+pub mod cloudwatch;
+pub mod fraud;
+pub mod health;
+pub mod invalidation;
+pub mod money;
+pub mod node_metrics;
+pub mod profile;
+pub mod realtime;
+pub mod sessions;
+pub mod transactions;
+pub mod warming;

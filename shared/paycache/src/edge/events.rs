@@ -1,0 +1,390 @@
+//! Handlers for the event-driven functions (EventBridge rules, schedules,
+//! the WebSocket API). Each deserializes its event into a typed struct —
+//! `aws_lambda_events`' where `lambda_http` already carries the type (the
+//! WebSocket proxy request), a small local envelope for EventBridge (the
+//! crate's `eventbridge` feature is not compiled in) — never panics on any
+//! input, and returns a JSON summary that it also logs.
+//!
+//! Malformed events are answered with `{"status": "rejected", "reason": …}`
+//! and not retried (retrying cannot fix them): the runtime hands each
+//! handler the raw JSON and the handler deserializes it, so a bad event is
+//! an answer, not an invocation error. Failures that a retry can fix (Redis
+//! or PostgreSQL unavailable during an invalidation) are returned as
+//! errors, so that Lambda's asynchronous retries and the dead-letter queue
+//! take over: an invalidation must not be dropped.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use lambda_http::aws_lambda_events::apigw::ApiGatewayWebsocketProxyRequest;
+use lambda_http::lambda_runtime::Context;
+use serde::{Deserialize, Deserializer};
+use serde_json::{Value, json};
+
+use crate::app::App;
+use crate::domain::audit;
+use crate::domain::balance;
+use crate::domain::invalidation::{self, InvalidationError};
+use crate::infra::keys::{TransactionId, UserId, WalletId};
+
+/// An event as the runtime delivers it, before its handler types it.
+pub type Json = Value;
+
+fn rejected(reason: impl Into<String>) -> Value {
+    let reason = reason.into();
+    tracing::warn!(reason = %reason, "event rejected");
+    json!({"status": "rejected", "reason": reason})
+}
+
+/// The EventBridge envelope: what routing needs.
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    #[serde(rename = "detail-type")]
+    detail_type: String,
+}
+
+/// The events `cache-invalidator` acts on: EventBridge's `detail-type`
+/// names the variant, `detail` holds its fields (other envelope fields are
+/// ignored).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "detail-type", content = "detail")]
+pub enum InvalidationEvent {
+    UserProfileUpdated(UserProfileUpdated),
+    TransactionCompleted(TransactionCompleted),
+}
+
+/// `UserProfileUpdated`'s detail.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct UserProfileUpdated {
+    pub user_id: UserId,
+}
+
+/// `TransactionCompleted`'s detail. The wallets are read from the
+/// transaction's row; the event's copies are validated, not trusted.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct TransactionCompleted {
+    pub transaction_id: TransactionId,
+    pub sender_wallet_id: WalletId,
+    pub receiver_wallet_id: WalletId,
+}
+
+impl InvalidationEvent {
+    /// The typed event, or the summary to answer with: `ignored` for a
+    /// detail-type this function does not handle, `rejected` (with serde's
+    /// reason, which names the field) for a malformed one.
+    pub fn parse(event: &Value) -> Result<Self, Value> {
+        let envelope =
+            Envelope::deserialize(event).map_err(|_| rejected("the event has no detail-type"))?;
+        if !matches!(
+            envelope.detail_type.as_str(),
+            "UserProfileUpdated" | "TransactionCompleted"
+        ) {
+            tracing::info!(detail_type = %envelope.detail_type.chars().take(64).collect::<String>(), "event ignored");
+            return Err(json!({"status": "ignored"}));
+        }
+        if !event.get("detail").is_some_and(Value::is_object) {
+            return Err(rejected("the event has no detail object"));
+        }
+        Self::deserialize(event).map_err(|e| rejected(format!("detail: {e}")))
+    }
+}
+
+/// `cache-invalidator`: `UserProfileUpdated` and `TransactionCompleted`.
+pub async fn cache_invalidation(app: &App, event: &Value) -> Result<Value, InvalidationError> {
+    let started = Instant::now();
+    let event = match InvalidationEvent::parse(event) {
+        Ok(e) => e,
+        Err(answer) => return Ok(answer),
+    };
+    let (kind, report) = match &event {
+        InvalidationEvent::UserProfileUpdated(e) => (
+            "UserProfileUpdated",
+            invalidation::user_profile_updated(app, &e.user_id).await?,
+        ),
+        InvalidationEvent::TransactionCompleted(e) => (
+            "TransactionCompleted",
+            invalidation::transaction_completed(app, &e.transaction_id).await?,
+        ),
+    };
+    let summary = json!({
+        "status": "ok",
+        "detail_type": kind,
+        "outcome": report.outcome,
+        "keys_deleted": report.keys_deleted,
+        "wallets_invalidated": report.wallets_invalidated,
+        "published": report.published,
+        "duration_ms": started.elapsed().as_millis() as u64,
+    });
+    tracing::info!(summary = %summary, "invalidation done");
+    Ok(summary)
+}
+
+/// `audit-flush`: drains every configured service's buffer, applies pending
+/// balance outbox rows, and reconciles outbox audit events, stopping before
+/// `deadline`.
+pub async fn audit_flush(app: &App, deadline: Instant) -> Value {
+    let started = Instant::now();
+    let mut errors = Vec::new();
+    let mut flushed = Vec::new();
+    for service in &app.config.audit.services {
+        match audit::flush(app, service, deadline, u64::MAX).await {
+            Ok(report) => flushed.push(serde_json::to_value(report).unwrap_or(Value::Null)),
+            Err(e) => errors.push(format!("{service}: {e}")),
+        }
+    }
+    let outbox = match balance::apply_pending(app, 1000).await {
+        Ok(report) => serde_json::to_value(report).unwrap_or(Value::Null),
+        Err(e) => {
+            errors.push(format!("outbox: {e}"));
+            Value::Null
+        }
+    };
+    let reconciled = match audit::reconcile_outbox(app, 1000).await {
+        Ok(n) => n,
+        Err(e) => {
+            errors.push(format!("reconcile: {e}"));
+            0
+        }
+    };
+    let summary = json!({
+        "status": if errors.is_empty() { "ok" } else { "degraded" },
+        "flushed": flushed,
+        "outbox": outbox,
+        "reconciled": reconciled,
+        "errors": errors,
+        "duration_ms": started.elapsed().as_millis() as u64,
+    });
+    if errors.is_empty() {
+        tracing::info!(summary = %summary, "audit flush done");
+    } else {
+        tracing::error!(summary = %summary, "audit flush degraded");
+    }
+    summary
+}
+
+/// `cache-warmer`'s event: a schedule's (no `user_ids`: the `WARM_USERS`
+/// most recently active users) or `{"user_ids": [...]}`.
+#[derive(Debug, Deserialize)]
+struct WarmRequest {
+    #[serde(default, deserialize_with = "present")]
+    user_ids: Option<Vec<UserId>>,
+}
+
+/// A field that, when present, must hold a value (`null` is refused).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// At most this many users in one `user_ids` list.
+const MAX_WARM_USERS: usize = 10_000;
+
+/// `cache-warmer`: a scheduled event warms the `WARM_USERS` most recently
+/// active users; `{"user_ids": [...]}` (at most 10,000) warms those.
+pub async fn cache_warm(app: &App, event: &Value, deadline: Instant) -> Value {
+    let users = match WarmRequest::deserialize(event) {
+        Ok(WarmRequest {
+            user_ids: Some(list),
+        }) if list.len() > MAX_WARM_USERS => {
+            return rejected("user_ids must be an array of at most 10000 user ids");
+        }
+        Ok(request) => request.user_ids,
+        Err(_) => {
+            return rejected(
+                "user_ids must be an array of at most 10000 user ids (UUIDs in canonical form)",
+            );
+        }
+    };
+    let report = crate::domain::warming::warm(app, users, deadline).await;
+    let mut summary = serde_json::to_value(&report).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut summary {
+        m.insert(
+            "status".into(),
+            json!(if report.failed == 0 { "ok" } else { "degraded" }),
+        );
+    }
+    tracing::info!(summary = %summary, "cache warming done");
+    summary
+}
+
+/// `metrics-emitter`: reads `INFO` from every node and publishes the
+/// design's cache metrics, per node and for the cluster.
+pub async fn emit_metrics(app: &App, cloudwatch: &crate::domain::cloudwatch::CloudWatch) -> Value {
+    let started = Instant::now();
+    let collected =
+        match crate::domain::node_metrics::collect(app, app.config.health.node_timeout).await {
+            Ok(c) => c,
+            Err(why) => {
+                tracing::error!(reason = why.as_str(), "could not read the cluster's nodes");
+                return json!({"status": "failed", "error": "Redis is unavailable", "published": 0});
+            }
+        };
+    let (status, published, error) =
+        match crate::domain::cloudwatch::publish(cloudwatch, &collected.data).await {
+            Ok(n) => ("ok", n, None),
+            Err(e) => {
+                tracing::error!(error = %e.0, "PutMetricData failed");
+                ("failed", 0, Some("CloudWatch PutMetricData failed"))
+            }
+        };
+    let summary = json!({
+        "status": status,
+        "error": error,
+        "nodes": collected.nodes,
+        "nodes_unreachable": collected.nodes_unreachable,
+        "restarted": collected.restarted,
+        "published": published,
+        "duration_ms": started.elapsed().as_millis() as u64,
+    });
+    tracing::info!(summary = %summary, "node metrics emitted");
+    summary
+}
+
+/// `ws-connections`: the WebSocket API's `$connect`, `$disconnect` and
+/// `ping` routes. The user comes from the authorizer's context (WebSocket
+/// authorizers put it in `requestContext.authorizer`); `$connect` without
+/// one is refused (401), so is a malformed connection id (400).
+pub async fn websocket(app: &App, event: &Value) -> Value {
+    let status = |code: u16, body: Value| json!({"statusCode": code, "body": body.to_string()});
+    let Ok(request) = ApiGatewayWebsocketProxyRequest::deserialize(event) else {
+        return status(400, json!({"error": "not a WebSocket API event"}));
+    };
+    let ctx = &request.request_context;
+    let route = ctx.route_key.as_deref().unwrap_or("");
+    let Some(conn) = ctx
+        .connection_id
+        .as_deref()
+        .and_then(|c| crate::infra::keys::ConnectionId::parse(c).ok())
+    else {
+        return status(
+            400,
+            json!({"error": "connectionId is missing or malformed"}),
+        );
+    };
+    let user = ctx
+        .authorizer
+        .fields
+        .get("user_id")
+        .and_then(Value::as_str)
+        .and_then(|u| UserId::parse(u).ok());
+    let result = match route {
+        "$connect" => {
+            let Some(user) = user else {
+                return status(401, json!({"error": "not authenticated"}));
+            };
+            let client = request
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok());
+            crate::domain::realtime::connect(app, &user, &conn, client)
+                .await
+                .map(|_| 200)
+        }
+        "$disconnect" => crate::domain::realtime::disconnect(app, &conn, user.as_ref())
+            .await
+            .map(|_| 200),
+        "ping" => match crate::domain::realtime::ping(app, &conn).await {
+            Ok(true) => Ok(200),
+            Ok(false) => Ok(410),
+            Err(e) => Err(e),
+        },
+        _ => Ok(400),
+    };
+    match result {
+        Ok(200) => status(200, json!({"route": route})),
+        Ok(410) => status(
+            410,
+            json!({"error": "the connection is not registered (expired)"}),
+        ),
+        Ok(_) => status(400, json!({"error": "unknown route"})),
+        Err(why) => {
+            tracing::error!(route = %route, reason = why.as_str(), "websocket registry unavailable");
+            status(
+                503,
+                json!({"error": "the connection registry is unavailable"}),
+            )
+        }
+    }
+}
+
+/// The invocation's deadline (`Context::deadline`) as an `Instant`, or
+/// `fallback` from now when it is missing or already past.
+pub fn deadline(context: &Context, fallback: Duration) -> Instant {
+    match context.deadline().duration_since(SystemTime::now()) {
+        Ok(left) if !left.is_zero() => Instant::now() + left,
+        _ => Instant::now() + fallback,
+    }
+}
+
+/// What every event-driven handler returns to the runtime.
+pub type Answer = Result<Value, lambda_http::lambda_runtime::Error>;
+
+/// `cache-invalidator`'s handler (see [`cache_invalidation`]).
+pub async fn handle_invalidation(app: &App, _: &(), event: Value, _: Context) -> Answer {
+    cache_invalidation(app, &event).await.map_err(Into::into)
+}
+
+/// `audit-flush`'s handler: runs until 2 s before the invocation's deadline.
+pub async fn handle_audit_flush(app: &App, _: &(), _event: Value, context: Context) -> Answer {
+    Ok(audit_flush(app, deadline(&context, Duration::from_secs(30))).await)
+}
+
+/// `cache-warmer`'s handler (see [`cache_warm`]).
+pub async fn handle_cache_warm(app: &App, _: &(), event: Value, context: Context) -> Answer {
+    Ok(cache_warm(app, &event, deadline(&context, Duration::from_secs(60))).await)
+}
+
+/// `metrics-emitter`'s handler (see [`emit_metrics`]).
+pub async fn handle_metrics(
+    app: &App,
+    cloudwatch: &crate::domain::cloudwatch::CloudWatch,
+    _event: Value,
+    _: Context,
+) -> Answer {
+    Ok(emit_metrics(app, cloudwatch).await)
+}
+
+/// `ws-connections`' handler (see [`websocket`]).
+pub async fn handle_websocket(app: &App, _: &(), event: Value, _: Context) -> Answer {
+    Ok(websocket(app, &event).await)
+}
+
+/// The whole `main` of an event-driven function, as [`crate::http_function!`] is
+/// for HTTP ones: logging, metrics, `App` built once from the environment,
+/// the function's own state built once from it (`init`, optional), then
+/// `handler(&app, &state, event, context)` per invocation with its EMF line
+/// written after it. The runtime hands the handler the raw JSON; the
+/// handler deserializes it into its typed event, so a malformed event is an
+/// answer (`rejected`), never an invocation error that Lambda would retry.
+///
+/// ```ignore
+/// paycache::event_function!("cache-invalidator", paycache::events::handle_invalidation);
+/// paycache::event_function!("authorizer", paycache::auth::Verifier::for_app, paycache::auth::handle_authorizer);
+/// ```
+#[macro_export]
+macro_rules! event_function {
+    ($name:literal, $handler:path) => {
+        $crate::event_function!(
+            $name,
+            |_: &$crate::app::App| Ok::<(), $crate::app::InitError>(()),
+            $handler
+        );
+    };
+    ($name:literal, $init:expr, $handler:path) => {
+        #[tokio::main]
+        async fn main() -> Result<(), $crate::lambda_runtime::Error> {
+            $crate::app::init_logging();
+            let metrics = $crate::infra::telemetry::init($name);
+            let app = $crate::app::App::from_env().await?;
+            let state = ($init)(&app)?;
+            let (app, state) = (&app, &state);
+            $crate::lambda_runtime::run($crate::lambda_runtime::service_fn(
+                move |event: $crate::lambda_runtime::LambdaEvent<$crate::edge::events::Json>| async move {
+                    let started = std::time::Instant::now();
+                    let answer = $handler(app, state, event.payload, event.context).await;
+                    $crate::infra::telemetry::finish(metrics, started);
+                    answer
+                },
+            ))
+            .await
+        }
+    };
+}

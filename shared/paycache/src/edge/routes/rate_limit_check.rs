@@ -1,0 +1,82 @@
+//! `POST /rate-limit/check` (function `rate-limit-check`).
+
+use http::{Method, StatusCode};
+use lambda_http::{Body, Request, Response};
+use serde_json::Value;
+
+use crate::app::App;
+use crate::edge::http::{
+    Problem, check_body_size, json_object, json_response, request_id, whole_number,
+};
+use crate::edge::routes::limits::{too_many_requests, with_headers};
+use crate::infra::keys::{Endpoint, UserId};
+
+pub async fn handle(app: &App, req: Request) -> Response<Body> {
+    let rid = request_id(&req);
+    if let Err(problem) = check_body_size(&req) {
+        return problem.into_response(&rid);
+    }
+    if req.method() != Method::POST {
+        return Problem::method_not_allowed("POST").into_response(&rid);
+    }
+    let (user, endpoint, cost) = match parse(&req) {
+        Ok(parsed) => parsed,
+        Err(problem) => return problem.into_response(&rid),
+    };
+    let policy = app.limiter.policy(&endpoint);
+    if cost > policy.max_cost() {
+        return Problem::unprocessable(format!(
+            "cost {cost} can never be admitted: the {} policy allows at most {} at once.",
+            policy.name,
+            policy.max_cost()
+        ))
+        .into_response(&rid);
+    }
+    let decision = app.limiter.check(&user, &endpoint, cost).await;
+    if decision.allowed {
+        with_headers(json_response(StatusCode::OK, &decision), &decision)
+    } else {
+        too_many_requests(&decision, &rid)
+    }
+}
+
+fn parse(req: &Request) -> Result<(UserId, Endpoint, u64), Problem> {
+    let body = json_object(req)?;
+    if let Some(unknown) = body
+        .keys()
+        .find(|k| !matches!(k.as_str(), "user_id" | "endpoint" | "cost"))
+    {
+        return Err(Problem::invalid_request(format!(
+            "Unknown field \"{}\": the body has user_id, endpoint and cost only.",
+            unknown.chars().take(64).collect::<String>()
+        )));
+    }
+    let user = match body.get("user_id") {
+        Some(Value::String(s)) => {
+            UserId::parse(s).map_err(|e| Problem::invalid_request(format!("The {e}.")))?
+        }
+        Some(_) => return Err(Problem::invalid_request("user_id must be a string.")),
+        None => return Err(Problem::invalid_request("user_id is required.")),
+    };
+    let endpoint = match body.get("endpoint") {
+        Some(Value::String(s)) => {
+            Endpoint::parse(s).map_err(|e| Problem::invalid_request(format!("The {e}.")))?
+        }
+        Some(_) => return Err(Problem::invalid_request("endpoint must be a string.")),
+        None => return Err(Problem::invalid_request("endpoint is required.")),
+    };
+    let cost = match body.get("cost") {
+        None => 1,
+        Some(Value::Number(n)) => whole_number(n)
+            .filter(|c| (1..=1000).contains(c))
+            .ok_or_else(|| {
+                Problem::invalid_request("cost must be a whole number from 1 to 1000.")
+            })?,
+        Some(_) => {
+            return Err(Problem::invalid_request(
+                "cost must be a whole number from 1 to 1000.",
+            ));
+        }
+    };
+    Ok((user, endpoint, cost))
+}

@@ -1,0 +1,190 @@
+//! PostgreSQL, the source of truth.
+//!
+//! The driver is `tokio-postgres` with a small `deadpool-postgres` pool
+//! rather than sqlx: it compiles faster, adds less to each Lambda binary, and
+//! needs no database at build time; this crate's queries are few and
+//! hand-written, so sqlx's compile-time checking would buy little. One
+//! execution environment serves one request at a time, so the pool is small
+//! (`DATABASE_POOL_SIZE`, default 2); in AWS it sits behind RDS Proxy.
+//!
+//! TLS: connections use rustls (ring) with certificate and host-name
+//! verification always on — the system roots, plus `DATABASE_CA_CERT` (the
+//! RDS CA bundle when connecting to RDS directly; RDS Proxy's certificates
+//! chain to public roots). `sslmode` in `DATABASE_URL` decides whether TLS
+//! is required: `require` refuses a server without TLS; the default
+//! (`prefer`) uses TLS whenever the server offers it, and fails — rather
+//! than continuing without verification — if its certificate does not
+//! verify; `disable` never uses TLS. There is no unverified mode (libpq's
+//! `require` does not verify; ours does).
+//!
+//! Every statement runs under a server-side `statement_timeout`
+//! (`DATABASE_STATEMENT_TIMEOUT_MS`) and every connection attempt under
+//! `DATABASE_CONNECT_TIMEOUT_MS`, so a slow database cannot hang a function.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::infra::config::DatabaseConfig;
+
+/// Why a database call failed. Like [`crate::infra::connection::RedisUnavailable`],
+/// the text is safe to log and never carries SQL, server messages or URLs.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("DATABASE_URL: not a valid PostgreSQL connection string")]
+    InvalidUrl,
+    #[error("DATABASE_CA_CERT: not a readable PEM file of certificates")]
+    CaCert,
+    #[error("the database is unavailable")]
+    Unavailable,
+    #[error("a database query failed")]
+    Query(#[source] tokio_postgres::Error),
+}
+
+/// The migrations, applied in order, each once (tracked in `schema_migrations`).
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../migrations/0001_core.sql")),
+    (2, include_str!("../../migrations/0002_balance_outbox.sql")),
+];
+
+/// The deterministic local data set (see the file for its ids).
+pub const LOCAL_SEED: &str = include_str!("../../seed/local.sql");
+
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").finish_non_exhaustive()
+    }
+}
+
+impl Db {
+    /// Builds the pool without connecting.
+    pub fn new(config: &DatabaseConfig) -> Result<Self, DbError> {
+        let mut pg = tokio_postgres::Config::from_str(config.url.expose())
+            .map_err(|_| DbError::InvalidUrl)?;
+        pg.connect_timeout(config.connect_timeout);
+        if let Some(credentials) = &config.credentials {
+            pg.user(&credentials.username);
+            pg.password(credentials.password.expose());
+        }
+        let statement_timeout = format!(
+            "-c statement_timeout={}",
+            config.statement_timeout.as_millis()
+        );
+        let options = match pg.get_options() {
+            Some(existing) => format!("{existing} {statement_timeout}"),
+            None => statement_timeout,
+        };
+        pg.options(options);
+        let manager = Manager::from_config(
+            pg,
+            tls_connector(config)?,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(config.connect_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .recycle_timeout(Some(Duration::from_secs(1)))
+            .build()
+            .map_err(|_| DbError::InvalidUrl)?;
+        Ok(Self { pool })
+    }
+
+    pub async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
+        self.pool.get().await.map_err(|e| {
+            tracing::warn!(error = %crate::infra::telemetry::ErrorChain(&e), "database connection unavailable");
+            DbError::Unavailable
+        })
+    }
+
+    /// Applies pending migrations under an advisory lock, so concurrent
+    /// callers (parallel tests, two deploy steps) apply each one once.
+    pub async fn migrate(&self) -> Result<usize, DbError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(query_error)?;
+        tx.batch_execute(
+            "SELECT pg_advisory_xact_lock(7245100001);
+             CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version    integer PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             );",
+        )
+        .await
+        .map_err(query_error)?;
+        let mut applied = 0;
+        for (version, sql) in MIGRATIONS {
+            let done = tx
+                .query_opt(
+                    "SELECT 1 FROM schema_migrations WHERE version = $1",
+                    &[version],
+                )
+                .await
+                .map_err(query_error)?;
+            if done.is_none() {
+                tx.batch_execute(sql).await.map_err(query_error)?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version) VALUES ($1)",
+                    &[version],
+                )
+                .await
+                .map_err(query_error)?;
+                applied += 1;
+            }
+        }
+        tx.commit().await.map_err(query_error)?;
+        Ok(applied)
+    }
+
+    /// Loads the deterministic local data set; safe to run again.
+    pub async fn seed_local(&self) -> Result<(), DbError> {
+        let client = self.client().await?;
+        client.batch_execute(LOCAL_SEED).await.map_err(query_error)
+    }
+}
+
+/// rustls with the system roots and `DATABASE_CA_CERT`.
+fn tls_connector(config: &DatabaseConfig) -> Result<MakeRustlsConnect, DbError> {
+    let mut roots = crate::infra::tls::native_roots().clone();
+    if let Some(path) = &config.ca_cert {
+        let pem = std::fs::read(path).map_err(|_| DbError::CaCert)?;
+        use rustls::pki_types::pem::PemObject;
+        let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .map_err(|_| DbError::CaCert)?;
+        if certs.is_empty() {
+            return Err(DbError::CaCert);
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|_| DbError::CaCert)?;
+        }
+    }
+    Ok(MakeRustlsConnect::new(crate::infra::tls::client_config(
+        roots,
+    )))
+}
+
+/// Maps a driver error, telling "the database is gone" from "this query
+/// failed", without keeping the server's text in our own messages.
+pub fn query_error(err: tokio_postgres::Error) -> DbError {
+    // Classes 08 (connection), 53 (insufficient resources) and 57 (operator
+    // intervention, including statement_timeout) mean "try again later".
+    let transient = err
+        .as_db_error()
+        .is_none_or(|db| matches!(&db.code().code()[..2], "08" | "53" | "57"));
+    if err.is_closed() || transient {
+        tracing::warn!(error = %crate::infra::telemetry::ErrorChain(&err), "database connection failed");
+        DbError::Unavailable
+    } else {
+        DbError::Query(err)
+    }
+}

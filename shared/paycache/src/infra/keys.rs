@@ -1,0 +1,631 @@
+//! Validated identifiers and the typed builders for every key in the design.
+//!
+//! **Guarantee:** no request can choose a key's hash slot or make two keys
+//! collide. Every identifier is parsed into a type whose alphabet excludes
+//! `{`, `}` and `:` before it reaches a key, so the only braces in a key are
+//! the hash tag this module puts there and the only colons are its separators.
+//!
+//! **Layout:** `<prefix>:<family>:{<tag>}[:<rest>]`. The hash tag is always
+//! the entity the key belongs to, so every key a Lua script or pipeline
+//! touches together (a value and its lock, the two keys of a rate-limit
+//! window, an audit buffer and its processing list) lands in one cluster slot.
+//! The prefix is validated configuration (`CACHE_KEY_PREFIX`), never input.
+
+use std::fmt;
+use std::str::FromStr;
+
+use uuid::Uuid;
+
+/// Why an identifier was rejected, in words fit for a 400 response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} {problem}")]
+pub struct InvalidId {
+    pub field: &'static str,
+    pub problem: &'static str,
+}
+
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident, $field:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(Uuid);
+
+        impl $name {
+            pub const FIELD: &'static str = $field;
+
+            pub fn parse(raw: &str) -> Result<Self, InvalidId> {
+                parse_uuid(raw, $field).map(Self)
+            }
+
+            pub fn as_uuid(&self) -> Uuid {
+                self.0
+            }
+        }
+
+        impl From<Uuid> for $name {
+            fn from(u: Uuid) -> Self {
+                Self(u)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = InvalidId;
+            fn from_str(s: &str) -> Result<Self, InvalidId> {
+                Self::parse(s)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = InvalidId;
+            fn try_from(s: String) -> Result<Self, InvalidId> {
+                Self::parse(&s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.to_string()
+            }
+        }
+
+        /// Canonical form: lowercase, hyphenated.
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0.hyphenated(), f)
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// A user's id: a UUID in canonical hyphenated form, any letter case.
+    UserId,
+    "user_id"
+);
+uuid_id!(
+    /// A wallet's id: a UUID in canonical hyphenated form, any letter case.
+    WalletId,
+    "wallet_id"
+);
+uuid_id!(
+    /// A transaction's id: a UUID in canonical hyphenated form, any letter case.
+    TransactionId,
+    "transaction_id"
+);
+
+/// Only the canonical 36-character hyphenated form is accepted (the `uuid`
+/// crate alone would also take braces, `urn:uuid:` and the simple form, which
+/// would give one wallet several spellings).
+fn parse_uuid(raw: &str, field: &'static str) -> Result<Uuid, InvalidId> {
+    let bytes = raw.as_bytes();
+    let shape_ok = bytes.len() == 36
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        });
+    if !shape_ok {
+        return Err(InvalidId {
+            field,
+            problem: "must be a UUID in canonical form (8-4-4-4-12 hexadecimal digits)",
+        });
+    }
+    Uuid::parse_str(raw).map_err(|_| InvalidId {
+        field,
+        problem: "must be a UUID in canonical form (8-4-4-4-12 hexadecimal digits)",
+    })
+}
+
+macro_rules! token_id {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $check:ident, $problem:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub const FIELD: &'static str = $field;
+
+            pub fn parse(raw: &str) -> Result<Self, InvalidId> {
+                if $check(raw) {
+                    Ok(Self(raw.to_owned()))
+                } else {
+                    Err(InvalidId { field: $field, problem: $problem })
+                }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = InvalidId;
+            fn from_str(s: &str) -> Result<Self, InvalidId> {
+                Self::parse(s)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = InvalidId;
+            fn try_from(s: String) -> Result<Self, InvalidId> {
+                Self::parse(&s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+/// `a-z 0-9 _ . -`, 1–64 characters: rate-limit policy names and service names.
+fn is_policy_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+        })
+}
+
+/// The base64url alphabet, 1–128 characters, `=` padding only at the end.
+fn is_base64url_token(s: &str) -> bool {
+    let body = s.trim_end_matches('=');
+    (1..=128).contains(&s.len())
+        && !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+}
+
+token_id!(
+    /// A rate-limit policy name (the contract's `endpoint`).
+    Endpoint,
+    "endpoint",
+    is_policy_name,
+    "must be 1–64 characters of a-z 0-9 _ . -"
+);
+token_id!(
+    /// The service whose audit events a buffer holds.
+    ServiceName,
+    "service",
+    is_policy_name,
+    "must be 1–64 characters of a-z 0-9 _ . -"
+);
+token_id!(
+    /// A session id.
+    SessionId,
+    "session_id",
+    is_base64url_token,
+    "must be 1–128 characters of A-Z a-z 0-9 _ - with optional trailing = padding"
+);
+token_id!(
+    /// A JWT's `jti` claim.
+    Jti,
+    "jti",
+    is_base64url_token,
+    "must be 1–128 characters of A-Z a-z 0-9 _ - with optional trailing = padding"
+);
+token_id!(
+    /// A WebSocket connection id.
+    ConnectionId,
+    "connection_id",
+    is_base64url_token,
+    "must be 1–128 characters of A-Z a-z 0-9 _ - with optional trailing = padding"
+);
+token_id!(
+    /// A device fingerprint.
+    DeviceFingerprint,
+    "device_fingerprint",
+    is_base64url_token,
+    "must be 1–128 characters of A-Z a-z 0-9 _ - with optional trailing = padding"
+);
+
+/// The key families of the design, each with the TTL the seed gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyFamily {
+    UserProfile,
+    UserPermissions,
+    UserPreferences,
+    WalletBalance,
+    Session,
+    Blacklist,
+    Transaction,
+    TransactionStatus,
+    RateLimit,
+    SlidingWindow,
+    RiskScore,
+    Device,
+    WsConnections,
+    WsMeta,
+    AuditBuffer,
+}
+
+impl KeyFamily {
+    /// The family's name as it appears in keys (the seed's spelling).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UserProfile => "user_profile",
+            Self::UserPermissions => "user_permissions",
+            Self::UserPreferences => "user_preferences",
+            Self::WalletBalance => "wallet_balance",
+            Self::Session => "session",
+            Self::Blacklist => "blacklist",
+            Self::Transaction => "txn",
+            Self::TransactionStatus => "txn_status",
+            Self::RateLimit => "rate_limit",
+            Self::SlidingWindow => "sliding",
+            Self::RiskScore => "risk_score",
+            Self::Device => "device",
+            Self::WsConnections => "ws_conn",
+            Self::WsMeta => "ws_meta",
+            Self::AuditBuffer => "audit_buffer",
+        }
+    }
+}
+
+/// A complete Redis key, built only by [`Keyspace`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    key: String,
+    family: KeyFamily,
+}
+
+impl CacheKey {
+    pub fn as_str(&self) -> &str {
+        &self.key
+    }
+
+    pub fn family(&self) -> KeyFamily {
+        self.family
+    }
+
+    /// The companion key holding this key's load lease; same hash tag, so a
+    /// script may touch both in cluster mode.
+    pub fn lock_key(&self) -> String {
+        format!("{}:lock", self.key)
+    }
+}
+
+impl fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.key)
+    }
+}
+
+impl redis::ToRedisArgs for CacheKey {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        out.write_arg(self.key.as_bytes());
+    }
+}
+
+impl redis::ToSingleRedisArg for CacheKey {}
+
+/// Builds every key of the design under one namespace prefix.
+#[derive(Debug, Clone)]
+pub struct Keyspace {
+    prefix: String,
+}
+
+impl Keyspace {
+    /// `prefix` must already be validated (it is, when it comes from
+    /// [`crate::infra::config::Config`]).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn key(&self, family: KeyFamily, tag: &dyn fmt::Display, rest: Option<&str>) -> CacheKey {
+        let key = match rest {
+            None => format!("{}:{}:{{{}}}", self.prefix, family.as_str(), tag),
+            Some(rest) => format!("{}:{}:{{{}}}:{}", self.prefix, family.as_str(), tag, rest),
+        };
+        CacheKey { key, family }
+    }
+
+    /// `user_profile:{user_id}`
+    pub fn user_profile(&self, id: &UserId) -> CacheKey {
+        self.key(KeyFamily::UserProfile, id, None)
+    }
+
+    /// `user_permissions:{user_id}` (invalidated with the profile).
+    pub fn user_permissions(&self, id: &UserId) -> CacheKey {
+        self.key(KeyFamily::UserPermissions, id, None)
+    }
+
+    /// `user_preferences:{user_id}` (invalidated with the profile).
+    pub fn user_preferences(&self, id: &UserId) -> CacheKey {
+        self.key(KeyFamily::UserPreferences, id, None)
+    }
+
+    /// `wallet_balance:{wallet_id}`
+    pub fn wallet_balance(&self, id: &WalletId) -> CacheKey {
+        self.key(KeyFamily::WalletBalance, id, None)
+    }
+
+    /// `wallet_balance:{wallet_id}:published` — the highest version whose
+    /// `balance:{wallet_id}` message has been sent; same slot as the balance.
+    pub fn wallet_balance_published(&self, id: &WalletId) -> String {
+        format!("{}:published", self.wallet_balance(id).as_str())
+    }
+
+    /// `session:{session_id}`
+    pub fn session(&self, id: &SessionId) -> CacheKey {
+        self.key(KeyFamily::Session, id, None)
+    }
+
+    /// `blacklist:{jti}`
+    pub fn blacklist(&self, jti: &Jti) -> CacheKey {
+        self.key(KeyFamily::Blacklist, jti, None)
+    }
+
+    /// `txn:{transaction_id}`; shares its tag with [`Self::transaction_status`].
+    pub fn transaction(&self, id: &TransactionId) -> CacheKey {
+        self.key(KeyFamily::Transaction, id, None)
+    }
+
+    /// `txn_status:{transaction_id}`
+    pub fn transaction_status(&self, id: &TransactionId) -> CacheKey {
+        self.key(KeyFamily::TransactionStatus, id, None)
+    }
+
+    /// `rate_limit:{user_id}:{endpoint}`: tagged by user, so all of one
+    /// user's limiter keys share a slot.
+    pub fn rate_limit(&self, user: &UserId, endpoint: &Endpoint) -> CacheKey {
+        self.key(KeyFamily::RateLimit, user, Some(endpoint.as_str()))
+    }
+
+    /// `sliding:{user_id}:{endpoint}`
+    pub fn sliding_window(&self, user: &UserId, endpoint: &Endpoint) -> CacheKey {
+        self.key(KeyFamily::SlidingWindow, user, Some(endpoint.as_str()))
+    }
+
+    /// `risk_score:{user_id}`
+    pub fn risk_score(&self, user: &UserId) -> CacheKey {
+        self.key(KeyFamily::RiskScore, user, None)
+    }
+
+    /// `device:{device_fingerprint}`
+    pub fn device(&self, fingerprint: &DeviceFingerprint) -> CacheKey {
+        self.key(KeyFamily::Device, fingerprint, None)
+    }
+
+    /// `ws_conn:{user_id}`
+    pub fn ws_connections(&self, user: &UserId) -> CacheKey {
+        self.key(KeyFamily::WsConnections, user, None)
+    }
+
+    /// `ws_meta:{connection_id}`
+    pub fn ws_meta(&self, connection: &ConnectionId) -> CacheKey {
+        self.key(KeyFamily::WsMeta, connection, None)
+    }
+
+    /// `audit_buffer:{service}`
+    pub fn audit_buffer(&self, service: &ServiceName) -> CacheKey {
+        self.key(KeyFamily::AuditBuffer, service, None)
+    }
+}
+
+/// The part of a key Redis Cluster hashes: the text between the first `{`
+/// and the next `}` when that is non-empty, else the whole key. Two keys with
+/// the same hash tag are in the same slot (integration tests also check this
+/// against a real cluster with `CLUSTER KEYSLOT`).
+pub fn hash_tag(key: &str) -> &str {
+    if let Some(open) = key.find('{')
+        && let Some(len) = key[open + 1..].find('}')
+        && len > 0
+    {
+        return &key[open + 1..open + 1 + len];
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const USER: &str = "00000000-0000-4000-8000-000000000001";
+
+    fn ks() -> Keyspace {
+        Keyspace::new("paycache")
+    }
+
+    #[test]
+    fn uuids_are_accepted_in_any_case_and_keyed_in_lowercase() {
+        let upper = UserId::parse(&USER.to_uppercase()).unwrap();
+        let lower = UserId::parse(USER).unwrap();
+        assert_eq!(upper, lower);
+        assert_eq!(
+            ks().user_profile(&upper).as_str(),
+            format!("paycache:user_profile:{{{USER}}}")
+        );
+    }
+
+    #[test]
+    fn hostile_uuids_are_rejected() {
+        for raw in [
+            "",
+            "1",
+            "{00000000-0000-4000-8000-000000000001}",
+            "urn:uuid:00000000-0000-4000-8000-000000000001",
+            "00000000000040008000000000000001",
+            "00000000-0000-4000-8000-00000000000g",
+            "00000000-0000-4000-8000-000000000001:x",
+            "00000000-0000-4000-8000-0000000000}1",
+            "00000000-0000-4000-8000-000000000001\n",
+            "00000000+0000-4000-8000-000000000001",
+            "ÿ0000000-0000-4000-8000-000000000001",
+        ] {
+            assert!(UserId::parse(raw).is_err(), "accepted {raw:?}");
+        }
+    }
+
+    #[test]
+    fn hostile_tokens_are_rejected() {
+        let long = "a".repeat(129);
+        for raw in [
+            "", "=", "a:b", "a{b", "a}b", "a b", "a/b", "a+b", "a=b", "é", &long, "a\0",
+        ] {
+            assert!(SessionId::parse(raw).is_err(), "accepted {raw:?}");
+            assert!(Jti::parse(raw).is_err(), "accepted {raw:?}");
+        }
+        for ok in ["abc", "A-z_09", "YWJj==", &"a".repeat(128)] {
+            assert!(SessionId::parse(ok).is_ok(), "rejected {ok:?}");
+        }
+        for raw in ["", "Transfers", "a:b", "a{b}", "a b", &"a".repeat(65)] {
+            assert!(Endpoint::parse(raw).is_err(), "accepted {raw:?}");
+        }
+        assert!(Endpoint::parse("transfers.create").is_ok());
+    }
+
+    #[test]
+    fn every_key_has_exactly_one_server_chosen_hash_tag() {
+        let user = UserId::parse(USER).unwrap();
+        let wallet = WalletId::parse("00000000-0000-4000-9000-000000000004").unwrap();
+        let txn = TransactionId::parse("00000000-0000-4000-a000-000000000001").unwrap();
+        let ep = Endpoint::parse("transfers.create").unwrap();
+        let tok = SessionId::parse("c2Vzc2lvbg==").unwrap();
+        let keys = [
+            ks().user_profile(&user),
+            ks().user_permissions(&user),
+            ks().user_preferences(&user),
+            ks().wallet_balance(&wallet),
+            ks().session(&tok),
+            ks().blacklist(&Jti::parse("jti-1").unwrap()),
+            ks().transaction(&txn),
+            ks().transaction_status(&txn),
+            ks().rate_limit(&user, &ep),
+            ks().sliding_window(&user, &ep),
+            ks().risk_score(&user),
+            ks().device(&DeviceFingerprint::parse("fp_1").unwrap()),
+            ks().ws_connections(&user),
+            ks().ws_meta(&ConnectionId::parse("conn1").unwrap()),
+            ks().audit_buffer(&ServiceName::parse("balance-write").unwrap()),
+        ];
+        for key in &keys {
+            let k = key.as_str();
+            assert_eq!(k.matches('{').count(), 1, "{k}");
+            assert_eq!(k.matches('}').count(), 1, "{k}");
+            assert!(k.starts_with(&format!("paycache:{}:{{", key.family().as_str())));
+            assert_eq!(hash_tag(k), hash_tag(&key.lock_key()), "{k}");
+            assert_eq!(hash_tag(k), hash_tag(&format!("{k}:published")), "{k}");
+        }
+        // All keys of one entity share a slot, whatever family or suffix.
+        assert_eq!(
+            hash_tag(ks().transaction(&txn).as_str()),
+            hash_tag(ks().transaction_status(&txn).as_str())
+        );
+        assert_eq!(
+            hash_tag(ks().rate_limit(&user, &ep).as_str()),
+            hash_tag(ks().user_profile(&user).as_str())
+        );
+        assert_eq!(
+            ks().rate_limit(&user, &ep).as_str(),
+            format!("paycache:rate_limit:{{{USER}}}:transfers.create")
+        );
+    }
+
+    #[test]
+    fn distinct_identifiers_never_collide() {
+        let ep1 = Endpoint::parse("a.b").unwrap();
+        let ep2 = Endpoint::parse("a-b").unwrap();
+        let user = UserId::parse(USER).unwrap();
+        assert_ne!(ks().rate_limit(&user, &ep1), ks().rate_limit(&user, &ep2));
+        assert_ne!(
+            ks().transaction(&TransactionId::parse(USER).unwrap())
+                .as_str(),
+            ks().transaction_status(&TransactionId::parse(USER).unwrap())
+                .as_str()
+        );
+    }
+
+    /// The property every parsed identifier must have: the key built from
+    /// it has exactly the one hash tag this module chose, holding exactly
+    /// the identifier (rate-limit keys: the user's), and no separator or
+    /// brace of the input leaks into the key's structure.
+    fn keys_keep_their_shape(
+        candidate: &str,
+    ) -> Result<usize, proptest::test_runner::TestCaseError> {
+        let mut parsed = 0;
+        if let Ok(id) = UserId::parse(candidate) {
+            parsed += 1;
+            let k = ks().user_profile(&id);
+            proptest::prop_assert_eq!(hash_tag(k.as_str()), id.to_string());
+            proptest::prop_assert_eq!(k.as_str().matches('{').count(), 1);
+        }
+        if let Ok(s) = SessionId::parse(candidate) {
+            parsed += 1;
+            let k = ks().session(&s);
+            proptest::prop_assert_eq!(hash_tag(k.as_str()), s.as_str());
+            let clean = !s.as_str().contains([':', '{', '}']);
+            proptest::prop_assert!(clean, "session id with a separator or brace");
+        }
+        if let Ok(e) = Endpoint::parse(candidate) {
+            parsed += 1;
+            let user = UserId::parse(USER).unwrap();
+            let k = ks().rate_limit(&user, &e);
+            proptest::prop_assert_eq!(k.as_str().matches(':').count(), 3);
+            proptest::prop_assert_eq!(hash_tag(k.as_str()), USER);
+        }
+        Ok(parsed)
+    }
+
+    proptest::proptest! {
+        /// Whatever the input, parsing never panics, and whatever parses
+        /// keeps its shape.
+        #[test]
+        fn hostile_input_never_chooses_a_slot(raw in "\\PC{0,200}", bytes in proptest::collection::vec(0u8..=255, 0..80)) {
+            let lossy = String::from_utf8_lossy(&bytes).into_owned();
+            for candidate in [raw.as_str(), lossy.as_str()] {
+                keys_keep_their_shape(candidate)?;
+            }
+        }
+
+        /// Valid identifiers of each kind (generated, not hoped for among
+        /// random text) parse, and keep their shape.
+        #[test]
+        fn valid_identifiers_parse_and_keep_their_shape(
+            uuid in proptest::array::uniform16(0u8..=255),
+            session in "[A-Za-z0-9_-]{1,126}={0,2}",
+            endpoint in "[a-z0-9_.-]{1,64}",
+        ) {
+            let user = uuid::Builder::from_random_bytes(uuid).into_uuid().to_string();
+            for valid in [user.as_str(), session.as_str(), endpoint.as_str()] {
+                let parsed = keys_keep_their_shape(valid)?;
+                proptest::prop_assert!(parsed >= 1, "{:?} parsed as nothing", valid);
+            }
+            proptest::prop_assert!(UserId::parse(&user).is_ok());
+            proptest::prop_assert!(SessionId::parse(&session).is_ok());
+            proptest::prop_assert!(Endpoint::parse(&endpoint).is_ok());
+        }
+    }
+
+    #[test]
+    fn the_audit_buffer_never_expires() {
+        let ttl = crate::infra::config::Config::from_lookup(|k| match k {
+            "REDIS_URL" => Some("redis://x".into()),
+            "DATABASE_URL" => Some("postgres://x".into()),
+            _ => None,
+        })
+        .unwrap()
+        .ttl;
+        assert_eq!(ttl.of(KeyFamily::AuditBuffer), None);
+        assert_eq!(
+            ttl.of(KeyFamily::UserProfile),
+            Some(Duration::from_secs(3600))
+        );
+    }
+}
