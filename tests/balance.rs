@@ -870,9 +870,15 @@ async fn round_trips_per_operation() {
     .await;
     assert_eq!(resp.status(), StatusCode::OK);
     let sha = |src: &str| redis::Script::new(src).get_hash().to_owned();
-    let fence = sha(include_str!("../shared/paycache/src/domain/balance/fence.lua"));
-    let apply = sha(include_str!("../shared/paycache/src/domain/balance/apply.lua"));
-    let append = sha(include_str!("../shared/paycache/src/domain/audit/append.lua"));
+    let fence = sha(include_str!(
+        "../shared/paycache/src/domain/balance/fence.lua"
+    ));
+    let apply = sha(include_str!(
+        "../shared/paycache/src/domain/balance/apply.lua"
+    ));
+    let append = sha(include_str!(
+        "../shared/paycache/src/domain/audit/append.lua"
+    ));
     let mut seen = monitor.commands_with_first_arg();
     seen.sort();
     let mut expected = vec![
@@ -901,8 +907,12 @@ async fn fence_protocol(mode: RedisMode) {
     let key = w.app.keys.wallet_balance(&wallet);
     let lock = key.lock_key();
     let published = w.app.keys.wallet_balance_published(&wallet);
-    let fence = redis::Script::new(include_str!("../shared/paycache/src/domain/balance/fence.lua"));
-    let apply = redis::Script::new(include_str!("../shared/paycache/src/domain/balance/apply.lua"));
+    let fence = redis::Script::new(include_str!(
+        "../shared/paycache/src/domain/balance/fence.lua"
+    ));
+    let apply = redis::Script::new(include_str!(
+        "../shared/paycache/src/domain/balance/apply.lua"
+    ));
     let get_or_lease = redis::Script::new(include_str!(
         "../shared/paycache/src/patterns/cache_aside/get_or_lease.lua"
     ));

@@ -379,7 +379,11 @@ macro_rules! event_function {
             $crate::lambda_runtime::run($crate::lambda_runtime::service_fn(
                 move |event: $crate::lambda_runtime::LambdaEvent<$crate::edge::events::Json>| async move {
                     let started = std::time::Instant::now();
-                    let answer = $handler(app, state, event.payload, event.context).await;
+                    // Boxed: the handlers' futures nest deeply enough (the
+                    // warmer's especially) to exceed the compiler's layout
+                    // depth in release builds; one allocation per event.
+                    let answer =
+                        Box::pin($handler(app, state, event.payload, event.context)).await;
                     $crate::infra::telemetry::finish(metrics, started);
                     answer
                 },
