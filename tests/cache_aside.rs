@@ -296,7 +296,7 @@ async fn redis_down_falls_through_and_breaker_opens() {
     );
     assert!(w.app.redis.breaker().is_open());
     assert_eq!(
-        statuses[4].header_value(),
+        paycache::http::cache_status_header(&statuses[4]),
         "paycache; fwd=uri-miss; detail=redis-unavailable"
     );
     let _ = port;

@@ -251,7 +251,7 @@ pub fn single_header<'a>(req: &'a Request, name: &str) -> Result<Option<&'a str>
 
 /// Adds the `Cache-Status` header.
 pub fn with_cache_status(mut resp: Response<Body>, status: &CacheStatus) -> Response<Body> {
-    if let Ok(v) = HeaderValue::from_str(&status.header_value()) {
+    if let Ok(v) = HeaderValue::from_str(&cache_status_header(status)) {
         resp.headers_mut().insert(CACHE_STATUS, v);
     }
     resp
@@ -286,9 +286,43 @@ pub fn path_param(req: &Request, name: &str, index: usize) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The RFC 9211 `Cache-Status` header value of `status`, e.g. `paycache; hit`.
+pub fn cache_status_header(status: &CacheStatus) -> String {
+    match status {
+        CacheStatus::Hit => "paycache; hit".into(),
+        CacheStatus::Coalesced => "paycache; hit; detail=coalesced".into(),
+        CacheStatus::Miss { stored: true } => "paycache; fwd=miss; stored".into(),
+        CacheStatus::Miss { stored: false } => "paycache; fwd=miss".into(),
+        CacheStatus::LeaseTimeout => "paycache; fwd=miss; detail=lease-timeout".into(),
+        CacheStatus::EarlyRefresh { stored: true } => {
+            "paycache; fwd=stale; stored; detail=early-refresh".into()
+        }
+        CacheStatus::EarlyRefresh { stored: false } => {
+            "paycache; fwd=stale; detail=early-refresh".into()
+        }
+        CacheStatus::WriteInProgress => "paycache; fwd=miss; detail=write-in-progress".into(),
+        CacheStatus::Bypass(_) => "paycache; fwd=uri-miss; detail=redis-unavailable".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_header_values_follow_rfc_9211() {
+        assert_eq!(cache_status_header(&CacheStatus::Hit), "paycache; hit");
+        assert_eq!(
+            cache_status_header(&CacheStatus::Miss { stored: true }),
+            "paycache; fwd=miss; stored"
+        );
+        assert_eq!(
+            cache_status_header(&CacheStatus::Bypass(
+                crate::infra::connection::RedisUnavailable::Timeout
+            )),
+            "paycache; fwd=uri-miss; detail=redis-unavailable"
+        );
+    }
 
     #[test]
     fn whole_numbers_follow_json_schema() {

@@ -43,7 +43,7 @@ async fn read(app: &App, user: UserId, rid: &str) -> Response<Body> {
                     Problem::not_found(format!("No user has the id {user}.")).into_response(rid)
                 }
             };
-            tracing::info!(user_id = %user, cache_status = %cached.status.header_value(), "profile read");
+            tracing::info!(user_id = %user, cache_status = %crate::edge::http::cache_status_header(&cached.status), "profile read");
             with_cache_status(resp, &cached.status)
         }
         Err(e) => {
