@@ -25,4 +25,6 @@ export PAYCACHE_TEST_PG="host=127.0.0.1 port=$PG_PORT user=postgres dbname=postg
 # the floor (examples/floor.rs).
 cargo build --release --bins --examples
 export PAYCACHE_BIN_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+# The functions benchmark starts hundreds of processes and loopback servers.
+ulimit -n 65536 2>/dev/null || true
 cargo bench -p paycache "$@"

@@ -53,6 +53,9 @@ type Timings = Mutex<Vec<(Option<Instant>, Option<Instant>)>>;
 
 struct RuntimeApi {
     port: u16,
+    /// Set on drop: the accept loop ends and closes its listener (a run
+    /// starts hundreds of these; leaked listeners exhaust file descriptors).
+    stop: Arc<std::sync::atomic::AtomicBool>,
     first_next: mpsc::Receiver<Instant>,
     answered: Arc<AtomicUsize>,
     /// Per event: when it was handed out, and when its response came back.
@@ -69,8 +72,13 @@ fn runtime_api(events: Vec<Vec<u8>>) -> RuntimeApi {
     let served = Arc::new(AtomicUsize::new(0));
     let answered = Arc::new(AtomicUsize::new(0));
     let (s2, a2, t2) = (served.clone(), answered.clone(), timings.clone());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
+            if stopped.load(Ordering::SeqCst) {
+                return;
+            }
             let Ok(stream) = stream else { return };
             let (tx, events, served, answered, timings) = (
                 tx.clone(),
@@ -84,9 +92,18 @@ fn runtime_api(events: Vec<Vec<u8>>) -> RuntimeApi {
     });
     RuntimeApi {
         port,
+        stop,
         first_next: rx,
         answered,
         timings,
+    }
+}
+
+impl Drop for RuntimeApi {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so that it sees `stop`.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
 
