@@ -72,7 +72,6 @@ pub async fn most_recently_active(app: &App, n: u64) -> Result<Vec<UserId>, DbEr
 }
 
 /// Warms `users` (or the N most recently active when `None`).
-#[tracing::instrument(skip_all)]
 pub async fn warm(app: &App, users: Option<Vec<UserId>>, deadline: Instant) -> WarmReport {
     let started = Instant::now();
     let cfg = app.config.warm;

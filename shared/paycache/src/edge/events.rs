@@ -193,7 +193,10 @@ pub async fn cache_warm(app: &App, event: &Value, deadline: Instant) -> Value {
             );
         }
     };
-    let report = crate::domain::warming::warm(app, users, deadline).await;
+    // Boxed: warming's future nests deeply (batches of loads through the
+    // cache engine); boxing keeps its callers' futures within the
+    // compiler's layout depth.
+    let report = Box::pin(crate::domain::warming::warm(app, users, deadline)).await;
     let mut summary = serde_json::to_value(&report).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut summary {
         m.insert(
