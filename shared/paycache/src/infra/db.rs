@@ -152,9 +152,12 @@ impl Db {
     }
 }
 
-/// rustls with the system roots and `DATABASE_CA_CERT`.
-fn tls_connector(config: &DatabaseConfig) -> Result<MakeRustlsConnect, DbError> {
-    let mut roots = crate::infra::tls::native_roots().clone();
+/// rustls with the system roots and `DATABASE_CA_CERT`. The CA file is read
+/// and checked now (a bad one fails init, naming the variable); the
+/// system's roots are loaded at the first connection, so a cold start does
+/// not pay for them (neither twice when the AWS SDK loads them as well).
+fn tls_connector(config: &DatabaseConfig) -> Result<LazyTls, DbError> {
+    let mut extra = Vec::new();
     if let Some(path) = &config.ca_cert {
         let pem = std::fs::read(path).map_err(|_| DbError::CaCert)?;
         use rustls::pki_types::pem::PemObject;
@@ -164,13 +167,50 @@ fn tls_connector(config: &DatabaseConfig) -> Result<MakeRustlsConnect, DbError> 
         if certs.is_empty() {
             return Err(DbError::CaCert);
         }
-        for cert in certs {
-            roots.add(cert).map_err(|_| DbError::CaCert)?;
+        let mut check = rustls::RootCertStore::empty();
+        for cert in &certs {
+            check.add(cert.clone()).map_err(|_| DbError::CaCert)?;
         }
+        extra = certs;
     }
-    Ok(MakeRustlsConnect::new(crate::infra::tls::client_config(
-        roots,
-    )))
+    Ok(LazyTls {
+        extra: std::sync::Arc::new(extra),
+        built: std::sync::Arc::new(std::sync::OnceLock::new()),
+    })
+}
+
+/// The PostgreSQL TLS connector, built at its first use.
+#[derive(Clone)]
+struct LazyTls {
+    extra: std::sync::Arc<Vec<rustls::pki_types::CertificateDer<'static>>>,
+    built: std::sync::Arc<std::sync::OnceLock<MakeRustlsConnect>>,
+}
+
+impl LazyTls {
+    fn connector(&self) -> &MakeRustlsConnect {
+        self.built.get_or_init(|| {
+            let mut roots = crate::infra::tls::native_roots().clone();
+            for cert in self.extra.iter() {
+                // Checked when the configuration was read.
+                let _ = roots.add(cert.clone());
+            }
+            MakeRustlsConnect::new(crate::infra::tls::client_config(roots))
+        })
+    }
+}
+
+impl<S> tokio_postgres::tls::MakeTlsConnect<S> for LazyTls
+where
+    MakeRustlsConnect: tokio_postgres::tls::MakeTlsConnect<S>,
+{
+    type Stream = <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<S>>::Stream;
+    type TlsConnect = <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<S>>::TlsConnect;
+    type Error = <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<S>>::Error;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<Self::TlsConnect, Self::Error> {
+        let mut connector = self.connector().clone();
+        connector.make_tls_connect(domain)
+    }
 }
 
 /// Maps a driver error, telling "the database is gone" from "this query
