@@ -474,14 +474,7 @@ async fn fraud_signals(mode: RedisMode) {
     assert_eq!(odd["context"]["new_device"], false);
 
     // Risk: below the threshold no alert; at it, one alert per score.
-    let first_node = w.redis.urls().split(',').next().unwrap().to_owned();
-    let mut pubsub = redis::Client::open(first_node)
-        .unwrap()
-        .get_async_pubsub()
-        .await
-        .unwrap();
-    pubsub.subscribe(format!("fraud:{}", l.user)).await.unwrap();
-    let mut alerts = pubsub.into_on_message();
+    let mut alerts = paycache_tests::subscribe(&w.redis, &format!("fraud:{}", l.user)).await;
     let user = UserId::parse(&l.user).unwrap();
     paycache::fraud::set_risk_score(&w.app, &user, 50, &["new_device"])
         .await

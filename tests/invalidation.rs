@@ -42,15 +42,8 @@ async fn profile_update_invalidates_and_next_read_is_fresh(mode: RedisMode) {
     assert_eq!(stale.status, CacheStatus::Hit);
 
     use futures_util::StreamExt;
-    let first_node = w.redis.urls().split(',').next().unwrap().to_owned();
-    let mut pubsub = redis::Client::open(first_node)
-        .unwrap()
-        .get_async_pubsub()
-        .await
-        .unwrap();
     let channel = format!("notifications:{id}");
-    pubsub.subscribe(&channel).await.unwrap();
-    let mut messages = pubsub.into_on_message();
+    let mut messages = paycache_tests::subscribe(&w.redis, &channel).await;
     let mut next_message = async || -> Value {
         let msg = tokio::time::timeout(Duration::from_secs(5), messages.next())
             .await
@@ -158,14 +151,7 @@ async fn transaction_completed_invalidates_both_wallets_and_publishes(mode: Redi
         .await
         .unwrap();
 
-    let first_node = w.redis.urls().split(',').next().unwrap().to_owned();
-    let mut pubsub = redis::Client::open(first_node)
-        .unwrap()
-        .get_async_pubsub()
-        .await
-        .unwrap();
-    pubsub.subscribe(format!("transactions:{t}")).await.unwrap();
-    let mut messages = pubsub.into_on_message();
+    let mut messages = paycache_tests::subscribe(&w.redis, &format!("transactions:{t}")).await;
 
     let detail = json!({"transaction_id": t, "sender_wallet_id": a, "receiver_wallet_id": b, "status": "completed"});
     let summary = cache_invalidation(&w.app, &event("TransactionCompleted", detail))

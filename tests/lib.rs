@@ -139,3 +139,19 @@ pub async fn assert_no_message_before_sentinel<S>(
         "{what}: a message came before the sentinel"
     );
 }
+
+/// A subscriber to `channel` on the first node (classic Pub/Sub reaches
+/// every node of a cluster), and its messages.
+pub async fn subscribe(
+    redis: &TestRedis,
+    channel: &str,
+) -> impl futures_util::Stream<Item = redis::Msg> + Unpin + use<> {
+    let first_node = redis.urls().split(',').next().unwrap().to_owned();
+    let mut pubsub = redis::Client::open(first_node)
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    pubsub.subscribe(channel).await.unwrap();
+    pubsub.into_on_message()
+}
