@@ -49,7 +49,7 @@ async fn fill(w: &World, service: &ServiceName, count: u64) {
         let service = service.clone();
         tasks.push(tokio::spawn(async move {
             for n in (t..count).step_by(8) {
-                append(&app, &event(&service, n)).await.unwrap();
+                append(&app.audit, &event(&service, n)).await.unwrap();
             }
         }));
     }
@@ -148,7 +148,7 @@ async fn rows_after_kills(w: &World, flusher: Flusher, count: u64) -> i64 {
         };
         match flusher {
             Flusher::Claiming => {
-                let report = flush_with_hook(&w.app, &service, far, u64::MAX, &mut hook)
+                let report = flush_with_hook(&w.app.audit, &service, far, u64::MAX, &mut hook)
                     .await
                     .unwrap();
                 assert!(
@@ -156,7 +156,7 @@ async fn rows_after_kills(w: &World, flusher: Flusher, count: u64) -> i64 {
                     "round {round}: {report:?}"
                 );
                 // The dead flusher's lock must expire before anyone can go on.
-                let blocked = flush(&w.app, &service, far, 1).await.unwrap();
+                let blocked = flush(&w.app.audit, &service, far, 1).await.unwrap();
                 assert!(
                     !blocked.ran,
                     "round {round}: the lock of a dead flusher is still held"
@@ -181,7 +181,7 @@ async fn rows_after_kills(w: &World, flusher: Flusher, count: u64) -> i64 {
         assert!(runs < 200, "the buffer should drain");
         match flusher {
             Flusher::Claiming => {
-                flush(&w.app, &service, far, u64::MAX).await.unwrap();
+                flush(&w.app.audit, &service, far, u64::MAX).await.unwrap();
             }
             Flusher::PopThenInsert => {
                 pop_then_insert(w, &service, &mut |_| ControlFlow::Continue(())).await;
@@ -247,10 +247,13 @@ async fn a_full_buffer_refuses_instead_of_dropping(mode: RedisMode) {
     let w = World::new(mode, &[("AUDIT_BUFFER_MAX_EVENTS", "5")]).await;
     let service = ServiceName::parse("small-svc").unwrap();
     for n in 0..5 {
-        assert_eq!(append(&w.app, &event(&service, n)).await.unwrap(), n + 1);
+        assert_eq!(
+            append(&w.app.audit, &event(&service, n)).await.unwrap(),
+            n + 1
+        );
     }
     assert_eq!(
-        append(&w.app, &event(&service, 5)).await,
+        append(&w.app.audit, &event(&service, 5)).await,
         Err(AppendError::Full)
     );
     let buffer = w.app.keys.audit_buffer(&service);
@@ -264,7 +267,7 @@ both_modes!(a_full_buffer_refuses_instead_of_dropping);
 async fn garbage_in_the_buffer_goes_to_the_dead_letter_list() {
     let w = World::new(RedisMode::Standalone, &[]).await;
     let service = ServiceName::parse("mixed-svc").unwrap();
-    append(&w.app, &event(&service, 1)).await.unwrap();
+    append(&w.app.audit, &event(&service, 1)).await.unwrap();
     let buffer = w.app.keys.audit_buffer(&service);
     let mut raw = w.redis.raw().await;
     let _: i64 = redis::cmd("RPUSH")
@@ -273,9 +276,9 @@ async fn garbage_in_the_buffer_goes_to_the_dead_letter_list() {
         .query_async(&mut raw)
         .await
         .unwrap();
-    append(&w.app, &event(&service, 2)).await.unwrap();
+    append(&w.app.audit, &event(&service, 2)).await.unwrap();
     let report = flush(
-        &w.app,
+        &w.app.audit,
         &service,
         Instant::now() + Duration::from_secs(60),
         u64::MAX,
@@ -296,9 +299,9 @@ async fn an_append_is_one_round_trip() {
     let port = server.port;
     let w = World::with_redis(TestRedis::Standalone(server), &[]).await;
     let service = ServiceName::parse("rt-svc").unwrap();
-    append(&w.app, &event(&service, 0)).await.unwrap(); // loads the script
+    append(&w.app.audit, &event(&service, 0)).await.unwrap(); // loads the script
     let monitor = CommandMonitor::start(port);
-    append(&w.app, &event(&service, 1)).await.unwrap();
+    append(&w.app.audit, &event(&service, 1)).await.unwrap();
     assert_eq!(monitor.commands(), vec!["evalsha"]);
 }
 
@@ -320,7 +323,7 @@ async fn outbox_reconciliation_records_events_the_buffer_never_got() {
         expected_version: 1,
         idempotency_key: None,
     };
-    paycache::balance::write_balance(&w.app, &write)
+    paycache::balance::write_balance(&w.app.balances, &write)
         .await
         .unwrap();
     // Lose the buffered event, as a failover right after the append could.
@@ -335,7 +338,7 @@ async fn outbox_reconciliation_records_events_the_buffer_never_got() {
         .await
         .unwrap();
     assert_eq!(
-        paycache::audit::reconcile_outbox(&w.app, 100)
+        paycache::audit::reconcile_outbox(&w.app.audit, 100)
             .await
             .unwrap(),
         0,
@@ -343,13 +346,13 @@ async fn outbox_reconciliation_records_events_the_buffer_never_got() {
     );
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(
-        paycache::audit::reconcile_outbox(&w.app, 100)
+        paycache::audit::reconcile_outbox(&w.app.audit, 100)
             .await
             .unwrap(),
         1
     );
     assert_eq!(
-        paycache::audit::reconcile_outbox(&w.app, 100)
+        paycache::audit::reconcile_outbox(&w.app.audit, 100)
             .await
             .unwrap(),
         0,
@@ -378,7 +381,7 @@ async fn audit_buffers_live_in_the_durable_redis() {
     let w = World::new(RedisMode::Standalone, &[("REDIS_DURABLE_URL", &url)]).await;
     let service = ServiceName::parse("durable-svc").unwrap();
     for n in 0..3 {
-        append(&w.app, &event(&service, n)).await.unwrap();
+        append(&w.app.audit, &event(&service, n)).await.unwrap();
     }
     let key = w.app.keys.audit_buffer(&service);
     let mut d = redis::aio::ConnectionManager::new(redis::Client::open(url.as_str()).unwrap())
@@ -396,7 +399,7 @@ async fn audit_buffers_live_in_the_durable_redis() {
         w.keys().await
     );
     let report = flush(
-        &w.app,
+        &w.app.audit,
         &service,
         Instant::now() + Duration::from_secs(60),
         u64::MAX,

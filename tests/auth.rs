@@ -77,7 +77,7 @@ async fn login(w: &World) -> Login {
         ip_address: Some("192.0.2.1".into()),
         device_info: Some("test".into()),
     };
-    let sid = sessions::create(&w.app, &session)
+    let sid = sessions::create(&w.app.sessions, &session)
         .await
         .unwrap()
         .to_string();
@@ -217,7 +217,7 @@ async fn allowed_and_every_bad_token_denied(mode: RedisMode) {
 
     // A blacklisted jti, and a revoked session.
     sessions::blacklist(
-        &w.app,
+        &w.app.sessions,
         &Jti::parse(&l.jti).unwrap(),
         &UserId::parse(&l.user).unwrap(),
         OffsetDateTime::now_utc() + time::Duration::minutes(10),
@@ -232,7 +232,7 @@ async fn allowed_and_every_bad_token_denied(mode: RedisMode) {
             .unwrap_err(),
         Denied::Revoked
     );
-    sessions::revoke(&w.app, &SessionId::parse(&other.sid).unwrap())
+    sessions::revoke(&w.app.sessions, &SessionId::parse(&other.sid).unwrap())
         .await
         .unwrap();
     assert_eq!(
@@ -296,7 +296,7 @@ async fn sessions_slide_and_logout_revokes_until_expiry(mode: RedisMode) {
         Denied::Revoked
     );
     // …and the blacklist entry lasts as long as the token, no longer.
-    let left = sessions::blacklist_ttl(&w.app, &Jti::parse(&l.jti).unwrap())
+    let left = sessions::blacklist_ttl(&w.app.sessions, &Jti::parse(&l.jti).unwrap())
         .await
         .unwrap()
         .unwrap();
@@ -307,7 +307,7 @@ async fn sessions_slide_and_logout_revokes_until_expiry(mode: RedisMode) {
     // A token that has already expired needs no entry.
     let gone = format!("jti-{}", random_uuid());
     sessions::blacklist(
-        &w.app,
+        &w.app.sessions,
         &Jti::parse(&gone).unwrap(),
         &UserId::parse(&l.user).unwrap(),
         OffsetDateTime::now_utc() - time::Duration::seconds(1),
@@ -316,7 +316,7 @@ async fn sessions_slide_and_logout_revokes_until_expiry(mode: RedisMode) {
     .await
     .unwrap();
     assert_eq!(
-        sessions::blacklist_ttl(&w.app, &Jti::parse(&gone).unwrap())
+        sessions::blacklist_ttl(&w.app.sessions, &Jti::parse(&gone).unwrap())
             .await
             .unwrap(),
         None
@@ -476,7 +476,7 @@ async fn fraud_signals(mode: RedisMode) {
     // Risk: below the threshold no alert; at it, one alert per score.
     let mut alerts = paycache_tests::subscribe(&w.redis, &format!("fraud:{}", l.user)).await;
     let user = UserId::parse(&l.user).unwrap();
-    paycache::fraud::set_risk_score(&w.app, &user, 50, &["new_device"])
+    paycache::fraud::set_risk_score(&w.app.fraud, &user, 50, &["new_device"])
         .await
         .unwrap();
     let low = authorize(&w.app, &v, &event(&l.token)).await;
@@ -489,7 +489,7 @@ async fn fraud_signals(mode: RedisMode) {
         "no alert below the threshold",
     )
     .await;
-    paycache::fraud::set_risk_score(&w.app, &user, 92, &["new_device", "unusual_amount"])
+    paycache::fraud::set_risk_score(&w.app.fraud, &user, 92, &["new_device", "unusual_amount"])
         .await
         .unwrap();
     for _ in 0..3 {

@@ -299,7 +299,7 @@ async fn hostile_writes_change_nothing(mode: RedisMode) {
     let value_key = w.app.keys.wallet_balance(&id);
     let keys = w.keys().await;
     assert!(keys.iter().all(|k| k == value_key.as_str()), "{keys:?}");
-    let read = get_balance(&w.app, &id).await.unwrap();
+    let read = get_balance(&w.app.balances, &id).await.unwrap();
     assert_eq!(read.value.unwrap().version, 1);
 }
 both_modes!(hostile_writes_change_nothing);
@@ -341,7 +341,7 @@ async fn write_once(
                 expected_version: expected,
                 idempotency_key: None,
             };
-            match paycache::balance::write_balance_pausing(app, &write, pause)
+            match paycache::balance::write_balance_pausing(&app.balances, &write, pause)
                 .await
                 .unwrap()
             {
@@ -448,7 +448,7 @@ async fn stale_reads_under_concurrency(w: &World, writer: Writer, writes: i64) -
     if writer == Writer::Fenced {
         // And the cache ends on the database's version.
         let final_db = db_version(w, &wallet).await;
-        let cached = get_balance(&w.app, &id).await.unwrap();
+        let cached = get_balance(&w.app.balances, &id).await.unwrap();
         assert_eq!(cached.value.unwrap().version, final_db);
     }
     (reads, violations)
@@ -633,7 +633,7 @@ async fn redis_dies_during_a_write() {
     let id = WalletId::parse(&wallet).unwrap();
     // Cache version 1: the stale value a broken design would keep serving.
     assert_eq!(
-        get_balance(&w.app, &id)
+        get_balance(&w.app.balances, &id)
             .await
             .unwrap()
             .value
@@ -712,11 +712,11 @@ async fn redis_dies_during_a_write() {
         server.restart();
     }
     for _ in 0..20 {
-        let got = get_balance(&w.app, &id).await.unwrap();
+        let got = get_balance(&w.app.balances, &id).await.unwrap();
         assert_eq!(got.value.unwrap().version, 2, "served {:?}", got.status);
     }
     // The sweep applies the pending row; then reads are hits on version 2.
-    let report = apply_pending(&w.app, 100).await.unwrap();
+    let report = apply_pending(&w.app.balances, 100).await.unwrap();
     assert_eq!(report.rows, 1);
     assert_eq!(report.failed_wallets, 0);
     let pending: i64 =
@@ -738,7 +738,7 @@ async fn redis_dies_during_a_write() {
         .query_async(&mut raw)
         .await
         .unwrap();
-    let got = get_balance(&w.app, &id).await.unwrap();
+    let got = get_balance(&w.app.balances, &id).await.unwrap();
     assert_eq!(got.value.unwrap().version, 2);
     assert_eq!(got.status, paycache::CacheStatus::Hit);
 }
@@ -893,7 +893,7 @@ async fn round_trips_per_operation() {
     );
 
     monitor.clear();
-    let read = get_balance(&w.app, &id).await.unwrap();
+    let read = get_balance(&w.app.balances, &id).await.unwrap();
     assert!(read.status.is_hit());
     assert_eq!(monitor.commands(), vec!["get"], "a cached read is one GET");
 }

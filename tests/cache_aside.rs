@@ -322,7 +322,7 @@ async fn hung_redis_costs_one_timeout_until_the_breaker_opens() {
     let db_user = insert_user(&w.db, 9).await;
     let id = UserId::parse(&db_user).unwrap();
     // Warm the connection so the pause hits an established socket.
-    paycache::profile::get_profile(&w.app.cache, &w.app.keys, &w.app.db, &id)
+    paycache::profile::get_profile(&w.app.profiles, &id)
         .await
         .unwrap();
     let TestRedis::Standalone(server) = &w.redis else {
@@ -332,7 +332,7 @@ async fn hung_redis_costs_one_timeout_until_the_breaker_opens() {
 
     for _ in 0..3 {
         let started = Instant::now();
-        let got = paycache::profile::get_profile(&w.app.cache, &w.app.keys, &w.app.db, &id)
+        let got = paycache::profile::get_profile(&w.app.profiles, &id)
             .await
             .unwrap();
         assert!(got.value.is_some());
@@ -354,7 +354,7 @@ async fn hung_redis_costs_one_timeout_until_the_breaker_opens() {
     let mut baseline = Vec::new();
     for _ in 0..30 {
         let t = Instant::now();
-        let got = paycache::profile::get_profile(&w.app.cache, &w.app.keys, &w.app.db, &id)
+        let got = paycache::profile::get_profile(&w.app.profiles, &id)
             .await
             .unwrap();
         with_breaker.push(t.elapsed());

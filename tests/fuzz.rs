@@ -189,7 +189,8 @@ async fn handlers_survive_arbitrary_input() {
                         // EventBridge and WebSocket handlers, any JSON at all:
                         // refused (not retried: no error) and nothing changed.
                         let before = keys(&app).await;
-                        let out = paycache::events::cache_invalidation(&app, &event).await;
+                        let out =
+                            paycache::events::cache_invalidation(&app.invalidation, &event).await;
                         let status = out.as_ref().map(|v| v["status"].clone());
                         prop_assert!(
                             matches!(
@@ -200,7 +201,7 @@ async fn handlers_survive_arbitrary_input() {
                             event,
                             out
                         );
-                        let out = paycache::events::websocket(&app, &event).await;
+                        let out = paycache::events::websocket(&app.connections, &event).await;
                         prop_assert!(
                             matches!(out["statusCode"].as_u64(), Some(400 | 401 | 410)),
                             "websocket {}: {}",
@@ -212,7 +213,7 @@ async fn handlers_survive_arbitrary_input() {
                         prop_assert!(error.is_ok_and(|b| b["error"].is_string()), "{}", out);
                         prop_assert_eq!(&keys(&app).await, &before, "{}", event);
                         let out = paycache::events::cache_warm(
-                            &app,
+                            &app.warmer,
                             &json!({"user_ids": event}),
                             std::time::Instant::now() + std::time::Duration::from_secs(5),
                         )

@@ -26,9 +26,7 @@ async fn profile_update_invalidates_and_next_read_is_fresh(mode: RedisMode) {
     let w = World::new(mode, &[]).await;
     let id = insert_user(&w.db, 1).await;
     let user = UserId::parse(&id).unwrap();
-    let read = profile::get_profile(&w.app.cache, &w.app.keys, &w.app.db, &user)
-        .await
-        .unwrap();
+    let read = profile::get_profile(&w.app.profiles, &user).await.unwrap();
     assert_eq!(read.value.unwrap().display_name, "User 1");
     // The row changes; the cache still has the old one.
     w.db.client()
@@ -36,9 +34,7 @@ async fn profile_update_invalidates_and_next_read_is_fresh(mode: RedisMode) {
         .execute("UPDATE users SET display_name = 'Renamed', updated_at = now() WHERE user_id = $1::text::uuid", &[&id])
         .await
         .unwrap();
-    let stale = profile::get_profile(&w.app.cache, &w.app.keys, &w.app.db, &user)
-        .await
-        .unwrap();
+    let stale = profile::get_profile(&w.app.profiles, &user).await.unwrap();
     assert_eq!(stale.status, CacheStatus::Hit);
 
     use futures_util::StreamExt;
@@ -52,17 +48,18 @@ async fn profile_update_invalidates_and_next_read_is_fresh(mode: RedisMode) {
         serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap()
     };
 
-    let summary = cache_invalidation(&w.app, &event("UserProfileUpdated", json!({"user_id": id})))
-        .await
-        .unwrap();
+    let summary = cache_invalidation(
+        &w.app.invalidation,
+        &event("UserProfileUpdated", json!({"user_id": id})),
+    )
+    .await
+    .unwrap();
     assert_eq!(summary["status"], "ok");
     assert_eq!(summary["outcome"], "invalidated");
     let first = next_message().await;
     assert_eq!(first["type"], "profile_updated");
     assert_eq!(first["user_id"], id);
-    let next = profile::get_profile(&w.app.cache, &w.app.keys, &w.app.db, &user)
-        .await
-        .unwrap();
+    let next = profile::get_profile(&w.app.profiles, &user).await.unwrap();
     assert_eq!(next.status, CacheStatus::Miss { stored: true });
     assert_eq!(next.value.unwrap().display_name, "Renamed");
     let keys_before = w.keys().await;
@@ -70,9 +67,12 @@ async fn profile_update_invalidates_and_next_read_is_fresh(mode: RedisMode) {
     // Redelivery is harmless: the fresh entry may go, but nothing stale or
     // new is left in the cache, the next read is the current row, and the
     // subscriber gets the same kind of notification once more — no other.
-    let again = cache_invalidation(&w.app, &event("UserProfileUpdated", json!({"user_id": id})))
-        .await
-        .unwrap();
+    let again = cache_invalidation(
+        &w.app.invalidation,
+        &event("UserProfileUpdated", json!({"user_id": id})),
+    )
+    .await
+    .unwrap();
     assert_eq!(again["status"], "ok");
     assert_eq!(again["outcome"], "invalidated");
     let keys_after = w.keys().await;
@@ -83,14 +83,10 @@ async fn profile_update_invalidates_and_next_read_is_fresh(mode: RedisMode) {
     let second = next_message().await;
     assert_eq!(second["type"], "profile_updated");
     assert_eq!(second["user_id"], id);
-    let after = profile::get_profile(&w.app.cache, &w.app.keys, &w.app.db, &user)
-        .await
-        .unwrap();
+    let after = profile::get_profile(&w.app.profiles, &user).await.unwrap();
     assert_eq!(after.value.unwrap().display_name, "Renamed");
     assert_eq!(after.status, CacheStatus::Miss { stored: true });
-    let hit = profile::get_profile(&w.app.cache, &w.app.keys, &w.app.db, &user)
-        .await
-        .unwrap();
+    let hit = profile::get_profile(&w.app.profiles, &user).await.unwrap();
     assert_eq!(hit.status, CacheStatus::Hit);
     assert_eq!(hit.value.unwrap().display_name, "Renamed");
     paycache_tests::assert_no_message_before_sentinel(
@@ -114,7 +110,7 @@ async fn transaction_completed_invalidates_both_wallets_and_publishes(mode: Redi
     let tid = TransactionId::parse(&t).unwrap();
     // Warm every cache involved.
     assert_eq!(
-        balance::get_balance(&w.app, &wa)
+        balance::get_balance(&w.app.balances, &wa)
             .await
             .unwrap()
             .value
@@ -122,8 +118,8 @@ async fn transaction_completed_invalidates_both_wallets_and_publishes(mode: Redi
             .balance,
         "100.00"
     );
-    balance::get_balance(&w.app, &wb).await.unwrap();
-    let txn = transactions::get_transaction(&w.app, &tid)
+    balance::get_balance(&w.app.balances, &wb).await.unwrap();
+    let txn = transactions::get_transaction(&w.app.transactions, &tid)
         .await
         .unwrap()
         .value
@@ -131,7 +127,7 @@ async fn transaction_completed_invalidates_both_wallets_and_publishes(mode: Redi
     assert_eq!(txn.amount, "25.00");
     assert_eq!(txn.status, "processing");
     assert_eq!(
-        transactions::get_status(&w.app, &tid)
+        transactions::get_status(&w.app.transactions, &tid)
             .await
             .unwrap()
             .value
@@ -154,7 +150,7 @@ async fn transaction_completed_invalidates_both_wallets_and_publishes(mode: Redi
     let mut messages = paycache_tests::subscribe(&w.redis, &format!("transactions:{t}")).await;
 
     let detail = json!({"transaction_id": t, "sender_wallet_id": a, "receiver_wallet_id": b, "status": "completed"});
-    let summary = cache_invalidation(&w.app, &event("TransactionCompleted", detail))
+    let summary = cache_invalidation(&w.app.invalidation, &event("TransactionCompleted", detail))
         .await
         .unwrap();
     assert_eq!(summary["outcome"], "invalidated", "{summary}");
@@ -172,18 +168,22 @@ async fn transaction_completed_invalidates_both_wallets_and_publishes(mode: Redi
 
     // Next reads: balances are misses with the database's data; the status
     // is the new one (cached by the invalidator); the transaction is a miss.
-    let ra = balance::get_balance(&w.app, &wa).await.unwrap();
+    let ra = balance::get_balance(&w.app.balances, &wa).await.unwrap();
     assert_eq!(ra.status, CacheStatus::Miss { stored: true });
     assert_eq!(ra.value.unwrap().balance, "75.00");
-    let rb = balance::get_balance(&w.app, &wb).await.unwrap();
+    let rb = balance::get_balance(&w.app.balances, &wb).await.unwrap();
     assert_eq!(rb.status, CacheStatus::Miss { stored: true });
     assert_eq!(rb.value.unwrap().version, 2);
-    let status = transactions::get_status(&w.app, &tid).await.unwrap();
+    let status = transactions::get_status(&w.app.transactions, &tid)
+        .await
+        .unwrap();
     assert_eq!(status.status, CacheStatus::Hit);
     let status = status.value.unwrap();
     assert_eq!(status.status, "completed");
     assert!(status.completion_time.is_some());
-    let txn = transactions::get_transaction(&w.app, &tid).await.unwrap();
+    let txn = transactions::get_transaction(&w.app.transactions, &tid)
+        .await
+        .unwrap();
     assert_eq!(txn.status, CacheStatus::Miss { stored: true });
     assert_eq!(txn.value.unwrap().status, "completed");
 }
@@ -192,7 +192,7 @@ both_modes!(transaction_completed_invalidates_both_wallets_and_publishes);
 async fn unknown_ids_and_malformed_events_change_nothing(mode: RedisMode) {
     let w = World::new(mode, &[]).await;
     let unknown_user = cache_invalidation(
-        &w.app,
+        &w.app.invalidation,
         &event("UserProfileUpdated", json!({"user_id": random_uuid()})),
     )
     .await
@@ -200,9 +200,10 @@ async fn unknown_ids_and_malformed_events_change_nothing(mode: RedisMode) {
     assert_eq!(unknown_user["outcome"], "unknown-id");
     let detail = json!({"transaction_id": random_uuid(), "sender_wallet_id": random_uuid(),
                         "receiver_wallet_id": random_uuid(), "status": "completed"});
-    let unknown_txn = cache_invalidation(&w.app, &event("TransactionCompleted", detail))
-        .await
-        .unwrap();
+    let unknown_txn =
+        cache_invalidation(&w.app.invalidation, &event("TransactionCompleted", detail))
+            .await
+            .unwrap();
     assert_eq!(unknown_txn["outcome"], "unknown-id");
     for bad in [
         event("UserProfileUpdated", json!({})),
@@ -222,10 +223,10 @@ async fn unknown_ids_and_malformed_events_change_nothing(mode: RedisMode) {
         json!(null),
         json!([1, 2, 3]),
     ] {
-        let out = cache_invalidation(&w.app, &bad).await.unwrap();
+        let out = cache_invalidation(&w.app.invalidation, &bad).await.unwrap();
         assert_eq!(out["status"], "rejected", "{bad} -> {out}");
     }
-    let ignored = cache_invalidation(&w.app, &event("SomethingElse", json!({})))
+    let ignored = cache_invalidation(&w.app.invalidation, &event("SomethingElse", json!({})))
         .await
         .unwrap();
     assert_eq!(ignored["status"], "ignored");

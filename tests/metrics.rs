@@ -110,10 +110,10 @@ async fn emf_lines_follow_the_specification() {
     let id = UserId::parse(&insert_user(&w.db, 1).await).unwrap();
     let started = Instant::now();
     // A miss, a hit, a rate-limit denial.
-    paycache::profile::get_profile(&w.app.cache, &w.app.keys, &w.app.db, &id)
+    paycache::profile::get_profile(&w.app.profiles, &id)
         .await
         .unwrap();
-    paycache::profile::get_profile(&w.app.cache, &w.app.keys, &w.app.db, &id)
+    paycache::profile::get_profile(&w.app.profiles, &id)
         .await
         .unwrap();
     let user = UserId::parse(&random_uuid()).unwrap();
@@ -126,7 +126,7 @@ async fn emf_lines_follow_the_specification() {
     if let TestRedis::Standalone(s) = &mut down.redis {
         s.stop();
     }
-    paycache::profile::get_profile(&down.app.cache, &down.app.keys, &w.app.db, &id)
+    paycache::profile::get_profile(&down.app.profiles, &id)
         .await
         .unwrap();
     // The invocation's end, as every function's main records it: Latency is

@@ -39,7 +39,7 @@ async fn rates_over_the_interval_survive_counter_resets() {
     let mut w = World::with_redis(TestRedis::Standalone(server), &[]).await;
     let cw = paycache::cloudwatch::client();
 
-    let first = emit_metrics(&w.app, &cw).await;
+    let first = emit_metrics(&w.app.health, &cw).await;
     assert_eq!(first["status"], "ok", "{first}");
     assert_eq!(first["nodes"], 1);
     assert!(
@@ -60,7 +60,7 @@ async fn rates_over_the_interval_survive_counter_resets() {
             .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let second = emit_metrics(&w.app, &cw).await;
+    let second = emit_metrics(&w.app.health, &cw).await;
     assert_eq!(second["status"], "ok", "{second}");
     assert!(
         second["published"].as_u64().unwrap() > first["published"].as_u64().unwrap(),
@@ -82,19 +82,19 @@ async fn rates_over_the_interval_survive_counter_resets() {
         .query_async(&mut raw)
         .await
         .unwrap();
-    let third = emit_metrics(&w.app, &cw).await;
+    let third = emit_metrics(&w.app.health, &cw).await;
     assert_eq!(third["status"], "ok", "{third}");
     assert_eq!(third["restarted"], serde_json::json!([node]), "{third}");
     if let TestRedis::Standalone(s) = &mut w.redis {
         s.restart();
     }
-    let mut fourth = emit_metrics(&w.app, &cw).await;
+    let mut fourth = emit_metrics(&w.app.health, &cw).await;
     for _ in 0..20 {
         if fourth["status"] == "ok" {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
-        fourth = emit_metrics(&w.app, &cw).await;
+        fourth = emit_metrics(&w.app.health, &cw).await;
     }
     assert_eq!(fourth["status"], "ok", "{fourth}");
     assert_eq!(fourth["restarted"], serde_json::json!([node]), "{fourth}");
@@ -160,7 +160,7 @@ async fn every_cluster_node_is_reported() {
     must_have_endpoint();
     let w = World::new(paycache::config::RedisMode::Cluster, &[]).await;
     let cw = paycache::cloudwatch::client();
-    let first = emit_metrics(&w.app, &cw).await;
+    let first = emit_metrics(&w.app.health, &cw).await;
     assert_eq!(first["status"], "ok", "{first}");
     assert_eq!(first["nodes"], 6);
     assert_eq!(first["nodes_unreachable"], 0);
@@ -190,7 +190,7 @@ async fn every_cluster_node_is_reported() {
                 .unwrap();
         }
     }
-    let collected = paycache::node_metrics::collect(&w.app, Duration::from_secs(1))
+    let collected = paycache::node_metrics::collect(&w.app.health, Duration::from_secs(1))
         .await
         .unwrap();
     let by = paycache::node_metrics::by_name(&collected.data);

@@ -26,7 +26,7 @@ fn kill_clients(port: u16) {
 
 async fn survives_killed_connections(w: &World, ports: &[u16]) {
     let user = UserId::parse(&insert_user(&w.db, 1).await).unwrap();
-    let read = || paycache::profile::get_profile(&w.app.cache, &w.app.keys, &w.app.db, &user);
+    let read = || paycache::profile::get_profile(&w.app.profiles, &user);
     assert!(!read().await.unwrap().status.is_hit());
     assert_eq!(read().await.unwrap().status, CacheStatus::Hit);
     // The server closes every client connection, as after a long freeze.
@@ -76,7 +76,7 @@ async fn a_busy_redis_costs_one_timeout() {
     )
     .await;
     let user = UserId::parse(&insert_user(&w.db, 2).await).unwrap();
-    paycache::profile::get_profile(&w.app.cache, &w.app.keys, &w.app.db, &user)
+    paycache::profile::get_profile(&w.app.profiles, &user)
         .await
         .unwrap();
     let mut sleeper = std::process::Command::new("redis-cli")
@@ -86,7 +86,7 @@ async fn a_busy_redis_costs_one_timeout() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
-    let got = paycache::profile::get_profile(&w.app.cache, &w.app.keys, &w.app.db, &user)
+    let got = paycache::profile::get_profile(&w.app.profiles, &user)
         .await
         .unwrap();
     let took = started.elapsed();

@@ -25,7 +25,7 @@ fn far() -> Instant {
 async fn warmed_users_read_as_hits(mode: RedisMode) {
     let w = seeded(mode, &[("WARM_USERS", "40"), ("WARM_BATCH_USERS", "16")]).await;
     let summary = cache_warm(
-        &w.app,
+        &w.app.warmer,
         &json!({"detail-type": "Scheduled Event", "detail": {}}),
         far(),
     )
@@ -42,15 +42,13 @@ async fn warmed_users_read_as_hits(mode: RedisMode) {
     );
 
     // Every warmed entry reads as a hit.
-    let users = paycache::warming::most_recently_active(&w.app, 40)
+    let users = paycache::warming::most_recently_active(&w.app.warmer, 40)
         .await
         .unwrap();
     let client = w.db.client().await;
     let mut reads = 0;
     for user in &users {
-        let p = profile::get_profile(&w.app.cache, &w.app.keys, &w.app.db, user)
-            .await
-            .unwrap();
+        let p = profile::get_profile(&w.app.profiles, user).await.unwrap();
         assert!(p.status.is_hit(), "profile of {user}: {:?}", p.status);
         for row in client
             .query(
@@ -61,7 +59,9 @@ async fn warmed_users_read_as_hits(mode: RedisMode) {
             .unwrap()
         {
             let wallet = WalletId::from(row.get::<_, Uuid>(0));
-            let b = balance::get_balance(&w.app, &wallet).await.unwrap();
+            let b = balance::get_balance(&w.app.balances, &wallet)
+                .await
+                .unwrap();
             assert!(b.status.is_hit(), "balance of {wallet}: {:?}", b.status);
             reads += 1;
         }
@@ -75,7 +75,7 @@ async fn warmed_users_read_as_hits(mode: RedisMode) {
             .unwrap()
         {
             let id = TransactionId::from(row.get::<_, Uuid>(0));
-            let t = transactions::get_transaction(&w.app, &id).await.unwrap();
+            let t = transactions::get_transaction(&w.app.transactions, &id).await.unwrap();
             assert!(t.status.is_hit(), "transaction {id}: {:?}", t.status);
             reads += 1;
         }
@@ -83,7 +83,7 @@ async fn warmed_users_read_as_hits(mode: RedisMode) {
     assert!(reads > 40);
 
     // A second run finds everything fresh.
-    let again = cache_warm(&w.app, &json!({}), far()).await;
+    let again = cache_warm(&w.app.warmer, &json!({}), far()).await;
     assert_eq!(again["warmed"], 0, "{again}");
     assert_eq!(again["skipped"].as_u64().unwrap(), warmed);
 }
@@ -105,7 +105,7 @@ async fn a_short_deadline_stops_early_with_partial_progress() {
     .await;
     let started = Instant::now();
     let summary = cache_warm(
-        &w.app,
+        &w.app.warmer,
         &json!({}),
         Instant::now() + Duration::from_millis(150),
     )
@@ -144,18 +144,16 @@ async fn explicit_lists_and_pending_outbox_rows() {
         .await
         .unwrap();
     let users = json!({"user_ids": ["00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002"]});
-    let summary = cache_warm(&w.app, &users, far()).await;
+    let summary = cache_warm(&w.app.warmer, &users, far()).await;
     assert_eq!(summary["users"], 2, "{summary}");
     assert_eq!(summary["outbox_rows_applied"], 1);
-    let b = balance::get_balance(&w.app, &WalletId::parse(wallet).unwrap())
+    let b = balance::get_balance(&w.app.balances, &WalletId::parse(wallet).unwrap())
         .await
         .unwrap();
     assert!(b.status.is_hit());
     assert_eq!(b.value.unwrap().balance, "42.42");
     let p = profile::get_profile(
-        &w.app.cache,
-        &w.app.keys,
-        &w.app.db,
+        &w.app.profiles,
         &UserId::parse("00000000-0000-4000-8000-000000000002").unwrap(),
     )
     .await
@@ -167,7 +165,7 @@ async fn explicit_lists_and_pending_outbox_rows() {
         json!({"user_ids": "x"}),
         json!({"user_ids": [1]}),
     ] {
-        let out = cache_warm(&w.app, &bad, far()).await;
+        let out = cache_warm(&w.app.warmer, &bad, far()).await;
         assert_eq!(out["status"], "rejected", "{bad}");
     }
 }

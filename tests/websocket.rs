@@ -30,12 +30,14 @@ async fn connect_ping_disconnect_and_pruning(mode: RedisMode) {
         format!("conn{}", &random_uuid()[..8]),
     );
     for conn in [&a, &b] {
-        let r = websocket(&w.app, &ws_event("$connect", conn, Some(&user))).await;
+        let r = websocket(&w.app.connections, &ws_event("$connect", conn, Some(&user))).await;
         assert_eq!(r["statusCode"], 200, "{r}");
     }
-    let live = realtime::connections(&w.app, &uid).await.unwrap();
+    let live = realtime::connections(&w.app.connections, &uid)
+        .await
+        .unwrap();
     assert_eq!(live.len(), 2);
-    let meta = realtime::meta(&w.app, &ConnectionId::parse(&a).unwrap())
+    let meta = realtime::meta(&w.app.connections, &ConnectionId::parse(&a).unwrap())
         .await
         .unwrap()
         .unwrap();
@@ -71,7 +73,7 @@ async fn connect_ping_disconnect_and_pruning(mode: RedisMode) {
         .await
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    let r = websocket(&w.app, &ws_event("ping", &a, Some(&user))).await;
+    let r = websocket(&w.app.connections, &ws_event("ping", &a, Some(&user))).await;
     assert_eq!(r["statusCode"], 200);
     let ttl: i64 = redis::cmd("PTTL")
         .arg(&meta_key)
@@ -79,7 +81,7 @@ async fn connect_ping_disconnect_and_pruning(mode: RedisMode) {
         .await
         .unwrap();
     assert!(ttl > 7_100_000, "{ttl}");
-    let after = realtime::meta(&w.app, &ConnectionId::parse(&a).unwrap())
+    let after = realtime::meta(&w.app.connections, &ConnectionId::parse(&a).unwrap())
         .await
         .unwrap()
         .unwrap();
@@ -88,17 +90,23 @@ async fn connect_ping_disconnect_and_pruning(mode: RedisMode) {
 
     // $disconnect removes both entries (and is idempotent).
     for _ in 0..2 {
-        let r = websocket(&w.app, &ws_event("$disconnect", &a, Some(&user))).await;
+        let r = websocket(
+            &w.app.connections,
+            &ws_event("$disconnect", &a, Some(&user)),
+        )
+        .await;
         assert_eq!(r["statusCode"], 200);
     }
     assert!(
-        realtime::meta(&w.app, &ConnectionId::parse(&a).unwrap())
+        realtime::meta(&w.app.connections, &ConnectionId::parse(&a).unwrap())
             .await
             .unwrap()
             .is_none()
     );
     assert_eq!(
-        realtime::connections(&w.app, &uid).await.unwrap(),
+        realtime::connections(&w.app.connections, &uid)
+            .await
+            .unwrap(),
         vec![ConnectionId::parse(&b).unwrap()]
     );
 
@@ -117,7 +125,7 @@ async fn connect_ping_disconnect_and_pruning(mode: RedisMode) {
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     assert!(
-        realtime::connections(&w.app, &uid)
+        realtime::connections(&w.app.connections, &uid)
             .await
             .unwrap()
             .is_empty()
@@ -130,7 +138,7 @@ async fn connect_ping_disconnect_and_pruning(mode: RedisMode) {
     assert!(members.is_empty(), "pruned: {members:?}");
     // A ping on an expired connection says so.
     assert_eq!(
-        websocket(&w.app, &ws_event("ping", &b, Some(&user))).await["statusCode"],
+        websocket(&w.app.connections, &ws_event("ping", &b, Some(&user))).await["statusCode"],
         410
     );
 }
@@ -139,26 +147,36 @@ both_modes!(connect_ping_disconnect_and_pruning);
 async fn refusals(mode: RedisMode) {
     let w = World::new(mode, &[]).await;
     assert_eq!(
-        websocket(&w.app, &ws_event("$connect", "conn1", None)).await["statusCode"],
+        websocket(&w.app.connections, &ws_event("$connect", "conn1", None)).await["statusCode"],
         401
     );
     assert_eq!(
         websocket(
-            &w.app,
+            &w.app.connections,
             &ws_event("$connect", "bad:id", Some(&random_uuid()))
         )
         .await["statusCode"],
         400
     );
     assert_eq!(
-        websocket(&w.app, &ws_event("$connect", "conn1", Some("{not-a-user}"))).await["statusCode"],
+        websocket(
+            &w.app.connections,
+            &ws_event("$connect", "conn1", Some("{not-a-user}"))
+        )
+        .await["statusCode"],
         401
     );
-    assert_eq!(websocket(&w.app, &json!({})).await["statusCode"], 400);
-    assert_eq!(websocket(&w.app, &json!(null)).await["statusCode"], 400);
+    assert_eq!(
+        websocket(&w.app.connections, &json!({})).await["statusCode"],
+        400
+    );
+    assert_eq!(
+        websocket(&w.app.connections, &json!(null)).await["statusCode"],
+        400
+    );
     assert_eq!(
         websocket(
-            &w.app,
+            &w.app.connections,
             &ws_event("sendmessage", "conn1", Some(&random_uuid()))
         )
         .await["statusCode"],

@@ -2,6 +2,6 @@
 
 paycache::event_function!(
     "metrics-emitter",
-    paycache::cloudwatch::for_app,
+    paycache::events::metrics_client,
     paycache::events::handle_metrics
 );

@@ -60,10 +60,12 @@ fn bench(c: &mut Criterion) {
     });
     rt.block_on(async {
         // Warm the entries the hit paths read.
-        paycache::profile::get_profile(&app.cache, &app.keys, &app.db, &user)
+        paycache::profile::get_profile(&app.profiles, &user)
             .await
             .unwrap();
-        paycache::balance::get_balance(&app, &wallet).await.unwrap();
+        paycache::balance::get_balance(&app.balances, &wallet)
+            .await
+            .unwrap();
         let _: () = redis::AsyncCommands::set(&mut raw, "raw-key", "x".repeat(200))
             .await
             .unwrap();
@@ -84,15 +86,18 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("profile read, cache hit", |b| {
         b.to_async(&rt).iter(|| async {
-            let r = paycache::profile::get_profile(&app.cache, &app.keys, &app.db, &user)
+            let r = paycache::profile::get_profile(&app.profiles, &user)
                 .await
                 .unwrap();
             assert!(r.value.is_some());
         })
     });
     group.bench_function("balance read, cache hit", |b| {
-        b.to_async(&rt)
-            .iter(|| async { paycache::balance::get_balance(&app, &wallet).await.unwrap() })
+        b.to_async(&rt).iter(|| async {
+            paycache::balance::get_balance(&app.balances, &wallet)
+                .await
+                .unwrap()
+        })
     });
     let version = AtomicU64::new(1);
     let usd = Currency::parse("USD").unwrap();
@@ -106,7 +111,7 @@ fn bench(c: &mut Criterion) {
                 expected_version: expected,
                 idempotency_key: None,
             };
-            match paycache::balance::write_balance(&app, &write)
+            match paycache::balance::write_balance(&app.balances, &write)
                 .await
                 .unwrap()
             {
@@ -135,14 +140,14 @@ fn bench(c: &mut Criterion) {
                 occurred_at: time::OffsetDateTime::now_utc(),
                 payload: serde_json::json!({"n": 1}),
             };
-            paycache::audit::append(&app, &event).await.unwrap()
+            paycache::audit::append(&app.audit, &event).await.unwrap()
         })
     });
     let session = SessionId::parse("YmVuY2gtc2Vzc2lvbg").unwrap();
     let jti = Jti::parse("bench-jti").unwrap();
     group.bench_function("session + revocation check", |b| {
         b.to_async(&rt).iter(|| async {
-            paycache::sessions::check(&app, &session, &jti)
+            paycache::sessions::check(&app.sessions, &session, &jti)
                 .await
                 .unwrap()
         })
@@ -151,7 +156,7 @@ fn bench(c: &mut Criterion) {
         "invalidation: UserProfileUpdated (PostgreSQL lookup included)",
         |b| {
             b.to_async(&rt).iter(|| async {
-                paycache::invalidation::user_profile_updated(&app, &user)
+                paycache::invalidation::user_profile_updated(&app.invalidation, &user)
                     .await
                     .unwrap()
             })
@@ -159,7 +164,7 @@ fn bench(c: &mut Criterion) {
     );
     group.bench_function("health check", |b| {
         b.to_async(&rt)
-            .iter(|| async { paycache::health::check(&app).await.unwrap() })
+            .iter(|| async { paycache::health::check(&app.health).await.unwrap() })
     });
     group.finish();
     drop(redis);

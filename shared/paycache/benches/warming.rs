@@ -29,11 +29,11 @@ fn bench(c: &mut Criterion) {
         let db = TestDb::create().await;
         let app = App::new(test_support::config(&redis, &db, &PATIENT)).unwrap();
         app.db.seed_local().await.unwrap();
-        let users = paycache::warming::most_recently_active(&app, 200)
+        let users = paycache::warming::most_recently_active(&app.warmer, 200)
             .await
             .unwrap();
         let report = paycache::warming::warm(
-            &app,
+            &app.warmer,
             Some(users.clone()),
             Instant::now() + Duration::from_secs(600),
         )
@@ -55,7 +55,7 @@ fn bench(c: &mut Criterion) {
                     let app = App::new(test_support::config(redis, db, &PATIENT)).unwrap();
                     let started = Instant::now();
                     let report = paycache::warming::warm(
-                        &app,
+                        &app.warmer,
                         Some(users.clone()),
                         Instant::now() + Duration::from_secs(600),
                     )

@@ -1,5 +1,17 @@
 //! Everything a function needs, built once per execution environment.
 
+use std::sync::Arc;
+
+use crate::domain::audit::AuditLog;
+use crate::domain::balance::Balances;
+use crate::domain::fraud::Fraud;
+use crate::domain::health::Health;
+use crate::domain::invalidation::Invalidation;
+use crate::domain::profile::Profiles;
+use crate::domain::realtime::Connections;
+use crate::domain::sessions::Sessions;
+use crate::domain::transactions::Transactions;
+use crate::domain::warming::Warmer;
 use crate::infra::config::{Config, ConfigError};
 use crate::infra::connection::{Redis, RedisSetupError};
 use crate::infra::db::{Db, DbError};
@@ -26,17 +38,47 @@ pub enum InitError {
 /// The shared dependencies: configuration, Redis, the cache engine, the
 /// database pool. Handlers borrow it (`&App`); nothing here connects at
 /// construction, so a cold start never waits on (or fails for) a slow Redis.
+///
+/// `App` is where the pieces are put together: each capability below holds
+/// exactly what it uses (clones of the same handles), and routes and event
+/// handlers take the capabilities they need, never the whole `App`.
 #[derive(Debug, Clone)]
 pub struct App {
+    /// The configuration everything below was built from.
     pub config: Config,
+    /// Key names under `KEY_PREFIX`.
     pub keys: Keyspace,
+    /// The cache Redis.
     pub redis: Redis,
-    /// Durable state (audit buffers): `REDIS_DURABLE_URL`, a Redis that
-    /// never evicts, or the main Redis when that is not set.
+    /// Durable state (audit buffers, blacklist): `REDIS_DURABLE_URL`, a
+    /// Redis that never evicts, or the main Redis when that is not set.
     pub durable: Redis,
+    /// The cache-aside engine over [`App::redis`].
     pub cache: CacheAside,
+    /// The PostgreSQL pool.
     pub db: Db,
-    pub limiter: std::sync::Arc<RateLimiter>,
+    /// The sliding-window rate limiter.
+    pub limiter: Arc<RateLimiter>,
+    /// User profiles.
+    pub profiles: Profiles,
+    /// Wallet balances (their writes append to [`App::audit`]).
+    pub balances: Balances,
+    /// The write-behind audit log.
+    pub audit: AuditLog,
+    /// Transactions and their status.
+    pub transactions: Transactions,
+    /// Sessions and token revocation.
+    pub sessions: Sessions,
+    /// The WebSocket connection registry.
+    pub connections: Connections,
+    /// Fraud signals: risk scores and devices.
+    pub fraud: Fraud,
+    /// The cluster's health and node statistics.
+    pub health: Health,
+    /// Cache warming.
+    pub warmer: Warmer,
+    /// Event-driven invalidation.
+    pub invalidation: Invalidation,
 }
 
 impl App {
@@ -119,13 +161,76 @@ impl App {
         let cache = CacheAside::new(redis.clone(), config.ttl, config.cache);
         let db = Db::new(&config.database)?;
         let keys = Keyspace::new(config.key_prefix.clone());
-        let limiter = std::sync::Arc::new(RateLimiter::new(
+        let limiter = Arc::new(RateLimiter::new(
             redis.clone(),
             keys.clone(),
             config.rate_limit.policies.clone(),
             config.rate_limit.timeout,
             config.rate_limit.local_capacity,
         ));
+        let profiles = Profiles {
+            keys: keys.clone(),
+            cache: cache.clone(),
+            db: db.clone(),
+        };
+        let audit = AuditLog {
+            keys: keys.clone(),
+            durable: durable.clone(),
+            db: db.clone(),
+            config: config.audit.clone(),
+        };
+        let balances = Balances {
+            keys: keys.clone(),
+            redis: redis.clone(),
+            cache: cache.clone(),
+            db: db.clone(),
+            ttl: config.ttl,
+            fence_ttl: config.balance.fence_ttl,
+            audit: audit.clone(),
+        };
+        let transactions = Transactions {
+            keys: keys.clone(),
+            redis: redis.clone(),
+            cache: cache.clone(),
+            db: db.clone(),
+            ttl: config.ttl,
+        };
+        let sessions = Sessions {
+            keys: keys.clone(),
+            redis: redis.clone(),
+            durable: durable.clone(),
+            session_ttl: config.ttl.session_data,
+        };
+        let connections = Connections {
+            keys: keys.clone(),
+            redis: redis.clone(),
+            ttl: config.ttl,
+        };
+        let fraud = Fraud {
+            keys: keys.clone(),
+            redis: redis.clone(),
+            ttl: config.ttl,
+            alert_threshold: config.fraud_alert_threshold,
+        };
+        let health = Health {
+            keys: keys.clone(),
+            redis: redis.clone(),
+            config: config.health,
+        };
+        let warmer = Warmer {
+            keys: keys.clone(),
+            cache: cache.clone(),
+            db: db.clone(),
+            balances: balances.clone(),
+            config: config.warm,
+        };
+        let invalidation = Invalidation {
+            keys: keys.clone(),
+            redis: redis.clone(),
+            db: db.clone(),
+            transactions: transactions.clone(),
+            balances: balances.clone(),
+        };
         Ok(Self {
             keys,
             limiter,
@@ -134,6 +239,16 @@ impl App {
             durable,
             cache,
             db,
+            profiles,
+            balances,
+            audit,
+            transactions,
+            sessions,
+            connections,
+            fraud,
+            health,
+            warmer,
+            invalidation,
         })
     }
 

@@ -6,8 +6,8 @@
 //! | layer | what | may import |
 //! |---|---|---|
 //! | [`edge`] | HTTP helpers and routes, event handlers, the authorizer | everything below |
-//! | [`domain`] | profiles, balances, audit log, transactions, sessions, fraud, real-time, warming, health, node metrics, invalidation | `app`, `patterns`, `infra` |
-//! | [`app`] | [`App`]: everything a function needs, built once per execution environment | `patterns`, `infra` |
+//! | [`app`] | [`App`]: every capability, built once per execution environment | `domain`, `patterns`, `infra` |
+//! | [`domain`] | profiles, balances, audit log, transactions, sessions, fraud, real-time, warming, health, node metrics, invalidation — each a small struct holding what it uses | `patterns`, `infra` |
 //! | [`patterns`] | the design's caching patterns: cache-aside, rate limiting, Pub/Sub | `infra` |
 //! | [`infra`] | configuration, Redis, PostgreSQL, secrets, AWS, TLS, telemetry, keys | nothing above |
 //!

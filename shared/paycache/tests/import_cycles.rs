@@ -1,5 +1,5 @@
 //! The crate's structure, checked: its modules import each other without
-//! cycles, and imports point down the layers (`edge` → `domain` → `app` →
+//! cycles, and imports point down the layers (`edge` → `app` → `domain` →
 //! `patterns` → `infra`; see the crate docs). A node is a module of a layer
 //! (`domain::balance`) or `app`; an edge is a `crate::…` path to another
 //! one, outside comments and test code. A reader can follow a module's
@@ -12,7 +12,7 @@ use std::path::Path;
 type Graph = BTreeMap<String, BTreeSet<String>>;
 
 /// The layers, lowest first.
-const LAYERS: [&str; 5] = ["infra", "patterns", "app", "domain", "edge"];
+const LAYERS: [&str; 5] = ["infra", "patterns", "domain", "app", "edge"];
 
 fn layer_of(node: &str) -> usize {
     let layer = node.split("::").next().unwrap_or("");

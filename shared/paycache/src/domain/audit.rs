@@ -47,10 +47,23 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::app::App;
+use crate::infra::config::AuditConfig;
+use crate::infra::connection::Redis;
 use crate::infra::connection::RedisUnavailable;
+use crate::infra::db::Db;
 use crate::infra::db::{DbError, query_error};
+use crate::infra::keys::Keyspace;
 use crate::infra::keys::{CacheKey, ServiceName};
+
+/// What the audit log uses: the durable Redis (buffers), PostgreSQL
+/// (`audit_log`, the balance outbox) and the audit settings.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    pub(crate) keys: Keyspace,
+    pub(crate) durable: Redis,
+    pub(crate) db: Db,
+    pub(crate) config: AuditConfig,
+}
 
 static APPEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("audit/append.lua")));
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("audit/claim.lua")));
@@ -75,19 +88,19 @@ pub enum AppendError {
     Unavailable(RedisUnavailable),
 }
 
-fn buffer_key(app: &App, service: &ServiceName) -> CacheKey {
-    app.keys.audit_buffer(service)
+fn buffer_key(audit_log: &AuditLog, service: &ServiceName) -> CacheKey {
+    audit_log.keys.audit_buffer(service)
 }
 
 /// Appends `event` to its service's buffer: one round trip. Returns the
 /// buffer's length afterwards.
 #[tracing::instrument(skip_all, fields(service = %event.service))]
-pub async fn append(app: &App, event: &AuditEvent) -> Result<u64, AppendError> {
-    let key = buffer_key(app, &event.service);
+pub async fn append(audit_log: &AuditLog, event: &AuditEvent) -> Result<u64, AppendError> {
+    let key = buffer_key(audit_log, &event.service);
     let json = serde_json::to_string(event)
         .map_err(|_| AppendError::Unavailable(RedisUnavailable::Server))?;
-    let max = app.config.audit.max_buffered;
-    let len: i64 = app
+    let max = audit_log.config.max_buffered;
+    let len: i64 = audit_log
         .durable
         .run(|mut c| async move {
             APPEND
@@ -142,12 +155,12 @@ pub enum FlushError {
 /// Drains `service`'s buffer until it is empty, `max_batches` are done, or
 /// `deadline` is near.
 pub async fn flush(
-    app: &App,
+    audit_log: &AuditLog,
     service: &ServiceName,
     deadline: Instant,
     max_batches: u64,
 ) -> Result<FlushReport, FlushError> {
-    flush_with_hook(app, service, deadline, max_batches, &mut |_| {
+    flush_with_hook(audit_log, service, deadline, max_batches, &mut |_| {
         ControlFlow::Continue(())
     })
     .await
@@ -158,7 +171,7 @@ pub async fn flush(
 /// lock stays until it expires). Tests use it to interrupt every step.
 #[tracing::instrument(skip_all, fields(service = %service))]
 pub async fn flush_with_hook(
-    app: &App,
+    audit_log: &AuditLog,
     service: &ServiceName,
     deadline: Instant,
     max_batches: u64,
@@ -168,15 +181,15 @@ pub async fn flush_with_hook(
         service: service.to_string(),
         ..FlushReport::default()
     };
-    let buffer = buffer_key(app, service);
+    let buffer = buffer_key(audit_log, service);
     let processing = format!("{buffer}:processing");
     let lock = format!("{buffer}:flushlock");
     let dead = format!("{buffer}:dead");
     let token = format!("{:032x}", fastrand::u128(..));
-    let lock_ms = u64::try_from(app.config.audit.flush_lock.as_millis()).unwrap_or(u64::MAX);
+    let lock_ms = u64::try_from(audit_log.config.flush_lock.as_millis()).unwrap_or(u64::MAX);
 
     let (l, t) = (&lock, &token);
-    let locked: Option<String> = app
+    let locked: Option<String> = audit_log
         .durable
         .run(|mut c| async move {
             redis::cmd("SET")
@@ -194,13 +207,13 @@ pub async fn flush_with_hook(
         return Ok(report);
     }
     report.ran = true;
-    let lock_deadline = Instant::now() + app.config.audit.flush_lock / 2;
+    let lock_deadline = Instant::now() + audit_log.config.flush_lock / 2;
     if hook(FlushStep::Locked).is_break() {
         report.interrupted = true;
         return Ok(report);
     }
 
-    let batch_size = app.config.audit.batch_size;
+    let batch_size = audit_log.config.batch_size;
     while report.batches < max_batches {
         // Stop while there is time to finish a batch: before the caller's
         // deadline and well before the lock could expire under us.
@@ -209,7 +222,7 @@ pub async fn flush_with_hook(
             break;
         }
         let (b, p, l, t) = (&buffer, &processing, &lock, &token);
-        let claimed: Option<Vec<String>> = app
+        let claimed: Option<Vec<String>> = audit_log
             .durable
             .run(|mut c| async move {
                 CLAIM
@@ -244,7 +257,7 @@ pub async fn flush_with_hook(
                 Err(_) => malformed.push(raw),
             }
         }
-        report.inserted += insert_events(app, &events).await?;
+        report.inserted += insert_events(audit_log, &events).await?;
         if hook(FlushStep::Inserted).is_break() {
             report.interrupted = true;
             return Ok(report);
@@ -258,7 +271,7 @@ pub async fn flush_with_hook(
         }
         report.dead_lettered += malformed.len() as u64;
         let (p, l, d, t) = (&processing, &lock, &dead, &token);
-        let acked: i64 = app
+        let acked: i64 = audit_log
             .durable
             .run(|mut c| async move {
                 let mut inv = ACK.key(p);
@@ -278,13 +291,13 @@ pub async fn flush_with_hook(
             return Ok(report);
         }
     }
-    crate::patterns::cache_aside::release_lease(&app.durable, &lock, &token).await;
+    crate::patterns::cache_aside::release_lease(&audit_log.durable, &lock, &token).await;
     Ok(report)
 }
 
 /// Inserts events idempotently (by `event_id`) and marks the matching outbox
 /// rows as recorded, in one transaction. Returns the rows added.
-async fn insert_events(app: &App, events: &[AuditEvent]) -> Result<u64, DbError> {
+async fn insert_events(audit_log: &AuditLog, events: &[AuditEvent]) -> Result<u64, DbError> {
     if events.is_empty() {
         return Ok(0);
     }
@@ -293,7 +306,7 @@ async fn insert_events(app: &App, events: &[AuditEvent]) -> Result<u64, DbError>
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     let times: Vec<OffsetDateTime> = events.iter().map(|e| e.occurred_at).collect();
     let payloads: Vec<&serde_json::Value> = events.iter().map(|e| &e.payload).collect();
-    let mut client = app.db.client().await?;
+    let mut client = audit_log.db.client().await?;
     let tx = client.transaction().await.map_err(query_error)?;
     let inserted = tx
         .execute(
@@ -320,9 +333,9 @@ async fn insert_events(app: &App, events: &[AuditEvent]) -> Result<u64, DbError>
 /// Redis append failed, was refused, or was lost in a failover. Returns the
 /// rows added (normally 0).
 #[tracing::instrument(skip_all)]
-pub async fn reconcile_outbox(app: &App, limit: i64) -> Result<u64, DbError> {
-    let after = app.config.audit.reconcile_after.as_secs_f64();
-    let client = app.db.client().await?;
+pub async fn reconcile_outbox(audit_log: &AuditLog, limit: i64) -> Result<u64, DbError> {
+    let after = audit_log.config.reconcile_after.as_secs_f64();
+    let client = audit_log.db.client().await?;
     let row = client
         .query_one(
             "WITH due AS (

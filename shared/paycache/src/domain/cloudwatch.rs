@@ -52,11 +52,6 @@ pub fn client() -> CloudWatch {
     CloudWatch::default()
 }
 
-/// `metrics-emitter`'s client (the `init` of its `event_function!`).
-pub fn for_app(_: &crate::app::App) -> Result<CloudWatch, crate::app::InitError> {
-    Ok(client())
-}
-
 #[derive(Debug, thiserror::Error)]
 #[error("CloudWatch PutMetricData failed")]
 pub struct PublishError(#[source] pub AwsError);

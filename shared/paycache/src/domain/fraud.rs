@@ -21,10 +21,21 @@ use redis::Script;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::app::App;
+use crate::infra::config::TtlConfig;
+use crate::infra::connection::Redis;
 use crate::infra::connection::RedisUnavailable;
+use crate::infra::keys::Keyspace;
 use crate::infra::keys::{DeviceFingerprint, KeyFamily, UserId};
 use crate::patterns::pubsub;
+
+/// What the fraud signals use: Redis, their TTLs and the alert threshold.
+#[derive(Debug, Clone)]
+pub struct Fraud {
+    pub(crate) keys: Keyspace,
+    pub(crate) redis: Redis,
+    pub(crate) ttl: TtlConfig,
+    pub(crate) alert_threshold: u32,
+}
 
 static DEVICE_SEEN: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("fraud/device_seen.lua")));
@@ -60,13 +71,12 @@ fn ttl_ms(d: Duration) -> u64 {
 /// service's side; one round trip).
 #[tracing::instrument(skip_all, fields(user_id = %user))]
 pub async fn set_risk_score(
-    app: &App,
+    fraud: &Fraud,
     user: &UserId,
     score: u32,
     factors: &[&str],
 ) -> Result<RiskScore, RedisUnavailable> {
-    let ttl = app
-        .config
+    let ttl = fraud
         .ttl
         .of(KeyFamily::RiskScore)
         .unwrap_or(Duration::from_secs(300));
@@ -78,21 +88,21 @@ pub async fn set_risk_score(
         expires_at: now + ttl,
     };
     let json = serde_json::to_string(&entry).map_err(|_| RedisUnavailable::Server)?;
-    let key = app.keys.risk_score(user);
-    app.redis.set_px(key.as_str(), json, ttl_ms(ttl)).await?;
+    let key = fraud.keys.risk_score(user);
+    fraud.redis.set_px(key.as_str(), json, ttl_ms(ttl)).await?;
     Ok(entry)
 }
 
 /// Records `device` as seen by `user`; returns whether it is new for them.
 #[tracing::instrument(skip_all, fields(user_id = %user))]
 pub async fn device_seen(
-    app: &App,
+    fraud: &Fraud,
     user: &UserId,
     device: &DeviceFingerprint,
 ) -> Result<bool, RedisUnavailable> {
-    let key = app.keys.device(device);
+    let key = fraud.keys.device(device);
     let ttl = ttl_ms(
-        app.config
+        fraud
             .ttl
             .of(KeyFamily::Device)
             .unwrap_or(Duration::from_secs(86_400)),
@@ -101,7 +111,7 @@ pub async fn device_seen(
         .format(&time::format_description::well_known::Rfc3339)
         .map_err(|_| RedisUnavailable::Server)?;
     let (k, u) = (&key, user.to_string());
-    let (new, _doc): (i64, String) = app
+    let (new, _doc): (i64, String) = fraud
         .redis
         .run(|mut c| async move {
             DEVICE_SEEN
@@ -119,14 +129,14 @@ pub async fn device_seen(
 /// Reads the user's cached risk score, publishing an alert when it is at or
 /// above the threshold (once per score).
 #[tracing::instrument(skip_all, fields(user_id = %user))]
-pub async fn risk(app: &App, user: &UserId) -> Result<Option<RiskScore>, RedisUnavailable> {
-    let key = app.keys.risk_score(user);
+pub async fn risk(fraud: &Fraud, user: &UserId) -> Result<Option<RiskScore>, RedisUnavailable> {
+    let key = fraud.keys.risk_score(user);
     let marker = format!("{key}:alerted");
     let channel = pubsub::fraud(user);
-    let threshold = app.config.fraud_alert_threshold;
+    let threshold = fraud.alert_threshold;
     let (k, m, ch, u) = (&key, &marker, &channel, user.to_string());
     let ts = pubsub::unix_seconds(OffsetDateTime::now_utc());
-    let raw: Option<String> = app
+    let raw: Option<String> = fraud
         .redis
         .run(|mut c| async move {
             RISK_CHECK

@@ -22,9 +22,19 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::app::App;
 pub use crate::infra::config::HealthConfig;
 use crate::infra::config::RedisMode;
+use crate::infra::connection::Redis;
+use crate::infra::keys::Keyspace;
+
+/// What the health check and the node metrics use: Redis (every node of a
+/// cluster), the key prefix, and the check's budgets.
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub(crate) keys: Keyspace,
+    pub(crate) redis: Redis,
+    pub(crate) config: HealthConfig,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NodeHealth {
@@ -59,24 +69,24 @@ pub enum Unhealthy {
     ClusterState(String),
 }
 
-pub async fn check(app: &App) -> Result<HealthReport, Unhealthy> {
-    let budget = app.config.health.timeout;
-    match tokio::time::timeout(budget, run(app)).await {
+pub async fn check(health: &Health) -> Result<HealthReport, Unhealthy> {
+    let budget = health.config.timeout;
+    match tokio::time::timeout(budget, run(health)).await {
         Ok(result) => result,
         Err(_) => Err(Unhealthy::Timeout(budget.as_millis())),
     }
 }
 
-async fn run(app: &App) -> Result<HealthReport, Unhealthy> {
+async fn run(health: &Health) -> Result<HealthReport, Unhealthy> {
     let key = format!(
         "{}:health_check:{{{:016x}}}",
-        app.keys.prefix(),
+        health.keys.prefix(),
         fastrand::u64(..)
     );
     let probe = async {
         let started = Instant::now();
         let k = &key;
-        let got: (Option<String>, i64) = app
+        let got: (Option<String>, i64) = health
             .redis
             .run(|mut c| async move {
                 let (_, got, deleted): ((), Option<String>, i64) = redis::pipe()
@@ -95,14 +105,14 @@ async fn run(app: &App) -> Result<HealthReport, Unhealthy> {
         Ok(started.elapsed())
     };
     let topology = async {
-        if app.redis.mode() == RedisMode::Standalone {
-            let nodes = match app.redis.seed_address() {
+        if health.redis.mode() == RedisMode::Standalone {
+            let nodes = match health.redis.seed_address() {
                 Some((host, port)) => vec![(host, port, "primary".to_owned(), false)],
                 None => Vec::new(),
             };
             return Ok((None, nodes));
         }
-        let (info, nodes): (String, String) = app
+        let (info, nodes): (String, String) = health
             .redis
             .run(|mut c| async move {
                 let info: String = redis::cmd("CLUSTER")
@@ -126,7 +136,7 @@ async fn run(app: &App) -> Result<HealthReport, Unhealthy> {
     };
     let (elapsed, (cluster_state, nodes)) = tokio::try_join!(probe, topology)?;
 
-    let node_timeout = app.config.health.node_timeout;
+    let node_timeout = health.config.node_timeout;
     let probes = nodes.iter().map(|(host, port, role, failed)| async move {
         let mut node = NodeHealth {
             addr: format!("{host}:{port}"),
@@ -135,7 +145,7 @@ async fn run(app: &App) -> Result<HealthReport, Unhealthy> {
             latency_ms: None,
             used_memory_human: None,
         };
-        if let Ok(client) = app.redis.node_client(host, *port) {
+        if let Ok(client) = health.redis.node_client(host, *port) {
             let reached = tokio::time::timeout(node_timeout, async {
                 let mut conn = client.get_multiplexed_async_connection().await?;
                 let started = Instant::now();

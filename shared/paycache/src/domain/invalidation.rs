@@ -23,13 +23,26 @@ use redis::Script;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::app::App;
 use crate::domain::balance;
 use crate::domain::transactions;
+use crate::infra::connection::Redis;
 use crate::infra::connection::RedisUnavailable;
+use crate::infra::db::Db;
 use crate::infra::db::{DbError, query_error};
+use crate::infra::keys::Keyspace;
 use crate::infra::keys::{TransactionId, UserId};
 use crate::patterns::pubsub;
+
+/// What event-driven invalidation uses: Redis, PostgreSQL (does the entity
+/// exist?), and the transactions and balances it invalidates.
+#[derive(Debug, Clone)]
+pub struct Invalidation {
+    pub(crate) keys: Keyspace,
+    pub(crate) redis: Redis,
+    pub(crate) db: Db,
+    pub(crate) transactions: transactions::Transactions,
+    pub(crate) balances: balance::Balances,
+}
 
 static DELETE_AND_PUBLISH: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("invalidation/delete_and_publish.lua")));
@@ -54,10 +67,10 @@ pub enum InvalidationError {
 
 #[tracing::instrument(skip_all, fields(user_id = %user))]
 pub async fn user_profile_updated(
-    app: &App,
+    invalidation: &Invalidation,
     user: &UserId,
 ) -> Result<InvalidationReport, InvalidationError> {
-    let exists = app
+    let exists = invalidation
         .db
         .client()
         .await?
@@ -74,9 +87,9 @@ pub async fn user_profile_updated(
     }
     let mut keys = Vec::new();
     for key in [
-        app.keys.user_profile(user),
-        app.keys.user_permissions(user),
-        app.keys.user_preferences(user),
+        invalidation.keys.user_profile(user),
+        invalidation.keys.user_permissions(user),
+        invalidation.keys.user_preferences(user),
     ] {
         keys.push(key.lock_key());
         keys.push(key.as_str().to_owned());
@@ -89,7 +102,7 @@ pub async fn user_profile_updated(
     })
     .map_err(|_| InvalidationError::Redis(RedisUnavailable::Server))?;
     let (keys, ch, msg) = (&keys, &channel, &message);
-    let deleted: i64 = app
+    let deleted: i64 = invalidation
         .redis
         .run(|mut c| async move {
             let mut inv = DELETE_AND_PUBLISH.prepare_invoke();
@@ -110,10 +123,10 @@ pub async fn user_profile_updated(
 
 #[tracing::instrument(skip_all, fields(transaction_id = %id))]
 pub async fn transaction_completed(
-    app: &App,
+    invalidation: &Invalidation,
     id: &TransactionId,
 ) -> Result<InvalidationReport, InvalidationError> {
-    let Some(txn) = transactions::load_transaction(&app.db, id).await? else {
+    let Some(txn) = transactions::load_transaction(&invalidation.db, id).await? else {
         tracing::info!("TransactionCompleted for an unknown transaction: nothing to do");
         return Ok(InvalidationReport {
             outcome: "unknown-id",
@@ -121,9 +134,9 @@ pub async fn transaction_completed(
         });
     };
     let (status, sender, receiver) = tokio::join!(
-        transactions::publish_status(app, &txn),
-        balance::invalidate(app, &txn.sender_wallet_id),
-        balance::invalidate(app, &txn.receiver_wallet_id),
+        transactions::publish_status(&invalidation.transactions, &txn),
+        balance::invalidate(&invalidation.balances, &txn.sender_wallet_id),
+        balance::invalidate(&invalidation.balances, &txn.receiver_wallet_id),
     );
     status.map_err(InvalidationError::Redis)?;
     sender.map_err(InvalidationError::Redis)?;

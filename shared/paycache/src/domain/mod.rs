@@ -1,4 +1,4 @@
-//! The domain: profiles, balances (versioned write-through behind a fence), the audit log (write-behind buffer), transactions, sessions, fraud signals, real-time connections, warming, health, node metrics and invalidation. Built on `crate::app::App`, the patterns and the infrastructure.
+//! The domain: profiles, balances (versioned write-through behind a fence), the audit log (write-behind buffer), transactions, sessions, fraud signals, real-time connections, warming, health, node metrics and invalidation. Built on the patterns and the infrastructure; each capability is a small struct holding exactly what it uses (`Profiles`, `Balances`, `AuditLog`, `Sessions`, …), put together in `crate::app::App`.
 
 pub mod audit;
 pub mod balance;

@@ -24,8 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::app::App;
-use crate::domain::health::parse_cluster_nodes;
+use crate::domain::health::{Health, parse_cluster_nodes};
 use crate::infra::config::RedisMode;
 
 /// What one `INFO` says, as far as these metrics need.
@@ -248,17 +247,18 @@ fn now_ms() -> u64 {
 /// Reads `INFO` from every node, computes the data, and stores the new
 /// snapshots for the next run.
 pub async fn collect(
-    app: &App,
+    health: &Health,
     node_timeout: Duration,
 ) -> Result<Collected, crate::infra::connection::RedisUnavailable> {
-    let nodes: Vec<(String, u16, bool)> = if app.redis.mode() == RedisMode::Standalone {
-        app.redis
+    let nodes: Vec<(String, u16, bool)> = if health.redis.mode() == RedisMode::Standalone {
+        health
+            .redis
             .seed_address()
             .map(|(h, p)| (h, p, true))
             .into_iter()
             .collect()
     } else {
-        let text: String = app
+        let text: String = health
             .redis
             .run(
                 |mut c| async move { redis::cmd("CLUSTER").arg("NODES").query_async(&mut c).await },
@@ -271,7 +271,7 @@ pub async fn collect(
     };
     let reads = nodes.iter().map(|(host, port, _)| async move {
         let addr = format!("{host}:{port}");
-        let client = app.redis.node_client(host, *port).ok()?;
+        let client = health.redis.node_client(host, *port).ok()?;
         let info = tokio::time::timeout(node_timeout, async {
             let mut conn = client.get_multiplexed_async_connection().await?;
             redis::cmd("INFO")
@@ -299,9 +299,9 @@ pub async fn collect(
             collected.nodes_unreachable += 1;
             continue;
         };
-        let key = format!("{}:metrics_prev:{{{}}}", app.keys.prefix(), hex(&addr));
+        let key = format!("{}:metrics_prev:{{{}}}", health.keys.prefix(), hex(&addr));
         let (k, json) = (&key, serde_json::to_string(&snap).unwrap_or_default());
-        let prev: Option<String> = app
+        let prev: Option<String> = health
             .redis
             .run(|mut c| async move {
                 redis::cmd("SET")

@@ -7,6 +7,14 @@ use crate::infra::db::{Db, DbError, query_error};
 use crate::infra::keys::{Keyspace, UserId};
 use crate::patterns::cache_aside::{CacheAside, Cached};
 
+/// What profile reads use: the cache engine over PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct Profiles {
+    pub(crate) keys: Keyspace,
+    pub(crate) cache: CacheAside,
+    pub(crate) db: Db,
+}
+
 /// The profile as the contract shows it (RFC 3339 times).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserProfile {
@@ -73,12 +81,13 @@ fn from_row(row: &tokio_postgres::Row) -> Result<UserProfile, DbError> {
 /// `CACHE_TTL_USER_PROFILE_SECS`, "not found" cached negatively.
 #[tracing::instrument(skip_all, fields(user_id = %user))]
 pub async fn get_profile(
-    cache: &CacheAside,
-    keys: &Keyspace,
-    db: &Db,
+    profiles: &Profiles,
     user: &UserId,
 ) -> Result<Cached<UserProfile>, DbError> {
-    cache
-        .get_or_load(&keys.user_profile(user), || load_profile(db, user))
+    profiles
+        .cache
+        .get_or_load(&profiles.keys.user_profile(user), || {
+            load_profile(&profiles.db, user)
+        })
         .await
 }

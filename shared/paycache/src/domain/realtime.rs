@@ -14,9 +14,19 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::app::App;
+use crate::infra::config::TtlConfig;
+use crate::infra::connection::Redis;
 use crate::infra::connection::RedisUnavailable;
+use crate::infra::keys::Keyspace;
 use crate::infra::keys::{ConnectionId, KeyFamily, UserId};
+
+/// What the connection registry uses: Redis and the registry's TTL.
+#[derive(Debug, Clone)]
+pub struct Connections {
+    pub(crate) keys: Keyspace,
+    pub(crate) redis: Redis,
+    pub(crate) ttl: TtlConfig,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectionMeta {
@@ -28,9 +38,8 @@ pub struct ConnectionMeta {
     pub client_info: Option<String>,
 }
 
-fn ttl_ms(app: &App) -> u64 {
-    let ttl = app
-        .config
+fn ttl_ms(connections: &Connections) -> u64 {
+    let ttl = connections
         .ttl
         .of(KeyFamily::WsMeta)
         .unwrap_or(Duration::from_secs(7200));
@@ -38,19 +47,22 @@ fn ttl_ms(app: &App) -> u64 {
 }
 
 async fn write_meta(
-    app: &App,
+    connections: &Connections,
     conn: &ConnectionId,
     meta: &ConnectionMeta,
 ) -> Result<(), RedisUnavailable> {
     let json = serde_json::to_string(meta).map_err(|_| RedisUnavailable::Server)?;
-    let key = app.keys.ws_meta(conn);
-    app.redis.set_px(key.as_str(), json, ttl_ms(app)).await
+    let key = connections.keys.ws_meta(conn);
+    connections
+        .redis
+        .set_px(key.as_str(), json, ttl_ms(connections))
+        .await
 }
 
 /// `$connect`: registers the connection for the user.
 #[tracing::instrument(skip_all, fields(user_id = %user, connection_id = %conn))]
 pub async fn connect(
-    app: &App,
+    connections: &Connections,
     user: &UserId,
     conn: &ConnectionId,
     client_info: Option<&str>,
@@ -62,11 +74,11 @@ pub async fn connect(
         last_ping: now,
         client_info: client_info.map(|c| c.chars().take(256).collect()),
     };
-    let set = app.keys.ws_connections(user);
-    let (s, id, ms) = (&set, conn.as_str(), ttl_ms(app));
+    let set = connections.keys.ws_connections(user);
+    let (s, id, ms) = (&set, conn.as_str(), ttl_ms(connections));
     let (a, b) = tokio::join!(
-        write_meta(app, conn, &meta),
-        app.redis.run(|mut c| async move {
+        write_meta(connections, conn, &meta),
+        connections.redis.run(|mut c| async move {
             let _: () = redis::pipe()
                 .sadd(s, id)
                 .ignore()
@@ -82,28 +94,34 @@ pub async fn connect(
 
 /// The connection's metadata, if it is still registered.
 pub async fn meta(
-    app: &App,
+    connections: &Connections,
     conn: &ConnectionId,
 ) -> Result<Option<ConnectionMeta>, RedisUnavailable> {
-    let key = app.keys.ws_meta(conn);
+    let key = connections.keys.ws_meta(conn);
     let k = &key;
-    let raw: Option<String> = app.redis.run(|mut c| async move { c.get(k).await }).await?;
+    let raw: Option<String> = connections
+        .redis
+        .run(|mut c| async move { c.get(k).await })
+        .await?;
     Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
 }
 
 /// `ping`: refreshes `last_ping` and both TTLs. Returns false if the
 /// connection is not registered (it expired or was never connected).
 #[tracing::instrument(skip_all, fields(connection_id = %conn))]
-pub async fn ping(app: &App, conn: &ConnectionId) -> Result<bool, RedisUnavailable> {
-    let Some(mut m) = meta(app, conn).await? else {
+pub async fn ping(
+    connections: &Connections,
+    conn: &ConnectionId,
+) -> Result<bool, RedisUnavailable> {
+    let Some(mut m) = meta(connections, conn).await? else {
         return Ok(false);
     };
     m.last_ping = OffsetDateTime::now_utc();
-    let set = app.keys.ws_connections(&m.user_id);
-    let (s, ms) = (&set, ttl_ms(app) as i64);
+    let set = connections.keys.ws_connections(&m.user_id);
+    let (s, ms) = (&set, ttl_ms(connections) as i64);
     let (a, b) = tokio::join!(
-        write_meta(app, conn, &m),
-        app.redis.run(|mut c| async move {
+        write_meta(connections, conn, &m),
+        connections.redis.run(|mut c| async move {
             let _: bool = c.pexpire(s, ms).await?;
             Ok(())
         })
@@ -114,27 +132,27 @@ pub async fn ping(app: &App, conn: &ConnectionId) -> Result<bool, RedisUnavailab
 /// `$disconnect`: removes both entries. Idempotent.
 #[tracing::instrument(skip_all, fields(connection_id = %conn))]
 pub async fn disconnect(
-    app: &App,
+    connections: &Connections,
     conn: &ConnectionId,
     user: Option<&UserId>,
 ) -> Result<(), RedisUnavailable> {
     let user = match user {
         Some(u) => Some(*u),
-        None => meta(app, conn).await?.map(|m| m.user_id),
+        None => meta(connections, conn).await?.map(|m| m.user_id),
     };
-    let key = app.keys.ws_meta(conn);
+    let key = connections.keys.ws_meta(conn);
     let k = &key;
-    let del = app.redis.run(|mut c| async move {
+    let del = connections.redis.run(|mut c| async move {
         let _: i64 = c.del(k).await?;
         Ok(())
     });
     match user {
         Some(u) => {
-            let set = app.keys.ws_connections(&u);
+            let set = connections.keys.ws_connections(&u);
             let (s, id) = (&set, conn.as_str());
             let (a, b) = tokio::join!(
                 del,
-                app.redis.run(|mut c| async move {
+                connections.redis.run(|mut c| async move {
                     let _: i64 = c.srem(s, id).await?;
                     Ok(())
                 })
@@ -147,10 +165,13 @@ pub async fn disconnect(
 
 /// The user's live connections; ids whose metadata has expired are removed
 /// from the set on the way.
-pub async fn connections(app: &App, user: &UserId) -> Result<Vec<ConnectionId>, RedisUnavailable> {
-    let set = app.keys.ws_connections(user);
+pub async fn connections(
+    connections: &Connections,
+    user: &UserId,
+) -> Result<Vec<ConnectionId>, RedisUnavailable> {
+    let set = connections.keys.ws_connections(user);
     let s = &set;
-    let ids: Vec<String> = app
+    let ids: Vec<String> = connections
         .redis
         .run(|mut c| async move { c.smembers(s).await })
         .await?;
@@ -159,9 +180,9 @@ pub async fn connections(app: &App, user: &UserId) -> Result<Vec<ConnectionId>, 
         .filter_map(|i| ConnectionId::parse(i).ok())
         .collect();
     let checks = ids.iter().map(|id| async move {
-        let key = app.keys.ws_meta(id);
+        let key = connections.keys.ws_meta(id);
         let k = &key;
-        let alive: Result<bool, _> = app
+        let alive: Result<bool, _> = connections
             .redis
             .run(|mut c| async move { c.exists(k).await })
             .await;
@@ -177,7 +198,8 @@ pub async fn connections(app: &App, user: &UserId) -> Result<Vec<ConnectionId>, 
     }
     if !dead.is_empty() {
         let d = &dead;
-        app.redis
+        connections
+            .redis
             .run(|mut c| async move {
                 let _: i64 = c.srem(s, d).await?;
                 Ok(())

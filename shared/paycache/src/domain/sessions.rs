@@ -21,9 +21,20 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::app::App;
+use crate::infra::connection::Redis;
 use crate::infra::connection::RedisUnavailable;
+use crate::infra::keys::Keyspace;
 use crate::infra::keys::{Jti, SessionId, UserId};
+
+/// What sessions and revocation use: the cache Redis for sessions, the
+/// durable one for blacklist entries, and the sessions' sliding TTL.
+#[derive(Debug, Clone)]
+pub struct Sessions {
+    pub(crate) keys: Keyspace,
+    pub(crate) redis: Redis,
+    pub(crate) durable: Redis,
+    pub(crate) session_ttl: Duration,
+}
 
 /// The design's session data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,29 +58,31 @@ pub struct BlacklistEntry {
     pub reason: String,
 }
 
-fn session_ttl(app: &App) -> u64 {
-    u64::try_from(app.config.ttl.session_data.as_millis()).unwrap_or(u64::MAX)
+fn session_ttl(sessions: &Sessions) -> u64 {
+    u64::try_from(sessions.session_ttl.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Creates a session under a new random id; one round trip.
 #[tracing::instrument(skip_all, fields(user_id = %session.user_id))]
-pub async fn create(app: &App, session: &Session) -> Result<SessionId, RedisUnavailable> {
+pub async fn create(sessions: &Sessions, session: &Session) -> Result<SessionId, RedisUnavailable> {
     let raw = format!("{:032x}{:032x}", fastrand::u128(..), fastrand::u128(..));
     let id = SessionId::parse(&raw).map_err(|_| RedisUnavailable::Server)?;
-    let key = app.keys.session(&id);
+    let key = sessions.keys.session(&id);
     let json = serde_json::to_string(session).map_err(|_| RedisUnavailable::Server)?;
-    app.redis
-        .set_px(key.as_str(), json, session_ttl(app))
+    sessions
+        .redis
+        .set_px(key.as_str(), json, session_ttl(sessions))
         .await?;
     Ok(id)
 }
 
 /// Deletes a session; one round trip. Idempotent.
 #[tracing::instrument(skip_all)]
-pub async fn revoke(app: &App, id: &SessionId) -> Result<(), RedisUnavailable> {
-    let key = app.keys.session(id);
+pub async fn revoke(sessions: &Sessions, id: &SessionId) -> Result<(), RedisUnavailable> {
+    let key = sessions.keys.session(id);
     let k = &key;
-    app.redis
+    sessions
+        .redis
         .run(|mut c| async move {
             let _: i64 = c.del(k).await?;
             Ok(())
@@ -80,7 +93,7 @@ pub async fn revoke(app: &App, id: &SessionId) -> Result<(), RedisUnavailable> {
 /// Revokes a token until `expires_at` (its `exp`); one round trip to the
 /// durable Redis. A token that has already expired needs no entry.
 pub async fn blacklist(
-    app: &App,
+    sessions: &Sessions,
     jti: &Jti,
     user: &UserId,
     expires_at: OffsetDateTime,
@@ -97,11 +110,11 @@ pub async fn blacklist(
         reason: reason.chars().take(64).collect(),
     };
     let json = serde_json::to_string(&entry).map_err(|_| RedisUnavailable::Server)?;
-    let key = app.keys.blacklist(jti);
+    let key = sessions.keys.blacklist(jti);
     let ms = u64::try_from(left.whole_milliseconds())
         .unwrap_or(u64::MAX)
         .max(1);
-    app.durable.set_px(key.as_str(), json, ms).await
+    sessions.durable.set_px(key.as_str(), json, ms).await
 }
 
 /// What a request's credentials look like in Redis.
@@ -116,15 +129,15 @@ pub struct CredentialState {
 /// blacklist entry, both requests at once.
 #[tracing::instrument(skip_all)]
 pub async fn check(
-    app: &App,
+    sessions: &Sessions,
     session: &SessionId,
     jti: &Jti,
 ) -> Result<CredentialState, RedisUnavailable> {
-    let (skey, bkey) = (app.keys.session(session), app.keys.blacklist(jti));
-    let ttl = session_ttl(app);
+    let (skey, bkey) = (sessions.keys.session(session), sessions.keys.blacklist(jti));
+    let ttl = session_ttl(sessions);
     let (sk, bk) = (&skey, &bkey);
     let (s, b) = tokio::join!(
-        app.redis.run(|mut c| async move {
+        sessions.redis.run(|mut c| async move {
             let v: Option<String> = redis::cmd("GETEX")
                 .arg(sk)
                 .arg("PX")
@@ -133,7 +146,7 @@ pub async fn check(
                 .await?;
             Ok(v)
         }),
-        app.durable.run(|mut c| async move {
+        sessions.durable.run(|mut c| async move {
             let n: i64 = c.exists(bk).await?;
             Ok(n)
         }),
@@ -146,10 +159,13 @@ pub async fn check(
 }
 
 /// The remaining lifetime of a blacklist entry (tests and operations).
-pub async fn blacklist_ttl(app: &App, jti: &Jti) -> Result<Option<Duration>, RedisUnavailable> {
-    let key = app.keys.blacklist(jti);
+pub async fn blacklist_ttl(
+    sessions: &Sessions,
+    jti: &Jti,
+) -> Result<Option<Duration>, RedisUnavailable> {
+    let key = sessions.keys.blacklist(jti);
     let k = &key;
-    let ms: i64 = app
+    let ms: i64 = sessions
         .durable
         .run(|mut c| async move { redis::cmd("PTTL").arg(k).query_async(&mut c).await })
         .await?;

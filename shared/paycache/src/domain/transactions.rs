@@ -14,13 +14,27 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::app::App;
 use crate::domain::money::{Currency, format_amount};
+use crate::infra::config::TtlConfig;
+use crate::infra::connection::Redis;
 use crate::infra::connection::RedisUnavailable;
 use crate::infra::db::{Db, DbError, query_error};
+use crate::infra::keys::Keyspace;
 use crate::infra::keys::{KeyFamily, TransactionId, WalletId};
+use crate::patterns::cache_aside::CacheAside;
 use crate::patterns::cache_aside::{Cached, encode, jittered};
 use crate::patterns::pubsub;
+
+/// What transactions use: the cache engine over PostgreSQL, Redis for
+/// status updates, and the TTLs.
+#[derive(Debug, Clone)]
+pub struct Transactions {
+    pub(crate) keys: Keyspace,
+    pub(crate) redis: Redis,
+    pub(crate) cache: CacheAside,
+    pub(crate) db: Db,
+    pub(crate) ttl: TtlConfig,
+}
 
 static STATUS: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("transactions/status.lua")));
@@ -124,22 +138,29 @@ fn status_of(t: &Transaction) -> TransactionStatus {
 
 /// `txn:{transaction_id}` through the cache.
 pub async fn get_transaction(
-    app: &App,
+    transactions: &Transactions,
     id: &TransactionId,
 ) -> Result<Cached<Transaction>, DbError> {
-    app.cache
-        .get_or_load(&app.keys.transaction(id), || load_transaction(&app.db, id))
+    transactions
+        .cache
+        .get_or_load(&transactions.keys.transaction(id), || {
+            load_transaction(&transactions.db, id)
+        })
         .await
 }
 
 /// `txn_status:{transaction_id}` through the cache.
 pub async fn get_status(
-    app: &App,
+    transactions: &Transactions,
     id: &TransactionId,
 ) -> Result<Cached<TransactionStatus>, DbError> {
-    app.cache
-        .get_or_load(&app.keys.transaction_status(id), || async {
-            Ok(load_transaction(&app.db, id).await?.as_ref().map(status_of))
+    transactions
+        .cache
+        .get_or_load(&transactions.keys.transaction_status(id), || async {
+            Ok(load_transaction(&transactions.db, id)
+                .await?
+                .as_ref()
+                .map(status_of))
         })
         .await
 }
@@ -148,15 +169,17 @@ pub async fn get_status(
 /// publishes `{"type": "status_update", …}` on `transactions:<id>`: one
 /// round trip. Returns the number of subscribers reached.
 #[tracing::instrument(skip_all, fields(transaction_id = %transaction.transaction_id))]
-pub async fn publish_status(app: &App, transaction: &Transaction) -> Result<u64, RedisUnavailable> {
+pub async fn publish_status(
+    transactions: &Transactions,
+    transaction: &Transaction,
+) -> Result<u64, RedisUnavailable> {
     let id = &transaction.transaction_id;
     let status = status_of(transaction);
-    let ttl = app
-        .config
+    let ttl = transactions
         .ttl
         .of(KeyFamily::TransactionStatus)
         .unwrap_or(Duration::from_secs(3600));
-    let ttl = jittered(ttl, app.config.ttl.jitter_percent);
+    let ttl = jittered(ttl, transactions.ttl.jitter_percent);
     let encoded = encode(Some(&status), 0, Duration::ZERO, ttl).ok_or(RedisUnavailable::Server)?;
     let message = serde_json::to_string(&pubsub::TransactionStatusUpdate {
         kind: "status_update",
@@ -165,8 +188,8 @@ pub async fn publish_status(app: &App, transaction: &Transaction) -> Result<u64,
         timestamp: pubsub::unix_seconds(OffsetDateTime::now_utc()),
     })
     .map_err(|_| RedisUnavailable::Server)?;
-    let status_key = app.keys.transaction_status(id);
-    let txn_key = app.keys.transaction(id);
+    let status_key = transactions.keys.transaction_status(id);
+    let txn_key = transactions.keys.transaction(id);
     let keys = [
         status_key.as_str().to_owned(),
         status_key.lock_key(),
@@ -176,7 +199,8 @@ pub async fn publish_status(app: &App, transaction: &Transaction) -> Result<u64,
     let channel = pubsub::transactions(id);
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
     let (keys, enc, ch, msg) = (&keys, &encoded, &channel, &message);
-    app.redis
+    transactions
+        .redis
         .run(|mut c| async move {
             let mut inv = STATUS.prepare_invoke();
             for k in keys {

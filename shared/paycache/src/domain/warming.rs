@@ -21,14 +21,27 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::app::App;
 use crate::domain::balance::{self, WalletBalance};
 use crate::domain::profile;
 use crate::domain::transactions;
 pub use crate::infra::config::WarmConfig;
+use crate::infra::db::Db;
 use crate::infra::db::{DbError, query_error};
+use crate::infra::keys::Keyspace;
 use crate::infra::keys::{TransactionId, UserId, WalletId};
+use crate::patterns::cache_aside::CacheAside;
 use crate::patterns::cache_aside::FillReport;
+
+/// What warming uses: the cache engine and PostgreSQL for the batches, the
+/// balances for the outbox sweep, and the warming settings.
+#[derive(Debug, Clone)]
+pub struct Warmer {
+    pub(crate) keys: Keyspace,
+    pub(crate) cache: CacheAside,
+    pub(crate) db: Db,
+    pub(crate) balances: crate::domain::balance::Balances,
+    pub(crate) config: WarmConfig,
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct WarmReport {
@@ -58,9 +71,9 @@ impl WarmReport {
 }
 
 /// The N most recently active users.
-pub async fn most_recently_active(app: &App, n: u64) -> Result<Vec<UserId>, DbError> {
+pub async fn most_recently_active(warmer: &Warmer, n: u64) -> Result<Vec<UserId>, DbError> {
     let n = i64::try_from(n).unwrap_or(i64::MAX);
-    let client = app.db.client().await?;
+    let client = warmer.db.client().await?;
     let rows = client
         .query(
             "SELECT user_id FROM users ORDER BY last_active_at DESC NULLS LAST, user_id LIMIT $1",
@@ -72,17 +85,17 @@ pub async fn most_recently_active(app: &App, n: u64) -> Result<Vec<UserId>, DbEr
 }
 
 /// Warms `users` (or the N most recently active when `None`).
-pub async fn warm(app: &App, users: Option<Vec<UserId>>, deadline: Instant) -> WarmReport {
+pub async fn warm(warmer: &Warmer, users: Option<Vec<UserId>>, deadline: Instant) -> WarmReport {
     let started = Instant::now();
-    let cfg = app.config.warm;
+    let cfg = warmer.config;
     let mut report = WarmReport::default();
-    match balance::apply_pending(app, 1000).await {
+    match balance::apply_pending(&warmer.balances, 1000).await {
         Ok(sweep) => report.outbox_rows_applied = sweep.rows,
         Err(e) => tracing::warn!(error = %e, "outbox sweep failed before warming"),
     }
     let users = match users {
         Some(u) => u,
-        None => match most_recently_active(app, cfg.users).await {
+        None => match most_recently_active(warmer, cfg.users).await {
             Ok(u) => u,
             Err(e) => {
                 tracing::error!(error = %e, "could not list users to warm");
@@ -102,7 +115,7 @@ pub async fn warm(app: &App, users: Option<Vec<UserId>>, deadline: Instant) -> W
             if Instant::now() >= last_start {
                 return None;
             }
-            Some((chunk.len() as u64, warm_batch(app, chunk).await))
+            Some((chunk.len() as u64, warm_batch(warmer, chunk).await))
         });
     let mut results = futures_util::stream::iter(batches).buffer_unordered(cfg.concurrency.max(1));
     while let Some(result) = results.next().await {
@@ -124,34 +137,37 @@ pub async fn warm(app: &App, users: Option<Vec<UserId>>, deadline: Instant) -> W
     report
 }
 
-async fn warm_batch(app: &App, users: &[UserId]) -> Result<[FillReport; 3], DbError> {
-    let (wallets, txns) = related(app, users).await?;
-    let profile_keys: Vec<_> = users.iter().map(|u| app.keys.user_profile(u)).collect();
-    let wallet_keys: Vec<_> = wallets.iter().map(|w| app.keys.wallet_balance(w)).collect();
-    let txn_keys: Vec<_> = txns.iter().map(|t| app.keys.transaction(t)).collect();
+async fn warm_batch(warmer: &Warmer, users: &[UserId]) -> Result<[FillReport; 3], DbError> {
+    let (wallets, txns) = related(warmer, users).await?;
+    let profile_keys: Vec<_> = users.iter().map(|u| warmer.keys.user_profile(u)).collect();
+    let wallet_keys: Vec<_> = wallets
+        .iter()
+        .map(|w| warmer.keys.wallet_balance(w))
+        .collect();
+    let txn_keys: Vec<_> = txns.iter().map(|t| warmer.keys.transaction(t)).collect();
     let (p, b, t) = tokio::join!(
-        app.cache.fill_batch(
+        warmer.cache.fill_batch(
             &profile_keys,
             |_| 0,
             |idx| async move {
                 let ids: Vec<UserId> = idx.iter().map(|i| users[*i]).collect();
-                profile::load_profiles(&app.db, &ids).await
+                profile::load_profiles(&warmer.db, &ids).await
             }
         ),
-        app.cache.fill_batch(
+        warmer.cache.fill_batch(
             &wallet_keys,
             |b: &WalletBalance| b.version,
             |idx| {
                 let ids: Vec<WalletId> = idx.iter().map(|i| wallets[*i]).collect();
-                async move { balance::load_balances(&app.db, &ids).await }
+                async move { balance::load_balances(&warmer.db, &ids).await }
             }
         ),
-        app.cache.fill_batch(
+        warmer.cache.fill_batch(
             &txn_keys,
             |_| 0,
             |idx| {
                 let ids: Vec<TransactionId> = idx.iter().map(|i| txns[*i]).collect();
-                async move { transactions::load_transactions(&app.db, &ids).await }
+                async move { transactions::load_transactions(&warmer.db, &ids).await }
             }
         ),
     );
@@ -167,11 +183,11 @@ fn ids<T: From<Uuid>>(rows: &[tokio_postgres::Row]) -> Result<Vec<T>, DbError> {
 
 /// The users' wallets, and each user's 10 most recent transactions.
 async fn related(
-    app: &App,
+    warmer: &Warmer,
     users: &[UserId],
 ) -> Result<(Vec<WalletId>, Vec<TransactionId>), DbError> {
     let users: Vec<Uuid> = users.iter().map(UserId::as_uuid).collect();
-    let client = app.db.client().await?;
+    let client = warmer.db.client().await?;
     let wallets = client
         .query(
             "SELECT wallet_id FROM wallets WHERE user_id = ANY($1) ORDER BY wallet_id",

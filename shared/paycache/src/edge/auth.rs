@@ -39,7 +39,9 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::app::App;
+use crate::domain::fraud::Fraud;
 use crate::domain::sessions;
+use crate::domain::sessions::Sessions;
 use crate::infra::config::{ConfigError, Secret};
 use crate::infra::keys::{DeviceFingerprint, Jti, SessionId, UserId};
 
@@ -354,13 +356,31 @@ fn device_header(event: &AuthorizerEvent) -> Option<DeviceFingerprint> {
     DeviceFingerprint::parse(event.header("x-device-fingerprint")?).ok()
 }
 
+/// What the authorizer uses besides its [`Verifier`].
+#[derive(Debug, Clone, Copy)]
+pub struct Deps<'a> {
+    /// Sessions and the token blacklist.
+    pub sessions: &'a Sessions,
+    /// Fraud signals (devices, risk scores).
+    pub fraud: &'a Fraud,
+}
+
+impl<'a> From<&'a App> for Deps<'a> {
+    fn from(app: &'a App) -> Self {
+        Self {
+            sessions: &app.sessions,
+            fraud: &app.fraud,
+        }
+    }
+}
+
 /// Decides; returns the claims and session roles/permissions when allowed.
-pub async fn decide(
-    app: &App,
+pub async fn decide<'a>(
+    deps: impl Into<Deps<'a>>,
     verifier: &Verifier,
     event: &Value,
 ) -> Result<(Claims, sessions::Session), Denied> {
-    decide_with_signals(app, verifier, event)
+    decide_with_signals(deps, verifier, event)
         .await
         .map(|(c, s, _)| (c, s))
 }
@@ -368,27 +388,28 @@ pub async fn decide(
 /// [`decide`], plus the fraud signals (device, risk score), gathered
 /// concurrently with the revocation check. Fraud signals never deny: they
 /// inform the route, and their failure only leaves them out.
-pub async fn decide_with_signals(
-    app: &App,
+pub async fn decide_with_signals<'a>(
+    deps: impl Into<Deps<'a>>,
     verifier: &Verifier,
     event: &Value,
 ) -> Result<(Claims, sessions::Session, Signals), Denied> {
+    let deps = deps.into();
     let event = AuthorizerEvent::parse(event).ok_or(Denied::MissingToken)?;
     let token = bearer(&event).ok_or(Denied::MissingToken)?;
     let claims = verifier.verify(token)?;
     let device = device_header(&event);
     let (state, new_device, risk) = tokio::join!(
-        sessions::check(app, &claims.session, &claims.jti),
+        sessions::check(deps.sessions, &claims.session, &claims.jti),
         async {
             match &device {
-                Some(d) => crate::domain::fraud::device_seen(app, &claims.user, d)
+                Some(d) => crate::domain::fraud::device_seen(deps.fraud, &claims.user, d)
                     .await
                     .unwrap_or(false),
                 None => false,
             }
         },
         async {
-            crate::domain::fraud::risk(app, &claims.user)
+            crate::domain::fraud::risk(deps.fraud, &claims.user)
                 .await
                 .ok()
                 .flatten()
@@ -446,8 +467,8 @@ pub struct AuthorizerContext {
 /// The authorizer's answer: the HTTP API's simple response, or, for a
 /// WebSocket API (its events carry `methodArn`), an IAM policy with the same
 /// context.
-pub async fn authorize(app: &App, verifier: &Verifier, event: &Value) -> Value {
-    let context = match decide_with_signals(app, verifier, event).await {
+pub async fn authorize<'a>(deps: impl Into<Deps<'a>>, verifier: &Verifier, event: &Value) -> Value {
+    let context = match decide_with_signals(deps, verifier, event).await {
         Ok((claims, session, signals)) => Some(AuthorizerContext {
             user_id: claims.user.to_string(),
             session_id: claims.session.to_string(),

@@ -21,9 +21,12 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
 use crate::app::App;
-use crate::domain::audit;
-use crate::domain::balance;
-use crate::domain::invalidation::{self, InvalidationError};
+use crate::domain::audit::{self, AuditLog};
+use crate::domain::balance::{self, Balances};
+use crate::domain::health::Health;
+use crate::domain::invalidation::{self, Invalidation, InvalidationError};
+use crate::domain::realtime::Connections;
+use crate::domain::warming::Warmer;
 use crate::infra::keys::{TransactionId, UserId, WalletId};
 
 /// An event as the runtime delivers it, before its handler types it.
@@ -89,7 +92,10 @@ impl InvalidationEvent {
 }
 
 /// `cache-invalidator`: `UserProfileUpdated` and `TransactionCompleted`.
-pub async fn cache_invalidation(app: &App, event: &Value) -> Result<Value, InvalidationError> {
+pub async fn cache_invalidation(
+    invalidation: &Invalidation,
+    event: &Value,
+) -> Result<Value, InvalidationError> {
     let started = Instant::now();
     let event = match InvalidationEvent::parse(event) {
         Ok(e) => e,
@@ -98,11 +104,11 @@ pub async fn cache_invalidation(app: &App, event: &Value) -> Result<Value, Inval
     let (kind, report) = match &event {
         InvalidationEvent::UserProfileUpdated(e) => (
             "UserProfileUpdated",
-            invalidation::user_profile_updated(app, &e.user_id).await?,
+            invalidation::user_profile_updated(invalidation, &e.user_id).await?,
         ),
         InvalidationEvent::TransactionCompleted(e) => (
             "TransactionCompleted",
-            invalidation::transaction_completed(app, &e.transaction_id).await?,
+            invalidation::transaction_completed(invalidation, &e.transaction_id).await?,
         ),
     };
     let summary = json!({
@@ -121,24 +127,24 @@ pub async fn cache_invalidation(app: &App, event: &Value) -> Result<Value, Inval
 /// `audit-flush`: drains every configured service's buffer, applies pending
 /// balance outbox rows, and reconciles outbox audit events, stopping before
 /// `deadline`.
-pub async fn audit_flush(app: &App, deadline: Instant) -> Value {
+pub async fn audit_flush(audit_log: &AuditLog, balances: &Balances, deadline: Instant) -> Value {
     let started = Instant::now();
     let mut errors = Vec::new();
     let mut flushed = Vec::new();
-    for service in &app.config.audit.services {
-        match audit::flush(app, service, deadline, u64::MAX).await {
+    for service in &audit_log.config.services {
+        match audit::flush(audit_log, service, deadline, u64::MAX).await {
             Ok(report) => flushed.push(serde_json::to_value(report).unwrap_or(Value::Null)),
             Err(e) => errors.push(format!("{service}: {e}")),
         }
     }
-    let outbox = match balance::apply_pending(app, 1000).await {
+    let outbox = match balance::apply_pending(balances, 1000).await {
         Ok(report) => serde_json::to_value(report).unwrap_or(Value::Null),
         Err(e) => {
             errors.push(format!("outbox: {e}"));
             Value::Null
         }
     };
-    let reconciled = match audit::reconcile_outbox(app, 1000).await {
+    let reconciled = match audit::reconcile_outbox(audit_log, 1000).await {
         Ok(n) => n,
         Err(e) => {
             errors.push(format!("reconcile: {e}"));
@@ -179,7 +185,7 @@ const MAX_WARM_USERS: usize = 10_000;
 
 /// `cache-warmer`: a scheduled event warms the `WARM_USERS` most recently
 /// active users; `{"user_ids": [...]}` (at most 10,000) warms those.
-pub async fn cache_warm(app: &App, event: &Value, deadline: Instant) -> Value {
+pub async fn cache_warm(warmer: &Warmer, event: &Value, deadline: Instant) -> Value {
     let users = match WarmRequest::deserialize(event) {
         Ok(WarmRequest {
             user_ids: Some(list),
@@ -196,7 +202,7 @@ pub async fn cache_warm(app: &App, event: &Value, deadline: Instant) -> Value {
     // Boxed: warming's future nests deeply (batches of loads through the
     // cache engine); boxing keeps its callers' futures within the
     // compiler's layout depth.
-    let report = Box::pin(crate::domain::warming::warm(app, users, deadline)).await;
+    let report = Box::pin(crate::domain::warming::warm(warmer, users, deadline)).await;
     let mut summary = serde_json::to_value(&report).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut summary {
         m.insert(
@@ -210,10 +216,13 @@ pub async fn cache_warm(app: &App, event: &Value, deadline: Instant) -> Value {
 
 /// `metrics-emitter`: reads `INFO` from every node and publishes the
 /// design's cache metrics, per node and for the cluster.
-pub async fn emit_metrics(app: &App, cloudwatch: &crate::domain::cloudwatch::CloudWatch) -> Value {
+pub async fn emit_metrics(
+    health: &Health,
+    cloudwatch: &crate::domain::cloudwatch::CloudWatch,
+) -> Value {
     let started = Instant::now();
     let collected =
-        match crate::domain::node_metrics::collect(app, app.config.health.node_timeout).await {
+        match crate::domain::node_metrics::collect(health, health.config.node_timeout).await {
             Ok(c) => c,
             Err(why) => {
                 tracing::error!(reason = why.as_str(), "could not read the cluster's nodes");
@@ -245,7 +254,7 @@ pub async fn emit_metrics(app: &App, cloudwatch: &crate::domain::cloudwatch::Clo
 /// `ping` routes. The user comes from the authorizer's context (WebSocket
 /// authorizers put it in `requestContext.authorizer`); `$connect` without
 /// one is refused (401), so is a malformed connection id (400).
-pub async fn websocket(app: &App, event: &Value) -> Value {
+pub async fn websocket(connections: &Connections, event: &Value) -> Value {
     let status = |code: u16, body: Value| json!({"statusCode": code, "body": body.to_string()});
     let Ok(request) = ApiGatewayWebsocketProxyRequest::deserialize(event) else {
         return status(400, json!({"error": "not a WebSocket API event"}));
@@ -277,14 +286,14 @@ pub async fn websocket(app: &App, event: &Value) -> Value {
                 .headers
                 .get(http::header::USER_AGENT)
                 .and_then(|v| v.to_str().ok());
-            crate::domain::realtime::connect(app, &user, &conn, client)
+            crate::domain::realtime::connect(connections, &user, &conn, client)
                 .await
                 .map(|_| 200)
         }
-        "$disconnect" => crate::domain::realtime::disconnect(app, &conn, user.as_ref())
+        "$disconnect" => crate::domain::realtime::disconnect(connections, &conn, user.as_ref())
             .await
             .map(|_| 200),
-        "ping" => match crate::domain::realtime::ping(app, &conn).await {
+        "ping" => match crate::domain::realtime::ping(connections, &conn).await {
             Ok(true) => Ok(200),
             Ok(false) => Ok(410),
             Err(e) => Err(e),
@@ -322,32 +331,52 @@ pub type Answer = Result<Value, lambda_http::lambda_runtime::Error>;
 
 /// `cache-invalidator`'s handler (see [`cache_invalidation`]).
 pub async fn handle_invalidation(app: &App, _: &(), event: Value, _: Context) -> Answer {
-    cache_invalidation(app, &event).await.map_err(Into::into)
+    cache_invalidation(&app.invalidation, &event)
+        .await
+        .map_err(Into::into)
 }
 
 /// `audit-flush`'s handler: runs until 2 s before the invocation's deadline.
 pub async fn handle_audit_flush(app: &App, _: &(), _event: Value, context: Context) -> Answer {
-    Ok(audit_flush(app, deadline(&context, Duration::from_secs(30))).await)
+    Ok(audit_flush(
+        &app.audit,
+        &app.balances,
+        deadline(&context, Duration::from_secs(30)),
+    )
+    .await)
 }
 
 /// `cache-warmer`'s handler (see [`cache_warm`]).
 pub async fn handle_cache_warm(app: &App, _: &(), event: Value, context: Context) -> Answer {
-    Ok(cache_warm(app, &event, deadline(&context, Duration::from_secs(60))).await)
+    Ok(cache_warm(
+        &app.warmer,
+        &event,
+        deadline(&context, Duration::from_secs(60)),
+    )
+    .await)
 }
 
 /// `metrics-emitter`'s handler (see [`emit_metrics`]).
+/// `metrics-emitter`'s CloudWatch client (the `init` of its
+/// `event_function!`; built at the first publish).
+pub fn metrics_client(
+    _: &App,
+) -> Result<crate::domain::cloudwatch::CloudWatch, crate::app::InitError> {
+    Ok(crate::domain::cloudwatch::client())
+}
+
 pub async fn handle_metrics(
     app: &App,
     cloudwatch: &crate::domain::cloudwatch::CloudWatch,
     _event: Value,
     _: Context,
 ) -> Answer {
-    Ok(emit_metrics(app, cloudwatch).await)
+    Ok(emit_metrics(&app.health, cloudwatch).await)
 }
 
 /// `ws-connections`' handler (see [`websocket`]).
 pub async fn handle_websocket(app: &App, _: &(), event: Value, _: Context) -> Answer {
-    Ok(websocket(app, &event).await)
+    Ok(websocket(&app.connections, &event).await)
 }
 
 /// The whole `main` of an event-driven function, as [`crate::http_function!`] is

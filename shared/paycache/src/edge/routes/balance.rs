@@ -6,6 +6,7 @@ use lambda_http::{Body, Request, Response};
 use serde_json::Value;
 
 use crate::app::App;
+use crate::domain::balance::Balances;
 use crate::domain::balance::{BalanceWrite, WriteError, WriteOutcome, get_balance, write_balance};
 use crate::domain::money::{Currency, CurrencyError, parse_amount};
 use crate::edge::http::{
@@ -15,10 +16,30 @@ use crate::edge::http::{
 use crate::edge::routes::limits::{BALANCE_READ, BALANCE_WRITE, enforce, with_decision};
 use crate::infra::db::DbError;
 use crate::infra::keys::WalletId;
+use crate::patterns::ratelimit::RateLimiter;
 
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
-pub async fn handle(app: &App, req: Request) -> Response<Body> {
+/// What `GET`/`PUT /wallets/{wallet_id}/balance` use.
+#[derive(Debug, Clone, Copy)]
+pub struct Deps<'a> {
+    /// Balances: reads and fenced writes.
+    pub balances: &'a Balances,
+    /// The per-user rate limiter.
+    pub limiter: &'a RateLimiter,
+}
+
+impl<'a> From<&'a App> for Deps<'a> {
+    fn from(app: &'a App) -> Self {
+        Self {
+            balances: &app.balances,
+            limiter: &app.limiter,
+        }
+    }
+}
+
+pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Body> {
+    let deps = deps.into();
     let rid = request_id(&req);
     if let Err(problem) = check_body_size(&req) {
         return problem.into_response(&rid);
@@ -36,26 +57,26 @@ pub async fn handle(app: &App, req: Request) -> Response<Body> {
         }
     };
     if method == Method::GET {
-        let limit = match enforce(app, &req, BALANCE_READ, &rid).await {
+        let limit = match enforce(deps.limiter, &req, BALANCE_READ, &rid).await {
             Ok(limit) => limit,
             Err(denied) => return denied,
         };
-        with_decision(get(app, &wallet, &rid).await, limit.as_ref())
+        with_decision(get(deps.balances, &wallet, &rid).await, limit.as_ref())
     } else {
         let write = match parse_write(wallet, &req) {
             Ok(w) => w,
             Err(problem) => return problem.into_response(&rid),
         };
-        let limit = match enforce(app, &req, BALANCE_WRITE, &rid).await {
+        let limit = match enforce(deps.limiter, &req, BALANCE_WRITE, &rid).await {
             Ok(limit) => limit,
             Err(denied) => return denied,
         };
-        with_decision(put(app, write, &rid).await, limit.as_ref())
+        with_decision(put(deps.balances, write, &rid).await, limit.as_ref())
     }
 }
 
-async fn get(app: &App, wallet: &WalletId, rid: &str) -> Response<Body> {
-    match get_balance(app, wallet).await {
+async fn get(balances: &Balances, wallet: &WalletId, rid: &str) -> Response<Body> {
+    match get_balance(balances, wallet).await {
         Ok(cached) => {
             let resp = match &cached.value {
                 Some(balance) => json_response(StatusCode::OK, balance),
@@ -160,9 +181,9 @@ fn parse_write(wallet: WalletId, req: &Request) -> Result<BalanceWrite, Problem>
     })
 }
 
-async fn put(app: &App, write: BalanceWrite, rid: &str) -> Response<Body> {
+async fn put(balances: &Balances, write: BalanceWrite, rid: &str) -> Response<Body> {
     let wallet = write.wallet;
-    match write_balance(app, &write).await {
+    match write_balance(balances, &write).await {
         Ok(WriteOutcome::Replayed(inner)) => {
             let mut resp = render(*inner, &wallet, rid);
             resp.headers_mut()

@@ -13,10 +13,9 @@ use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 
-use crate::app::App;
 use crate::edge::http::Problem;
 use crate::infra::keys::{Endpoint, UserId};
-use crate::patterns::ratelimit::RateLimitDecision;
+use crate::patterns::ratelimit::{RateLimitDecision, RateLimiter};
 
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -38,7 +37,7 @@ pub fn calling_user(req: &Request) -> Option<UserId> {
 /// Applies `policy` to the caller. `Err` is the 429 to send; `Ok(Some)` is
 /// the decision whose headers the response should carry.
 pub async fn enforce(
-    app: &App,
+    limiter: &RateLimiter,
     req: &Request,
     policy: &'static str,
     request_id: &str,
@@ -49,7 +48,7 @@ pub async fn enforce(
     let Ok(name) = Endpoint::parse(policy) else {
         return Ok(None);
     };
-    let decision = app.limiter.check(&user, &name, 1).await;
+    let decision = limiter.check(&user, &name, 1).await;
     if decision.allowed {
         Ok(Some(decision))
     } else {

@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 
 use crate::app::App;
 use crate::domain::sessions;
+use crate::domain::sessions::Sessions;
 use crate::edge::http::{Problem, check_body_size, json_response, request_id};
 use crate::infra::keys::{Jti, SessionId, UserId};
 
@@ -39,7 +40,23 @@ fn caller(req: &Request) -> Option<Caller> {
     })
 }
 
-pub async fn handle(app: &App, req: Request) -> Response<Body> {
+/// What `POST /auth/logout` uses.
+#[derive(Debug, Clone, Copy)]
+pub struct Deps<'a> {
+    /// Sessions and the token blacklist.
+    pub sessions: &'a Sessions,
+}
+
+impl<'a> From<&'a App> for Deps<'a> {
+    fn from(app: &'a App) -> Self {
+        Self {
+            sessions: &app.sessions,
+        }
+    }
+}
+
+pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Body> {
+    let deps = deps.into();
     let rid = request_id(&req);
     if let Err(problem) = check_body_size(&req) {
         return problem.into_response(&rid);
@@ -57,8 +74,8 @@ pub async fn handle(app: &App, req: Request) -> Response<Body> {
         .into_response(&rid);
     };
     let (blacklisted, revoked) = tokio::join!(
-        sessions::blacklist(app, &c.jti, &c.user, c.expires_at, "logout"),
-        sessions::revoke(app, &c.session)
+        sessions::blacklist(deps.sessions, &c.jti, &c.user, c.expires_at, "logout"),
+        sessions::revoke(deps.sessions, &c.session)
     );
     if let Err(why) = blacklisted.and(revoked) {
         tracing::error!(user_id = %c.user, reason = why.as_str(), "logout could not be recorded");

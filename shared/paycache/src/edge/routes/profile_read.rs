@@ -4,14 +4,35 @@ use http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
 
 use crate::app::App;
+use crate::domain::profile::Profiles;
 use crate::domain::profile::get_profile;
 use crate::edge::http::{
     Problem, check_body_size, json_response, path_param, request_id, with_cache_status,
 };
 use crate::edge::routes::limits::{PROFILE_READ, enforce, with_decision};
 use crate::infra::keys::UserId;
+use crate::patterns::ratelimit::RateLimiter;
 
-pub async fn handle(app: &App, req: Request) -> Response<Body> {
+/// What `GET /users/{user_id}/profile` uses.
+#[derive(Debug, Clone, Copy)]
+pub struct Deps<'a> {
+    /// Profiles through the cache.
+    pub profiles: &'a Profiles,
+    /// The per-user rate limiter.
+    pub limiter: &'a RateLimiter,
+}
+
+impl<'a> From<&'a App> for Deps<'a> {
+    fn from(app: &'a App) -> Self {
+        Self {
+            profiles: &app.profiles,
+            limiter: &app.limiter,
+        }
+    }
+}
+
+pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Body> {
+    let deps = deps.into();
     let rid = request_id(&req);
     if let Err(problem) = check_body_size(&req) {
         return problem.into_response(&rid);
@@ -27,15 +48,15 @@ pub async fn handle(app: &App, req: Request) -> Response<Body> {
         Ok(user) => user,
         Err(e) => return Problem::invalid_request(format!("The {e}.")).into_response(&rid),
     };
-    let limit = match enforce(app, &req, PROFILE_READ, &rid).await {
+    let limit = match enforce(deps.limiter, &req, PROFILE_READ, &rid).await {
         Ok(limit) => limit,
         Err(denied) => return denied,
     };
-    with_decision(read(app, user, &rid).await, limit.as_ref())
+    with_decision(read(deps.profiles, user, &rid).await, limit.as_ref())
 }
 
-async fn read(app: &App, user: UserId, rid: &str) -> Response<Body> {
-    match get_profile(&app.cache, &app.keys, &app.db, &user).await {
+async fn read(profiles: &Profiles, user: UserId, rid: &str) -> Response<Body> {
+    match get_profile(profiles, &user).await {
         Ok(cached) => {
             let resp = match &cached.value {
                 Some(profile) => json_response(StatusCode::OK, profile),

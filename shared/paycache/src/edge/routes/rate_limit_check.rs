@@ -10,8 +10,25 @@ use crate::edge::http::{
 };
 use crate::edge::routes::limits::{too_many_requests, with_headers};
 use crate::infra::keys::{Endpoint, UserId};
+use crate::patterns::ratelimit::RateLimiter;
 
-pub async fn handle(app: &App, req: Request) -> Response<Body> {
+/// What `POST /rate-limit/check` uses.
+#[derive(Debug, Clone, Copy)]
+pub struct Deps<'a> {
+    /// The rate limiter.
+    pub limiter: &'a RateLimiter,
+}
+
+impl<'a> From<&'a App> for Deps<'a> {
+    fn from(app: &'a App) -> Self {
+        Self {
+            limiter: &app.limiter,
+        }
+    }
+}
+
+pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Body> {
+    let deps = deps.into();
     let rid = request_id(&req);
     if let Err(problem) = check_body_size(&req) {
         return problem.into_response(&rid);
@@ -23,7 +40,7 @@ pub async fn handle(app: &App, req: Request) -> Response<Body> {
         Ok(parsed) => parsed,
         Err(problem) => return problem.into_response(&rid),
     };
-    let policy = app.limiter.policy(&endpoint);
+    let policy = deps.limiter.policy(&endpoint);
     if cost > policy.max_cost() {
         return Problem::unprocessable(format!(
             "cost {cost} can never be admitted: the {} policy allows at most {} at once.",
@@ -32,7 +49,7 @@ pub async fn handle(app: &App, req: Request) -> Response<Body> {
         ))
         .into_response(&rid);
     }
-    let decision = app.limiter.check(&user, &endpoint, cost).await;
+    let decision = deps.limiter.check(&user, &endpoint, cost).await;
     if decision.allowed {
         with_headers(json_response(StatusCode::OK, &decision), &decision)
     } else {
