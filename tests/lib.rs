@@ -36,7 +36,7 @@ impl World {
         let mut conn = self.redis.raw().await;
         let mut found = Vec::new();
         match &mut conn {
-            paycache::connection::RedisConnection::Standalone(c) => {
+            test_support::RawRedis::Standalone(c) => {
                 let keys: Vec<String> = redis::cmd("KEYS")
                     .arg(&pattern)
                     .query_async(c)
@@ -44,7 +44,7 @@ impl World {
                     .unwrap();
                 found.extend(keys);
             }
-            paycache::connection::RedisConnection::Cluster(c) => {
+            test_support::RawRedis::Cluster(c) => {
                 let keys: Vec<String> = redis::cmd("KEYS")
                     .arg(&pattern)
                     .route_command_all_primaries(c)

@@ -24,14 +24,19 @@ use crate::patterns::ratelimit::RateLimiter;
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
     #[error(transparent)]
+    /// The configuration is missing or invalid.
     Config(#[from] ConfigError),
     #[error(transparent)]
+    /// A Redis client could not be built (URL, CA file).
     Redis(#[from] RedisSetupError),
     #[error(transparent)]
+    /// The PostgreSQL pool could not be built (URL, CA file).
     Db(#[from] DbError),
     #[error(transparent)]
+    /// The AWS SDK could not be configured (no region).
     Aws(#[from] crate::infra::aws::AwsError),
     #[error(transparent)]
+    /// A secret could not be fetched or read.
     Secret(#[from] crate::infra::secrets::SecretError),
 }
 

@@ -17,6 +17,8 @@
 //! (`paycache::balance`, `paycache::config`, …), the paths the functions and
 //! tests use.
 
+#![warn(missing_docs)]
+
 pub mod app;
 pub mod domain;
 pub mod edge;

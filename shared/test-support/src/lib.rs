@@ -23,6 +23,45 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use paycache::config::{Config, RedisMode};
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+/// A raw redis-rs connection for assertions, independent of the code under
+/// test: one of each mode behind one type that commands run on.
+#[derive(Clone)]
+pub enum RawRedis {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RawRedis {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Standalone(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Standalone(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
 
 pub mod logs;
 
@@ -341,22 +380,18 @@ impl TestRedis {
 
     /// A raw redis-rs connection for assertions (independent of the code
     /// under test).
-    pub async fn raw(&self) -> paycache::connection::RedisConnection {
+    pub async fn raw(&self) -> RawRedis {
         let urls = self.urls();
         match self.mode() {
             RedisMode::Standalone => {
                 let client = redis::Client::open(urls.as_str()).unwrap();
-                paycache::connection::RedisConnection::Standalone(
-                    redis::aio::ConnectionManager::new(client).await.unwrap(),
-                )
+                RawRedis::Standalone(redis::aio::ConnectionManager::new(client).await.unwrap())
             }
             RedisMode::Cluster => {
                 let client =
                     redis::cluster::ClusterClient::new(urls.split(',').collect::<Vec<_>>())
                         .unwrap();
-                paycache::connection::RedisConnection::Cluster(
-                    client.get_async_connection().await.unwrap(),
-                )
+                RawRedis::Cluster(client.get_async_connection().await.unwrap())
             }
         }
     }

@@ -72,19 +72,27 @@ static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("audit/
 /// One audit event, as buffered and as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEvent {
+    /// Unique per event: the idempotency key of the insert into `audit_log`.
     pub event_id: Uuid,
+    /// The service whose buffer holds the event.
     pub service: ServiceName,
+    /// What happened (`balance_updated`, …).
     pub event_type: String,
     #[serde(with = "time::serde::rfc3339")]
+    /// When it happened.
     pub occurred_at: OffsetDateTime,
+    /// The event's details (JSON).
     pub payload: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+/// Why an append was refused.
 pub enum AppendError {
     #[error("the audit buffer is full")]
+    /// The buffer holds `AUDIT_BUFFER_MAX_EVENTS` already.
     Full,
     #[error("the audit buffer is unavailable: {0}")]
+    /// Redis could not be reached.
     Unavailable(RedisUnavailable),
 }
 
@@ -129,10 +137,13 @@ pub enum FlushStep {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// What a flush did, for the function's JSON summary.
 pub struct FlushReport {
+    /// The service whose buffer was flushed.
     pub service: String,
     /// False when another flusher held the lock.
     pub ran: bool,
+    /// Batches claimed.
     pub batches: u64,
     /// Events read from processing lists (including re-deliveries).
     pub events_seen: u64,
@@ -145,10 +156,13 @@ pub struct FlushReport {
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Why a flush stopped with an error (what it had done stays done).
 pub enum FlushError {
     #[error("the audit buffer is unavailable: {0}")]
+    /// The durable Redis could not be reached.
     Redis(RedisUnavailable),
     #[error(transparent)]
+    /// PostgreSQL failed.
     Db(#[from] DbError),
 }
 

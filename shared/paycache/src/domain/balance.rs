@@ -87,17 +87,21 @@ pub use outbox::{SweepReport, apply_pending};
 use sql::{Committed, WALLET_COLUMNS, WalletRow};
 
 /// The service name balance writes buffer their audit events under.
-pub const SERVICE: &str = "balance-write";
+pub(crate) const SERVICE: &str = "balance-write";
 
 /// A wallet's balance as the contract shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WalletBalance {
+    /// The wallet.
     pub wallet_id: WalletId,
+    /// ISO 4217 code.
     pub currency: String,
     /// Decimal string with exactly the currency's minor-unit digits.
     pub balance: String,
+    /// Incremented by every committed write; never goes backwards.
     pub version: u64,
     #[serde(with = "time::serde::rfc3339")]
+    /// When this version was committed.
     pub updated_at: OffsetDateTime,
 }
 
@@ -116,7 +120,7 @@ pub async fn load_balance(db: &Db, wallet: &WalletId) -> Result<Option<WalletBal
 }
 
 /// Reads many balances in one query; the answer is in the order of `wallets`.
-pub async fn load_balances(
+pub(crate) async fn load_balances(
     db: &Db,
     wallets: &[WalletId],
 ) -> Result<Vec<Option<WalletBalance>>, DbError> {
@@ -157,10 +161,15 @@ pub async fn get_balance(
 /// A validated `PUT /wallets/{wallet_id}/balance`.
 #[derive(Debug, Clone)]
 pub struct BalanceWrite {
+    /// The wallet to write.
     pub wallet: WalletId,
+    /// The new balance in the currency's minor units.
     pub balance_minor: i64,
+    /// Must be the wallet's currency.
     pub currency: Currency,
+    /// The version the writer read; the write applies only if it is still current.
     pub expected_version: u64,
+    /// The `Idempotency-Key` header, when sent.
     pub idempotency_key: Option<String>,
 }
 
@@ -182,14 +191,22 @@ impl BalanceWrite {
 pub enum WriteOutcome {
     /// Committed. `cache` says whether the cache step succeeded.
     Applied {
+        /// The committed balance and version.
         balance: WalletBalance,
         #[serde(skip)]
+        /// Whether the cache step succeeded (not stored for replays).
         cache: CacheStep,
     },
     /// `expected_version` is not the wallet's version (409).
-    VersionConflict { current: WalletBalance },
+    VersionConflict {
+        /// The wallet's current state.
+        current: WalletBalance,
+    },
     /// The request's currency is not the wallet's (422).
-    CurrencyMismatch { wallet_currency: String },
+    CurrencyMismatch {
+        /// The wallet's currency.
+        wallet_currency: String,
+    },
     /// No such wallet (404).
     #[serde(skip)]
     NotFound,
@@ -205,12 +222,14 @@ pub enum WriteOutcome {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum CacheStep {
     #[default]
+    /// The cache holds this version (or a newer one).
     Applied,
     /// Redis failed after the commit; the outbox row is pending.
     Pending,
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Why a write failed without deciding (the client may retry).
 pub enum WriteError {
     /// The fence could not be placed; nothing was written.
     #[error("the cache fence could not be placed: {0}")]
@@ -219,6 +238,7 @@ pub enum WriteError {
     #[error("the write took longer than its fence allows and was rolled back")]
     FenceExpired,
     #[error(transparent)]
+    /// PostgreSQL failed; nothing was committed.
     Db(#[from] DbError),
 }
 

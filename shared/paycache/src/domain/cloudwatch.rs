@@ -54,7 +54,7 @@ pub fn client() -> CloudWatch {
 
 #[derive(Debug, thiserror::Error)]
 #[error("CloudWatch PutMetricData failed")]
-pub struct PublishError(#[source] pub AwsError);
+pub(crate) struct PublishError(#[source] pub AwsError);
 
 /// CloudWatch's unit for the node metrics' unit names.
 fn unit(name: &str) -> StandardUnit {
@@ -85,7 +85,10 @@ fn datum(d: &Datum, timestamp: aws_sdk_cloudwatch::primitives::DateTime) -> Metr
 
 /// Publishes `data`. Values CloudWatch cannot take (NaN, infinities) are
 /// left out. Returns the number of data sent.
-pub async fn publish(cloudwatch: &CloudWatch, data: &[Datum]) -> Result<usize, PublishError> {
+pub(crate) async fn publish(
+    cloudwatch: &CloudWatch,
+    data: &[Datum],
+) -> Result<usize, PublishError> {
     let now = aws_sdk_cloudwatch::primitives::DateTime::from(std::time::SystemTime::now());
     let finite: Vec<MetricDatum> = data
         .iter()

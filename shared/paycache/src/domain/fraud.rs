@@ -45,21 +45,30 @@ static RISK_CHECK: LazyLock<Script> =
 /// The design's risk score entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RiskScore {
+    /// 0–100; alerts at `FRAUD_ALERT_THRESHOLD` and above.
     pub score: u32,
+    /// What raised the score (`new_device`, …).
     pub factors: Vec<String>,
     #[serde(with = "time::serde::rfc3339")]
+    /// When the score was set.
     pub last_updated: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
+    /// When the cached score expires.
     pub expires_at: OffsetDateTime,
 }
 
 /// The design's device entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Device {
+    /// The user who last used the device.
     pub user_id: String,
+    /// RFC 3339 time of the first sighting.
     pub first_seen: String,
+    /// RFC 3339 time of the latest sighting.
     pub last_seen: String,
+    /// Whether the user marked the device trusted.
     pub trusted: bool,
+    /// Where it was seen, when known.
     pub location: Option<String>,
 }
 
@@ -95,7 +104,7 @@ pub async fn set_risk_score(
 
 /// Records `device` as seen by `user`; returns whether it is new for them.
 #[tracing::instrument(skip_all, fields(user_id = %user))]
-pub async fn device_seen(
+pub(crate) async fn device_seen(
     fraud: &Fraud,
     user: &UserId,
     device: &DeviceFingerprint,

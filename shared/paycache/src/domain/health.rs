@@ -37,24 +37,33 @@ pub struct Health {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+/// One node's answer to the health check.
 pub struct NodeHealth {
+    /// `host:port`.
     pub addr: String,
     /// `primary` or `replica` (`unknown` when the node did not answer).
     pub role: String,
+    /// Whether the node answered `PING` in time.
     pub ok: bool,
+    /// Its `PING` round trip.
     pub latency_ms: Option<f64>,
+    /// Its `used_memory_human`.
     pub used_memory_human: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+/// `GET /health`'s answer (the contract's `HealthReport`).
 pub struct HealthReport {
+    /// `healthy`.
     pub status: &'static str,
+    /// The whole check's duration.
     pub response_time_ms: f64,
     /// `used_memory_human` of the node that served the probe (standalone) or
     /// the sum over primaries (cluster), as Redis formats it.
     pub memory_usage: Option<String>,
     /// `ok` or `fail` in cluster mode; absent (null) for a standalone Redis.
     pub cluster_state: Option<String>,
+    /// Every node, when in cluster mode; the one server otherwise.
     pub nodes: Vec<NodeHealth>,
 }
 
@@ -62,13 +71,17 @@ pub struct HealthReport {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unhealthy {
     #[error("Redis did not answer the health probe within {0} ms")]
+    /// The check took longer than `HEALTH_TIMEOUT_MS` (its value, in ms).
     Timeout(u128),
     #[error("the Redis health probe failed ({0})")]
+    /// The probe write or read failed (the reason).
     Probe(&'static str),
     #[error("the Redis cluster state is {0}")]
+    /// `cluster_state` is not `ok` (its value).
     ClusterState(String),
 }
 
+/// The health check (see the module documentation), within `HEALTH_TIMEOUT_MS`.
 pub async fn check(health: &Health) -> Result<HealthReport, Unhealthy> {
     let budget = health.config.timeout;
     match tokio::time::timeout(budget, run(health)).await {
@@ -188,7 +201,7 @@ async fn run(health: &Health) -> Result<HealthReport, Unhealthy> {
 }
 
 /// `(host, port, role, flagged failed)` per node of `CLUSTER NODES`.
-pub fn parse_cluster_nodes(text: &str) -> Vec<(String, u16, String, bool)> {
+pub(crate) fn parse_cluster_nodes(text: &str) -> Vec<(String, u16, String, bool)> {
     text.lines()
         .filter_map(|line| {
             let mut fields = line.split_whitespace();

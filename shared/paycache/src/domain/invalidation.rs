@@ -52,20 +52,28 @@ static DELETE_AND_PUBLISH: LazyLock<Script> =
 pub struct InvalidationReport {
     /// `invalidated`, or `unknown-id` when PostgreSQL has no such entity.
     pub outcome: &'static str,
+    /// Cache keys (and their leases) deleted.
     pub keys_deleted: u64,
+    /// Wallet balances invalidated.
     pub wallets_invalidated: u64,
+    /// Whether a notification was published.
     pub published: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Why an invalidation failed; the event is retried.
 pub enum InvalidationError {
     #[error("the cache is unavailable: {0}")]
+    /// Redis could not be reached.
     Redis(RedisUnavailable),
     #[error(transparent)]
+    /// PostgreSQL failed.
     Db(#[from] DbError),
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %user))]
+/// `UserProfileUpdated`: deletes the user's cached profile, permissions
+/// and preferences (with their leases) and notifies the user, in one script.
 pub async fn user_profile_updated(
     invalidation: &Invalidation,
     user: &UserId,
@@ -122,7 +130,7 @@ pub async fn user_profile_updated(
 }
 
 #[tracing::instrument(skip_all, fields(transaction_id = %id))]
-pub async fn transaction_completed(
+pub(crate) async fn transaction_completed(
     invalidation: &Invalidation,
     id: &TransactionId,
 ) -> Result<InvalidationReport, InvalidationError> {

@@ -43,12 +43,15 @@ const CURRENCIES: &[(&str, u8)] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CurrencyError {
     #[error("currency must be a three-letter ISO 4217 code in upper case, e.g. \"USD\"")]
+    /// Not three upper-case letters.
     Malformed,
     #[error("currency is not one this service supports")]
+    /// A code this service does not handle.
     Unsupported,
 }
 
 impl Currency {
+    /// Parses an ISO 4217 code this service supports.
     pub fn parse(code: &str) -> Result<Self, CurrencyError> {
         let bytes = code.as_bytes();
         if bytes.len() != 3 || !bytes.iter().all(u8::is_ascii_uppercase) {
@@ -64,13 +67,14 @@ impl Currency {
             .ok_or(CurrencyError::Unsupported)
     }
 
+    /// The ISO 4217 code.
     pub fn code(&self) -> &str {
         // The bytes were checked to be ASCII upper-case letters.
         std::str::from_utf8(&self.code).unwrap_or("XXX")
     }
 
     /// Digits after the decimal point (2 for USD, 0 for JPY).
-    pub fn exponent(&self) -> u8 {
+    pub(crate) fn exponent(&self) -> u8 {
         self.exponent
     }
 }
@@ -84,7 +88,7 @@ impl fmt::Display for Currency {
 /// Why an amount string was refused. `Malformed` is a 400 (not a decimal
 /// number); the others are well-formed but unacceptable (422).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum AmountError {
+pub(crate) enum AmountError {
     #[error(
         "must be a decimal string such as \"125.50\" (digits, an optional point and fraction; no sign, exponent, spaces or separators)"
     )]
@@ -99,7 +103,7 @@ pub enum AmountError {
 
 impl AmountError {
     /// True for input that is well-formed but not acceptable (HTTP 422).
-    pub fn is_unprocessable(self) -> bool {
+    pub(crate) fn is_unprocessable(self) -> bool {
         !matches!(self, Self::Malformed)
     }
 }
@@ -111,7 +115,7 @@ impl AmountError {
 /// fraction digits than the currency's are padded (`"125.5"` USD is 12550);
 /// more are refused even when they are zeros, so that what a client sent is
 /// exactly what is stored.
-pub fn parse_amount(text: &str, currency: Currency) -> Result<i64, AmountError> {
+pub(crate) fn parse_amount(text: &str, currency: Currency) -> Result<i64, AmountError> {
     let (negative, body) = match text.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, text),

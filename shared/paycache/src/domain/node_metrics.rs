@@ -30,20 +30,32 @@ use crate::infra::config::RedisMode;
 /// What one `INFO` says, as far as these metrics need.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
+    /// `run_id`: changes when the node restarts.
     pub run_id: String,
+    /// When the snapshot was taken (Unix ms).
     pub at_ms: u64,
+    /// `uptime_in_seconds`.
     pub uptime_secs: u64,
+    /// `keyspace_hits` (cumulative).
     pub hits: u64,
+    /// `keyspace_misses` (cumulative).
     pub misses: u64,
+    /// Total `usec` over `commandstats` (cumulative).
     pub cmd_usec: u64,
+    /// Total `calls` over `commandstats` (cumulative).
     pub cmd_calls: u64,
+    /// `evicted_keys` (cumulative).
     pub evicted: u64,
+    /// `used_memory`.
     pub used_memory: u64,
+    /// `maxmemory` (0 when unlimited).
     pub max_memory: u64,
+    /// `connected_clients`.
     pub connected_clients: u64,
 }
 
 impl Snapshot {
+    /// Reads the fields above from `INFO` text.
     pub fn parse(info: &str, at_ms: u64) -> Self {
         let mut s = Snapshot {
             at_ms,
@@ -87,11 +99,17 @@ impl Snapshot {
 /// The counters accumulated over an interval.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Interval {
+    /// Hits in the interval.
     pub hits: u64,
+    /// Misses in the interval.
     pub misses: u64,
+    /// Command time in the interval (µs).
     pub cmd_usec: u64,
+    /// Commands in the interval.
     pub cmd_calls: u64,
+    /// Evictions in the interval.
     pub evicted: u64,
+    /// The interval's length.
     pub seconds: f64,
 }
 
@@ -131,8 +149,11 @@ pub fn interval(prev: Option<&Snapshot>, cur: &Snapshot) -> Option<(Interval, bo
 /// One metric value, ready for CloudWatch.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Datum {
+    /// CloudWatch metric name.
     pub name: &'static str,
+    /// CloudWatch unit name.
     pub unit: &'static str,
+    /// The value.
     pub value: f64,
     /// `None` for the whole cluster, else the node's address.
     pub node: Option<String>,
@@ -191,7 +212,7 @@ fn gauges(s: &Snapshot, node: Option<&str>, out: &mut Vec<Datum>) {
 
 /// Per node and cluster-wide data from the current snapshots and the
 /// intervals since the previous ones.
-pub fn compute(nodes: &[(String, Snapshot, Option<Interval>)]) -> Vec<Datum> {
+pub(crate) fn compute(nodes: &[(String, Snapshot, Option<Interval>)]) -> Vec<Datum> {
     let mut out = Vec::new();
     let mut total = Interval::default();
     let mut any_interval = false;
@@ -231,9 +252,13 @@ pub fn compute(nodes: &[(String, Snapshot, Option<Interval>)]) -> Vec<Datum> {
 /// What a run read and computed.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Collected {
+    /// Nodes read.
     pub nodes: usize,
+    /// Nodes that did not answer.
     pub nodes_unreachable: usize,
+    /// Nodes that restarted since the previous run (their counters began again).
     pub restarted: Vec<String>,
+    /// The metrics to publish.
     pub data: Vec<Datum>,
 }
 

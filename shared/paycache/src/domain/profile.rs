@@ -18,14 +18,21 @@ pub struct Profiles {
 /// The profile as the contract shows it (RFC 3339 times).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserProfile {
+    /// The user.
     pub user_id: UserId,
+    /// Their e-mail address.
     pub email: String,
+    /// The name shown to others.
     pub display_name: String,
+    /// ISO 3166-1 alpha-2 country code.
     pub country: String,
+    /// Whether their identity is verified.
     pub verified: bool,
     #[serde(with = "time::serde::rfc3339")]
+    /// When the user was created.
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
+    /// When the profile last changed.
     pub updated_at: OffsetDateTime,
 }
 
@@ -45,7 +52,10 @@ pub async fn load_profile(db: &Db, user: &UserId) -> Result<Option<UserProfile>,
 }
 
 /// Reads many profiles in one query; the answer is in the order of `users`.
-pub async fn load_profiles(db: &Db, users: &[UserId]) -> Result<Vec<Option<UserProfile>>, DbError> {
+pub(crate) async fn load_profiles(
+    db: &Db,
+    users: &[UserId],
+) -> Result<Vec<Option<UserProfile>>, DbError> {
     let ids: Vec<uuid::Uuid> = users.iter().map(UserId::as_uuid).collect();
     let client = db.client().await?;
     let rows = client

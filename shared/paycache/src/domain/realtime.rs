@@ -29,12 +29,17 @@ pub struct Connections {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The design's `ws_meta:{connection_id}`.
 pub struct ConnectionMeta {
+    /// Who connected.
     pub user_id: UserId,
     #[serde(with = "time::serde::rfc3339")]
+    /// When they connected.
     pub connected_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
+    /// Their last `ping`.
     pub last_ping: OffsetDateTime,
+    /// The client's `User-Agent`, truncated to 256 characters.
     pub client_info: Option<String>,
 }
 

@@ -39,19 +39,26 @@ pub struct Sessions {
 /// The design's session data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
+    /// The signed-in user.
     pub user_id: UserId,
+    /// Their e-mail address.
     pub email: String,
+    /// Their roles (`customer`, `service`, …).
     pub roles: Vec<String>,
+    /// Their permissions.
     pub permissions: Vec<String>,
     #[serde(with = "time::serde::rfc3339")]
+    /// When the session was last used (creation, for now).
     pub last_activity: OffsetDateTime,
+    /// The IP address it was created from, when known.
     pub ip_address: Option<String>,
+    /// The device it was created on, when known.
     pub device_info: Option<String>,
 }
 
 /// The design's blacklist entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BlacklistEntry {
+pub(crate) struct BlacklistEntry {
     pub user_id: UserId,
     #[serde(with = "time::serde::rfc3339")]
     pub blacklisted_at: OffsetDateTime,
@@ -122,6 +129,7 @@ pub async fn blacklist(
 pub struct CredentialState {
     /// The session (its TTL refreshed by this read), if it exists.
     pub session: Option<Session>,
+    /// Whether the token's `jti` is blacklisted.
     pub revoked: bool,
 }
 

@@ -42,24 +42,35 @@ static STATUS: LazyLock<Script> =
 /// The design's `transaction_cache` entry. `amount` is a decimal string.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transaction {
+    /// The transaction.
     pub transaction_id: TransactionId,
+    /// The paying wallet.
     pub sender_wallet_id: WalletId,
+    /// The receiving wallet.
     pub receiver_wallet_id: WalletId,
+    /// Decimal string with the currency's minor-unit digits.
     pub amount: String,
+    /// ISO 4217 code.
     pub currency: String,
+    /// `pending`, `completed`, `failed`, …
     pub status: String,
+    /// How it was paid.
     pub payment_method: String,
     #[serde(with = "time::serde::rfc3339")]
+    /// When it was created.
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
+    /// When its status last changed.
     pub updated_at: OffsetDateTime,
 }
 
 /// The design's `transaction_status` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransactionStatus {
+    /// The transaction's status.
     pub status: String,
     #[serde(with = "time::serde::rfc3339")]
+    /// When it last changed.
     pub updated_at: OffsetDateTime,
     /// When the transaction reached a final state, if it has.
     #[serde(with = "time::serde::rfc3339::option")]
@@ -72,7 +83,10 @@ const COLUMNS: &str =
     "transaction_id, sender_wallet_id, receiver_wallet_id, amount_minor, currency,
                        status, payment_method, created_at, updated_at";
 
-pub async fn load_transaction(db: &Db, id: &TransactionId) -> Result<Option<Transaction>, DbError> {
+pub(crate) async fn load_transaction(
+    db: &Db,
+    id: &TransactionId,
+) -> Result<Option<Transaction>, DbError> {
     let client = db.client().await?;
     let row = client
         .query_opt(
@@ -85,7 +99,7 @@ pub async fn load_transaction(db: &Db, id: &TransactionId) -> Result<Option<Tran
 }
 
 /// Reads many transactions in one query; the answer is in the order of `ids`.
-pub async fn load_transactions(
+pub(crate) async fn load_transactions(
     db: &Db,
     ids: &[TransactionId],
 ) -> Result<Vec<Option<Transaction>>, DbError> {
@@ -169,7 +183,7 @@ pub async fn get_status(
 /// publishes `{"type": "status_update", …}` on `transactions:<id>`: one
 /// round trip. Returns the number of subscribers reached.
 #[tracing::instrument(skip_all, fields(transaction_id = %transaction.transaction_id))]
-pub async fn publish_status(
+pub(crate) async fn publish_status(
     transactions: &Transactions,
     transaction: &Transaction,
 ) -> Result<u64, RedisUnavailable> {

@@ -44,6 +44,7 @@ pub struct Warmer {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// What a warming run did, for the function's JSON summary.
 pub struct WarmReport {
     /// Users asked for.
     pub users: u64,
@@ -59,6 +60,7 @@ pub struct WarmReport {
     pub outbox_rows_applied: u64,
     /// True if the deadline stopped the run before every user was done.
     pub stopped_early: bool,
+    /// The run's duration.
     pub duration_ms: u64,
 }
 

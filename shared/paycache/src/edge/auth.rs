@@ -48,19 +48,27 @@ use crate::infra::keys::{DeviceFingerprint, Jti, SessionId, UserId};
 /// Authorizer settings, read by the functions that need them.
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
+    /// `AUTH_ISSUER`: the `iss` tokens must carry.
     pub issuer: String,
+    /// `AUTH_AUDIENCE`: the `aud` tokens must carry.
     pub audience: String,
+    /// `AUTH_JWKS`: the issuer's public keys (JSON).
     pub jwks: String,
+    /// `AUTH_HS256_SECRET`: a shared key for local development only.
     pub hs256_secret: Option<Secret>,
+    /// `AUTH_LEEWAY_SECS`: clock skew allowed on `exp` and `nbf`.
     pub leeway_secs: u64,
+    /// `AUTH_REVOCATION_FAIL_OPEN`: admit when Redis cannot say whether a token is revoked.
     pub revocation_fail_open: bool,
 }
 
 impl AuthConfig {
+    /// From the environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|k| std::env::var(k).ok())
     }
 
+    /// From `lookup` (tests).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |k: &str| lookup(k).filter(|v| !v.trim().is_empty());
         let required = |k: &'static str| {
@@ -114,32 +122,46 @@ impl AuthConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
     #[error("no bearer token")]
+    /// No `Authorization: Bearer …` header.
     MissingToken,
     #[error("the token is malformed")]
+    /// Not a JWT.
     Malformed,
     #[error("the token's algorithm is not allowed")]
+    /// An algorithm not allowed (`none`, or one the keys do not have).
     DisallowedAlgorithm,
     #[error("the token's key is unknown")]
+    /// No key with the token's `kid`.
     UnknownKey,
     #[error("the signature is invalid")]
+    /// The signature does not verify.
     BadSignature,
     #[error("the token has expired")]
+    /// Past `exp`.
     Expired,
     #[error("the token is not valid yet")]
+    /// Before `nbf`.
     NotYetValid,
     #[error("the token's issuer is wrong")]
+    /// Another `iss`.
     WrongIssuer,
     #[error("the token's audience is wrong")]
+    /// Another `aud`.
     WrongAudience,
     #[error("the token's claims are incomplete")]
+    /// `sub`, `jti`, `sid` or `exp` missing or malformed.
     MissingClaims,
     #[error("the token has been revoked")]
+    /// The token's `jti` is blacklisted (logged out).
     Revoked,
     #[error("the session does not exist (logged out or expired)")]
+    /// The session does not exist (expired, evicted or revoked).
     NoSession,
     #[error("the session belongs to another user")]
+    /// The session belongs to another user.
     SessionMismatch,
     #[error("revocation could not be checked (Redis unavailable)")]
+    /// Redis could not say whether the token is revoked (fail-closed).
     RevocationUnavailable,
 }
 
@@ -154,9 +176,13 @@ struct RawClaims {
 /// Verified claims.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claims {
+    /// `sub`.
     pub user: UserId,
+    /// `jti`: what logout blacklists.
     pub jti: Jti,
+    /// `sid`: the session.
     pub session: SessionId,
+    /// `exp`.
     pub expires_at: OffsetDateTime,
 }
 
@@ -182,6 +208,7 @@ impl Verifier {
         Self::new(AuthConfig::from_env()?)
     }
 
+    /// Parses the configured keys; refuses a configuration with none.
     pub fn new(config: AuthConfig) -> Result<Self, ConfigError> {
         let set: jsonwebtoken::jwk::JwkSet =
             serde_json::from_str(&config.jwks).map_err(|_| ConfigError {
@@ -212,6 +239,7 @@ impl Verifier {
         })
     }
 
+    /// The configuration it was built from.
     pub fn config(&self) -> &AuthConfig {
         &self.config
     }
@@ -282,7 +310,7 @@ impl Verifier {
 /// require (`requestContext`) and the authorizer needs neither's rest.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct AuthorizerEvent {
+pub(crate) struct AuthorizerEvent {
     /// Present for a WebSocket API (REQUEST authorizer, IAM policy answer).
     #[serde(default)]
     pub method_arn: Option<String>,
@@ -298,7 +326,7 @@ pub struct AuthorizerEvent {
 /// `identitySource`: a list (payload 2.0) or one comma-separated string.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-pub enum IdentitySource {
+pub(crate) enum IdentitySource {
     Many(Vec<String>),
     One(String),
 }
@@ -324,7 +352,7 @@ impl AuthorizerEvent {
 /// The bearer token of an authorizer event: header `authorization`, the
 /// first identity source, or — for WebSocket `$connect` — the `token` query
 /// parameter.
-pub fn bearer(event: &AuthorizerEvent) -> Option<&str> {
+pub(crate) fn bearer(event: &AuthorizerEvent) -> Option<&str> {
     let from_headers = event.header("authorization");
     // WebSocket `$connect`: browsers cannot set headers, so `?token=`.
     if from_headers.is_none()
@@ -346,7 +374,7 @@ pub fn bearer(event: &AuthorizerEvent) -> Option<&str> {
 
 /// Fraud signals gathered for an authorized request.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Signals {
+pub(crate) struct Signals {
     /// True when `X-Device-Fingerprint` names a device new for this user.
     pub new_device: bool,
     pub risk_score: Option<u32>,
@@ -388,7 +416,7 @@ pub async fn decide<'a>(
 /// [`decide`], plus the fraud signals (device, risk score), gathered
 /// concurrently with the revocation check. Fraud signals never deny: they
 /// inform the route, and their failure only leaves them out.
-pub async fn decide_with_signals<'a>(
+pub(crate) async fn decide_with_signals<'a>(
     deps: impl Into<Deps<'a>>,
     verifier: &Verifier,
     event: &Value,
@@ -452,7 +480,7 @@ pub async fn decide_with_signals<'a>(
 /// The context the authorizer passes to the route (API Gateway flattens it
 /// into strings, numbers and booleans).
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
-pub struct AuthorizerContext {
+pub(crate) struct AuthorizerContext {
     pub user_id: String,
     pub session_id: String,
     pub jti: String,

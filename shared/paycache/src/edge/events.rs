@@ -50,7 +50,7 @@ struct Envelope {
 /// ignored).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "detail-type", content = "detail")]
-pub enum InvalidationEvent {
+pub(crate) enum InvalidationEvent {
     UserProfileUpdated(UserProfileUpdated),
     TransactionCompleted(TransactionCompleted),
 }
@@ -58,6 +58,7 @@ pub enum InvalidationEvent {
 /// `UserProfileUpdated`'s detail.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct UserProfileUpdated {
+    /// The user whose profile changed.
     pub user_id: UserId,
 }
 
@@ -65,8 +66,11 @@ pub struct UserProfileUpdated {
 /// transaction's row; the event's copies are validated, not trusted.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct TransactionCompleted {
+    /// The transaction.
     pub transaction_id: TransactionId,
+    /// The paying wallet.
     pub sender_wallet_id: WalletId,
+    /// The receiving wallet.
     pub receiver_wallet_id: WalletId,
 }
 
@@ -327,7 +331,7 @@ pub fn deadline(context: &Context, fallback: Duration) -> Instant {
 }
 
 /// What every event-driven handler returns to the runtime.
-pub type Answer = Result<Value, lambda_http::lambda_runtime::Error>;
+pub(crate) type Answer = Result<Value, lambda_http::lambda_runtime::Error>;
 
 /// `cache-invalidator`'s handler (see [`cache_invalidation`]).
 pub async fn handle_invalidation(app: &App, _: &(), event: Value, _: Context) -> Answer {
@@ -365,6 +369,7 @@ pub fn metrics_client(
     Ok(crate::domain::cloudwatch::client())
 }
 
+/// `metrics-emitter`'s handler (see [`emit_metrics`]).
 pub async fn handle_metrics(
     app: &App,
     cloudwatch: &crate::domain::cloudwatch::CloudWatch,

@@ -13,15 +13,15 @@ use serde::Serialize;
 
 use crate::patterns::cache_aside::CacheStatus;
 
-pub const PROBLEM_JSON: &str = "application/problem+json";
-pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+pub(crate) const PROBLEM_JSON: &str = "application/problem+json";
+pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 /// Largest request body accepted (the contract's 64 KiB).
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// An RFC 9457 problem. `type` is `urn:paycache:problem:<slug>`; the slugs
 /// are listed in the OpenAPI document.
 #[derive(Debug, Clone)]
-pub struct Problem {
+pub(crate) struct Problem {
     pub status: StatusCode,
     pub slug: &'static str,
     pub title: &'static str,
@@ -33,7 +33,7 @@ pub struct Problem {
 
 impl Problem {
     /// A problem of a type not covered by the constructors below.
-    pub fn new_public(
+    pub(crate) fn new_public(
         status: StatusCode,
         slug: &'static str,
         title: &'static str,
@@ -58,7 +58,7 @@ impl Problem {
         }
     }
 
-    pub fn invalid_request(detail: impl Into<String>) -> Self {
+    pub(crate) fn invalid_request(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
             "invalid-request",
@@ -67,7 +67,7 @@ impl Problem {
         )
     }
 
-    pub fn not_found(detail: impl Into<String>) -> Self {
+    pub(crate) fn not_found(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
             "not-found",
@@ -76,7 +76,7 @@ impl Problem {
         )
     }
 
-    pub fn method_not_allowed(allowed: &'static str) -> Self {
+    pub(crate) fn method_not_allowed(allowed: &'static str) -> Self {
         let mut p = Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
@@ -87,7 +87,7 @@ impl Problem {
         p
     }
 
-    pub fn unprocessable(detail: impl Into<String>) -> Self {
+    pub(crate) fn unprocessable(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "unprocessable",
@@ -120,7 +120,7 @@ impl Problem {
         self
     }
 
-    pub fn payload_too_large() -> Self {
+    pub(crate) fn payload_too_large() -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload-too-large",
@@ -140,7 +140,7 @@ impl Problem {
         p
     }
 
-    pub fn into_response(self, request_id: &str) -> Response<Body> {
+    pub(crate) fn into_response(self, request_id: &str) -> Response<Body> {
         let mut body = serde_json::Map::new();
         body.insert(
             "type".into(),
@@ -176,7 +176,7 @@ impl Problem {
 
 /// A JSON response. Serialising our own types cannot fail; if it somehow
 /// did, the client gets a bare 500 rather than a panic.
-pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+pub(crate) fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     // Text, not binary: API Gateway then passes the body through as is
     // instead of base64-decoding it.
     let (status, body) = match serde_json::to_string(value) {
@@ -192,7 +192,7 @@ pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Bo
 
 /// The contract's size limit, checked before anything else is read: a body
 /// over [`MAX_BODY_BYTES`] is answered with 413 whatever the route.
-pub fn check_body_size(req: &Request) -> Result<(), Problem> {
+pub(crate) fn check_body_size(req: &Request) -> Result<(), Problem> {
     let body: &[u8] = req.body().as_ref();
     if body.len() > MAX_BODY_BYTES {
         Err(Problem::payload_too_large())
@@ -204,7 +204,7 @@ pub fn check_body_size(req: &Request) -> Result<(), Problem> {
 /// A JSON number that is a whole number, in JSON Schema's sense: `4518`,
 /// and also `4518.0` or `4.518e3` (an integral value written as a float,
 /// exactly representable), but not `4518.5` or a negative number.
-pub fn whole_number(n: &serde_json::Number) -> Option<u64> {
+pub(crate) fn whole_number(n: &serde_json::Number) -> Option<u64> {
     if let Some(v) = n.as_u64() {
         return Some(v);
     }
@@ -215,7 +215,9 @@ pub fn whole_number(n: &serde_json::Number) -> Option<u64> {
 }
 
 /// The request body as a JSON object, or a 400 saying why it is not one.
-pub fn json_object(req: &Request) -> Result<serde_json::Map<String, serde_json::Value>, Problem> {
+pub(crate) fn json_object(
+    req: &Request,
+) -> Result<serde_json::Map<String, serde_json::Value>, Problem> {
     let body: &[u8] = req.body().as_ref();
     if body.is_empty() {
         return Err(Problem::invalid_request(
@@ -234,7 +236,7 @@ pub fn json_object(req: &Request) -> Result<serde_json::Map<String, serde_json::
 }
 
 /// A header that may appear at most once, as visible ASCII text.
-pub fn single_header<'a>(req: &'a Request, name: &str) -> Result<Option<&'a str>, Problem> {
+pub(crate) fn single_header<'a>(req: &'a Request, name: &str) -> Result<Option<&'a str>, Problem> {
     let mut values = req.headers().get_all(name).iter();
     let Some(first) = values.next() else {
         return Ok(None);
@@ -250,7 +252,7 @@ pub fn single_header<'a>(req: &'a Request, name: &str) -> Result<Option<&'a str>
 }
 
 /// Adds the `Cache-Status` header.
-pub fn with_cache_status(mut resp: Response<Body>, status: &CacheStatus) -> Response<Body> {
+pub(crate) fn with_cache_status(mut resp: Response<Body>, status: &CacheStatus) -> Response<Body> {
     if let Ok(v) = HeaderValue::from_str(&cache_status_header(status)) {
         resp.headers_mut().insert(CACHE_STATUS, v);
     }
@@ -274,7 +276,7 @@ pub fn request_id(req: &Request) -> String {
 
 /// A path parameter, from API Gateway's `pathParameters`, or, when a router
 /// did not fill them in, from the path itself at segment `index`.
-pub fn path_param(req: &Request, name: &str, index: usize) -> Option<String> {
+pub(crate) fn path_param(req: &Request, name: &str, index: usize) -> Option<String> {
     if let Some(v) = req.path_parameters_ref().and_then(|p| p.first(name)) {
         return Some(v.to_owned());
     }

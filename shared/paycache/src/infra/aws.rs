@@ -24,24 +24,39 @@ use aws_smithy_runtime_api::client::result::SdkError;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AwsError {
     #[error("AWS configuration: {0} is not set or not valid")]
+    /// Configuration (the variable's name).
     Config(&'static str),
     #[error("{service} did not answer within {timeout_ms} ms")]
+    /// No answer in time.
     Timeout {
+        /// The AWS service called.
         service: &'static str,
+        /// The time allowed.
         timeout_ms: u64,
     },
     #[error("{service} could not be reached")]
-    Transport { service: &'static str },
-    #[error("{service} answered HTTP {status} ({code})")]
-    Status {
+    /// No connection (DNS, TCP, TLS).
+    Transport {
+        /// The AWS service called.
         service: &'static str,
+    },
+    #[error("{service} answered HTTP {status} ({code})")]
+    /// An error answer.
+    Status {
+        /// The AWS service called.
+        service: &'static str,
+        /// The HTTP status.
         status: u16,
         /// The service's error code (`ResourceNotFoundException`, ...), or
         /// "unknown"; never the message or the body.
         code: String,
     },
     #[error("{service} answered with a body that could not be read")]
-    Body { service: &'static str },
+    /// An answer that could not be read.
+    Body {
+        /// The AWS service called.
+        service: &'static str,
+    },
 }
 
 /// The shared AWS configuration of this execution environment, loaded at
@@ -72,7 +87,7 @@ pub async fn sdk_config(timeout: Duration) -> &'static SdkConfig {
 }
 
 /// The region of `config`, or the error that names the variable to set.
-pub fn require_region(config: &SdkConfig) -> Result<(), AwsError> {
+pub(crate) fn require_region(config: &SdkConfig) -> Result<(), AwsError> {
     match config.region() {
         Some(r) if !r.as_ref().is_empty() => Ok(()),
         _ => Err(AwsError::Config("AWS_REGION")),

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use crate::infra::config::BreakerConfig;
 
 #[derive(Debug)]
+/// A circuit breaker: open after `CACHE_BREAKER_FAILURES` consecutive
+/// failures, for `CACHE_BREAKER_COOLDOWN_MS`; then one trial request.
 pub struct Breaker {
     config: BreakerConfig,
     state: Mutex<State>,
@@ -29,7 +31,7 @@ struct State {
 
 /// What the breaker says about the next Redis call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Permit {
+pub(crate) enum Permit {
     /// Closed: go ahead.
     Allowed,
     /// Half-open: go ahead; this call decides the breaker's next state.
@@ -39,6 +41,7 @@ pub enum Permit {
 }
 
 impl Breaker {
+    /// A closed breaker.
     pub fn new(config: BreakerConfig) -> Self {
         Self {
             config,
@@ -52,7 +55,7 @@ impl Breaker {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn permit(&self) -> Permit {
+    pub(crate) fn permit(&self) -> Permit {
         let mut s = self.state();
         match s.open_until {
             None => Permit::Allowed,
@@ -65,12 +68,12 @@ impl Breaker {
         }
     }
 
-    pub fn record_success(&self) {
+    pub(crate) fn record_success(&self) {
         let mut s = self.state();
         *s = State::default();
     }
 
-    pub fn record_failure(&self) {
+    pub(crate) fn record_failure(&self) {
         let mut s = self.state();
         s.consecutive_failures = s.consecutive_failures.saturating_add(1);
         if s.probe_in_flight || s.consecutive_failures >= self.config.failure_threshold {
@@ -79,10 +82,12 @@ impl Breaker {
         }
     }
 
+    /// Whether requests are being refused now.
     pub fn is_open(&self) -> bool {
         self.state().open_until.is_some()
     }
 
+    /// How long it stays open.
     pub fn cooldown(&self) -> Duration {
         self.config.cooldown
     }

@@ -37,12 +37,16 @@ use crate::infra::secrets::{REFETCH_COOLDOWN, SecretSource};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RedisUnavailable {
     #[error("the Redis circuit breaker is open")]
+    /// The circuit breaker is open.
     BreakerOpen,
     #[error("Redis did not answer within the response timeout")]
+    /// No answer within the response timeout.
     Timeout,
     #[error("the Redis connection failed")]
+    /// No connection.
     Connection,
     #[error("Redis answered with an error")]
+    /// Redis answered with an error.
     Server,
 }
 
@@ -62,15 +66,19 @@ impl RedisUnavailable {
 #[derive(Debug, thiserror::Error)]
 pub enum RedisSetupError {
     #[error("REDIS_URL: not a valid Redis URL")]
+    /// The URL is not a Redis URL.
     InvalidUrl,
     #[error("REDIS_CA_CERT: the file cannot be read")]
+    /// The CA file could not be read.
     CaCert,
 }
 
 /// A connection handle, cheap to clone; what commands and scripts run on.
 #[derive(Clone)]
 pub enum RedisConnection {
+    /// A standalone server.
     Standalone(ConnectionManager),
+    /// A cluster.
     Cluster(ClusterConnection),
 }
 
@@ -250,7 +258,7 @@ impl Redis {
     /// Like [`Redis::new`]; when Redis refuses the token (`WRONGPASS`),
     /// `token_source` is read again and the connections rebuilt with the
     /// token it now holds.
-    pub fn with_token_source(
+    pub(crate) fn with_token_source(
         config: &RedisConfig,
         breaker: BreakerConfig,
         token_source: Option<SecretSource>,
@@ -372,21 +380,24 @@ impl Redis {
         }
     }
 
+    /// Standalone or cluster.
     pub fn mode(&self) -> RedisMode {
         self.inner.mode
     }
 
+    /// Its circuit breaker.
     pub fn breaker(&self) -> &Breaker {
         &self.inner.breaker
     }
 
+    /// `REDIS_RESPONSE_TIMEOUT_MS`.
     pub fn response_timeout(&self) -> Duration {
         self.inner.response_timeout
     }
 
     /// A client for one node (`host:port`), with the same scheme, TLS roots
     /// and credentials as the configured endpoint; for health checks.
-    pub fn node_client(&self, host: &str, port: u16) -> Result<Client, RedisSetupError> {
+    pub(crate) fn node_client(&self, host: &str, port: u16) -> Result<Client, RedisSetupError> {
         let generation = self.generation();
         let t = &generation.node_template;
         let mut info = t
@@ -429,7 +440,7 @@ impl Redis {
     }
 
     /// The configured endpoint's host and port (standalone health checks).
-    pub fn seed_address(&self) -> Option<(String, u16)> {
+    pub(crate) fn seed_address(&self) -> Option<(String, u16)> {
         let info = self
             .generation()
             .node_template

@@ -34,25 +34,30 @@ use crate::infra::config::DatabaseConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("DATABASE_URL: not a valid PostgreSQL connection string")]
+    /// `DATABASE_URL` is not a valid connection string.
     InvalidUrl,
     #[error("DATABASE_CA_CERT: not a readable PEM file of certificates")]
+    /// The CA file could not be read.
     CaCert,
     #[error("the database is unavailable")]
+    /// No connection, or unreadable data.
     Unavailable,
     #[error("a database query failed")]
+    /// A query failed.
     Query(#[source] tokio_postgres::Error),
 }
 
 /// The migrations, applied in order, each once (tracked in `schema_migrations`).
-pub const MIGRATIONS: &[(i32, &str)] = &[
+pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../migrations/0001_core.sql")),
     (2, include_str!("../../migrations/0002_balance_outbox.sql")),
 ];
 
 /// The deterministic local data set (see the file for its ids).
-pub const LOCAL_SEED: &str = include_str!("../../seed/local.sql");
+pub(crate) const LOCAL_SEED: &str = include_str!("../../seed/local.sql");
 
 #[derive(Clone)]
+/// The PostgreSQL pool (TLS per `sslmode`).
 pub struct Db {
     pool: Pool,
 }
@@ -100,6 +105,7 @@ impl Db {
         Ok(Self { pool })
     }
 
+    /// A pooled connection (connecting if needed, within `DATABASE_CONNECT_TIMEOUT_MS`).
     pub async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
         self.pool.get().await.map_err(|e| {
             tracing::warn!(error = %crate::infra::telemetry::ErrorChain(&e), "database connection unavailable");
@@ -215,7 +221,7 @@ where
 
 /// Maps a driver error, telling "the database is gone" from "this query
 /// failed", without keeping the server's text in our own messages.
-pub fn query_error(err: tokio_postgres::Error) -> DbError {
+pub(crate) fn query_error(err: tokio_postgres::Error) -> DbError {
     // Classes 08 (connection), 53 (insufficient resources) and 57 (operator
     // intervention, including statement_timeout) mean "try again later".
     let transient = err

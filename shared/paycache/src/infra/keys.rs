@@ -20,7 +20,9 @@ use uuid::Uuid;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field} {problem}")]
 pub struct InvalidId {
+    /// The field (`user_id`, …).
     pub field: &'static str,
+    /// What is wrong with it.
     pub problem: &'static str,
 }
 
@@ -32,12 +34,15 @@ macro_rules! uuid_id {
         pub struct $name(Uuid);
 
         impl $name {
+            /// The field's name in requests and errors.
             pub const FIELD: &'static str = $field;
 
+            /// Parses the canonical form (lower-case hyphenated UUID).
             pub fn parse(raw: &str) -> Result<Self, InvalidId> {
                 parse_uuid(raw, $field).map(Self)
             }
 
+            /// The UUID.
             pub fn as_uuid(&self) -> Uuid {
                 self.0
             }
@@ -124,8 +129,10 @@ macro_rules! token_id {
         pub struct $name(String);
 
         impl $name {
+            /// The field's name in requests and errors.
             pub const FIELD: &'static str = $field;
 
+            /// Parses and validates the value.
             pub fn parse(raw: &str) -> Result<Self, InvalidId> {
                 if $check(raw) {
                     Ok(Self(raw.to_owned()))
@@ -134,6 +141,7 @@ macro_rules! token_id {
                 }
             }
 
+            /// The validated text.
             pub fn as_str(&self) -> &str {
                 &self.0
             }
@@ -231,20 +239,35 @@ token_id!(
 /// The key families of the design, each with the TTL the seed gives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyFamily {
+    /// `user_profile:{user_id}`.
     UserProfile,
+    /// `user_permissions:{user_id}`.
     UserPermissions,
+    /// `user_preferences:{user_id}`.
     UserPreferences,
+    /// `wallet_balance:{wallet_id}`.
     WalletBalance,
+    /// `session:{session_id}`.
     Session,
+    /// `blacklist:{token_jti}`.
     Blacklist,
+    /// `txn:{transaction_id}`.
     Transaction,
+    /// `txn_status:{transaction_id}`.
     TransactionStatus,
+    /// `rate_limit:{user_id}:{endpoint}`.
     RateLimit,
+    /// `sliding_window:{user_id}:{endpoint}`.
     SlidingWindow,
+    /// `risk_score:{user_id}`.
     RiskScore,
+    /// `device:{fingerprint}`.
     Device,
+    /// `ws_conn:{user_id}`.
     WsConnections,
+    /// `ws_meta:{connection_id}`.
     WsMeta,
+    /// `audit_buffer:{service}`.
     AuditBuffer,
 }
 
@@ -279,10 +302,12 @@ pub struct CacheKey {
 }
 
 impl CacheKey {
+    /// The full key.
     pub fn as_str(&self) -> &str {
         &self.key
     }
 
+    /// Its family.
     pub fn family(&self) -> KeyFamily {
         self.family
     }
@@ -323,6 +348,7 @@ impl Keyspace {
         }
     }
 
+    /// `KEY_PREFIX`.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -341,12 +367,12 @@ impl Keyspace {
     }
 
     /// `user_permissions:{user_id}` (invalidated with the profile).
-    pub fn user_permissions(&self, id: &UserId) -> CacheKey {
+    pub(crate) fn user_permissions(&self, id: &UserId) -> CacheKey {
         self.key(KeyFamily::UserPermissions, id, None)
     }
 
     /// `user_preferences:{user_id}` (invalidated with the profile).
-    pub fn user_preferences(&self, id: &UserId) -> CacheKey {
+    pub(crate) fn user_preferences(&self, id: &UserId) -> CacheKey {
         self.key(KeyFamily::UserPreferences, id, None)
     }
 
@@ -377,7 +403,7 @@ impl Keyspace {
     }
 
     /// `txn_status:{transaction_id}`
-    pub fn transaction_status(&self, id: &TransactionId) -> CacheKey {
+    pub(crate) fn transaction_status(&self, id: &TransactionId) -> CacheKey {
         self.key(KeyFamily::TransactionStatus, id, None)
     }
 
@@ -388,7 +414,7 @@ impl Keyspace {
     }
 
     /// `sliding:{user_id}:{endpoint}`
-    pub fn sliding_window(&self, user: &UserId, endpoint: &Endpoint) -> CacheKey {
+    pub(crate) fn sliding_window(&self, user: &UserId, endpoint: &Endpoint) -> CacheKey {
         self.key(KeyFamily::SlidingWindow, user, Some(endpoint.as_str()))
     }
 
@@ -422,7 +448,8 @@ impl Keyspace {
 /// and the next `}` when that is non-empty, else the whole key. Two keys with
 /// the same hash tag are in the same slot (integration tests also check this
 /// against a real cluster with `CLUSTER KEYSLOT`).
-pub fn hash_tag(key: &str) -> &str {
+#[cfg(test)]
+fn hash_tag(key: &str) -> &str {
     if let Some(open) = key.find('{')
         && let Some(len) = key[open + 1..].find('}')
         && len > 0

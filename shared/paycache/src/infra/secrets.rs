@@ -33,16 +33,23 @@ use crate::infra::config::Secret;
 pub const REFETCH_COOLDOWN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, thiserror::Error)]
+/// Why a secret could not be used. The text never contains the secret.
 pub enum SecretError {
     #[error("{variable}: the secret could not be fetched: {source}")]
+    /// Secrets Manager did not give it.
     Fetch {
+        /// The variable naming the secret's ARN.
         variable: &'static str,
         #[source]
+        /// Why.
         source: AwsError,
     },
     #[error("{variable}: the secret has no SecretString in a supported format ({expected})")]
+    /// The secret is not in the expected format.
     Format {
+        /// The variable naming the secret's ARN.
         variable: &'static str,
+        /// What was expected.
         expected: &'static str,
     },
 }
@@ -69,6 +76,7 @@ impl std::fmt::Debug for SecretSource {
 }
 
 impl SecretSource {
+    /// A source for the secret `arn`, named by `variable` in errors.
     pub fn new(
         client: aws_sdk_secretsmanager::Client,
         timeout: Duration,
@@ -90,7 +98,7 @@ impl SecretSource {
     }
 
     /// `GetSecretValue` (current version): the `SecretString`.
-    pub async fn fetch_string(&self) -> Result<Secret, SecretError> {
+    pub(crate) async fn fetch_string(&self) -> Result<Secret, SecretError> {
         self.fetches.fetch_add(1, Ordering::Relaxed);
         let answer = self
             .client
@@ -109,7 +117,7 @@ impl SecretSource {
     }
 
     /// The Redis auth token held by the secret.
-    pub async fn fetch_redis_token(&self) -> Result<Secret, SecretError> {
+    pub(crate) async fn fetch_redis_token(&self) -> Result<Secret, SecretError> {
         let raw = self.fetch_string().await?;
         redis_token(raw.expose()).ok_or_else(|| {
             self.format_error(
@@ -119,7 +127,9 @@ impl SecretSource {
     }
 
     /// The database user name and password held by the secret.
-    pub async fn fetch_database_credentials(&self) -> Result<DatabaseCredentials, SecretError> {
+    pub(crate) async fn fetch_database_credentials(
+        &self,
+    ) -> Result<DatabaseCredentials, SecretError> {
         let raw = self.fetch_string().await?;
         database_credentials(raw.expose())
             .ok_or_else(|| self.format_error("JSON with `username` and `password`"))
@@ -135,7 +145,7 @@ impl SecretSource {
 
 /// Reads a Redis token secret: the token itself, or JSON with `token` or
 /// `password`. `None` when neither gives a valid ElastiCache token.
-pub fn redis_token(raw: &str) -> Option<Secret> {
+pub(crate) fn redis_token(raw: &str) -> Option<Secret> {
     let token = match serde_json::from_str::<serde_json::Value>(raw) {
         Ok(serde_json::Value::Object(map)) => ["token", "password"]
             .iter()
@@ -146,7 +156,7 @@ pub fn redis_token(raw: &str) -> Option<Secret> {
 }
 
 /// Reads an RDS-style database secret.
-pub fn database_credentials(raw: &str) -> Option<DatabaseCredentials> {
+pub(crate) fn database_credentials(raw: &str) -> Option<DatabaseCredentials> {
     let value: serde_json::Value = serde_json::from_str(raw).ok()?;
     let username = value.get("username")?.as_str()?;
     let password = value.get("password")?.as_str()?;

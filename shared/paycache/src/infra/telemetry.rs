@@ -26,6 +26,7 @@ use std::time::Instant;
 
 use metrics_cloudwatch_embedded::Collector;
 
+/// The CloudWatch namespace of the functions' metrics.
 pub const NAMESPACE: &str = "paycache";
 
 /// Installs the EMF recorder for `function`. Returns `None` (and logs) if a
@@ -76,19 +77,19 @@ pub fn flush_to(collector: &Collector, out: impl std::io::Write) {
 
 /// Counts one cache lookup under its outcome's metric (`CacheHit`,
 /// `CacheMiss` or `CacheBypass`; the cache engine names the outcome).
-pub fn cache_outcome(metric: &'static str) {
+pub(crate) fn cache_outcome(metric: &'static str) {
     metrics::counter!(metric).increment(1);
 }
 
-pub fn stale_serve() {
+pub(crate) fn stale_serve() {
     metrics::counter!("CacheStaleServe").increment(1);
 }
 
-pub fn redis_error() {
+pub(crate) fn redis_error() {
     metrics::counter!("RedisError").increment(1);
 }
 
-pub fn rate_limit_denied() {
+pub(crate) fn rate_limit_denied() {
     metrics::counter!("RateLimitDenied").increment(1);
 }
 
@@ -96,7 +97,7 @@ pub fn rate_limit_denied() {
 /// failed TLS handshake ("invalid peer certificate: UnknownIssuer") sits
 /// several sources below "error performing TLS handshake". Drivers' error
 /// texts carry no credentials (connection strings are never part of them).
-pub struct ErrorChain<'a>(pub &'a dyn std::error::Error);
+pub(crate) struct ErrorChain<'a>(pub &'a dyn std::error::Error);
 
 impl std::fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

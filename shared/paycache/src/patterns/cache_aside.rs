@@ -81,12 +81,18 @@ pub enum CacheStatus {
     Coalesced,
     /// Not in Redis; loaded from the database and stored (or not, when the
     /// lease was lost to an invalidation).
-    Miss { stored: bool },
+    Miss {
+        /// Whether it was stored.
+        stored: bool,
+    },
     /// Waited the full `CACHE_LOCK_WAIT_MS` for another loader, then loaded
     /// from the database without storing.
     LeaseTimeout,
     /// A hit that XFetch chose to refresh early; served fresh from the database.
-    EarlyRefresh { stored: bool },
+    EarlyRefresh {
+        /// Whether it was stored.
+        stored: bool,
+    },
     /// A writer holds the key's fence; served from the database, not stored.
     WriteInProgress,
     /// Redis was unavailable; served from the database.
@@ -114,7 +120,7 @@ impl CacheStatus {
 
 /// What a batch fill did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct FillReport {
+pub(crate) struct FillReport {
     /// Entries loaded and stored.
     pub filled: u64,
     /// Entries already cached, being loaded elsewhere, fenced, or whose
@@ -127,7 +133,9 @@ pub struct FillReport {
 /// A value (or a cached "not found") and how it was obtained.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cached<T> {
+    /// The value; `None` when it does not exist.
     pub value: Option<T>,
+    /// Where it came from.
     pub status: CacheStatus,
 }
 
@@ -146,17 +154,13 @@ enum LeaseReply {
     WriterFence,
 }
 
-/// The header of a stored entry that scripts and writers need.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EntryHeader {
-    pub version: u64,
-}
-
 impl CacheAside {
+    /// An engine over `redis`.
     pub fn new(redis: Redis, ttl: TtlConfig, config: CacheAsideConfig) -> Self {
         Self { redis, ttl, config }
     }
 
+    /// The Redis it uses.
     pub fn redis(&self) -> &Redis {
         &self.redis
     }
@@ -178,7 +182,7 @@ impl CacheAside {
     /// [`Self::get_or_load`] for a versioned entity: `version_of` gives the
     /// version stored in the entry's header, which write-through scripts
     /// compare so that a cached value never moves backwards.
-    pub async fn get_or_load_versioned<T, E, F, Fut>(
+    pub(crate) async fn get_or_load_versioned<T, E, F, Fut>(
         &self,
         key: &CacheKey,
         version_of: impl Fn(&T) -> u64,
@@ -365,7 +369,7 @@ impl CacheAside {
     /// connection(s), which write them back to back: a batch costs about one
     /// round-trip time per phase, whatever its size. (redis-rs pipelines
     /// cannot span cluster slots, and a batch's keys are in many.)
-    pub async fn fill_batch<T, E, F, Fut>(
+    pub(crate) async fn fill_batch<T, E, F, Fut>(
         &self,
         keys: &[CacheKey],
         version_of: impl Fn(&T) -> u64,

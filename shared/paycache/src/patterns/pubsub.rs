@@ -15,32 +15,37 @@ use time::OffsetDateTime;
 
 use crate::infra::keys::{TransactionId, UserId, WalletId};
 
+/// `notifications:<user_id>`.
 pub fn notifications(user: &UserId) -> String {
     format!("notifications:{user}")
 }
 
+/// `transactions:<transaction_id>`.
 pub fn transactions(id: &TransactionId) -> String {
     format!("transactions:{id}")
 }
 
+/// `balance:<wallet_id>`.
 pub fn balance(wallet: &WalletId) -> String {
     format!("balance:{wallet}")
 }
 
+/// `fraud:<user_id>`.
 pub fn fraud(user: &UserId) -> String {
     format!("fraud:{user}")
 }
 
+/// Announcements to everyone.
 pub const SYSTEM_ANNOUNCEMENTS: &str = "system:announcements";
 
 /// Unix seconds with microseconds, as the contract's `timestamp`.
-pub fn unix_seconds(at: OffsetDateTime) -> f64 {
+pub(crate) fn unix_seconds(at: OffsetDateTime) -> f64 {
     (at.unix_timestamp_nanos() / 1_000) as f64 / 1e6
 }
 
 /// `balance:<wallet_id>` — `{"type": "balance_update", …}`.
 #[derive(Debug, Clone, Serialize)]
-pub struct BalanceUpdate<'a> {
+pub(crate) struct BalanceUpdate<'a> {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub wallet_id: &'a WalletId,
@@ -53,7 +58,7 @@ pub struct BalanceUpdate<'a> {
 /// `transactions:<transaction_id>` — `{"type": "status_update", …}` (the
 /// design's `publish_transaction_update`).
 #[derive(Debug, Clone, Serialize)]
-pub struct TransactionStatusUpdate<'a> {
+pub(crate) struct TransactionStatusUpdate<'a> {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub transaction_id: &'a TransactionId,
@@ -63,7 +68,7 @@ pub struct TransactionStatusUpdate<'a> {
 
 /// `notifications:<user_id>` — `{"type": "profile_updated", …}`.
 #[derive(Debug, Clone, Serialize)]
-pub struct ProfileUpdated<'a> {
+pub(crate) struct ProfileUpdated<'a> {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub user_id: &'a UserId,
@@ -72,7 +77,7 @@ pub struct ProfileUpdated<'a> {
 
 /// `system:announcements` — `{"type": "announcement", "message", "timestamp"}`.
 #[derive(Debug, Clone, Serialize)]
-pub struct Announcement<'a> {
+pub(crate) struct Announcement<'a> {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub message: &'a str,
@@ -82,7 +87,7 @@ pub struct Announcement<'a> {
 /// Publishes `message` as JSON on `channel`: one round trip. Returns the
 /// number of subscribers reached. (Most messages are published inside the
 /// script that makes the change they announce; this is for the rest.)
-pub async fn publish<T: Serialize>(
+pub(crate) async fn publish<T: Serialize>(
     redis: &crate::infra::connection::Redis,
     channel: &str,
     message: &T,

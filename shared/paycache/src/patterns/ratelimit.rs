@@ -53,12 +53,19 @@ pub use crate::infra::config::rate_limit::{Algorithm, FailMode, Policies, Policy
 /// The answer to a check; rendered as the contract's body and headers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RateLimitDecision {
+    /// Whether the request is admitted.
     pub allowed: bool,
+    /// The policy's name (the endpoint).
     pub policy: String,
+    /// Its algorithm.
     pub algorithm: &'static str,
+    /// Requests (cost units) per window.
     pub limit: u64,
+    /// What is left in the window.
     pub remaining: u64,
+    /// When the window (or the bucket) is full again.
     pub reset_after_ms: u64,
+    /// When to retry (0 when admitted).
     pub retry_after_ms: u64,
     /// `cache-unavailable` when Redis could not decide (the policy's fail
     /// mode did); absent otherwise.
@@ -69,14 +76,19 @@ pub struct RateLimitDecision {
     #[serde(skip)]
     pub source: DecisionSource,
     #[serde(skip)]
+    /// The window.
     pub window_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Who decided.
 pub enum DecisionSource {
     #[default]
+    /// Redis.
     Redis,
+    /// The execution environment's memory of a denial still in force.
     LocalDenial,
+    /// Nobody: Redis failed, the policy's fail mode answered.
     Failed(RedisUnavailable),
 }
 
@@ -107,6 +119,8 @@ impl std::fmt::Debug for Remembered {
 }
 
 impl RateLimiter {
+    /// A limiter with `policies`; each check waits at most `timeout` for
+    /// Redis, and up to `local_capacity` denials are remembered locally.
     pub fn new(
         redis: Redis,
         keys: Keyspace,
@@ -124,6 +138,7 @@ impl RateLimiter {
         }
     }
 
+    /// The policy for `name` (the default when none is configured).
     pub fn policy(&self, name: &Endpoint) -> Policy {
         self.policies.get(name)
     }
@@ -270,7 +285,7 @@ impl RateLimitDecision {
     }
 
     /// `RateLimit-Policy`, e.g. `"transfers.create";q=100;w=60`.
-    pub fn policy_header(&self) -> String {
+    pub(crate) fn policy_header(&self) -> String {
         format!(
             "\"{}\";q={};w={}",
             self.policy, self.limit, self.window_secs
@@ -278,7 +293,7 @@ impl RateLimitDecision {
     }
 
     /// `RateLimit`, e.g. `"transfers.create";r=57;t=23`.
-    pub fn limit_header(&self) -> String {
+    pub(crate) fn limit_header(&self) -> String {
         format!(
             "\"{}\";r={};t={}",
             self.policy,
@@ -288,7 +303,7 @@ impl RateLimitDecision {
     }
 
     /// `Retry-After` in whole seconds, rounded up (at least 1).
-    pub fn retry_after_secs(&self) -> u64 {
+    pub(crate) fn retry_after_secs(&self) -> u64 {
         Self::secs_up(self.retry_after_ms).max(1)
     }
 }

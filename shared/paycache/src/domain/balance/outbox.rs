@@ -11,8 +11,11 @@ use crate::infra::keys::WalletId;
 /// Summary of a sweep of pending outbox rows.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SweepReport {
+    /// Wallets with pending rows.
     pub wallets: u64,
+    /// Pending rows seen.
     pub rows: u64,
+    /// Wallets whose apply failed (they stay pending).
     pub failed_wallets: u64,
 }
 

@@ -18,7 +18,7 @@ use crate::infra::db::DbError;
 use crate::infra::keys::WalletId;
 use crate::patterns::ratelimit::RateLimiter;
 
-pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+pub(crate) const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// What `GET`/`PUT /wallets/{wallet_id}/balance` use.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +38,7 @@ impl<'a> From<&'a App> for Deps<'a> {
     }
 }
 
+/// `GET` and `PUT /wallets/{wallet_id}/balance`.
 pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Body> {
     let deps = deps.into();
     let rid = request_id(&req);

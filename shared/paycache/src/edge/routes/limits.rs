@@ -17,16 +17,16 @@ use crate::edge::http::Problem;
 use crate::infra::keys::{Endpoint, UserId};
 use crate::patterns::ratelimit::{RateLimitDecision, RateLimiter};
 
-pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub(crate) const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Policy names of the routes.
-pub const PROFILE_READ: &str = "users.profile.read";
-pub const BALANCE_READ: &str = "wallets.balance.read";
-pub const BALANCE_WRITE: &str = "wallets.balance.write";
+pub(crate) const PROFILE_READ: &str = "users.profile.read";
+pub(crate) const BALANCE_READ: &str = "wallets.balance.read";
+pub(crate) const BALANCE_WRITE: &str = "wallets.balance.write";
 
 /// The authenticated caller, if the authorizer named one.
-pub fn calling_user(req: &Request) -> Option<UserId> {
+pub(crate) fn calling_user(req: &Request) -> Option<UserId> {
     let Some(RequestContext::ApiGatewayV2(ctx)) = req.request_context_ref() else {
         return None;
     };
@@ -36,7 +36,7 @@ pub fn calling_user(req: &Request) -> Option<UserId> {
 
 /// Applies `policy` to the caller. `Err` is the 429 to send; `Ok(Some)` is
 /// the decision whose headers the response should carry.
-pub async fn enforce(
+pub(crate) async fn enforce(
     limiter: &RateLimiter,
     req: &Request,
     policy: &'static str,
@@ -57,7 +57,7 @@ pub async fn enforce(
 }
 
 /// A 429 problem carrying the decision's members and headers.
-pub fn too_many_requests(decision: &RateLimitDecision, request_id: &str) -> Response<Body> {
+pub(crate) fn too_many_requests(decision: &RateLimitDecision, request_id: &str) -> Response<Body> {
     let mut problem = Problem::new_public(
         StatusCode::TOO_MANY_REQUESTS,
         "rate-limited",
@@ -80,7 +80,10 @@ pub fn too_many_requests(decision: &RateLimitDecision, request_id: &str) -> Resp
 }
 
 /// Adds `RateLimit-Policy` and `RateLimit` (and `Retry-After` when denied).
-pub fn with_headers(mut resp: Response<Body>, decision: &RateLimitDecision) -> Response<Body> {
+pub(crate) fn with_headers(
+    mut resp: Response<Body>,
+    decision: &RateLimitDecision,
+) -> Response<Body> {
     let headers = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&decision.policy_header()) {
         headers.insert(RATELIMIT_POLICY, v);
@@ -95,7 +98,10 @@ pub fn with_headers(mut resp: Response<Body>, decision: &RateLimitDecision) -> R
 }
 
 /// [`with_headers`] when the request was limited at all.
-pub fn with_decision(resp: Response<Body>, decision: Option<&RateLimitDecision>) -> Response<Body> {
+pub(crate) fn with_decision(
+    resp: Response<Body>,
+    decision: Option<&RateLimitDecision>,
+) -> Response<Body> {
     match decision {
         Some(d) => with_headers(resp, d),
         None => resp,

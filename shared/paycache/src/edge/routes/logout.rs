@@ -55,6 +55,7 @@ impl<'a> From<&'a App> for Deps<'a> {
     }
 }
 
+/// `POST /auth/logout`.
 pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Body> {
     let deps = deps.into();
     let rid = request_id(&req);

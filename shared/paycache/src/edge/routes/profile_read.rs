@@ -31,6 +31,7 @@ impl<'a> From<&'a App> for Deps<'a> {
     }
 }
 
+/// `GET /users/{user_id}/profile`.
 pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Body> {
     let deps = deps.into();
     let rid = request_id(&req);

@@ -27,6 +27,7 @@ impl<'a> From<&'a App> for Deps<'a> {
     }
 }
 
+/// `POST /rate-limit/check`.
 pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Body> {
     let deps = deps.into();
     let rid = request_id(&req);

@@ -21,12 +21,13 @@ use std::time::Duration;
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret value.
     pub fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }
 
     /// The secret itself, for handing to a client library. Never log it.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -42,7 +43,9 @@ impl fmt::Debug for Secret {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {variable}: {problem}")]
 pub struct ConfigError {
+    /// The environment variable.
     pub variable: &'static str,
+    /// What is wrong with it (never its value).
     pub problem: String,
 }
 
@@ -58,12 +61,16 @@ impl ConfigError {
 /// Standalone Redis, or Redis Cluster (ElastiCache "cluster mode enabled").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RedisMode {
+    /// One Redis server (or a primary with replicas behind one endpoint).
     Standalone,
+    /// Redis Cluster (ElastiCache cluster mode).
     Cluster,
 }
 
 #[derive(Debug, Clone)]
+/// How to reach a Redis (`REDIS_*`).
 pub struct RedisConfig {
+    /// `REDIS_MODE`.
     pub mode: RedisMode,
     /// One URL per seed node (cluster) or exactly one (standalone). Passwords
     /// inside the URLs are part of the secret: the whole list is a [`Secret`].
@@ -80,6 +87,7 @@ pub struct RedisConfig {
     /// (`REDIS_AUTH_TOKEN_SECRET_ARN`): fetched at init into `auth_token`,
     /// and again when Redis refuses the token (see `secrets`).
     pub auth_token_secret_arn: Option<String>,
+    /// `REDIS_CONNECT_TIMEOUT_MS`.
     pub connect_timeout: Duration,
     /// Budget for one Redis operation, including cluster redirections.
     pub response_timeout: Duration,
@@ -88,11 +96,17 @@ pub struct RedisConfig {
 /// Time-to-live per key family, the seed's `cache_ttl_config`.
 #[derive(Debug, Clone, Copy)]
 pub struct TtlConfig {
+    /// `CACHE_TTL_USER_PROFILE_SECS`.
     pub user_profile: Duration,
+    /// `CACHE_TTL_WALLET_BALANCE_SECS`.
     pub wallet_balance: Duration,
+    /// `CACHE_TTL_EXCHANGE_RATES_SECS`.
     pub exchange_rates: Duration,
+    /// `CACHE_TTL_FRAUD_SCORES_SECS`.
     pub fraud_scores: Duration,
+    /// `CACHE_TTL_SESSION_DATA_SECS`.
     pub session_data: Duration,
+    /// `CACHE_TTL_RATE_LIMITS_SECS`.
     pub rate_limits: Duration,
     /// Each stored TTL is randomly shortened by up to this percentage so that
     /// keys written together do not expire together.
@@ -139,6 +153,7 @@ pub struct CacheAsideConfig {
 }
 
 #[derive(Debug, Clone, Copy)]
+/// The circuit breaker's settings (`CACHE_BREAKER_*`).
 pub struct BreakerConfig {
     /// Consecutive Redis failures that open the breaker.
     pub failure_threshold: u32,
@@ -147,7 +162,9 @@ pub struct BreakerConfig {
 }
 
 #[derive(Debug, Clone)]
+/// How to reach PostgreSQL (`DATABASE_*`).
 pub struct DatabaseConfig {
+    /// `DATABASE_URL`.
     pub url: Secret,
     /// Secrets Manager secret with the user name and password
     /// (`DATABASE_SECRET_ARN`); fetched at init into `credentials`.
@@ -157,7 +174,9 @@ pub struct DatabaseConfig {
     /// PEM bundle of extra trusted roots for TLS to PostgreSQL (the RDS CA
     /// bundle when connecting to RDS directly); the system roots otherwise.
     pub ca_cert: Option<PathBuf>,
+    /// `DATABASE_POOL_SIZE`.
     pub pool_size: usize,
+    /// `DATABASE_CONNECT_TIMEOUT_MS`.
     pub connect_timeout: Duration,
     /// Server-side `statement_timeout`, so a slow query cannot hang a function.
     pub statement_timeout: Duration,
@@ -195,6 +214,7 @@ pub struct AuditConfig {
 /// Rate limiting.
 #[derive(Debug, Clone)]
 pub struct RateLimitConfig {
+    /// `RATE_LIMIT_POLICIES` over the defaults.
     pub policies: rate_limit::Policies,
     /// The decision comes within this, whatever Redis does.
     pub timeout: Duration,
@@ -203,21 +223,32 @@ pub struct RateLimitConfig {
 }
 
 #[derive(Debug, Clone)]
+/// The whole configuration, read once from the environment (README → Configuration).
 pub struct Config {
+    /// The cache Redis.
     pub redis: RedisConfig,
     /// Where durable state lives (audit buffers; later the token blacklist):
     /// a Redis that never evicts. `None`: the main Redis.
     pub durable_redis: Option<RedisConfig>,
+    /// PostgreSQL.
     pub database: DatabaseConfig,
     /// Namespace in front of every key: 1–32 of `a-z 0-9 _ . -`.
     pub key_prefix: String,
+    /// The TTLs.
     pub ttl: TtlConfig,
+    /// The cache-aside engine.
     pub cache: CacheAsideConfig,
+    /// The circuit breaker.
     pub breaker: BreakerConfig,
+    /// Balance writes.
     pub balance: BalanceConfig,
+    /// The audit log.
     pub audit: AuditConfig,
+    /// Rate limiting.
     pub rate_limit: RateLimitConfig,
+    /// The health check.
     pub health: HealthConfig,
+    /// Cache warming.
     pub warm: WarmConfig,
     /// A cached risk score at or above this publishes a fraud alert.
     pub fraud_alert_threshold: u32,
@@ -567,7 +598,9 @@ impl Env<'_> {
 /// Budgets of a health check.
 #[derive(Debug, Clone, Copy)]
 pub struct HealthConfig {
+    /// `HEALTH_TIMEOUT_MS`: the whole check.
     pub timeout: Duration,
+    /// `HEALTH_NODE_TIMEOUT_MS`: each node's `PING`.
     pub node_timeout: Duration,
 }
 
@@ -576,7 +609,9 @@ pub struct HealthConfig {
 pub struct WarmConfig {
     /// How many of the most recently active users a scheduled run warms.
     pub users: u64,
+    /// `WARM_BATCH_USERS`: users per batch.
     pub batch_users: usize,
+    /// `WARM_CONCURRENCY`: batches at once.
     pub concurrency: usize,
     /// No batch starts later than this before the deadline.
     pub deadline_margin: Duration,
@@ -585,7 +620,9 @@ pub struct WarmConfig {
 /// The user name and password of a database secret.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DatabaseCredentials {
+    /// The database user.
     pub username: String,
+    /// Their password.
     pub password: Secret,
 }
 

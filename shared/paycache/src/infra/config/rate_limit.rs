@@ -11,14 +11,20 @@ use crate::infra::keys::Endpoint;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+/// The rate-limiting algorithms.
 pub enum Algorithm {
+    /// Counter per fixed window.
     FixedWindow,
+    /// Exact log of request times.
     SlidingLog,
+    /// Weighted current and previous windows.
     SlidingWindow,
+    /// Generic cell rate algorithm.
     Gcra,
 }
 
 impl Algorithm {
+    /// Its name in `RATE_LIMIT_POLICIES` and in answers.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::FixedWindow => "fixed_window",
@@ -28,6 +34,7 @@ impl Algorithm {
         }
     }
 
+    /// Every algorithm.
     pub const ALL: [Algorithm; 4] = [
         Self::FixedWindow,
         Self::SlidingLog,
@@ -38,8 +45,11 @@ impl Algorithm {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+/// What the limiter answers when Redis cannot decide.
 pub enum FailMode {
+    /// Admit.
     Open,
+    /// Deny.
     Closed,
 }
 
@@ -47,23 +57,30 @@ pub enum FailMode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySpec {
+    /// The algorithm.
     pub algorithm: Algorithm,
+    /// Requests (cost units) per window.
     pub limit: u64,
+    /// The window.
     pub window_secs: u64,
     /// GCRA only: units that may arrive at once (default: `limit`).
     #[serde(default)]
     pub burst: Option<u64>,
+    /// What to answer when Redis cannot decide.
     pub fail: FailMode,
 }
 
 /// A named policy (the contract's `endpoint`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
+    /// The endpoint it applies to.
     pub name: Endpoint,
+    /// Its settings.
     pub spec: PolicySpec,
 }
 
 impl Policy {
+    /// The most cost admitted at once: `burst`, or the limit.
     pub fn burst(&self) -> u64 {
         self.spec.burst.unwrap_or(self.spec.limit)
     }
@@ -73,7 +90,7 @@ impl Policy {
     }
 
     /// The most a single request may cost and still be admissible.
-    pub fn max_cost(&self) -> u64 {
+    pub(crate) fn max_cost(&self) -> u64 {
         match self.spec.algorithm {
             Algorithm::Gcra => self.burst(),
             _ => self.spec.limit,
