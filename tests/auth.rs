@@ -8,8 +8,7 @@ use std::time::Duration;
 use base64::Engine;
 use http::StatusCode;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-use lambda_http::request::RequestContext;
-use lambda_http::{Body, RequestExt};
+use lambda_http::Body;
 use paycache::auth::{AuthConfig, Denied, Verifier, authorize, decide};
 use paycache::config::RedisMode;
 use paycache::keys::{Jti, SessionId, UserId};
@@ -64,6 +63,13 @@ struct Login {
     sid: String,
     jti: String,
     token: String,
+}
+
+fn principal(l: &Login) -> paycache::identity::Principal {
+    paycache::identity::Principal::User {
+        user: UserId::parse(&l.user).unwrap(),
+        session: SessionId::parse(&l.sid).unwrap(),
+    }
 }
 
 async fn login(w: &World) -> Login {
@@ -219,7 +225,7 @@ async fn allowed_and_every_bad_token_denied(mode: RedisMode) {
     sessions::blacklist(
         &w.app.sessions,
         &Jti::parse(&l.jti).unwrap(),
-        &UserId::parse(&l.user).unwrap(),
+        &principal(&l),
         OffsetDateTime::now_utc() + time::Duration::minutes(10),
         "test",
     )
@@ -269,22 +275,17 @@ async fn sessions_slide_and_logout_revokes_until_expiry(mode: RedisMode) {
         .unwrap();
     assert!(ttl > 1_790_000, "sliding TTL: {ttl}");
 
-    // Logout with the authorizer's context, as API Gateway passes it.
-    let ctx = authorize(&w.app, &v, &event(&l.token)).await["context"].clone();
-    let mut req_ctx =
-        lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpRequestContext::default();
-    let mut auth = lambda_http::aws_lambda_events::apigw::ApiGatewayRequestAuthorizer::default();
-    for (k, val) in ctx.as_object().unwrap() {
-        auth.fields.insert(k.clone(), val.clone());
-    }
-    req_ctx.authorizer = Some(auth);
+    // Logout with the bearer token, verified by the function itself (no
+    // API Gateway in front).
+    let mut local = w.app.clone();
+    local.verifier = Some(std::sync::Arc::new(v.clone()));
     let req = http::Request::builder()
         .method("POST")
         .uri("/sessions/logout")
+        .header("authorization", format!("Bearer {}", l.token))
         .body(Body::Empty)
-        .unwrap()
-        .with_request_context(RequestContext::ApiGatewayV2(req_ctx));
-    let resp = paycache::routes::logout::handle(&w.app, req).await;
+        .unwrap();
+    let resp = paycache::routes::logout::handle(&local, req).await;
     assert_eq!(resp.status(), StatusCode::OK);
 
     // The same token is refused from now on…
@@ -309,7 +310,7 @@ async fn sessions_slide_and_logout_revokes_until_expiry(mode: RedisMode) {
     sessions::blacklist(
         &w.app.sessions,
         &Jti::parse(&gone).unwrap(),
-        &UserId::parse(&l.user).unwrap(),
+        &principal(&l),
         OffsetDateTime::now_utc() - time::Duration::seconds(1),
         "test",
     )

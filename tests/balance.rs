@@ -32,7 +32,8 @@ fn request(method: &str, wallet: &str, body: Option<Value>, key: Option<&str>) -
         Some(v) => Body::Text(v.to_string()),
         None => Body::Empty,
     };
-    b.body(body).unwrap().with_path_parameters(params)
+    let req = b.body(body).unwrap().with_path_parameters(params);
+    paycache_tests::as_service(req, &paycache_tests::ALL_PERMISSIONS)
 }
 
 fn put_body(balance: &str, currency: &str, expected: u64) -> Value {
@@ -269,6 +270,7 @@ async fn hostile_writes_change_nothing(mode: RedisMode) {
             b = b.header("idempotency-key", k);
         }
         let req = b.body(body).unwrap().with_path_parameters(params);
+        let req = paycache_tests::as_service(req, &paycache_tests::ALL_PERMISSIONS);
         let resp = handle(&w.app, req).await;
         assert_eq!(
             resp.status(),
@@ -292,13 +294,18 @@ async fn hostile_writes_change_nothing(mode: RedisMode) {
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad:?}");
     }
     assert_eq!(db_version(&w, &wallet).await, 1);
-    // No fence is left behind; the only key a refused write may leave is the
-    // wallet's unchanged balance (a write refused by the database — wrong
-    // currency — leaves the cache with the row it read).
+    // No fence is left behind; the only keys a refused write may leave are
+    // the wallet's unchanged balance (a write refused by the database —
+    // wrong currency — leaves the cache with the row it read) and the
+    // caller's rate-limit counter (a well-formed attempt counts).
     let id = WalletId::parse(&wallet).unwrap();
     let value_key = w.app.keys.wallet_balance(&id);
     let keys = w.keys().await;
-    assert!(keys.iter().all(|k| k == value_key.as_str()), "{keys:?}");
+    assert!(
+        keys.iter()
+            .all(|k| k == value_key.as_str() || k.contains(":rate_limit:{svc:")),
+        "{keys:?}"
+    );
     let read = get_balance(&w.app.balances, &id).await.unwrap();
     assert_eq!(read.value.unwrap().version, 1);
 }
@@ -375,6 +382,7 @@ async fn write_once(
                 balance: paycache::money::format_amount(minor, usd),
                 version: row.get::<_, i64>(0) as u64,
                 updated_at: row.get(1),
+                owner: None,
             };
             tokio::time::sleep(pause).await;
             naive_set(app, &b).await;
@@ -744,11 +752,16 @@ async fn redis_dies_during_a_write() {
 }
 
 /// Without Redis at the start of a write there is no fence: the write is
-/// refused with 503 and nothing changes.
+/// refused with 503 and nothing changes. (With revocation failing open, so
+/// that the gate lets the write through to the fence.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_fence_no_write() {
     let server = RedisServer::start();
-    let mut w = World::with_redis(TestRedis::Standalone(server), &[]).await;
+    let mut w = World::with_redis(
+        TestRedis::Standalone(server),
+        &[("AUTH_REVOCATION_FAIL_OPEN", "true")],
+    )
+    .await;
     let wallet = new_wallet(&w, 1000).await;
     let TestRedis::Standalone(server) = &mut w.redis else {
         unreachable!()
@@ -880,16 +893,28 @@ async fn round_trips_per_operation() {
         "../shared/paycache/src/domain/audit/append.lua"
     ));
     let mut seen = monitor.commands_with_first_arg();
+    // The gate: the service token's blacklist entry and its rate limit,
+    // sent together (one round-trip time).
+    let gate: Vec<_> = seen
+        .iter()
+        .filter(|(c, a)| c == "exists" && a.contains(":blacklist:"))
+        .cloned()
+        .collect();
+    assert_eq!(gate.len(), 1, "{seen:?}");
+    seen.retain(|(c, a)| !(c == "exists" && a.contains(":blacklist:")));
     seen.sort();
     let mut expected = vec![
         ("evalsha".to_owned(), fence),
         ("evalsha".to_owned(), apply),
         ("evalsha".to_owned(), append),
     ];
+    let limiter: Vec<_> = seen.iter().filter(|s| !expected.contains(s)).cloned().collect();
+    assert_eq!(limiter.len(), 1, "the rate-limit script: {seen:?}");
+    expected.extend(limiter);
     expected.sort();
     assert_eq!(
         seen, expected,
-        "a balance write: fence, cache update (1), audit append (1)"
+        "a balance write: gate (blacklist + rate limit, together), fence, cache update (1), audit append (1)"
     );
 
     monitor.clear();
@@ -924,6 +949,7 @@ async fn fence_protocol(mode: RedisMode) {
             balance: format!("{v}.00"),
             version: v,
             updated_at: time::OffsetDateTime::now_utc(),
+            owner: None,
         };
         paycache::cache_aside::encode(Some(&b), v, Duration::ZERO, Duration::from_secs(60)).unwrap()
     };

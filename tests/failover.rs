@@ -20,12 +20,13 @@ use test_support::{RedisCluster, TestRedis, insert_user, insert_wallet, random_u
 fn req(method: &str, key: &str, id: &str, body: Option<String>) -> Request {
     let mut params = HashMap::new();
     params.insert(key.to_string(), id.to_string());
-    http::Request::builder()
+    let req = http::Request::builder()
         .method(method)
         .uri("/x")
         .body(body.map(Body::Text).unwrap_or(Body::Empty))
         .unwrap()
-        .with_path_parameters(params)
+        .with_path_parameters(params);
+    paycache_tests::as_service(req, &paycache_tests::ALL_PERMISSIONS)
 }
 
 #[derive(Clone, Copy)]
@@ -266,15 +267,13 @@ async fn under_load(disruption: Disruption, cooldown_ms: &str) -> Vec<(Duration,
                 let t0 = Instant::now();
                 let body =
                     json!({"user_id": random_uuid(), "endpoint": "transfers.create"}).to_string();
-                let r = paycache::routes::rate_limit_check::handle(
-                    &app,
-                    http::Request::builder()
-                        .method("POST")
-                        .uri("/rate-limit/check")
-                        .body(Body::Text(body))
-                        .unwrap(),
-                )
-                .await;
+                let req = http::Request::builder()
+                    .method("POST")
+                    .uri("/rate-limit/check")
+                    .body(Body::Text(body))
+                    .unwrap();
+                let req = paycache_tests::as_service(req, &["ratelimit.check"]);
+                let r = paycache::routes::rate_limit_check::handle(&app, req).await;
                 record(&samples, t0, r.status() != StatusCode::OK, "limit");
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }

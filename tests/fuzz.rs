@@ -75,9 +75,11 @@ fn request(
     {
         b = b.header(name, v);
     }
-    b.body(Body::Binary(body))
+    let req = b
+        .body(Body::Binary(body))
         .unwrap()
-        .with_path_parameters(params)
+        .with_path_parameters(params);
+    paycache_tests::as_service(req, &paycache_tests::ALL_PERMISSIONS)
 }
 
 /// Every answer to arbitrary input, with Redis and PostgreSQL up: never a

@@ -155,3 +155,121 @@ pub async fn subscribe(
     pubsub.subscribe(channel).await.unwrap();
     pubsub.into_on_message()
 }
+
+/// Every permission a service may hold.
+pub const ALL_PERMISSIONS: [&str; 4] = [
+    "profiles.read.any",
+    "wallets.read.any",
+    "wallets.balance.write",
+    "ratelimit.check",
+];
+
+fn token_id() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
+
+fn with_claims(
+    req: lambda_http::Request,
+    claims: std::collections::HashMap<String, String>,
+    scopes: Option<Vec<String>>,
+) -> lambda_http::Request {
+    use lambda_http::RequestExt;
+    use lambda_http::aws_lambda_events::apigw::{
+        ApiGatewayRequestAuthorizer, ApiGatewayRequestAuthorizerJwtDescription,
+        ApiGatewayV2httpRequestContext,
+    };
+    let mut jwt = ApiGatewayRequestAuthorizerJwtDescription::default();
+    jwt.claims = claims;
+    jwt.scopes = scopes;
+    let mut auth = ApiGatewayRequestAuthorizer::default();
+    auth.jwt = Some(jwt);
+    let mut ctx = ApiGatewayV2httpRequestContext::default();
+    ctx.authorizer = Some(auth);
+    req.with_request_context(lambda_http::request::RequestContext::ApiGatewayV2(ctx))
+}
+
+fn in_an_hour() -> String {
+    (time::OffsetDateTime::now_utc().unix_timestamp() + 3600).to_string()
+}
+
+/// `req` as API Gateway's JWT authorizer delivers it for a service
+/// principal (client credentials) with `permissions` as scopes; each call
+/// is a new client, so its rate limits are its own.
+pub fn as_service(req: lambda_http::Request, permissions: &[&str]) -> lambda_http::Request {
+    as_client(req, &format!("svc{}", token_id()), permissions)
+}
+
+/// [`as_service`] for the client `client`.
+pub fn as_client(
+    req: lambda_http::Request,
+    client: &str,
+    permissions: &[&str],
+) -> lambda_http::Request {
+    let scopes: Vec<String> = permissions.iter().map(|p| format!("paycache/{p}")).collect();
+    let claims = [
+        ("sub", client.to_owned()),
+        ("client_id", client.to_owned()),
+        ("token_use", "access".to_owned()),
+        ("jti", token_id()),
+        ("exp", in_an_hour()),
+        ("iss", "https://auth.paycache.test".to_owned()),
+        ("scope", scopes.join(" ")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    with_claims(req, claims, Some(scopes))
+}
+
+/// A signed-in user: the session `sessions::create` made and the claims of
+/// their access token.
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    pub user: String,
+    pub session: String,
+    pub jti: String,
+}
+
+impl SignedIn {
+    /// `req` with this user's token, as API Gateway's JWT authorizer
+    /// delivers it.
+    pub fn on(&self, req: lambda_http::Request) -> lambda_http::Request {
+        let claims = [
+            ("sub", self.user.clone()),
+            ("sid", self.session.clone()),
+            ("client_id", "paycache-web".to_owned()),
+            ("token_use", "access".to_owned()),
+            ("jti", self.jti.clone()),
+            ("exp", in_an_hour()),
+            ("iss", "https://auth.paycache.test".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        with_claims(req, claims, None)
+    }
+}
+
+impl World {
+    /// Signs `user` in with `permissions` (a session through the same code
+    /// the sign-in uses).
+    pub async fn sign_in(&self, user: &str, permissions: &[&str]) -> SignedIn {
+        let session = paycache::sessions::Session {
+            user_id: paycache::keys::UserId::parse(user).unwrap(),
+            email: format!("{user}@example.test"),
+            roles: vec!["customer".into()],
+            permissions: permissions.iter().map(|p| p.to_string()).collect(),
+            last_activity: time::OffsetDateTime::now_utc(),
+            ip_address: None,
+            device_info: None,
+        };
+        let sid = paycache::sessions::create(&self.app.sessions, &session)
+            .await
+            .unwrap();
+        SignedIn {
+            user: user.to_owned(),
+            session: sid.to_string(),
+            jti: token_id(),
+        }
+    }
+}

@@ -14,12 +14,13 @@ use test_support::{RedisServer, TestRedis, insert_user, seed_user_id};
 fn get(path_id: &str) -> Request {
     let mut params = HashMap::new();
     params.insert("user_id".to_string(), path_id.to_string());
-    http::Request::builder()
+    let req = http::Request::builder()
         .method("GET")
         .uri(format!("/users/{path_id}/profile"))
         .body(Body::Empty)
         .unwrap()
-        .with_path_parameters(params)
+        .with_path_parameters(params);
+    paycache_tests::as_service(req, &paycache_tests::ALL_PERMISSIONS)
 }
 
 fn body_json(resp: &Response<Body>) -> serde_json::Value {

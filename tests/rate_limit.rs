@@ -438,11 +438,12 @@ async fn one_round_trip_per_check() {
 }
 
 fn post(body: &str) -> Request {
-    http::Request::builder()
+    let req = http::Request::builder()
         .method("POST")
         .uri("/rate-limit/check")
         .body(Body::Text(body.to_owned()))
-        .unwrap()
+        .unwrap();
+    paycache_tests::as_service(req, &["ratelimit.check"])
 }
 
 fn header<'a>(resp: &'a Response<Body>, name: &str) -> &'a str {
@@ -537,20 +538,17 @@ async fn check_endpoint_speaks_the_contract(mode: RedisMode) {
 }
 both_modes!(check_endpoint_speaks_the_contract);
 
-fn with_caller(mut req: Request, user: Option<&str>) -> Request {
-    let mut ctx = lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpRequestContext::default();
-    if let Some(u) = user {
-        let mut auth =
-            lambda_http::aws_lambda_events::apigw::ApiGatewayRequestAuthorizer::default();
-        auth.fields.insert("user_id".into(), json!(u));
-        ctx.authorizer = Some(auth);
+/// `req` as the service `client` (with every permission), or without a
+/// token.
+fn with_caller(req: Request, client: Option<&str>) -> Request {
+    match client {
+        Some(c) => paycache_tests::as_client(req, c, &paycache_tests::ALL_PERMISSIONS),
+        None => req,
     }
-    req = req.with_request_context(RequestContext::ApiGatewayV2(ctx));
-    req
 }
 
 /// profile-read and balance-write apply their route's policy to the
-/// calling user (from the authorizer's context), before any work.
+/// caller the verified token names, before any work.
 async fn routes_enforce_per_caller(mode: RedisMode) {
     let p = policies(&[
         ("users.profile.read", Algorithm::Gcra, 2, 3600, None, "open"),
@@ -565,7 +563,7 @@ async fn routes_enforce_per_caller(mode: RedisMode) {
     ]);
     let w = World::new(mode, &[("RATE_LIMIT_POLICIES", &p)]).await;
     let target = test_support::insert_user(&w.db, 1).await;
-    let caller = random_uuid();
+    let caller = format!("svc{}", random_uuid().replace('-', ""));
     let profile = |caller: Option<&str>| {
         let mut params = HashMap::new();
         params.insert("user_id".to_string(), target.clone());
@@ -598,12 +596,13 @@ async fn routes_enforce_per_caller(mode: RedisMode) {
         body_json(&limited)["type"],
         "urn:paycache:problem:rate-limited"
     );
-    // Another caller has its own budget; a request without a caller is not
-    // attributed (the authorizer decides about those).
-    let other = paycache::routes::profile_read::handle(&w.app, profile(Some(&random_uuid()))).await;
+    // Another caller has its own budget; a request without a token is
+    // refused before any limit is consumed.
+    let other_caller = format!("svc{}", random_uuid().replace('-', ""));
+    let other = paycache::routes::profile_read::handle(&w.app, profile(Some(&other_caller))).await;
     assert_eq!(other.status(), StatusCode::OK);
     let anonymous = paycache::routes::profile_read::handle(&w.app, profile(None)).await;
-    assert_eq!(anonymous.status(), StatusCode::OK);
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
     assert!(anonymous.headers().get("ratelimit").is_none());
 
     // The balance route too.

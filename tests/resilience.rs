@@ -107,7 +107,7 @@ async fn a_busy_redis_costs_one_timeout() {
 fn request(method: &str, path: &str, param: (&str, &str), body: Option<&str>) -> Request {
     let mut params = HashMap::new();
     params.insert(param.0.to_string(), param.1.to_string());
-    http::Request::builder()
+    let req = http::Request::builder()
         .method(method)
         .uri(path)
         .body(
@@ -115,7 +115,8 @@ fn request(method: &str, path: &str, param: (&str, &str), body: Option<&str>) ->
                 .unwrap_or(Body::Empty),
         )
         .unwrap()
-        .with_path_parameters(params)
+        .with_path_parameters(params);
+    paycache_tests::as_service(req, &paycache_tests::ALL_PERMISSIONS)
 }
 
 /// PostgreSQL down, Redis up: cached reads still succeed; misses and writes

@@ -2,6 +2,6 @@
 
 paycache::event_function!(
     "authorizer",
-    paycache::auth::Verifier::for_app,
+    paycache::auth::verifier_for_app,
     paycache::auth::handle_authorizer
 );

@@ -6,6 +6,7 @@ use crate::domain::audit::AuditLog;
 use crate::domain::balance::Balances;
 use crate::domain::fraud::Fraud;
 use crate::domain::health::Health;
+use crate::domain::identity::Verifier;
 use crate::domain::invalidation::Invalidation;
 use crate::domain::profile::Profiles;
 use crate::domain::realtime::Connections;
@@ -84,6 +85,10 @@ pub struct App {
     pub warmer: Warmer,
     /// Event-driven invalidation.
     pub invalidation: Invalidation,
+    /// Token keys (`AUTH_*`), when configured: with no API Gateway in
+    /// front (`cargo lambda watch`), the HTTP functions verify bearer tokens
+    /// themselves. Deployed, API Gateway's JWT authorizer has verified them.
+    pub verifier: Option<Arc<Verifier>>,
 }
 
 impl App {
@@ -254,12 +259,17 @@ impl App {
             health,
             warmer,
             invalidation,
+            verifier: None,
         })
     }
 
-    /// Configuration from the environment, secrets from Secrets Manager.
+    /// Configuration from the environment, secrets from Secrets Manager,
+    /// token keys when `AUTH_ISSUER` is set.
     pub async fn from_env() -> Result<Self, InitError> {
-        Self::with_secrets(Config::from_env()?).await
+        let verifier = Verifier::from_env_if_configured()?.map(Arc::new);
+        let mut app = Self::with_secrets(Config::from_env()?).await?;
+        app.verifier = verifier;
+        Ok(app)
     }
 }
 

@@ -26,7 +26,7 @@ pub mod infra;
 pub mod patterns;
 
 pub use domain::{
-    audit, balance, cloudwatch, fraud, health, invalidation, money, node_metrics, profile,
+    audit, balance, cloudwatch, fraud, health, identity, invalidation, money, node_metrics, profile,
     realtime, sessions, transactions, warming,
 };
 pub use edge::{auth, events, http, routes};

@@ -61,7 +61,7 @@ use crate::infra::connection::Redis;
 use crate::infra::connection::RedisUnavailable;
 use crate::infra::db::{Db, DbError, query_error};
 use crate::infra::keys::Keyspace;
-use crate::infra::keys::{ServiceName, WalletId};
+use crate::infra::keys::{ServiceName, UserId, WalletId};
 use crate::patterns::cache_aside::CacheAside;
 use crate::patterns::cache_aside::Cached;
 
@@ -89,7 +89,9 @@ use sql::{Committed, WALLET_COLUMNS, WalletRow};
 /// The service name balance writes buffer their audit events under.
 pub(crate) const SERVICE: &str = "balance-write";
 
-/// A wallet's balance as the contract shows it.
+/// A wallet's balance as the contract shows it, plus its owner (kept in
+/// the cached entry so that authorization costs no extra round trip; never
+/// in an answer: see [`WalletBalance::public`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WalletBalance {
     /// The wallet.
@@ -103,6 +105,21 @@ pub struct WalletBalance {
     #[serde(with = "time::serde::rfc3339")]
     /// When this version was committed.
     pub updated_at: OffsetDateTime,
+    /// The owning user (`wallets.user_id`); `None` in entries cached
+    /// before owners were stored, which then only support staff can read
+    /// until they are refreshed.
+    #[serde(default, rename = "user_id", skip_serializing_if = "Option::is_none")]
+    pub owner: Option<UserId>,
+}
+
+impl WalletBalance {
+    /// The balance as the contract shows it (without the owner).
+    pub fn public(&self) -> Self {
+        Self {
+            owner: None,
+            ..self.clone()
+        }
+    }
 }
 
 /// Reads one balance from PostgreSQL (no cache).

@@ -5,6 +5,7 @@ pub mod balance;
 pub mod cloudwatch;
 pub mod fraud;
 pub mod health;
+pub mod identity;
 pub mod invalidation;
 pub mod money;
 pub mod node_metrics;

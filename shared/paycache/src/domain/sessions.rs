@@ -24,7 +24,8 @@ use time::OffsetDateTime;
 use crate::infra::connection::Redis;
 use crate::infra::connection::RedisUnavailable;
 use crate::infra::keys::Keyspace;
-use crate::infra::keys::{Jti, SessionId, UserId};
+use crate::domain::identity::Principal;
+use crate::infra::keys::{ClientId, Jti, SessionId, UserId};
 
 /// What sessions and revocation use: the cache Redis for sessions, the
 /// durable one for blacklist entries, and the sessions' sliding TTL.
@@ -59,7 +60,12 @@ pub struct Session {
 /// The design's blacklist entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct BlacklistEntry {
-    pub user_id: UserId,
+    /// The user, for a user's token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<UserId>,
+    /// The client, for a service's token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<ClientId>,
     #[serde(with = "time::serde::rfc3339")]
     pub blacklisted_at: OffsetDateTime,
     pub reason: String,
@@ -102,7 +108,7 @@ pub async fn revoke(sessions: &Sessions, id: &SessionId) -> Result<(), RedisUnav
 pub async fn blacklist(
     sessions: &Sessions,
     jti: &Jti,
-    user: &UserId,
+    principal: &Principal,
     expires_at: OffsetDateTime,
     reason: &str,
 ) -> Result<(), RedisUnavailable> {
@@ -111,8 +117,13 @@ pub async fn blacklist(
     if left <= time::Duration::ZERO {
         return Ok(());
     }
+    let (user_id, client_id) = match principal {
+        Principal::User { user, .. } => (Some(*user), None),
+        Principal::Service { client } => (None, Some(client.clone())),
+    };
     let entry = BlacklistEntry {
-        user_id: *user,
+        user_id,
+        client_id,
         blacklisted_at: now,
         reason: reason.chars().take(64).collect(),
     };
@@ -164,6 +175,18 @@ pub async fn check(
         session,
         revoked: b? > 0,
     })
+}
+
+/// Whether the token `jti` is blacklisted (a service's token: no session
+/// to read); one round trip to the durable Redis.
+pub async fn is_blacklisted(sessions: &Sessions, jti: &Jti) -> Result<bool, RedisUnavailable> {
+    let key = sessions.keys.blacklist(jti);
+    let k = &key;
+    let n: i64 = sessions
+        .durable
+        .run(|mut c| async move { c.exists(k).await })
+        .await?;
+    Ok(n > 0)
 }
 
 /// The remaining lifetime of a blacklist entry (tests and operations).

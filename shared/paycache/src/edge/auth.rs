@@ -29,7 +29,6 @@
 
 use std::collections::HashMap;
 
-use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use lambda_http::aws_lambda_events::apigw::{
     ApiGatewayCustomAuthorizerResponse, ApiGatewayV2CustomAuthorizerSimpleResponse,
 };
@@ -42,266 +41,14 @@ use crate::app::App;
 use crate::domain::fraud::Fraud;
 use crate::domain::sessions;
 use crate::domain::sessions::Sessions;
-use crate::infra::config::{ConfigError, Secret};
-use crate::infra::keys::{DeviceFingerprint, Jti, SessionId, UserId};
+pub use crate::domain::identity::{AuthConfig, Claims, Denied, Verifier};
+use crate::infra::config::ConfigError;
+use crate::infra::keys::DeviceFingerprint;
 
-/// Authorizer settings, read by the functions that need them.
-#[derive(Debug, Clone)]
-pub struct AuthConfig {
-    /// `AUTH_ISSUER`: the `iss` tokens must carry.
-    pub issuer: String,
-    /// `AUTH_AUDIENCE`: the `aud` tokens must carry.
-    pub audience: String,
-    /// `AUTH_JWKS`: the issuer's public keys (JSON).
-    pub jwks: String,
-    /// `AUTH_HS256_SECRET`: a shared key for local development only.
-    pub hs256_secret: Option<Secret>,
-    /// `AUTH_LEEWAY_SECS`: clock skew allowed on `exp` and `nbf`.
-    pub leeway_secs: u64,
-    /// `AUTH_REVOCATION_FAIL_OPEN`: admit when Redis cannot say whether a token is revoked.
-    pub revocation_fail_open: bool,
-}
-
-impl AuthConfig {
-    /// From the environment.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|k| std::env::var(k).ok())
-    }
-
-    /// From `lookup` (tests).
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |k: &str| lookup(k).filter(|v| !v.trim().is_empty());
-        let required = |k: &'static str| {
-            get(k).ok_or(ConfigError {
-                variable: k,
-                problem: "is required by the authorizer".into(),
-            })
-        };
-        let jwks = match (get("AUTH_JWKS"), get("AUTH_JWKS_FILE")) {
-            (Some(doc), _) => doc,
-            (None, Some(path)) => std::fs::read_to_string(&path).map_err(|_| ConfigError {
-                variable: "AUTH_JWKS_FILE",
-                problem: "cannot be read".into(),
-            })?,
-            (None, None) => {
-                return Err(ConfigError {
-                    variable: "AUTH_JWKS",
-                    problem: "AUTH_JWKS (a JWKS document) or AUTH_JWKS_FILE is required".into(),
-                });
-            }
-        };
-        let leeway_secs = match get("AUTH_LEEWAY_SECS") {
-            None => 5,
-            Some(v) => v.parse().ok().filter(|s| *s <= 300).ok_or(ConfigError {
-                variable: "AUTH_LEEWAY_SECS",
-                problem: "must be a whole number from 0 to 300".into(),
-            })?,
-        };
-        let revocation_fail_open = match get("AUTH_REVOCATION_FAIL_OPEN").as_deref() {
-            None | Some("false") => false,
-            Some("true") => true,
-            Some(_) => {
-                return Err(ConfigError {
-                    variable: "AUTH_REVOCATION_FAIL_OPEN",
-                    problem: "must be `true` or `false`".into(),
-                });
-            }
-        };
-        Ok(Self {
-            issuer: required("AUTH_ISSUER")?,
-            audience: required("AUTH_AUDIENCE")?,
-            jwks,
-            hs256_secret: get("AUTH_HS256_SECRET").map(Secret::new),
-            leeway_secs,
-            revocation_fail_open,
-        })
-    }
-}
-
-/// Why a request was denied (logged; the client only sees a 403).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Denied {
-    #[error("no bearer token")]
-    /// No `Authorization: Bearer …` header.
-    MissingToken,
-    #[error("the token is malformed")]
-    /// Not a JWT.
-    Malformed,
-    #[error("the token's algorithm is not allowed")]
-    /// An algorithm not allowed (`none`, or one the keys do not have).
-    DisallowedAlgorithm,
-    #[error("the token's key is unknown")]
-    /// No key with the token's `kid`.
-    UnknownKey,
-    #[error("the signature is invalid")]
-    /// The signature does not verify.
-    BadSignature,
-    #[error("the token has expired")]
-    /// Past `exp`.
-    Expired,
-    #[error("the token is not valid yet")]
-    /// Before `nbf`.
-    NotYetValid,
-    #[error("the token's issuer is wrong")]
-    /// Another `iss`.
-    WrongIssuer,
-    #[error("the token's audience is wrong")]
-    /// Another `aud`.
-    WrongAudience,
-    #[error("the token's claims are incomplete")]
-    /// `sub`, `jti`, `sid` or `exp` missing or malformed.
-    MissingClaims,
-    #[error("the token has been revoked")]
-    /// The token's `jti` is blacklisted (logged out).
-    Revoked,
-    #[error("the session does not exist (logged out or expired)")]
-    /// The session does not exist (expired, evicted or revoked).
-    NoSession,
-    #[error("the session belongs to another user")]
-    /// The session belongs to another user.
-    SessionMismatch,
-    #[error("revocation could not be checked (Redis unavailable)")]
-    /// Redis could not say whether the token is revoked (fail-closed).
-    RevocationUnavailable,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawClaims {
-    sub: Option<String>,
-    jti: Option<String>,
-    sid: Option<String>,
-    exp: i64,
-}
-
-/// Verified claims.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claims {
-    /// `sub`.
-    pub user: UserId,
-    /// `jti`: what logout blacklists.
-    pub jti: Jti,
-    /// `sid`: the session.
-    pub session: SessionId,
-    /// `exp`.
-    pub expires_at: OffsetDateTime,
-}
-
-/// Verifies tokens; built once per execution environment.
-pub struct Verifier {
-    keys: HashMap<String, DecodingKey>,
-    hs256: Option<DecodingKey>,
-    config: AuthConfig,
-}
-
-impl std::fmt::Debug for Verifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verifier")
-            .field("kids", &self.keys.keys().collect::<Vec<_>>())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Verifier {
-    /// The authorizer function's verifier, from the environment (the `init`
-    /// of its `event_function!`).
-    pub fn for_app(_: &App) -> Result<Self, ConfigError> {
-        Self::new(AuthConfig::from_env()?)
-    }
-
-    /// Parses the configured keys; refuses a configuration with none.
-    pub fn new(config: AuthConfig) -> Result<Self, ConfigError> {
-        let set: jsonwebtoken::jwk::JwkSet =
-            serde_json::from_str(&config.jwks).map_err(|_| ConfigError {
-                variable: "AUTH_JWKS",
-                problem: "is not a JWKS document ({\"keys\": [...]})".into(),
-            })?;
-        let mut keys = HashMap::new();
-        for (i, jwk) in set.keys.iter().enumerate() {
-            if let Ok(key) = DecodingKey::from_jwk(jwk) {
-                let kid = jwk.common.key_id.clone().unwrap_or_else(|| format!("#{i}"));
-                keys.insert(kid, key);
-            }
-        }
-        if keys.is_empty() && config.hs256_secret.is_none() {
-            return Err(ConfigError {
-                variable: "AUTH_JWKS",
-                problem: "holds no usable key".into(),
-            });
-        }
-        let hs256 = config
-            .hs256_secret
-            .as_ref()
-            .map(|s| DecodingKey::from_secret(s.expose().as_bytes()));
-        Ok(Self {
-            keys,
-            hs256,
-            config,
-        })
-    }
-
-    /// The configuration it was built from.
-    pub fn config(&self) -> &AuthConfig {
-        &self.config
-    }
-
-    /// Checks signature, algorithm and claims (not revocation).
-    pub fn verify(&self, token: &str) -> Result<Claims, Denied> {
-        let header = decode_header(token).map_err(|_| Denied::Malformed)?;
-        let key = match header.alg {
-            Algorithm::RS256 => match &header.kid {
-                Some(kid) => self.keys.get(kid).ok_or(Denied::UnknownKey)?,
-                None if self.keys.len() == 1 => {
-                    self.keys.values().next().ok_or(Denied::UnknownKey)?
-                }
-                None => return Err(Denied::UnknownKey),
-            },
-            Algorithm::HS256 => self.hs256.as_ref().ok_or(Denied::DisallowedAlgorithm)?,
-            _ => return Err(Denied::DisallowedAlgorithm),
-        };
-        let mut validation = Validation::new(header.alg);
-        validation.leeway = self.config.leeway_secs;
-        validation.validate_nbf = true;
-        validation.set_issuer(&[&self.config.issuer]);
-        validation.set_audience(&[&self.config.audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        let data = decode::<RawClaims>(token, key, &validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind as K;
-            match e.kind() {
-                K::InvalidSignature => Denied::BadSignature,
-                K::ExpiredSignature => Denied::Expired,
-                K::ImmatureSignature => Denied::NotYetValid,
-                K::InvalidIssuer => Denied::WrongIssuer,
-                K::InvalidAudience => Denied::WrongAudience,
-                K::MissingRequiredClaim(_) => Denied::MissingClaims,
-                K::InvalidAlgorithm => Denied::DisallowedAlgorithm,
-                _ => Denied::Malformed,
-            }
-        })?;
-        let c = data.claims;
-        let user = c
-            .sub
-            .as_deref()
-            .and_then(|s| UserId::parse(s).ok())
-            .ok_or(Denied::MissingClaims)?;
-        let jti = c
-            .jti
-            .as_deref()
-            .and_then(|s| Jti::parse(s).ok())
-            .ok_or(Denied::MissingClaims)?;
-        let session = c
-            .sid
-            .as_deref()
-            .and_then(|s| SessionId::parse(s).ok())
-            .ok_or(Denied::MissingClaims)?;
-        let expires_at =
-            OffsetDateTime::from_unix_timestamp(c.exp).map_err(|_| Denied::Malformed)?;
-        Ok(Claims {
-            user,
-            jti,
-            session,
-            expires_at,
-        })
-    }
+/// The authorizer function's verifier, from the environment (the `init` of
+/// its `event_function!`).
+pub fn verifier_for_app(_: &App) -> Result<Verifier, ConfigError> {
+    Verifier::from_env()
 }
 
 /// What the authorizer reads of its event — the same fields for an HTTP
@@ -447,7 +194,7 @@ pub(crate) async fn decide_with_signals<'a>(
         Ok(s) => s,
         Err(why) => {
             tracing::warn!(reason = why.as_str(), "revocation check failed");
-            if !verifier.config.revocation_fail_open {
+            if !verifier.config().revocation_fail_open {
                 return Err(Denied::RevocationUnavailable);
             }
             // Fail-open mode: no session data to pass on.

@@ -229,12 +229,50 @@ token_id!(
     "must be 1–128 characters of A-Z a-z 0-9 _ - with optional trailing = padding"
 );
 token_id!(
+    /// A service principal's OAuth client id (`client_id`).
+    ClientId,
+    "client_id",
+    is_base64url_token,
+    "must be 1–128 characters of A-Z a-z 0-9 _ - with optional trailing = padding"
+);
+token_id!(
     /// A device fingerprint.
     DeviceFingerprint,
     "device_fingerprint",
     is_base64url_token,
     "must be 1–128 characters of A-Z a-z 0-9 _ - with optional trailing = padding"
 );
+
+/// Whose rate limit: a user's (the hash tag is the user id, as in the
+/// design) or a service principal's (`svc:<client_id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RateSubject {
+    /// A signed-in user.
+    User(UserId),
+    /// A service (client credentials).
+    Service(ClientId),
+}
+
+impl From<UserId> for RateSubject {
+    fn from(user: UserId) -> Self {
+        Self::User(user)
+    }
+}
+
+impl From<&UserId> for RateSubject {
+    fn from(user: &UserId) -> Self {
+        Self::User(*user)
+    }
+}
+
+impl fmt::Display for RateSubject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::User(u) => write!(f, "{u}"),
+            Self::Service(c) => write!(f, "svc:{c}"),
+        }
+    }
+}
 
 /// The key families of the design, each with the TTL the seed gives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -409,13 +447,13 @@ impl Keyspace {
 
     /// `rate_limit:{user_id}:{endpoint}`: tagged by user, so all of one
     /// user's limiter keys share a slot.
-    pub fn rate_limit(&self, user: &UserId, endpoint: &Endpoint) -> CacheKey {
-        self.key(KeyFamily::RateLimit, user, Some(endpoint.as_str()))
+    pub fn rate_limit(&self, subject: &RateSubject, endpoint: &Endpoint) -> CacheKey {
+        self.key(KeyFamily::RateLimit, subject, Some(endpoint.as_str()))
     }
 
     /// `sliding:{user_id}:{endpoint}`
-    pub(crate) fn sliding_window(&self, user: &UserId, endpoint: &Endpoint) -> CacheKey {
-        self.key(KeyFamily::SlidingWindow, user, Some(endpoint.as_str()))
+    pub(crate) fn sliding_window(&self, subject: &RateSubject, endpoint: &Endpoint) -> CacheKey {
+        self.key(KeyFamily::SlidingWindow, subject, Some(endpoint.as_str()))
     }
 
     /// `risk_score:{user_id}`
@@ -534,8 +572,8 @@ mod tests {
             ks().blacklist(&Jti::parse("jti-1").unwrap()),
             ks().transaction(&txn),
             ks().transaction_status(&txn),
-            ks().rate_limit(&user, &ep),
-            ks().sliding_window(&user, &ep),
+            ks().rate_limit(&RateSubject::User(user), &ep),
+            ks().sliding_window(&RateSubject::User(user), &ep),
             ks().risk_score(&user),
             ks().device(&DeviceFingerprint::parse("fp_1").unwrap()),
             ks().ws_connections(&user),
@@ -556,11 +594,11 @@ mod tests {
             hash_tag(ks().transaction_status(&txn).as_str())
         );
         assert_eq!(
-            hash_tag(ks().rate_limit(&user, &ep).as_str()),
+            hash_tag(ks().rate_limit(&RateSubject::User(user), &ep).as_str()),
             hash_tag(ks().user_profile(&user).as_str())
         );
         assert_eq!(
-            ks().rate_limit(&user, &ep).as_str(),
+            ks().rate_limit(&RateSubject::User(user), &ep).as_str(),
             format!("paycache:rate_limit:{{{USER}}}:transfers.create")
         );
     }
@@ -570,7 +608,7 @@ mod tests {
         let ep1 = Endpoint::parse("a.b").unwrap();
         let ep2 = Endpoint::parse("a-b").unwrap();
         let user = UserId::parse(USER).unwrap();
-        assert_ne!(ks().rate_limit(&user, &ep1), ks().rate_limit(&user, &ep2));
+        assert_ne!(ks().rate_limit(&RateSubject::User(user), &ep1), ks().rate_limit(&RateSubject::User(user), &ep2));
         assert_ne!(
             ks().transaction(&TransactionId::parse(USER).unwrap())
                 .as_str(),
@@ -603,7 +641,7 @@ mod tests {
         if let Ok(e) = Endpoint::parse(candidate) {
             parsed += 1;
             let user = UserId::parse(USER).unwrap();
-            let k = ks().rate_limit(&user, &e);
+            let k = ks().rate_limit(&RateSubject::User(user), &e);
             proptest::prop_assert_eq!(k.as_str().matches(':').count(), 3);
             proptest::prop_assert_eq!(hash_tag(k.as_str()), USER);
         }

@@ -38,7 +38,7 @@ use redis::Script;
 use serde::Serialize;
 
 use crate::infra::connection::{Redis, RedisUnavailable};
-use crate::infra::keys::{Endpoint, Keyspace, UserId};
+use crate::infra::keys::{Endpoint, Keyspace, RateSubject};
 
 static FIXED_WINDOW: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("ratelimit/fixed_window.lua")));
@@ -143,7 +143,7 @@ impl RateLimiter {
         self.policies.get(name)
     }
 
-    fn key_for(&self, policy: &Policy, user: &UserId) -> String {
+    fn key_for(&self, policy: &Policy, user: &RateSubject) -> String {
         let base = match policy.spec.algorithm {
             Algorithm::SlidingLog => self.keys.sliding_window(user, &policy.name),
             _ => self.keys.rate_limit(user, &policy.name),
@@ -157,9 +157,15 @@ impl RateLimiter {
 
     /// Checks (and, if admitted, records) `cost` units for `user` under the
     /// policy named `endpoint`: one round trip, none for a remembered denial.
-    pub async fn check(&self, user: &UserId, endpoint: &Endpoint, cost: u64) -> RateLimitDecision {
+    pub async fn check(
+        &self,
+        subject: impl Into<RateSubject>,
+        endpoint: &Endpoint,
+        cost: u64,
+    ) -> RateLimitDecision {
+        let subject = subject.into();
         let policy = self.policy(endpoint);
-        let key = self.key_for(&policy, user);
+        let key = self.key_for(&policy, &subject);
         let decision =
             |allowed, remaining, reset_after_ms, retry_after_ms, source| RateLimitDecision {
                 allowed,

@@ -10,11 +10,12 @@ use super::{BalanceWrite, Balances, CacheStep, SERVICE, WalletBalance, WriteErro
 use crate::domain::audit::AuditEvent;
 use crate::domain::money::{Currency, format_amount};
 use crate::infra::db::{DbError, query_error};
-use crate::infra::keys::{ServiceName, WalletId};
+use crate::infra::keys::{ServiceName, UserId, WalletId};
 use crate::patterns::pubsub;
 
 pub(super) struct WalletRow {
     pub(super) wallet_id: WalletId,
+    pub(super) owner: UserId,
     pub(super) currency: Currency,
     pub(super) balance_minor: i64,
     pub(super) version: u64,
@@ -28,6 +29,7 @@ impl WalletRow {
         let version: i64 = row.try_get("version").map_err(query_error)?;
         Ok(Self {
             wallet_id: WalletId::from(id),
+            owner: UserId::from(row.try_get::<_, Uuid>("user_id").map_err(query_error)?),
             // A currency the code does not know can only come from a row
             // written outside this service; treat it as unavailable data.
             currency: Currency::parse(currency.trim_end()).map_err(|_| DbError::Unavailable)?,
@@ -44,11 +46,13 @@ impl WalletRow {
             balance: format_amount(self.balance_minor, self.currency),
             version: self.version,
             updated_at: self.updated_at,
+            owner: Some(self.owner),
         }
     }
 }
 
-pub(super) const WALLET_COLUMNS: &str = "wallet_id, currency, balance_minor, version, updated_at";
+pub(super) const WALLET_COLUMNS: &str =
+    "wallet_id, user_id, currency, balance_minor, version, updated_at";
 
 pub(super) struct PendingRow {
     pub(super) version: u64,

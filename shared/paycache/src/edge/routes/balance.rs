@@ -13,7 +13,12 @@ use crate::edge::http::{
     Problem, check_body_size, json_object, json_response, path_param, request_id, single_header,
     whole_number, with_cache_status,
 };
-use crate::edge::routes::limits::{BALANCE_READ, BALANCE_WRITE, enforce, with_decision};
+use crate::domain::balance::WalletBalance;
+use crate::domain::identity::{Verifier, permissions};
+use crate::domain::sessions::Sessions;
+use crate::edge::routes::gate::{Admitted, Gate, admit, forbidden, identify};
+use crate::edge::routes::limits::{BALANCE_READ, BALANCE_WRITE, with_decision};
+use crate::patterns::cache_aside::Cached;
 use crate::infra::db::DbError;
 use crate::infra::keys::WalletId;
 use crate::patterns::ratelimit::RateLimiter;
@@ -25,8 +30,14 @@ pub(crate) const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idem
 pub struct Deps<'a> {
     /// Balances: reads and fenced writes.
     pub balances: &'a Balances,
-    /// The per-user rate limiter.
+    /// The per-caller rate limiter.
     pub limiter: &'a RateLimiter,
+    /// Sessions and the blacklist.
+    pub sessions: &'a Sessions,
+    /// Token keys, when no API Gateway is in front.
+    pub verifier: Option<&'a Verifier>,
+    /// `AUTH_REVOCATION_FAIL_OPEN`.
+    pub fail_open: bool,
 }
 
 impl<'a> From<&'a App> for Deps<'a> {
@@ -34,6 +45,9 @@ impl<'a> From<&'a App> for Deps<'a> {
         Self {
             balances: &app.balances,
             limiter: &app.limiter,
+            sessions: &app.sessions,
+            verifier: app.verifier.as_deref(),
+            fail_open: app.config.revocation_fail_open,
         }
     }
 }
@@ -57,30 +71,97 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
                 .into_response(&rid);
         }
     };
+    let gate = Gate {
+        sessions: deps.sessions,
+        limiter: deps.limiter,
+        verifier: deps.verifier,
+        fail_open: deps.fail_open,
+    };
     if method == Method::GET {
-        let limit = match enforce(deps.limiter, &req, BALANCE_READ, &rid).await {
-            Ok(limit) => limit,
-            Err(denied) => return denied,
+        let (who, read) = match admit(
+            gate,
+            &req,
+            Some(BALANCE_READ),
+            &rid,
+            get_balance(deps.balances, &wallet),
+        )
+        .await
+        {
+            Ok(admitted) => admitted,
+            Err(refused) => return refused,
         };
-        with_decision(get(deps.balances, &wallet, &rid).await, limit.as_ref())
-    } else {
-        let write = match parse_write(wallet, &req) {
-            Ok(w) => w,
-            Err(problem) => return problem.into_response(&rid),
+        let visible = match &read {
+            Ok(cached) => cached.value.as_ref().is_some_and(|b| can_see(&who, b)),
+            Err(_) => true, // 503 either way
         };
-        let limit = match enforce(deps.limiter, &req, BALANCE_WRITE, &rid).await {
-            Ok(limit) => limit,
-            Err(denied) => return denied,
+        let resp = if visible {
+            answer(read, &wallet, &rid)
+        } else {
+            not_found(&wallet, &rid)
         };
-        with_decision(put(deps.balances, write, &rid).await, limit.as_ref())
+        return with_decision(resp, who.limit.as_ref());
     }
+    let write = match parse_write(wallet, &req) {
+        Ok(w) => w,
+        Err(problem) => return problem.into_response(&rid),
+    };
+    // Whether the caller may write is known before Redis (a service's
+    // scopes; never a user); one who may not is told 403 if they can see
+    // the wallet and 404 if not, from a read sent with the gate's checks.
+    let may_write = identify(&req, deps.verifier)
+        .ok()
+        .is_some_and(|c| c.scope_permissions.contains(permissions::WALLETS_BALANCE_WRITE));
+    if !may_write {
+        let (who, read) = match admit(
+            gate,
+            &req,
+            Some(BALANCE_WRITE),
+            &rid,
+            get_balance(deps.balances, &wallet),
+        )
+        .await
+        {
+            Ok(admitted) => admitted,
+            Err(refused) => return refused,
+        };
+        let visible = matches!(&read, Ok(c) if c.value.as_ref().is_some_and(|b| can_see(&who, b)));
+        let resp = if visible {
+            forbidden(
+                "Balances change through transactions; only a service with the wallets.balance.write permission may set one.",
+                &rid,
+            )
+        } else {
+            not_found(&wallet, &rid)
+        };
+        return with_decision(resp, who.limit.as_ref());
+    }
+    // The write starts only after its check.
+    let (who, ()) = match admit(gate, &req, Some(BALANCE_WRITE), &rid, async {}).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused,
+    };
+    tracing::info!(client = ?who.caller.principal, "balance write");
+    with_decision(put(deps.balances, write, &rid).await, who.limit.as_ref())
 }
 
-async fn get(balances: &Balances, wallet: &WalletId, rid: &str) -> Response<Body> {
-    match get_balance(balances, wallet).await {
+/// Its owner, or support staff.
+fn can_see(who: &Admitted, balance: &WalletBalance) -> bool {
+    balance.owner.as_ref().is_some_and(|o| who.is_user(o)) || who.may(permissions::WALLETS_READ_ANY)
+}
+
+fn not_found(wallet: &WalletId, rid: &str) -> Response<Body> {
+    Problem::not_found(format!("No wallet has the id {wallet}.")).into_response(rid)
+}
+
+fn answer(
+    read: Result<Cached<WalletBalance>, DbError>,
+    wallet: &WalletId,
+    rid: &str,
+) -> Response<Body> {
+    match read {
         Ok(cached) => {
             let resp = match &cached.value {
-                Some(balance) => json_response(StatusCode::OK, balance),
+                Some(balance) => json_response(StatusCode::OK, &balance.public()),
                 None => {
                     Problem::not_found(format!("No wallet has the id {wallet}.")).into_response(rid)
                 }
@@ -219,12 +300,12 @@ async fn put(balances: &Balances, write: BalanceWrite, rid: &str) -> Response<Bo
 
 fn render(outcome: WriteOutcome, wallet: &WalletId, rid: &str) -> Response<Body> {
     match outcome {
-        WriteOutcome::Applied { balance, .. } => json_response(StatusCode::OK, &balance),
+        WriteOutcome::Applied { balance, .. } => json_response(StatusCode::OK, &balance.public()),
         WriteOutcome::VersionConflict { current } => Problem::conflict(format!(
             "expected_version does not match: the wallet is at version {}.",
             current.version
         ))
-        .with("current", serde_json::to_value(&current).unwrap_or(Value::Null))
+        .with("current", serde_json::to_value(current.public()).unwrap_or(Value::Null))
         .into_response(rid),
         WriteOutcome::CurrencyMismatch { wallet_currency } => Problem::unprocessable(format!(
             "currency must be the wallet's currency, {wallet_currency}."

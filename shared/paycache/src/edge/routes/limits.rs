@@ -1,21 +1,15 @@
-//! The rate-limit enforcement layer the HTTP functions share: apply the
-//! route's policy to the calling user before doing any work; answer 429 with
-//! the standard headers, or let the request through with them.
-//!
-//! The calling user is the `user_id` the API Gateway Lambda authorizer puts
-//! in the request context (`requestContext.authorizer.lambda.user_id`) —
-//! never anything from the path or body, which a caller controls. A request
-//! without an authenticated user is not limited per user here (it cannot be
-//! attributed); the authorizer is what admits such requests or not.
+//! The rate-limit answers the HTTP functions share: the routes' policy
+//! names, 429 with the standard headers, or the headers on a response let
+//! through. The caller is limited by [`crate::edge::routes::gate`], as the
+//! principal the verified token names — never anything from the path or
+//! body, which a caller controls.
 
 use http::StatusCode;
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
-use lambda_http::request::RequestContext;
-use lambda_http::{Body, Request, RequestExt, Response};
+use lambda_http::{Body, Response};
 
 use crate::edge::http::Problem;
-use crate::infra::keys::{Endpoint, UserId};
-use crate::patterns::ratelimit::{RateLimitDecision, RateLimiter};
+use crate::patterns::ratelimit::RateLimitDecision;
 
 pub(crate) const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -24,37 +18,6 @@ pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 pub(crate) const PROFILE_READ: &str = "users.profile.read";
 pub(crate) const BALANCE_READ: &str = "wallets.balance.read";
 pub(crate) const BALANCE_WRITE: &str = "wallets.balance.write";
-
-/// The authenticated caller, if the authorizer named one.
-pub(crate) fn calling_user(req: &Request) -> Option<UserId> {
-    let Some(RequestContext::ApiGatewayV2(ctx)) = req.request_context_ref() else {
-        return None;
-    };
-    let raw = ctx.authorizer.as_ref()?.fields.get("user_id")?.as_str()?;
-    UserId::parse(raw).ok()
-}
-
-/// Applies `policy` to the caller. `Err` is the 429 to send; `Ok(Some)` is
-/// the decision whose headers the response should carry.
-pub(crate) async fn enforce(
-    limiter: &RateLimiter,
-    req: &Request,
-    policy: &'static str,
-    request_id: &str,
-) -> Result<Option<RateLimitDecision>, Response<Body>> {
-    let Some(user) = calling_user(req) else {
-        return Ok(None);
-    };
-    let Ok(name) = Endpoint::parse(policy) else {
-        return Ok(None);
-    };
-    let decision = limiter.check(&user, &name, 1).await;
-    if decision.allowed {
-        Ok(Some(decision))
-    } else {
-        Err(too_many_requests(&decision, request_id))
-    }
-}
 
 /// A 429 problem carrying the decision's members and headers.
 pub(crate) fn too_many_requests(decision: &RateLimitDecision, request_id: &str) -> Response<Body> {

@@ -1,8 +1,10 @@
-//! One handler per HTTP route. Each takes the shared [`crate::App`] and the
-//! API Gateway request, and always returns a response: errors are rendered
-//! as problems here, never propagated to the runtime.
+//! One handler per HTTP route. Each takes its `Deps` (built from
+//! [`crate::App`]) and the API Gateway request, lets the caller in through
+//! [`gate`], and always returns a response: errors are rendered as problems
+//! here, never propagated to the runtime.
 
 pub mod balance;
+pub mod gate;
 pub mod health;
 pub mod limits;
 pub mod logout;

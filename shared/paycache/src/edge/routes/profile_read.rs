@@ -9,7 +9,13 @@ use crate::domain::profile::get_profile;
 use crate::edge::http::{
     Problem, check_body_size, json_response, path_param, request_id, with_cache_status,
 };
-use crate::edge::routes::limits::{PROFILE_READ, enforce, with_decision};
+use crate::domain::identity::{Verifier, permissions};
+use crate::domain::profile::UserProfile;
+use crate::domain::sessions::Sessions;
+use crate::edge::routes::gate::{Gate, admit};
+use crate::edge::routes::limits::{PROFILE_READ, with_decision};
+use crate::infra::db::DbError;
+use crate::patterns::cache_aside::Cached;
 use crate::infra::keys::UserId;
 use crate::patterns::ratelimit::RateLimiter;
 
@@ -18,8 +24,14 @@ use crate::patterns::ratelimit::RateLimiter;
 pub struct Deps<'a> {
     /// Profiles through the cache.
     pub profiles: &'a Profiles,
-    /// The per-user rate limiter.
+    /// The per-caller rate limiter.
     pub limiter: &'a RateLimiter,
+    /// Sessions and the blacklist.
+    pub sessions: &'a Sessions,
+    /// Token keys, when no API Gateway is in front.
+    pub verifier: Option<&'a Verifier>,
+    /// `AUTH_REVOCATION_FAIL_OPEN`.
+    pub fail_open: bool,
 }
 
 impl<'a> From<&'a App> for Deps<'a> {
@@ -27,6 +39,9 @@ impl<'a> From<&'a App> for Deps<'a> {
         Self {
             profiles: &app.profiles,
             limiter: &app.limiter,
+            sessions: &app.sessions,
+            verifier: app.verifier.as_deref(),
+            fail_open: app.config.revocation_fail_open,
         }
     }
 }
@@ -49,15 +64,40 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
         Ok(user) => user,
         Err(e) => return Problem::invalid_request(format!("The {e}.")).into_response(&rid),
     };
-    let limit = match enforce(deps.limiter, &req, PROFILE_READ, &rid).await {
-        Ok(limit) => limit,
-        Err(denied) => return denied,
+    let gate = Gate {
+        sessions: deps.sessions,
+        limiter: deps.limiter,
+        verifier: deps.verifier,
+        fail_open: deps.fail_open,
     };
-    with_decision(read(deps.profiles, user, &rid).await, limit.as_ref())
+    let (who, read) = match admit(
+        gate,
+        &req,
+        Some(PROFILE_READ),
+        &rid,
+        get_profile(deps.profiles, &user),
+    )
+    .await
+    {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused,
+    };
+    // Its own user, or support staff; anyone else is told it does not exist.
+    if !who.is_user(&user) && !who.may(permissions::PROFILES_READ_ANY) {
+        return with_decision(
+            Problem::not_found(format!("No user has the id {user}.")).into_response(&rid),
+            who.limit.as_ref(),
+        );
+    }
+    with_decision(answer(read, user, &rid), who.limit.as_ref())
 }
 
-async fn read(profiles: &Profiles, user: UserId, rid: &str) -> Response<Body> {
-    match get_profile(profiles, &user).await {
+fn answer(
+    read: Result<Cached<UserProfile>, DbError>,
+    user: UserId,
+    rid: &str,
+) -> Response<Body> {
+    match read {
         Ok(cached) => {
             let resp = match &cached.value {
                 Some(profile) => json_response(StatusCode::OK, profile),

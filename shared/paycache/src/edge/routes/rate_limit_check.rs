@@ -8,6 +8,9 @@ use crate::app::App;
 use crate::edge::http::{
     Problem, check_body_size, json_object, json_response, request_id, whole_number,
 };
+use crate::domain::identity::{Verifier, permissions};
+use crate::domain::sessions::Sessions;
+use crate::edge::routes::gate::{Gate, admit, forbidden};
 use crate::edge::routes::limits::{too_many_requests, with_headers};
 use crate::infra::keys::{Endpoint, UserId};
 use crate::patterns::ratelimit::RateLimiter;
@@ -17,12 +20,21 @@ use crate::patterns::ratelimit::RateLimiter;
 pub struct Deps<'a> {
     /// The rate limiter.
     pub limiter: &'a RateLimiter,
+    /// Sessions and the blacklist.
+    pub sessions: &'a Sessions,
+    /// Token keys, when no API Gateway is in front.
+    pub verifier: Option<&'a Verifier>,
+    /// `AUTH_REVOCATION_FAIL_OPEN`.
+    pub fail_open: bool,
 }
 
 impl<'a> From<&'a App> for Deps<'a> {
     fn from(app: &'a App) -> Self {
         Self {
             limiter: &app.limiter,
+            sessions: &app.sessions,
+            verifier: app.verifier.as_deref(),
+            fail_open: app.config.revocation_fail_open,
         }
     }
 }
@@ -41,6 +53,24 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
         Ok(parsed) => parsed,
         Err(problem) => return problem.into_response(&rid),
     };
+    // Consuming a user's limit is a write: it starts only after the
+    // caller's check (two round trips in all).
+    let gate = Gate {
+        sessions: deps.sessions,
+        limiter: deps.limiter,
+        verifier: deps.verifier,
+        fail_open: deps.fail_open,
+    };
+    let (who, ()) = match admit(gate, &req, None, &rid, async {}).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused,
+    };
+    if !who.may(permissions::RATELIMIT_CHECK) {
+        return forbidden(
+            "Only a service with the ratelimit.check permission may consult rate limits.",
+            &rid,
+        );
+    }
     let policy = deps.limiter.policy(&endpoint);
     if cost > policy.max_cost() {
         return Problem::unprocessable(format!(

@@ -252,6 +252,11 @@ pub struct Config {
     pub warm: WarmConfig,
     /// A cached risk score at or above this publishes a fraud alert.
     pub fraud_alert_threshold: u32,
+    /// `AUTH_REVOCATION_FAIL_OPEN`: when Redis cannot say whether a token
+    /// is revoked, admit it anyway (a user then acts with no session
+    /// permissions: their own resources only). Default false: a revoked
+    /// token must not become valid because Redis is down.
+    pub revocation_fail_open: bool,
     /// Budget of one Secrets Manager request.
     pub secrets_timeout: Duration,
 }
@@ -336,6 +341,7 @@ impl Config {
                 node_timeout: env.millis("HEALTH_NODE_TIMEOUT_MS", 500, 10, 1900)?,
             },
             fraud_alert_threshold: env.number("FRAUD_ALERT_THRESHOLD", 80, 0, 1000)?,
+            revocation_fail_open: env.flag("AUTH_REVOCATION_FAIL_OPEN")?,
             secrets_timeout: env.millis("SECRETS_TIMEOUT_MS", 3000, 100, 30_000)?,
             warm: WarmConfig {
                 users: env.number("WARM_USERS", 1000, 0, 1_000_000)?,
@@ -559,6 +565,17 @@ impl Env<'_> {
     fn required(&self, name: &'static str) -> Result<String, ConfigError> {
         self.get(name)
             .ok_or_else(|| ConfigError::new(name, "is required but not set"))
+    }
+
+    fn flag(&self, name: &'static str) -> Result<bool, ConfigError> {
+        match self.get(name).as_deref().map(str::trim) {
+            None | Some("") | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(_) => Err(ConfigError {
+                variable: name,
+                problem: "must be `true` or `false`".into(),
+            }),
+        }
     }
 
     fn number<T>(&self, name: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>

@@ -1,0 +1,226 @@
+//! Every protected route's way in: who is calling, are they still signed
+//! in, are they within their rate limit — and the route's read — in **one
+//! round-trip time**.
+//!
+//! 1. **Who** (no Redis): the claims API Gateway's JWT authorizer verified
+//!    (`requestContext.authorizer.jwt`), or, with no API Gateway in front
+//!    (`cargo lambda watch`), the bearer token verified here with the same
+//!    checks ([`Verifier::verify_token`]). No claims and no configured keys:
+//!    401 — never less verification than the deployed path.
+//! 2. **Sent together**: the session (`GETEX`, sliding its TTL) and the
+//!    blacklist entry (`EXISTS`) for a user, the blacklist entry alone for a
+//!    service; the caller's rate-limit script; and the route's own work (a
+//!    cache read). They go out at once, so the whole costs one round-trip
+//!    time (on different nodes of a cluster, in parallel).
+//! 3. **Decided after**: a revoked token, a missing session or one of
+//!    another user is 401 (`WWW-Authenticate: Bearer error="invalid_token"`,
+//!    a body that does not say which check failed) and the read is
+//!    discarded; over the limit is 429. Redis unable to say whether the
+//!    token is revoked is 503: revocation fails closed — unless
+//!    `AUTH_REVOCATION_FAIL_OPEN=true`, which admits the caller with the
+//!    token's own permissions (none for a user: their own resources only),
+//!    so that reads keep being served from PostgreSQL while Redis is down.
+//!
+//! A write is not passed as work: it starts only after its check.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+
+use http::StatusCode;
+use http::header::{HeaderValue, WWW_AUTHENTICATE};
+use lambda_http::request::RequestContext;
+use lambda_http::{Body, Request, RequestExt, Response};
+
+use crate::domain::identity::{Caller, Denied, Principal, Verifier};
+use crate::domain::sessions::{self, Sessions};
+use crate::edge::http::Problem;
+use crate::edge::routes::limits::too_many_requests;
+use crate::infra::keys::{Endpoint, RateSubject};
+use crate::patterns::ratelimit::{RateLimitDecision, RateLimiter};
+
+/// What the gate uses.
+#[derive(Debug, Clone, Copy)]
+pub struct Gate<'a> {
+    /// Sessions and the blacklist.
+    pub sessions: &'a Sessions,
+    /// The rate limiter.
+    pub limiter: &'a RateLimiter,
+    /// Keys to verify tokens with when no API Gateway is in front.
+    pub verifier: Option<&'a Verifier>,
+    /// `AUTH_REVOCATION_FAIL_OPEN`.
+    pub fail_open: bool,
+}
+
+/// A caller let in.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    /// Who.
+    pub caller: Caller,
+    /// What they may do: the session's permissions (a user) or the
+    /// token's scopes (a service).
+    pub permissions: BTreeSet<String>,
+    /// The rate-limit decision (for the `RateLimit` headers), when the
+    /// route has a policy.
+    pub limit: Option<RateLimitDecision>,
+}
+
+impl Admitted {
+    /// Whether the caller holds `permission`.
+    pub fn may(&self, permission: &str) -> bool {
+        self.permissions.contains(permission)
+    }
+
+    /// Whether the caller is the user `user`.
+    pub fn is_user(&self, user: &crate::infra::keys::UserId) -> bool {
+        self.caller.user() == Some(user)
+    }
+}
+
+/// 401: no token (`WWW-Authenticate: Bearer`) or a refused one
+/// (`Bearer error="invalid_token"`). The body does not say which check
+/// failed; the log does.
+pub fn unauthenticated(missing: bool, request_id: &str) -> Response<Body> {
+    let mut resp = Problem::new_public(
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        "Not authenticated",
+        if missing {
+            "This route needs a bearer token (Authorization: Bearer <JWT>)."
+        } else {
+            "The bearer token is not valid (expired, revoked, or not for this API)."
+        },
+    )
+    .into_response(request_id);
+    let challenge = if missing {
+        "Bearer"
+    } else {
+        "Bearer error=\"invalid_token\""
+    };
+    resp.headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    resp
+}
+
+/// 403: the caller may see the resource but not do this to it.
+pub fn forbidden(detail: &str, request_id: &str) -> Response<Body> {
+    Problem::new_public(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail)
+        .into_response(request_id)
+}
+
+/// Who is calling (step 1; no Redis).
+pub fn identify(req: &Request, verifier: Option<&Verifier>) -> Result<Caller, Denied> {
+    if let Some(RequestContext::ApiGatewayV2(ctx)) = req.request_context_ref()
+        && let Some(jwt) = ctx.authorizer.as_ref().and_then(|a| a.jwt.as_ref())
+    {
+        return Caller::from_claims(&jwt.claims, jwt.scopes.as_deref());
+    }
+    let header = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(Denied::MissingToken)?;
+    let (scheme, token) = header.trim().split_once(' ').ok_or(Denied::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(Denied::Malformed);
+    }
+    // No keys: nothing here can verify a token, so nothing is admitted.
+    verifier
+        .ok_or(Denied::UnknownKey)?
+        .verify_token(token.trim())
+}
+
+/// Lets the caller in and runs `work` in the same round-trip time (see the
+/// module documentation); `policy` is the route's rate-limit policy for the
+/// caller, if any. `Err` is the answer to send.
+pub async fn admit<T>(
+    gate: Gate<'_>,
+    req: &Request,
+    policy: Option<&'static str>,
+    request_id: &str,
+    work: impl Future<Output = T>,
+) -> Result<(Admitted, T), Response<Body>> {
+    let caller = match identify(req, gate.verifier) {
+        Ok(c) => c,
+        Err(why) => {
+            tracing::info!(reason = %why, "request refused: not authenticated");
+            return Err(unauthenticated(why == Denied::MissingToken, request_id));
+        }
+    };
+    let subject = match &caller.principal {
+        Principal::User { user, .. } => RateSubject::User(*user),
+        Principal::Service { client } => RateSubject::Service(client.clone()),
+    };
+    let endpoint = policy.and_then(|p| Endpoint::parse(p).ok());
+    let (credentials, limit, out) = tokio::join!(
+        check_credentials(gate.sessions, &caller),
+        async {
+            match &endpoint {
+                Some(e) => Some(gate.limiter.check(subject, e, 1).await),
+                None => None,
+            }
+        },
+        work
+    );
+    let permissions = match credentials {
+        Ok(p) => p,
+        Err(Denied::RevocationUnavailable) if gate.fail_open => {
+            tracing::warn!("revocation could not be checked; admitted (AUTH_REVOCATION_FAIL_OPEN)");
+            caller.scope_permissions.clone()
+        }
+        Err(Denied::RevocationUnavailable) => {
+            tracing::warn!("request refused: revocation could not be checked");
+            return Err(
+                Problem::unavailable("The session could not be checked; retry shortly.")
+                    .into_response(request_id),
+            );
+        }
+        Err(why) => {
+            tracing::info!(reason = %why, "request refused: not authenticated");
+            return Err(unauthenticated(false, request_id));
+        }
+    };
+    if let Some(d) = &limit
+        && !d.allowed
+    {
+        return Err(too_many_requests(d, request_id));
+    }
+    Ok((
+        Admitted {
+            caller,
+            permissions,
+            limit,
+        },
+        out,
+    ))
+}
+
+/// The revocation and session checks, with the permissions they yield.
+async fn check_credentials(
+    sessions: &Sessions,
+    caller: &Caller,
+) -> Result<BTreeSet<String>, Denied> {
+    match &caller.principal {
+        Principal::User { user, session } => {
+            let state = sessions::check(sessions, session, &caller.jti)
+                .await
+                .map_err(|_| Denied::RevocationUnavailable)?;
+            if state.revoked {
+                return Err(Denied::Revoked);
+            }
+            let s = state.session.ok_or(Denied::NoSession)?;
+            if s.user_id != *user {
+                return Err(Denied::SessionMismatch);
+            }
+            Ok(s.permissions.into_iter().collect())
+        }
+        Principal::Service { .. } => {
+            let revoked = sessions::is_blacklisted(sessions, &caller.jti)
+                .await
+                .map_err(|_| Denied::RevocationUnavailable)?;
+            if revoked {
+                return Err(Denied::Revoked);
+            }
+            Ok(caller.scope_permissions.clone())
+        }
+    }
+}
