@@ -65,13 +65,15 @@ CACHE_KEY_PREFIX=e2e-$$
 RUST_LOG=info
 WARM_USERS=50
 AUTH_ISSUER=https://auth.paycache.test
-AUTH_AUDIENCE=paycache-api
+AUTH_AUDIENCE=paycache-api,paycache-web,ledger,journey-ledger,support-console,limits-gateway,hostile
 AUTH_JWKS_FILE=$ROOT/tests/fixtures/jwks.json
+AUTH_DEV_SIGNING_KEY_FILE=$ROOT/tests/fixtures/jwt-test-key.pem
+AUTH_DEV_KEY_ID=test-key-1
 AWS_ENDPOINT_URL=${AWS_ENDPOINT_URL:-}
 AWS_REGION=${AWS_REGION:-us-east-1}
 AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-}
 AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-}
-RATE_LIMIT_POLICIES='[{"name":"transfers.create","algorithm":"gcra","limit":5,"window_secs":3600,"burst":5,"fail":"closed"}]'
+RATE_LIMIT_POLICIES='[{"name":"transfers.create","algorithm":"gcra","limit":5,"window_secs":3600,"burst":5,"fail":"closed"},{"name":"wallets.balance.write","algorithm":"gcra","limit":60,"window_secs":3600,"burst":60,"fail":"closed"}]'
 ENV
 cargo lambda watch --quiet --ignore-changes -A 127.0.0.1 -P "$WATCH_PORT" --env-file "$ENV_FILE" \
   >"$STACK/watch.log" 2>&1 &
@@ -83,7 +85,21 @@ for _ in $(seq 1 600); do
   sleep 0.5
 done
 port_in_use "$WATCH_PORT" || die "cargo lambda watch did not listen on $WATCH_PORT"
+# The router cases' tokens: services (client credentials), minted with the
+# development key the functions verify against (AUTH_JWKS_FILE).
+mint() { (set -a; source "$ENV_FILE"; set +a; cargo run --quiet -p paycache-dev -- service-token "$@"); }
+E2E_SUPPORT_TOKEN=$(mint --client support-console --scope profiles.read.any --scope wallets.read.any)
+E2E_LEDGER_TOKEN=$(mint --client ledger --scope wallets.balance.write)
+E2E_LIMITS_TOKEN=$(mint --client limits-gateway --scope ratelimit.check)
+E2E_HOSTILE_TOKEN=$(mint --client hostile --scope profiles.read.any --scope wallets.read.any \
+  --scope wallets.balance.write --scope ratelimit.check)
+export E2E_SUPPORT_TOKEN E2E_LEDGER_TOKEN E2E_LIMITS_TOKEN E2E_HOSTILE_TOKEN
 if ! python3 "$ROOT/tests/e2e/run.py" "$WATCH_PORT" | tee "$STACK/e2e-cases.log"; then
+  tail -50 "$STACK/watch.log" >&2; exit 1
+fi
+
+log "sign-in to sign-out through the router"
+if ! (set -a; source "$ENV_FILE"; set +a; python3 "$ROOT/tests/e2e/journey.py" "$WATCH_PORT") | tee "$STACK/e2e-journey.log"; then
   tail -50 "$STACK/watch.log" >&2; exit 1
 fi
 
@@ -103,6 +119,7 @@ log "schemathesis against openapi.yaml"
 if ! SCHEMATHESIS_HOOKS=schemathesis_hooks PYTHONPATH="$ROOT/tests/e2e" \
   schemathesis --config-file "$ROOT/tests/e2e/schemathesis.toml" run "$ROOT/openapi.yaml" \
   --url "http://127.0.0.1:$WATCH_PORT" --workers 1 --request-timeout 300 --no-color \
+  --header "Authorization: Bearer $E2E_HOSTILE_TOKEN" \
   --seed "${PAYCACHE_SCHEMATHESIS_SEED:-20261126}" --max-examples "${PAYCACHE_SCHEMATHESIS_EXAMPLES:-60}" \
   >"$STACK/schemathesis.log" 2>&1; then
   cat "$STACK/schemathesis.log" >&2; tail -50 "$STACK/watch.log" >&2

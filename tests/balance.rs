@@ -908,7 +908,11 @@ async fn round_trips_per_operation() {
         ("evalsha".to_owned(), apply),
         ("evalsha".to_owned(), append),
     ];
-    let limiter: Vec<_> = seen.iter().filter(|s| !expected.contains(s)).cloned().collect();
+    let limiter: Vec<_> = seen
+        .iter()
+        .filter(|s| !expected.contains(s))
+        .cloned()
+        .collect();
     assert_eq!(limiter.len(), 1, "the rate-limit script: {seen:?}");
     expected.extend(limiter);
     expected.sort();

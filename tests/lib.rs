@@ -205,7 +205,10 @@ pub fn as_client(
     client: &str,
     permissions: &[&str],
 ) -> lambda_http::Request {
-    let scopes: Vec<String> = permissions.iter().map(|p| format!("paycache/{p}")).collect();
+    let scopes: Vec<String> = permissions
+        .iter()
+        .map(|p| format!("paycache/{p}"))
+        .collect();
     let claims = [
         ("sub", client.to_owned()),
         ("client_id", client.to_owned()),

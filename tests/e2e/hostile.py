@@ -9,6 +9,7 @@ change nothing: the wallet's version is read before and after.
 Usage: hostile.py <watch port>. Closes with 'hostile: N passed, M failed'."""
 import http.client
 import json
+import os
 import sys
 
 PORT = int(sys.argv[1])
@@ -16,9 +17,15 @@ WALLET = "00000000-0000-4000-9000-000000000004"
 USER = "00000000-0000-4000-8000-000000000001"
 
 
+# A service token with every permission (e2e.sh mints it): the hostile
+# input must get past authentication to reach the parsing it attacks.
+TOKEN = os.environ["E2E_HOSTILE_TOKEN"]
+
+
 def send(method, path, body=b"", headers=()):
     c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=300)
     c.putrequest(method, path, skip_accept_encoding=True)
+    c.putheader("Authorization", f"Bearer {TOKEN}")
     for name, value in headers:
         c.putheader(name, value)
     if body or method in ("PUT", "POST"):

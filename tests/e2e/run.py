@@ -70,7 +70,9 @@ def check(case):
     if "invoke" in case:
         status, headers, body = invoke(case["invoke"], case["event"])
     else:
-        status, headers, body = http(case["http"], case["path"], case.get("send"), case.get("send_headers"))
+        # Header values may name the tokens e2e.sh minted: ${E2E_LEDGER_TOKEN}.
+        send_headers = {k: os.path.expandvars(v) for k, v in (case.get("send_headers") or {}).items()}
+        status, headers, body = http(case["http"], case["path"], case.get("send"), send_headers)
     if status != case["status"]:
         problems.append(f"status {status}, expected {case['status']} (body {body[:300]})")
     for k, v in case.get("headers", {}).items():

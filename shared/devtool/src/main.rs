@@ -1,5 +1,22 @@
-//! `paycache-dev migrate | seed | migrate-and-seed`: applies the schema and
-//! loads the deterministic local data set into `DATABASE_URL`.
+//! `paycache-dev`: the developer tool.
+//!
+//! - `migrate | seed | migrate-and-seed`: applies the schema and loads the
+//!   deterministic local data set into `DATABASE_URL`.
+//! - `login --user <n | user id> [--permission <p>]...`: signs a seed user
+//!   in — creates their session (`session:{sid}`) in the configured Redis
+//!   through the same code the deployed sign-in uses
+//!   (`paycache::sessions::create`) — and prints an access token for it.
+//! - `service-token --client <id> [--scope <permission>]...`: prints a
+//!   service principal's token (client credentials: no session; its
+//!   permissions are its scopes, `paycache/<permission>`).
+//!
+//! Tokens are signed with the local development key — RS256 with
+//! `AUTH_DEV_SIGNING_KEY_FILE` (PEM; `kid` from `AUTH_DEV_KEY_ID`), or HS256
+//! with `AUTH_HS256_SECRET` — for `AUTH_ISSUER`, valid for an hour. A user's
+//! token is shaped as a Cognito access token (`client_id` = the first of
+//! `AUTH_AUDIENCE`, `token_use: access`, plus `sid`); `--client` must be one
+//! of `AUTH_AUDIENCE`, as an API Gateway JWT authorizer's audience lists the
+//! app clients it accepts. Only what prints the token goes to stdout.
 
 use std::process::ExitCode;
 
@@ -8,12 +25,36 @@ use paycache::db::Db;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let command = std::env::args().nth(1).unwrap_or_default();
-    let Some(url) = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) else {
-        eprintln!("paycache-dev: DATABASE_URL is required");
-        return ExitCode::from(2);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = args.first().cloned().unwrap_or_default();
+    let result = match command.as_str() {
+        "migrate" => database(true, false).await,
+        "seed" => database(false, true).await,
+        "migrate-and-seed" => database(true, true).await,
+        "login" => login(&args[1..]).await,
+        "service-token" => service_token(&args[1..]),
+        _ => Err(
+            "usage: paycache-dev migrate | seed | migrate-and-seed\n       \
+             paycache-dev login --user <n | user id> [--permission <p>]...\n       \
+             paycache-dev service-token --client <id> [--scope <permission>]..."
+                .to_owned(),
+        ),
     };
-    let db = match Db::new(&DatabaseConfig {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(why) => {
+            eprintln!("paycache-dev: {why}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn database(migrate: bool, seed: bool) -> Result<(), String> {
+    let url = std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .ok_or("DATABASE_URL is required")?;
+    let db = Db::new(&DatabaseConfig {
         url: Secret::new(url),
         pool_size: 1,
         connect_timeout: std::time::Duration::from_secs(10),
@@ -21,46 +62,151 @@ async fn main() -> ExitCode {
         secret_arn: None,
         credentials: None,
         ca_cert: std::env::var_os("DATABASE_CA_CERT").map(Into::into),
-    }) {
-        Ok(db) => db,
-        Err(e) => {
-            eprintln!("paycache-dev: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let (migrate, seed) = match command.as_str() {
-        "migrate" => (true, false),
-        "seed" => (false, true),
-        "migrate-and-seed" => (true, true),
-        _ => {
-            eprintln!("usage: paycache-dev migrate | seed | migrate-and-seed");
-            return ExitCode::from(2);
-        }
+    })
+    .map_err(|e| e.to_string())?;
+    let chain = |e: &dyn std::error::Error| {
+        format!(
+            "{e} ({:?})",
+            std::error::Error::source(e).map(|s| s.to_string())
+        )
     };
     if migrate {
-        match db.migrate().await {
-            Ok(n) => println!("paycache-dev: {n} migration(s) applied"),
-            Err(e) => {
-                eprintln!(
-                    "paycache-dev: migration failed: {e} ({:?})",
-                    std::error::Error::source(&e).map(|s| s.to_string())
-                );
-                return ExitCode::FAILURE;
-            }
-        }
+        let n = db
+            .migrate()
+            .await
+            .map_err(|e| format!("migration failed: {}", chain(&e)))?;
+        println!("paycache-dev: {n} migration(s) applied");
     }
     if seed {
         let started = std::time::Instant::now();
-        match db.seed_local().await {
-            Ok(()) => println!("paycache-dev: seed data loaded in {:?}", started.elapsed()),
-            Err(e) => {
-                eprintln!(
-                    "paycache-dev: seeding failed: {e} ({:?})",
-                    std::error::Error::source(&e).map(|s| s.to_string())
-                );
-                return ExitCode::FAILURE;
-            }
-        }
+        db.seed_local()
+            .await
+            .map_err(|e| format!("seeding failed: {}", chain(&e)))?;
+        println!("paycache-dev: seed data loaded in {:?}", started.elapsed());
     }
-    ExitCode::SUCCESS
+    Ok(())
+}
+
+/// `--name value` pairs; a name may repeat.
+fn options<'a>(args: &'a [String], name: &str) -> Vec<&'a str> {
+    args.windows(2)
+        .filter(|w| w[0] == name)
+        .map(|w| w[1].as_str())
+        .collect()
+}
+
+fn required_env(name: &str) -> Result<String, String> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .ok_or_else(|| format!("{name} is required"))
+}
+
+/// The seed user `n` (`00000000-0000-4000-8000-<n>`), or a user id.
+fn seed_user(raw: &str) -> Result<paycache::keys::UserId, String> {
+    if let Ok(n) = raw.parse::<u64>() {
+        let id = format!("00000000-0000-4000-8000-{n:012x}");
+        return paycache::keys::UserId::parse(&id).map_err(|e| e.to_string());
+    }
+    paycache::keys::UserId::parse(raw).map_err(|e| format!("--user: the {e}"))
+}
+
+async fn login(args: &[String]) -> Result<(), String> {
+    let [raw] = options(args, "--user")[..] else {
+        return Err("login needs --user <n | user id>".into());
+    };
+    let user = seed_user(raw)?;
+    let permissions: Vec<String> = options(args, "--permission")
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let audience = required_env("AUTH_AUDIENCE")?;
+    let client = audience
+        .split(',')
+        .map(str::trim)
+        .find(|a| !a.is_empty())
+        .ok_or("AUTH_AUDIENCE is empty")?
+        .to_owned();
+    let app = paycache::App::from_env()
+        .await
+        .map_err(|e| format!("cannot build the app: {e}"))?;
+    // The design's session fields, from the user's row.
+    let profile = paycache::profile::load_profile(&app.db, &user)
+        .await
+        .map_err(|e| format!("cannot read the user: {e}"))?
+        .ok_or_else(|| format!("no user {user} (run `paycache-dev seed`)"))?;
+    let session = paycache::sessions::Session {
+        user_id: user,
+        email: profile.email,
+        roles: vec!["customer".into()],
+        permissions,
+        last_activity: time::OffsetDateTime::now_utc(),
+        ip_address: Some("127.0.0.1".into()),
+        device_info: Some("paycache-dev login".into()),
+    };
+    let sid = paycache::sessions::create(&app.sessions, &session)
+        .await
+        .map_err(|e| format!("cannot create the session: {e}"))?;
+    let claims = serde_json::json!({
+        "sub": user.to_string(),
+        "sid": sid.to_string(),
+        "client_id": client,
+        "token_use": "access",
+        "scope": "openid",
+    });
+    println!("{}", sign(claims)?);
+    Ok(())
+}
+
+fn service_token(args: &[String]) -> Result<(), String> {
+    let [client] = options(args, "--client")[..] else {
+        return Err("service-token needs --client <id>".into());
+    };
+    let scopes: Vec<String> = options(args, "--scope")
+        .into_iter()
+        .map(|s| format!("{}{s}", paycache::identity::SCOPE_PREFIX))
+        .collect();
+    let claims = serde_json::json!({
+        "sub": client,
+        "client_id": client,
+        "token_use": "access",
+        "scope": scopes.join(" "),
+    });
+    println!("{}", sign(claims)?);
+    Ok(())
+}
+
+/// Adds `iss`, `iat`, `exp` (an hour) and a new `jti`, and signs with the
+/// local development key.
+fn sign(mut claims: serde_json::Value) -> Result<String, String> {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if let Some(m) = claims.as_object_mut() {
+        m.insert("iss".into(), required_env("AUTH_ISSUER")?.into());
+        m.insert("iat".into(), now.into());
+        m.insert("exp".into(), (now + 3600).into());
+        m.insert("jti".into(), format!("{:032x}", fastrand::u128(..)).into());
+    }
+    let (header, key) = match std::env::var("AUTH_DEV_SIGNING_KEY_FILE") {
+        Ok(path) if !path.is_empty() => {
+            let pem = std::fs::read(&path)
+                .map_err(|e| format!("AUTH_DEV_SIGNING_KEY_FILE cannot be read: {e}"))?;
+            let key = EncodingKey::from_rsa_pem(&pem)
+                .map_err(|_| "AUTH_DEV_SIGNING_KEY_FILE is not an RSA private key (PEM)")?;
+            let mut header = Header::new(Algorithm::RS256);
+            header.kid = std::env::var("AUTH_DEV_KEY_ID")
+                .ok()
+                .filter(|k| !k.is_empty());
+            (header, key)
+        }
+        _ => {
+            let secret = required_env("AUTH_HS256_SECRET")
+                .map_err(|_| "AUTH_DEV_SIGNING_KEY_FILE or AUTH_HS256_SECRET is required")?;
+            (
+                Header::new(Algorithm::HS256),
+                EncodingKey::from_secret(secret.as_bytes()),
+            )
+        }
+    };
+    encode(&header, &claims, &key).map_err(|e| format!("cannot sign: {e}"))
 }

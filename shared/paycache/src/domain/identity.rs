@@ -110,7 +110,9 @@ impl Caller {
         };
         let listed: Vec<&str> = match scopes {
             Some(list) => list.iter().map(String::as_str).collect(),
-            None => get("scope").map(|s| s.split_whitespace().collect()).unwrap_or_default(),
+            None => get("scope")
+                .map(|s| s.split_whitespace().collect())
+                .unwrap_or_default(),
         };
         let scope_permissions = match principal {
             Principal::Service { .. } => listed
@@ -372,8 +374,8 @@ impl Verifier {
         // `aud` or `client_id`, checked below as API Gateway does.
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "iss", "sub"]);
-        let data = decode::<serde_json::Map<String, Value>>(token, key, &validation).map_err(
-            |e| {
+        let data =
+            decode::<serde_json::Map<String, Value>>(token, key, &validation).map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind as K;
                 match e.kind() {
                     K::InvalidSignature => Denied::BadSignature,
@@ -384,14 +386,14 @@ impl Verifier {
                     K::InvalidAlgorithm => Denied::DisallowedAlgorithm,
                     _ => Denied::Malformed,
                 }
-            },
-        )?;
+            })?;
         let claims = data.claims;
         let audience_ok = match claims.get("aud") {
             Some(Value::String(a)) => self.config.audience.contains(a),
-            Some(Value::Array(list)) => list
-                .iter()
-                .any(|a| a.as_str().is_some_and(|a| self.config.audience.iter().any(|x| x == a))),
+            Some(Value::Array(list)) => list.iter().any(|a| {
+                a.as_str()
+                    .is_some_and(|a| self.config.audience.iter().any(|x| x == a))
+            }),
             Some(_) => false,
             None => claims
                 .get("client_id")
@@ -431,4 +433,3 @@ impl Verifier {
         }
     }
 }
-

@@ -21,10 +21,10 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::domain::identity::Principal;
 use crate::infra::connection::Redis;
 use crate::infra::connection::RedisUnavailable;
 use crate::infra::keys::Keyspace;
-use crate::domain::identity::Principal;
 use crate::infra::keys::{ClientId, Jti, SessionId, UserId};
 
 /// What sessions and revocation use: the cache Redis for sessions, the

@@ -39,9 +39,9 @@ use time::OffsetDateTime;
 
 use crate::app::App;
 use crate::domain::fraud::Fraud;
+pub use crate::domain::identity::{AuthConfig, Claims, Denied, Verifier};
 use crate::domain::sessions;
 use crate::domain::sessions::Sessions;
-pub use crate::domain::identity::{AuthConfig, Claims, Denied, Verifier};
 use crate::infra::config::ConfigError;
 use crate::infra::keys::DeviceFingerprint;
 

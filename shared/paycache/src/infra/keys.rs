@@ -608,7 +608,10 @@ mod tests {
         let ep1 = Endpoint::parse("a.b").unwrap();
         let ep2 = Endpoint::parse("a-b").unwrap();
         let user = UserId::parse(USER).unwrap();
-        assert_ne!(ks().rate_limit(&RateSubject::User(user), &ep1), ks().rate_limit(&RateSubject::User(user), &ep2));
+        assert_ne!(
+            ks().rate_limit(&RateSubject::User(user), &ep1),
+            ks().rate_limit(&RateSubject::User(user), &ep2)
+        );
         assert_ne!(
             ks().transaction(&TransactionId::parse(USER).unwrap())
                 .as_str(),

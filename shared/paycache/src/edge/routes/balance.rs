@@ -7,20 +7,20 @@ use serde_json::Value;
 
 use crate::app::App;
 use crate::domain::balance::Balances;
+use crate::domain::balance::WalletBalance;
 use crate::domain::balance::{BalanceWrite, WriteError, WriteOutcome, get_balance, write_balance};
+use crate::domain::identity::{Verifier, permissions};
 use crate::domain::money::{Currency, CurrencyError, parse_amount};
+use crate::domain::sessions::Sessions;
 use crate::edge::http::{
     Problem, check_body_size, json_object, json_response, path_param, request_id, single_header,
     whole_number, with_cache_status,
 };
-use crate::domain::balance::WalletBalance;
-use crate::domain::identity::{Verifier, permissions};
-use crate::domain::sessions::Sessions;
 use crate::edge::routes::gate::{Admitted, Gate, admit, forbidden, identify};
 use crate::edge::routes::limits::{BALANCE_READ, BALANCE_WRITE, with_decision};
-use crate::patterns::cache_aside::Cached;
 use crate::infra::db::DbError;
 use crate::infra::keys::WalletId;
+use crate::patterns::cache_aside::Cached;
 use crate::patterns::ratelimit::RateLimiter;
 
 pub(crate) const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -108,9 +108,10 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
     // Whether the caller may write is known before Redis (a service's
     // scopes; never a user); one who may not is told 403 if they can see
     // the wallet and 404 if not, from a read sent with the gate's checks.
-    let may_write = identify(&req, deps.verifier)
-        .ok()
-        .is_some_and(|c| c.scope_permissions.contains(permissions::WALLETS_BALANCE_WRITE));
+    let may_write = identify(&req, deps.verifier).ok().is_some_and(|c| {
+        c.scope_permissions
+            .contains(permissions::WALLETS_BALANCE_WRITE)
+    });
     if !may_write {
         let (who, read) = match admit(
             gate,

@@ -10,10 +10,10 @@ use lambda_http::{Body, Request, Response};
 use serde_json::json;
 
 use crate::app::App;
+use crate::domain::identity::{Denied, Principal, Verifier};
 use crate::domain::sessions;
 use crate::domain::sessions::Sessions;
 use crate::edge::http::{Problem, check_body_size, json_response, request_id};
-use crate::domain::identity::{Denied, Principal, Verifier};
 use crate::edge::routes::gate::{identify, unauthenticated};
 
 /// What `POST /sessions/logout` uses.

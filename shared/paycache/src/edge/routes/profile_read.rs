@@ -4,19 +4,19 @@ use http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
 
 use crate::app::App;
+use crate::domain::identity::{Verifier, permissions};
 use crate::domain::profile::Profiles;
+use crate::domain::profile::UserProfile;
 use crate::domain::profile::get_profile;
+use crate::domain::sessions::Sessions;
 use crate::edge::http::{
     Problem, check_body_size, json_response, path_param, request_id, with_cache_status,
 };
-use crate::domain::identity::{Verifier, permissions};
-use crate::domain::profile::UserProfile;
-use crate::domain::sessions::Sessions;
 use crate::edge::routes::gate::{Gate, admit};
 use crate::edge::routes::limits::{PROFILE_READ, with_decision};
 use crate::infra::db::DbError;
-use crate::patterns::cache_aside::Cached;
 use crate::infra::keys::UserId;
+use crate::patterns::cache_aside::Cached;
 use crate::patterns::ratelimit::RateLimiter;
 
 /// What `GET /users/{user_id}/profile` uses.
@@ -92,11 +92,7 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
     with_decision(answer(read, user, &rid), who.limit.as_ref())
 }
 
-fn answer(
-    read: Result<Cached<UserProfile>, DbError>,
-    user: UserId,
-    rid: &str,
-) -> Response<Body> {
+fn answer(read: Result<Cached<UserProfile>, DbError>, user: UserId, rid: &str) -> Response<Body> {
     match read {
         Ok(cached) => {
             let resp = match &cached.value {

@@ -5,11 +5,11 @@ use lambda_http::{Body, Request, Response};
 use serde_json::Value;
 
 use crate::app::App;
+use crate::domain::identity::{Verifier, permissions};
+use crate::domain::sessions::Sessions;
 use crate::edge::http::{
     Problem, check_body_size, json_object, json_response, request_id, whole_number,
 };
-use crate::domain::identity::{Verifier, permissions};
-use crate::domain::sessions::Sessions;
 use crate::edge::routes::gate::{Gate, admit, forbidden};
 use crate::edge::routes::limits::{too_many_requests, with_headers};
 use crate::infra::keys::{Endpoint, UserId};

@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Sign-in to sign-out through the HTTP routes `cargo lambda watch` serves
+(as under `make run`: no API Gateway, so every function verifies the bearer
+token itself).
+
+Usage: journey.py <watch port>. The environment is the functions' (e2e.sh
+sources e2e.env): `paycache-dev login` creates the session in the same
+Redis, and `paycache-dev service-token` mints the ledger's token with the
+same development key. Prints one line per step and closes with
+'journey: N passed, M failed'; exits non-zero on any failure."""
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PORT = sys.argv[1]
+
+# Seed user 2 owns the USD wallet ...0008 (shared/paycache/seed/local.sql);
+# user 3 and wallet ...000c are someone else's.
+ME = "00000000-0000-4000-8000-000000000002"
+OTHER = "00000000-0000-4000-8000-000000000003"
+MY_WALLET = "00000000-0000-4000-9000-000000000009"  # user 2's EUR wallet
+OTHER_WALLET = "00000000-0000-4000-9000-00000000000c"
+LEDGER = "journey-ledger"
+
+
+def dev(*args):
+    out = subprocess.run(["cargo", "run", "--quiet", "-p", "paycache-dev", "--", *args],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    if out.returncode != 0:
+        raise SystemExit(f"paycache-dev {args[0]} failed: {out.stderr.strip()[-400:]}")
+    return out.stdout.strip()
+
+
+def http(method, path, token=None, body=None):
+    headers = {"content-type": "application/json"} if body is not None else {}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{PORT}{path}", method=method, data=data,
+                                 headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=300) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, json.loads(raw) if raw else None
+
+
+passed = failed = 0
+
+
+def step(name, ok, detail=""):
+    global passed, failed
+    if ok:
+        passed += 1
+        print(f"ok   {name}")
+    else:
+        failed += 1
+        print(f"FAIL {name}: {detail}")
+
+
+def main():
+    token = dev("login", "--user", "2")
+    ledger = dev("service-token", "--client", LEDGER, "--scope", "wallets.balance.write")
+
+    s, h, b = http("GET", f"/users/{ME}/profile", token)
+    step("sign in, read the own profile: 200 with Cache-Status and the user's RateLimit",
+         s == 200 and b.get("user_id") == ME and "cache-status" in h
+         and h.get("ratelimit", "").startswith('"users.profile.read"'), f"{s} {h} {b}")
+    s, _, b = http("GET", f"/users/{OTHER}/profile", token)
+    step("another user's profile is 404", s == 404 and b.get("status") == 404, f"{s} {b}")
+    s, _, b = http("GET", f"/wallets/{OTHER_WALLET}/balance", token)
+    step("another user's wallet is 404", s == 404, f"{s} {b}")
+    s, _, b = http("GET", f"/wallets/{MY_WALLET}/balance", token)
+    step("the own wallet's balance is 200", s == 200 and b.get("wallet_id") == MY_WALLET
+         and "user_id" not in b, f"{s} {b}")
+    version = b.get("version") if isinstance(b, dict) else None
+    currency = b.get("currency") if isinstance(b, dict) else None
+    put = {"balance": "77.00", "currency": currency, "expected_version": version}
+    s, _, b = http("PUT", f"/wallets/{MY_WALLET}/balance", token, put)
+    step("the user's PUT on the own wallet is 403", s == 403, f"{s} {b}")
+    s, _, b = http("PUT", f"/wallets/{MY_WALLET}/balance", ledger, put)
+    step("the ledger service's PUT is 200", s == 200 and b.get("version") == (version or 0) + 1,
+         f"{s} {b}")
+    s, _, b = http("GET", f"/wallets/{MY_WALLET}/balance", token)
+    step("the user's next read shows the new version",
+         s == 200 and b.get("version") == (version or 0) + 1 and b.get("balance") == "77.00",
+         f"{s} {b}")
+    # wallets.balance.write: 60 per hour per caller (e2e.env); every
+    # attempt counts, a conflicting one too.
+    statuses = []
+    for _ in range(70):
+        s, h, b = http("PUT", f"/wallets/{MY_WALLET}/balance", ledger, put)
+        statuses.append(s)
+        if s == 429:
+            break
+    step("the service exceeds wallets.balance.write: 429 with Retry-After",
+         statuses[-1] == 429 and h.get("retry-after", "").isdigit()
+         and b.get("type") == "urn:paycache:problem:rate-limited", f"{statuses} {h}")
+    s, _, b = http("POST", "/sessions/logout", token)
+    step("the user logs out", s == 200, f"{s} {b}")
+    s, h, b = http("GET", f"/users/{ME}/profile", token)
+    step("the same token is refused (401, invalid_token)",
+         s == 401 and h.get("www-authenticate") == 'Bearer error="invalid_token"', f"{s} {h}")
+    s, h, b = http("GET", f"/users/{ME}/profile")
+    step("no token is refused (401, Bearer)", s == 401 and h.get("www-authenticate") == "Bearer",
+         f"{s} {h}")
+    print(f"journey: {passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
