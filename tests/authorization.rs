@@ -98,10 +98,10 @@ both_modes!(who_may_do_what);
 
 /// Profiles: the own, or with profiles.read.any; anyone else's is 404.
 async fn profile_rules(w: &World, user: &SignedIn, support: &SignedIn, me: &str, other: &str) {
-    let own = profile_read::handle(&w.app, user.on(profile(&me))).await;
+    let own = profile_read::handle(&w.app, user.on(profile(me))).await;
     assert_eq!(own.status(), StatusCode::OK);
     assert!(own.headers().contains_key("ratelimit"));
-    let theirs = profile_read::handle(&w.app, user.on(profile(&other))).await;
+    let theirs = profile_read::handle(&w.app, user.on(profile(other))).await;
     assert_eq!(
         status_and_type(&theirs),
         (
@@ -109,9 +109,9 @@ async fn profile_rules(w: &World, user: &SignedIn, support: &SignedIn, me: &str,
             "urn:paycache:problem:not-found".into()
         )
     );
-    let staff = profile_read::handle(&w.app, support.on(profile(&other))).await;
+    let staff = profile_read::handle(&w.app, support.on(profile(other))).await;
     assert_eq!(staff.status(), StatusCode::OK);
-    let svc = as_service(profile(&other), &["wallets.read.any"]);
+    let svc = as_service(profile(other), &["wallets.read.any"]);
     assert_eq!(
         profile_read::handle(&w.app, svc).await.status(),
         StatusCode::NOT_FOUND,
@@ -128,12 +128,12 @@ async fn balance_read_rules(
     my_wallet: &str,
     their_wallet: &str,
 ) {
-    let mine = balance::handle(&w.app, user.on(wallet_req("GET", &my_wallet, None))).await;
+    let mine = balance::handle(&w.app, user.on(wallet_req("GET", my_wallet, None))).await;
     assert_eq!(mine.status(), StatusCode::OK);
     let body: Value = serde_json::from_slice(mine.body().as_ref()).unwrap();
     assert!(body.get("user_id").is_none(), "{body}");
     // Again, now from the cache: ownership came with the cached entry.
-    let mine = balance::handle(&w.app, user.on(wallet_req("GET", &my_wallet, None))).await;
+    let mine = balance::handle(&w.app, user.on(wallet_req("GET", my_wallet, None))).await;
     assert_eq!(mine.status(), StatusCode::OK);
     assert!(
         mine.headers()["cache-status"]
@@ -143,15 +143,15 @@ async fn balance_read_rules(
         "{:?}",
         mine.headers()
     );
-    let theirs = balance::handle(&w.app, user.on(wallet_req("GET", &their_wallet, None))).await;
+    let theirs = balance::handle(&w.app, user.on(wallet_req("GET", their_wallet, None))).await;
     assert_eq!(theirs.status(), StatusCode::NOT_FOUND);
     let nobody = balance::handle(&w.app, user.on(wallet_req("GET", &random_uuid(), None))).await;
     assert_eq!(
-        theirs.body().as_ref().len() > 0,
-        nobody.body().as_ref().len() > 0
+        !theirs.body().as_ref().is_empty(),
+        !nobody.body().as_ref().is_empty()
     );
     assert_eq!(nobody.status(), StatusCode::NOT_FOUND);
-    let staff = balance::handle(&w.app, support.on(wallet_req("GET", &their_wallet, None))).await;
+    let staff = balance::handle(&w.app, support.on(wallet_req("GET", their_wallet, None))).await;
     assert_eq!(staff.status(), StatusCode::OK);
 }
 
@@ -165,7 +165,7 @@ async fn balance_write_rules(
     their_wallet: &str,
 ) {
     let put = || Some(json!({"balance": "5.00", "currency": "USD", "expected_version": 1}));
-    let r = balance::handle(&w.app, user.on(wallet_req("PUT", &my_wallet, put()))).await;
+    let r = balance::handle(&w.app, user.on(wallet_req("PUT", my_wallet, put()))).await;
     assert_eq!(
         status_and_type(&r),
         (
@@ -173,27 +173,27 @@ async fn balance_write_rules(
             "urn:paycache:problem:forbidden".into()
         )
     );
-    let r = balance::handle(&w.app, user.on(wallet_req("PUT", &their_wallet, put()))).await;
+    let r = balance::handle(&w.app, user.on(wallet_req("PUT", their_wallet, put()))).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    let r = balance::handle(&w.app, support.on(wallet_req("PUT", &their_wallet, put()))).await;
+    let r = balance::handle(&w.app, support.on(wallet_req("PUT", their_wallet, put()))).await;
     assert_eq!(
         r.status(),
         StatusCode::FORBIDDEN,
         "support may see, not write"
     );
-    let reader = as_service(wallet_req("PUT", &my_wallet, put()), &["wallets.read.any"]);
+    let reader = as_service(wallet_req("PUT", my_wallet, put()), &["wallets.read.any"]);
     assert_eq!(
         balance::handle(&w.app, reader).await.status(),
         StatusCode::FORBIDDEN
     );
-    let stranger = as_service(wallet_req("PUT", &my_wallet, put()), &["ratelimit.check"]);
+    let stranger = as_service(wallet_req("PUT", my_wallet, put()), &["ratelimit.check"]);
     assert_eq!(
         balance::handle(&w.app, stranger).await.status(),
         StatusCode::NOT_FOUND
     );
     // Nothing above changed the wallet; the ledger's write does.
     let ledger = as_service(
-        wallet_req("PUT", &my_wallet, put()),
+        wallet_req("PUT", my_wallet, put()),
         &["wallets.balance.write"],
     );
     let r = balance::handle(&w.app, ledger).await;
@@ -205,16 +205,15 @@ async fn balance_write_rules(
 
 /// POST /rate-limit/check: a service with ratelimit.check only.
 async fn check_rules(w: &World, user: &SignedIn, me: &str) {
-    let r = rate_limit_check::handle(&w.app, user.on(check_req(&me))).await;
+    let r = rate_limit_check::handle(&w.app, user.on(check_req(me))).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let r = rate_limit_check::handle(
         &w.app,
-        as_service(check_req(&me), &["wallets.balance.write"]),
+        as_service(check_req(me), &["wallets.balance.write"]),
     )
     .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let r =
-        rate_limit_check::handle(&w.app, as_service(check_req(&me), &["ratelimit.check"])).await;
+    let r = rate_limit_check::handle(&w.app, as_service(check_req(me), &["ratelimit.check"])).await;
     assert_eq!(r.status(), StatusCode::OK);
 }
 
