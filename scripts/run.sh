@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # `make run`: install what is missing, start Redis and PostgreSQL under
 # .stack/run (unless REDIS_URL / DATABASE_URL are set: then those are used),
-# apply migrations, load the deterministic seed data, and serve every HTTP
-# route on http://127.0.0.1:${PORT:-9000} through `cargo lambda watch`, with
-# ${CONCURRENCY:-8} instances of each function. Ctrl-C stops what it started.
+# apply migrations, load the deterministic seed data, build every function,
+# and serve every HTTP route on http://127.0.0.1:${PORT:-9000} through
+# `cargo lambda watch`, with ${CONCURRENCY:-8} instances of each function.
+# No API Gateway runs locally, so the functions verify bearer tokens
+# themselves, with a development key made for this stack (HS256, in
+# .stack/run/dev-signing-secret); `paycache-dev login` and `service-token`
+# sign with the same key. It prints a user's and a service's token at start.
+# Ctrl-C stops what it started.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
@@ -57,6 +62,18 @@ fi
 log "applying migrations and loading seed data"
 cargo run --quiet -p paycache-dev -- migrate-and-seed
 
+# The local development key (never deployed: deployed, API Gateway's JWT
+# authorizer verifies tokens against the issuer's JWKS).
+if [ ! -s "$STACK/dev-signing-secret" ]; then
+  (umask 077; python3 -c 'import secrets; print(secrets.token_urlsafe(32))' >"$STACK/dev-signing-secret")
+fi
+export AUTH_ISSUER="${AUTH_ISSUER:-https://paycache.local}"
+export AUTH_AUDIENCE="${AUTH_AUDIENCE:-paycache-web,ledger,support-console,limits-gateway}"
+if [ -z "${AUTH_JWKS:-}" ] && [ -z "${AUTH_JWKS_FILE:-}" ]; then AUTH_JWKS='{"keys": []}'; fi
+export AUTH_JWKS
+AUTH_HS256_SECRET="$(cat "$STACK/dev-signing-secret")"
+export AUTH_HS256_SECRET
+
 ENV_FILE="$STACK/functions.env"
 {
   echo "REDIS_URL='$REDIS_URL'"
@@ -65,11 +82,39 @@ ENV_FILE="$STACK/functions.env"
   # single-quoted: RATE_LIMIT_POLICIES is JSON).
   while IFS='=' read -r name value; do
     printf "%s='%s'\n" "$name" "$value"
-  done < <(env | grep -E '^(REDIS_|CACHE_|DATABASE_|BALANCE_|AUDIT_|RATE_LIMIT_|RUST_LOG=)' | grep -vE '^(REDIS_URL|DATABASE_URL)=' || true)
+  done < <(env | grep -E '^(REDIS_|CACHE_|DATABASE_|BALANCE_|AUDIT_|RATE_LIMIT_|AUTH_|RUST_LOG=)' | grep -vE '^(REDIS_URL|DATABASE_URL)=' || true)
 } >"$ENV_FILE"
 chmod 600 "$ENV_FILE"
 
-log "serving on http://127.0.0.1:$PORT  (try: curl -i http://127.0.0.1:$PORT/users/00000000-0000-4000-8000-000000000001/profile)"
-cargo lambda watch -A 127.0.0.1 -P "$PORT" --concurrency "$CONCURRENCY" --env-file "$ENV_FILE" &
+# Every function is built before anything is served: the first request is
+# fast, and a compile error stops here with the error.
+log "building the functions"
+cargo build --quiet --bins
+
+USER_TOKEN=$(cargo run --quiet -p paycache-dev -- login --user 2)
+LEDGER_TOKEN=$(cargo run --quiet -p paycache-dev -- service-token --client ledger --scope wallets.balance.write)
+B="http://127.0.0.1:$PORT"
+cat >&2 <<BANNER
+==> serving on $B
+    GET  $B/health                                (no token)
+    GET  $B/users/{user_id}/profile               (the user's own; or profiles.read.any)
+    GET  $B/wallets/{wallet_id}/balance           (the owner's; or wallets.read.any)
+    PUT  $B/wallets/{wallet_id}/balance           (services with wallets.balance.write)
+    POST $B/rate-limit/check                      (services with ratelimit.check)
+    POST $B/sessions/logout
+
+    Signed in as seed user 2 (owner of wallets 00000000-0000-4000-9000-000000000008 and ...0009):
+    export TOKEN=$USER_TOKEN
+    curl -i -H "Authorization: Bearer \$TOKEN" $B/users/00000000-0000-4000-8000-000000000002/profile
+
+    The ledger service (client credentials, wallets.balance.write):
+    export LEDGER=$LEDGER_TOKEN
+
+    More tokens (in another shell, from the repository):
+    set -a; . $ENV_FILE; set +a
+    cargo run -q -p paycache-dev -- login --user <n> [--permission profiles.read.any]
+    cargo run -q -p paycache-dev -- service-token --client ledger --scope wallets.balance.write
+BANNER
+cargo lambda watch --quiet -A 127.0.0.1 -P "$PORT" --concurrency "$CONCURRENCY" --env-file "$ENV_FILE" &
 WATCH_PID=$!
 wait "$WATCH_PID"
