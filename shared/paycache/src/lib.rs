@@ -29,7 +29,7 @@ pub use domain::{
     audit, balance, cloudwatch, fraud, health, identity, invalidation, money, node_metrics,
     profile, realtime, sessions, transactions, warming,
 };
-pub use edge::{auth, events, http, routes};
+pub use edge::{auth, events, http, routes, signin};
 pub use infra::{aws, breaker, config, connection, db, keys, secrets, telemetry};
 pub use patterns::{cache_aside, pubsub, ratelimit};
 

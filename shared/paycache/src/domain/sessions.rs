@@ -89,6 +89,61 @@ pub async fn create(sessions: &Sessions, session: &Session) -> Result<SessionId,
     Ok(id)
 }
 
+/// Cognito groups that grant permissions (the session keeps them): support
+/// staff read any profile and any wallet.
+pub const GROUP_PERMISSIONS: &[(&str, &[&str])] = &[(
+    "support",
+    &[
+        crate::domain::identity::permissions::PROFILES_READ_ANY,
+        crate::domain::identity::permissions::WALLETS_READ_ANY,
+    ],
+)];
+
+/// Who signed in, as the issuer knows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignIn {
+    /// The user (the issuer's `sub`, which is the user id in PostgreSQL).
+    pub user: UserId,
+    /// Their e-mail address.
+    pub email: String,
+    /// Their groups at the issuer (Cognito groups).
+    pub groups: Vec<String>,
+    /// The IP address they signed in from, when known.
+    pub ip_address: Option<String>,
+    /// The device or client, when known.
+    pub device_info: Option<String>,
+}
+
+/// Creates the session of a sign-in: the design's fields, roles from the
+/// groups (`customer` when none), permissions from [`GROUP_PERMISSIONS`];
+/// one round trip. Every token issuance creates one (a refresh too: the
+/// previous session idles out with its sliding TTL).
+#[tracing::instrument(skip_all, fields(user_id = %sign_in.user))]
+pub async fn sign_in(sessions: &Sessions, sign_in: &SignIn) -> Result<SessionId, RedisUnavailable> {
+    let mut permissions: Vec<String> = GROUP_PERMISSIONS
+        .iter()
+        .filter(|(g, _)| sign_in.groups.iter().any(|x| x == g))
+        .flat_map(|(_, p)| p.iter().map(|p| (*p).to_owned()))
+        .collect();
+    permissions.sort();
+    permissions.dedup();
+    let roles = if sign_in.groups.is_empty() {
+        vec!["customer".to_owned()]
+    } else {
+        sign_in.groups.clone()
+    };
+    let session = Session {
+        user_id: sign_in.user,
+        email: sign_in.email.clone(),
+        roles,
+        permissions,
+        last_activity: OffsetDateTime::now_utc(),
+        ip_address: sign_in.ip_address.clone(),
+        device_info: sign_in.device_info.clone(),
+    };
+    create(sessions, &session).await
+}
+
 /// Deletes a session; one round trip. Idempotent.
 #[tracing::instrument(skip_all)]
 pub async fn revoke(sessions: &Sessions, id: &SessionId) -> Result<(), RedisUnavailable> {

@@ -4,3 +4,4 @@ pub mod auth;
 pub mod events;
 pub mod http;
 pub mod routes;
+pub mod signin;
