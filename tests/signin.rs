@@ -86,7 +86,10 @@ async fn a_sign_in_creates_the_session_the_api_admits(mode: RedisMode) {
     assert_eq!(support.roles, vec!["support".to_string()]);
     assert_eq!(
         support.permissions,
-        vec!["profiles.read.any".to_string(), "wallets.read.any".to_string()]
+        vec![
+            "profiles.read.any".to_string(),
+            "wallets.read.any".to_string()
+        ]
     );
 }
 both_modes!(a_sign_in_creates_the_session_the_api_admits);

@@ -525,8 +525,11 @@ async fn session_ssl(client: &tokio_postgres::Client) -> Option<bool> {
     Some(row.get(0))
 }
 
+/// `sslmode` as libpq means it, against a TLS PostgreSQL whose certificate
+/// is signed by a private CA (as Debian's default self-signed one is by
+/// nobody the client trusts).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_verification_is_on() {
+async fn postgres_sslmode_means_what_it_means_to_libpq() {
     let dir = TempDir::new("pgtls");
     certificates(dir.path());
     let pg = start_tls_postgres(dir.path());
@@ -538,43 +541,61 @@ async fn postgres_verification_is_on() {
         )
     };
 
-    // The right CA and host name: TLS, whether required or preferred.
+    // What every PostgreSQL client does with a certificate it cannot
+    // verify: the default (prefer) and require encrypt without checking.
+    assert_eq!(pg_session(&at("localhost", ""), None).await, Some(true));
     assert_eq!(
-        pg_session(&at("localhost", " sslmode=require"), Some(&ca)).await,
+        pg_session(&at("localhost", " sslmode=require"), None).await,
         Some(true)
     );
+    let url = format!(
+        "postgresql://postgres@localhost:{}/postgres?sslmode=verify-full",
+        pg.port
+    );
+    // verify-full with the CA that signed it, in both spellings of the
+    // connection string; verify-ca ignores the host name.
     assert_eq!(
-        pg_session(&at("localhost", ""), Some(&ca)).await,
+        pg_session(&at("localhost", " sslmode=verify-full"), Some(&ca)).await,
         Some(true)
+    );
+    assert_eq!(pg_session(&url, Some(&ca)).await, Some(true));
+    assert_eq!(
+        pg_session(&at("127.0.0.1", " sslmode=verify-ca"), Some(&ca)).await,
+        Some(true)
+    );
+    // disable: plain text even though the server offers TLS.
+    assert_eq!(
+        pg_session(&at("localhost", " sslmode=disable"), None).await,
+        Some(false)
     );
 
-    // Anything that does not verify is refused, never used unverified, and
-    // the log says it was the certificate. A client with verification off
-    // (the broken variant) connects to the same server with the same
-    // settings, over TLS: only verification refuses it.
+    // verify-full and verify-ca refuse what does not verify, and the log
+    // says why and what to change. A client with verification off (the
+    // broken variant) connects to the same server with the same settings,
+    // over TLS: only verification refuses it.
     let other = dir.path().join("other-ca.pem");
     for (what, conninfo, ca, cause) in [
         (
-            "a CA that did not sign the certificate",
-            at("localhost", " sslmode=require"),
+            "verify-full, a CA that did not sign the certificate",
+            at("localhost", " sslmode=verify-full"),
             Some(other.as_path()),
             "UnknownIssuer",
         ),
         (
-            "a host name the certificate does not name",
-            at("127.0.0.1", " sslmode=require"),
+            "verify-full, a host name the certificate does not name",
+            at("127.0.0.1", " sslmode=verify-full"),
             Some(ca.as_path()),
             "not valid for name",
         ),
         (
-            "the system roots (a private CA is not among them)",
-            at("localhost", " sslmode=require"),
+            "verify-full, the system roots (a private CA is not among them)",
+            at("localhost", " sslmode=verify-full"),
             None,
             "UnknownIssuer",
         ),
         (
-            "sslmode=prefer with a certificate that does not verify",
-            at("localhost", " sslmode=prefer"),
+            "verify-ca, a CA that did not sign the certificate",
+            at("localhost", " sslmode=verify-ca"),
             Some(other.as_path()),
             "UnknownIssuer",
         ),
@@ -585,9 +606,16 @@ async fn postgres_verification_is_on() {
             logs.contains(cause),
             "{what}: the log should say why:\n{logs}"
         );
+        assert!(
+            logs.contains("certificate verify failed"),
+            "{what}: the log should say what to change:\n{logs}"
+        );
 
+        let plain_conninfo = conninfo
+            .replace(" sslmode=verify-full", " sslmode=require")
+            .replace(" sslmode=verify-ca", " sslmode=require");
         let unverified = tokio_postgres::connect(
-            &conninfo,
+            &plain_conninfo,
             tokio_postgres_rustls::MakeRustlsConnect::new(not_verifying()),
         )
         .await;
@@ -600,13 +628,25 @@ async fn postgres_verification_is_on() {
             "{what}, verification off"
         );
     }
+    // Not a libpq sslmode: refused at configuration.
+    let bad = paycache::config::DatabaseConfig {
+        url: paycache::config::Secret::new(at("localhost", " sslmode=sometimes")),
+        secret_arn: None,
+        credentials: None,
+        ca_cert: None,
+        pool_size: 1,
+        connect_timeout: Duration::from_secs(5),
+        statement_timeout: Duration::from_secs(5),
+    };
+    assert!(paycache::db::Db::new(&bad).is_err());
 
-    // sslmode=require to a server without TLS: no silent plain text.
+    // sslmode=require to a server without TLS: no silent plain text, and
+    // the log says so.
     let plain = std::env::var("PAYCACHE_TEST_PG").unwrap();
-    assert_eq!(
-        pg_session(&format!("{plain} sslmode=require"), None).await,
-        None
-    );
+    let (session, logs) =
+        test_support::logs::capture(pg_session(&format!("{plain} sslmode=require"), None)).await;
+    assert_eq!(session, None);
+    assert!(logs.contains("does not offer TLS"), "{logs}");
     // The broken variant the test must tell apart: that same server without
     // `require` is reachable in plain text.
     assert_eq!(pg_session(&plain, None).await, Some(false));

@@ -59,11 +59,7 @@ pub async fn pre_token_generation(
     let sign_in = SignIn {
         user,
         email: attrs.get("email").cloned().unwrap_or_default(),
-        groups: event
-            .request
-            .group_configuration
-            .groups_to_override
-            .clone(),
+        groups: event.request.group_configuration.groups_to_override.clone(),
         ip_address: None,
         device_info: event
             .cognito_event_user_pools_header
@@ -89,7 +85,7 @@ pub async fn pre_token_generation(
         .response
         .claims_and_scope_override_details
         .take()
-        .unwrap_or_else(ClaimsAndScopeOverrideDetailsV2::default);
+        .unwrap_or_default();
     details.access_token_generation = Some(access);
     event.response.claims_and_scope_override_details = Some(details);
     serde_json::to_value(&event).map_err(|_| SignInError::Malformed)

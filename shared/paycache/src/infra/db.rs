@@ -7,15 +7,14 @@
 //! execution environment serves one request at a time, so the pool is small
 //! (`DATABASE_POOL_SIZE`, default 2); in AWS it sits behind RDS Proxy.
 //!
-//! TLS: connections use rustls (ring) with certificate and host-name
-//! verification always on — the system roots, plus `DATABASE_CA_CERT` (the
-//! RDS CA bundle when connecting to RDS directly; RDS Proxy's certificates
-//! chain to public roots). `sslmode` in `DATABASE_URL` decides whether TLS
-//! is required: `require` refuses a server without TLS; the default
-//! (`prefer`) uses TLS whenever the server offers it, and fails — rather
-//! than continuing without verification — if its certificate does not
-//! verify; `disable` never uses TLS. There is no unverified mode (libpq's
-//! `require` does not verify; ours does).
+//! TLS: rustls (ring). `sslmode` in `DATABASE_URL` means what it means to
+//! libpq (see [`crate::infra::sslmode`]): the default `prefer` and
+//! `require` encrypt without checking the certificate, `verify-ca` and
+//! `verify-full` check it against the system roots plus `DATABASE_CA_CERT`
+//! (the RDS CA bundle when connecting to RDS directly; RDS Proxy's
+//! certificates chain to public roots). The template uses `verify-full`.
+//! A failed handshake or verification is logged with its cause and the
+//! setting that changes it.
 //!
 //! Every statement runs under a server-side `statement_timeout`
 //! (`DATABASE_STATEMENT_TIMEOUT_MS`) and every connection attempt under
@@ -28,6 +27,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::infra::config::DatabaseConfig;
+use crate::infra::sslmode::SslMode;
 
 /// Why a database call failed. Like [`crate::infra::connection::RedisUnavailable`],
 /// the text is safe to log and never carries SQL, server messages or URLs.
@@ -60,6 +60,7 @@ pub(crate) const LOCAL_SEED: &str = include_str!("../../seed/local.sql");
 /// The PostgreSQL pool (TLS per `sslmode`).
 pub struct Db {
     pool: Pool,
+    sslmode: SslMode,
 }
 
 impl std::fmt::Debug for Db {
@@ -71,8 +72,11 @@ impl std::fmt::Debug for Db {
 impl Db {
     /// Builds the pool without connecting.
     pub fn new(config: &DatabaseConfig) -> Result<Self, DbError> {
-        let mut pg = tokio_postgres::Config::from_str(config.url.expose())
-            .map_err(|_| DbError::InvalidUrl)?;
+        let (conninfo, sslmode) =
+            crate::infra::sslmode::split(config.url.expose()).ok_or(DbError::InvalidUrl)?;
+        let mut pg =
+            tokio_postgres::Config::from_str(&conninfo).map_err(|_| DbError::InvalidUrl)?;
+        pg.ssl_mode(sslmode.driver());
         pg.connect_timeout(config.connect_timeout);
         if let Some(credentials) = &config.credentials {
             pg.user(&credentials.username);
@@ -89,7 +93,7 @@ impl Db {
         pg.options(options);
         let manager = Manager::from_config(
             pg,
-            tls_connector(config)?,
+            tls_connector(config, sslmode)?,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -102,13 +106,17 @@ impl Db {
             .recycle_timeout(Some(Duration::from_secs(1)))
             .build()
             .map_err(|_| DbError::InvalidUrl)?;
-        Ok(Self { pool })
+        Ok(Self { pool, sslmode })
     }
 
     /// A pooled connection (connecting if needed, within `DATABASE_CONNECT_TIMEOUT_MS`).
     pub async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
         self.pool.get().await.map_err(|e| {
-            tracing::warn!(error = %crate::infra::telemetry::ErrorChain(&e), "database connection unavailable");
+            let error = crate::infra::telemetry::ErrorChain(&e).to_string();
+            match crate::infra::sslmode::hint(self.sslmode, &error) {
+                Some(hint) => tracing::warn!(error = %error, sslmode = ?self.sslmode, hint, "database connection unavailable"),
+                None => tracing::warn!(error = %error, "database connection unavailable"),
+            }
             DbError::Unavailable
         })
     }
@@ -162,7 +170,7 @@ impl Db {
 /// and checked now (a bad one fails init, naming the variable); the
 /// system's roots are loaded at the first connection, so a cold start does
 /// not pay for them (neither twice when the AWS SDK loads them as well).
-fn tls_connector(config: &DatabaseConfig) -> Result<LazyTls, DbError> {
+fn tls_connector(config: &DatabaseConfig, sslmode: SslMode) -> Result<LazyTls, DbError> {
     let mut extra = Vec::new();
     if let Some(path) = &config.ca_cert {
         let pem = std::fs::read(path).map_err(|_| DbError::CaCert)?;
@@ -180,6 +188,7 @@ fn tls_connector(config: &DatabaseConfig) -> Result<LazyTls, DbError> {
         extra = certs;
     }
     Ok(LazyTls {
+        sslmode,
         extra: std::sync::Arc::new(extra),
         built: std::sync::Arc::new(std::sync::OnceLock::new()),
     })
@@ -188,6 +197,7 @@ fn tls_connector(config: &DatabaseConfig) -> Result<LazyTls, DbError> {
 /// The PostgreSQL TLS connector, built at its first use.
 #[derive(Clone)]
 struct LazyTls {
+    sslmode: SslMode,
     extra: std::sync::Arc<Vec<rustls::pki_types::CertificateDer<'static>>>,
     built: std::sync::Arc<std::sync::OnceLock<MakeRustlsConnect>>,
 }
@@ -195,12 +205,17 @@ struct LazyTls {
 impl LazyTls {
     fn connector(&self) -> &MakeRustlsConnect {
         self.built.get_or_init(|| {
-            let mut roots = crate::infra::tls::native_roots().clone();
+            // Unverified modes need no roots (and do not load them).
+            let mut roots = if self.sslmode.verifies() {
+                crate::infra::tls::native_roots().clone()
+            } else {
+                rustls::RootCertStore::empty()
+            };
             for cert in self.extra.iter() {
                 // Checked when the configuration was read.
                 let _ = roots.add(cert.clone());
             }
-            MakeRustlsConnect::new(crate::infra::tls::client_config(roots))
+            MakeRustlsConnect::new(crate::infra::sslmode::client_config(self.sslmode, roots))
         })
     }
 }

@@ -7,5 +7,6 @@ pub mod connection;
 pub mod db;
 pub mod keys;
 pub mod secrets;
+pub mod sslmode;
 pub mod telemetry;
 pub(crate) mod tls;
