@@ -20,8 +20,7 @@
 //!   (`token_use: id` is refused there).
 
 use aws_lambda_events::event::cognito::{
-    ClaimsAndScopeOverrideDetailsV2, CognitoAccessTokenGenerationV2,
-    CognitoEventUserPoolsPreTokenGenV2,
+    CognitoAccessTokenGenerationV2, CognitoEventUserPoolsPreTokenGenV2,
 };
 use serde_json::Value;
 
