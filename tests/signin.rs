@@ -65,7 +65,7 @@ async fn a_sign_in_creates_the_session_the_api_admits(mode: RedisMode) {
         .body(Body::Empty)
         .unwrap()
         .with_path_parameters(p);
-    let resp = paycache::routes::profile_read::handle(&w.app, token.on(req)).await;
+    let resp = Box::pin(paycache::routes::profile_read::handle(&w.app, token.on(req))).await;
     assert_eq!(resp.status(), StatusCode::OK);
 
     // A refresh for a support user: a new session, with the group's
