@@ -26,6 +26,12 @@ fn sid_of(answer: &Value) -> String {
         .to_owned()
 }
 
+async fn status_of(w: &World, req: lambda_http::Request) -> StatusCode {
+    paycache::routes::profile_read::handle(&w.app, req)
+        .await
+        .status()
+}
+
 async fn a_sign_in_creates_the_session_the_api_admits(mode: RedisMode) {
     let w = World::new(mode, &[]).await;
     let user = test_support::insert_user(&w.db, 2).await;
@@ -65,8 +71,7 @@ async fn a_sign_in_creates_the_session_the_api_admits(mode: RedisMode) {
         .body(Body::Empty)
         .unwrap()
         .with_path_parameters(p);
-    let resp = Box::pin(paycache::routes::profile_read::handle(&w.app, token.on(req))).await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(Box::pin(status_of(&w, token.on(req))).await, StatusCode::OK);
 
     // A refresh for a support user: a new session, with the group's
     // permissions.
