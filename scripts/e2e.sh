@@ -42,10 +42,14 @@ redis = sm.create_secret(Name=f"{tag}/redis-auth-token",
 db = sm.create_secret(Name=f"{tag}/database",
                       SecretString=json.dumps({"username": os.environ["E2E_ROLE"],
                                                "password": os.environ["E2E_DB_PASSWORD"]}))
-print(redis["ARN"], db["ARN"])
+# The user pool logout signs users out of (the local Cognito).
+pool = boto3.client("cognito-idp", endpoint_url=os.environ["AWS_ENDPOINT_URL"],
+                    region_name=os.environ.get("AWS_REGION", "us-east-1")).create_user_pool(
+    PoolName=f"{tag}-users")["UserPool"]["Id"]
+print(redis["ARN"], db["ARN"], pool)
 PY
 )
-read -r REDIS_SECRET_ARN DB_SECRET_ARN <<<"$ARNS"
+read -r REDIS_SECRET_ARN DB_SECRET_ARN COGNITO_POOL_ID <<<"$ARNS"
 
 # The schema and seed data, as the role (its password in the URL: the
 # tool's output is checked for it too).
@@ -69,6 +73,7 @@ AUTH_AUDIENCE=paycache-api,paycache-web,ledger,journey-ledger,support-console,li
 AUTH_JWKS_FILE=$ROOT/tests/fixtures/jwks.json
 AUTH_DEV_SIGNING_KEY_FILE=$ROOT/tests/fixtures/jwt-test-key.pem
 AUTH_DEV_KEY_ID=test-key-1
+COGNITO_USER_POOL_ID=$COGNITO_POOL_ID
 AWS_ENDPOINT_URL=${AWS_ENDPOINT_URL:-}
 AWS_REGION=${AWS_REGION:-us-east-1}
 AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-}

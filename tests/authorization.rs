@@ -479,3 +479,70 @@ async fn refused_when_verifying_itself(mode: RedisMode) {
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "no keys");
 }
 both_modes!(refused_when_verifying_itself);
+
+/// An authenticated, rate-limited cache hit costs one round-trip time: the
+/// blacklist, session, rate-limit and cache requests all leave before the
+/// first reply returns. A proxy holds Redis's first reply until four
+/// commands have arrived and counts them (MONITOR names them); the broken
+/// variant — the same checks one after another, as the Lambda authorizer
+/// and then the route made them — has sent fewer when its first reply
+/// comes, through the same proxy and count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authenticated_hit_is_one_round_trip_time() {
+    use test_support::{CommandMonitor, HoldingProxy, RedisServer, TestRedis};
+    let server = RedisServer::start();
+    let port = server.port;
+    let proxy = HoldingProxy::start(port);
+    let url = format!("redis://127.0.0.1:{}", proxy.port);
+    // Replies may be held for up to 2 s: a response timeout above that, and
+    // no breaker opening, so that holding changes no outcome.
+    let w = World::with_redis(
+        TestRedis::Standalone(server),
+        &[
+            ("REDIS_URL", &url),
+            ("REDIS_RESPONSE_TIMEOUT_MS", "10000"),
+            ("RATE_LIMIT_TIMEOUT_MS", "10000"),
+        ],
+    )
+    .await;
+    let me = seed_user_id(1);
+    test_support::insert_user(&w.db, 1).await;
+    let user = w.sign_in(&me, &[]).await;
+    // Scripts loaded, the profile cached.
+    for _ in 0..2 {
+        let r = Box::pin(profile_read::handle(&w.app, user.on(profile(&me)))).await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+
+    let monitor = CommandMonitor::start(port);
+    proxy.arm(4, std::time::Duration::from_secs(2));
+    let hit = Box::pin(profile_read::handle(&w.app, user.on(profile(&me)))).await;
+    assert_eq!(hit.status(), StatusCode::OK);
+    assert_eq!(hit.headers()["cache-status"], "paycache; hit");
+    assert_eq!(proxy.sent_before_first_reply(), Some(4));
+    let mut commands = monitor.commands();
+    commands.sort();
+    assert_eq!(commands, vec!["evalsha", "exists", "get", "getex"]);
+
+    // The broken variant: session and blacklist, then the rate limit, then
+    // the read.
+    proxy.arm(4, std::time::Duration::from_secs(2));
+    let sid = paycache::keys::SessionId::parse(&user.session).unwrap();
+    let jti = paycache::keys::Jti::parse(&user.jti).unwrap();
+    let state = paycache::sessions::check(&w.app.sessions, &sid, &jti)
+        .await
+        .unwrap();
+    assert!(state.session.is_some() && !state.revoked);
+    let uid = paycache::keys::UserId::parse(&me).unwrap();
+    let endpoint = paycache::keys::Endpoint::parse("users.profile.read").unwrap();
+    assert!(w.app.limiter.check(&uid, &endpoint, 1).await.allowed);
+    let read = Box::pin(paycache::profile::get_profile(&w.app.profiles, &uid))
+        .await
+        .unwrap();
+    assert!(read.status.is_hit());
+    let sent = proxy.sent_before_first_reply().unwrap();
+    assert!(
+        sent < 4,
+        "one after another: {sent} sent before the first reply"
+    );
+}

@@ -135,6 +135,7 @@ async fn oversized_bodies_are_413() {
         .body(Body::Binary(vec![b'x'; 64 * 1024]))
         .unwrap()
         .with_path_parameters(params);
+    let req = paycache_tests::as_service(req, &paycache_tests::ALL_PERMISSIONS);
     assert_eq!(handle(&w.app, req).await.status(), StatusCode::OK);
 }
 
@@ -152,15 +153,31 @@ async fn other_methods_are_405() {
     assert_eq!(header(&resp, "content-type"), "application/problem+json");
 }
 
+/// With revocation failing open (`AUTH_REVOCATION_FAIL_OPEN=true`), a Redis
+/// outage still serves profiles from PostgreSQL; by default (fail closed)
+/// the same requests are refused with 503, since nobody can say whether the
+/// token was revoked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_still_serves_profiles_from_postgres() {
     let server = RedisServer::start();
-    let mut w = World::with_redis(TestRedis::Standalone(server), &[]).await;
+    let mut w = World::with_redis(
+        TestRedis::Standalone(server),
+        &[("AUTH_REVOCATION_FAIL_OPEN", "true")],
+    )
+    .await;
     let id = insert_user(&w.db, 2).await;
+    let closed = paycache::App::new({
+        let mut c = w.app.config.clone();
+        c.revocation_fail_open = false;
+        c
+    })
+    .unwrap();
     let TestRedis::Standalone(server) = &mut w.redis else {
         unreachable!()
     };
     server.stop();
+    let refused = handle(&closed, get(&id)).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
     for _ in 0..5 {
         let resp = handle(&w.app, get(&id)).await;
         assert_eq!(resp.status(), StatusCode::OK);

@@ -63,8 +63,42 @@ def step(name, ok, detail=""):
         print(f"FAIL {name}: {detail}")
 
 
+def cognito():
+    import boto3
+    return boto3.client("cognito-idp", endpoint_url=os.environ["AWS_ENDPOINT_URL"],
+                        region_name=os.environ.get("AWS_REGION", "us-east-1"))
+
+
+def signed_in_at_the_pool():
+    """User 2 signed in at the (local) user pool: a refresh token that, until
+    logout, can mint new tokens (and with them new sessions)."""
+    idp, pool = cognito(), os.environ["COGNITO_USER_POOL_ID"]
+    client = idp.create_user_pool_client(
+        UserPoolId=pool, ClientName="journey",
+        ExplicitAuthFlows=["ALLOW_ADMIN_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"],
+    )["UserPoolClient"]["ClientId"]
+    password = "Journey-password-1"
+    idp.admin_create_user(UserPoolId=pool, Username=ME, MessageAction="SUPPRESS",
+                          TemporaryPassword=password)
+    idp.admin_set_user_password(UserPoolId=pool, Username=ME, Password=password, Permanent=True)
+    auth = idp.admin_initiate_auth(UserPoolId=pool, ClientId=client, AuthFlow="ADMIN_USER_PASSWORD_AUTH",
+                                   AuthParameters={"USERNAME": ME, "PASSWORD": password})
+    return client, auth["AuthenticationResult"]["RefreshToken"]
+
+
+def refresh_works(client, refresh_token):
+    try:
+        cognito().admin_initiate_auth(UserPoolId=os.environ["COGNITO_USER_POOL_ID"], ClientId=client,
+                                      AuthFlow="REFRESH_TOKEN_AUTH",
+                                      AuthParameters={"REFRESH_TOKEN": refresh_token})
+        return True
+    except Exception:  # noqa: BLE001 - NotAuthorizedException
+        return False
+
+
 def main():
     token = dev("login", "--user", "2")
+    pool_client, refresh_token = signed_in_at_the_pool()
     ledger = dev("service-token", "--client", LEDGER, "--scope", "wallets.balance.write")
 
     s, h, b = http("GET", f"/users/{ME}/profile", token)
@@ -101,8 +135,12 @@ def main():
     step("the service exceeds wallets.balance.write: 429 with Retry-After",
          statuses[-1] == 429 and h.get("retry-after", "").isdigit()
          and b.get("type") == "urn:paycache:problem:rate-limited", f"{statuses} {h}")
+    step("before logout, the user's refresh token mints new tokens",
+         refresh_works(pool_client, refresh_token))
     s, _, b = http("POST", "/sessions/logout", token)
     step("the user logs out", s == 200, f"{s} {b}")
+    step("after logout, the refresh token is revoked at the user pool (no new session)",
+         not refresh_works(pool_client, refresh_token))
     s, h, b = http("GET", f"/users/{ME}/profile", token)
     step("the same token is refused (401, invalid_token)",
          s == 401 and h.get("www-authenticate") == 'Bearer error="invalid_token"', f"{s} {h}")

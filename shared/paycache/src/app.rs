@@ -11,6 +11,7 @@ use crate::domain::invalidation::Invalidation;
 use crate::domain::profile::Profiles;
 use crate::domain::realtime::Connections;
 use crate::domain::sessions::Sessions;
+use crate::domain::signout::IssuerSignOut;
 use crate::domain::transactions::Transactions;
 use crate::domain::warming::Warmer;
 use crate::infra::config::{Config, ConfigError};
@@ -89,6 +90,8 @@ pub struct App {
     /// front (`cargo lambda watch`), the HTTP functions verify bearer tokens
     /// themselves. Deployed, API Gateway's JWT authorizer has verified them.
     pub verifier: Option<Arc<Verifier>>,
+    /// The user pool logout signs users out of (`COGNITO_USER_POOL_ID`).
+    pub signout: Option<IssuerSignOut>,
 }
 
 impl App {
@@ -260,6 +263,7 @@ impl App {
             warmer,
             invalidation,
             verifier: None,
+            signout: None,
         })
     }
 
@@ -269,6 +273,7 @@ impl App {
         let verifier = Verifier::from_env_if_configured()?.map(Arc::new);
         let mut app = Self::with_secrets(Config::from_env()?).await?;
         app.verifier = verifier;
+        app.signout = IssuerSignOut::from_env();
         Ok(app)
     }
 }

@@ -12,5 +12,6 @@ pub mod node_metrics;
 pub mod profile;
 pub mod realtime;
 pub mod sessions;
+pub mod signout;
 pub mod transactions;
 pub mod warming;

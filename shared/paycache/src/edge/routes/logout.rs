@@ -13,6 +13,7 @@ use crate::app::App;
 use crate::domain::identity::{Denied, Principal, Verifier};
 use crate::domain::sessions;
 use crate::domain::sessions::Sessions;
+use crate::domain::signout::IssuerSignOut;
 use crate::edge::http::{Problem, check_body_size, json_response, request_id};
 use crate::edge::routes::gate::{identify, unauthenticated};
 
@@ -23,6 +24,8 @@ pub struct Deps<'a> {
     pub sessions: &'a Sessions,
     /// Token keys, when no API Gateway is in front.
     pub verifier: Option<&'a Verifier>,
+    /// The user pool to sign the user out of, when configured.
+    pub signout: Option<&'a IssuerSignOut>,
 }
 
 impl<'a> From<&'a App> for Deps<'a> {
@@ -30,6 +33,7 @@ impl<'a> From<&'a App> for Deps<'a> {
         Self {
             sessions: &app.sessions,
             verifier: app.verifier.as_deref(),
+            signout: app.signout.as_ref(),
         }
     }
 }
@@ -57,15 +61,31 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
         Principal::User { session, .. } => Some(session),
         Principal::Service { .. } => None,
     };
-    let (blacklisted, revoked) = tokio::join!(
+    // Sent together: the blacklist entry, the session, and — for a user,
+    // when a user pool is configured — the sign-out that revokes their
+    // refresh tokens (no new session can be minted from this sign-in).
+    let (blacklisted, revoked, signed_out) = tokio::join!(
         sessions::blacklist(deps.sessions, &c.jti, &c.principal, c.expires_at, "logout"),
         async {
             match session {
                 Some(s) => sessions::revoke(deps.sessions, s).await,
                 None => Ok(()),
             }
+        },
+        async {
+            match (deps.signout, c.user()) {
+                (Some(pool), Some(user)) => pool.sign_out(user).await,
+                _ => Ok(()),
+            }
         }
     );
+    if let Err(e) = signed_out {
+        tracing::error!(error = %e, "logout: the user pool sign-out failed");
+        return Problem::unavailable(
+            "The logout could not be completed at the sign-in service; retry shortly.",
+        )
+        .into_response(&rid);
+    }
     if let Err(why) = blacklisted.and(revoked) {
         tracing::error!(principal = ?c.principal, reason = why.as_str(), "logout could not be recorded");
         return Problem::unavailable("The logout could not be recorded; retry shortly.")
