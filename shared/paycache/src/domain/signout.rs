@@ -58,17 +58,27 @@ impl IssuerSignOut {
         }
     }
 
-    /// Revokes every refresh token of `user` (idempotent).
+    /// Revokes every refresh token of `user` (idempotent). A user the pool
+    /// does not know has none: that is a success.
     #[tracing::instrument(skip_all, fields(user_id = %user))]
     pub async fn sign_out(&self, user: &UserId) -> Result<(), AwsError> {
         let client = self.sdk().await?;
-        client
+        match client
             .admin_user_global_sign_out()
             .user_pool_id(&self.user_pool_id)
             .username(user.to_string())
             .send()
             .await
-            .map(|_| ())
-            .map_err(|e| crate::infra::aws::error("cognito-idp", TIMEOUT, &e))
+        {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_user_not_found_exception()) =>
+            {
+                tracing::info!("not a user of the pool: no refresh token to revoke");
+                Ok(())
+            }
+            Err(e) => Err(crate::infra::aws::error("cognito-idp", TIMEOUT, &e)),
+        }
     }
 }
