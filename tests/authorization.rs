@@ -299,12 +299,53 @@ async fn refused_with_api_gateway_claims(mode: RedisMode) {
         profile_read::handle(&w.app, again).await,
         "a revoked service token",
     );
+    // Expired claims (API Gateway refuses those; the function checks too).
+    let expired = with_claim(
+        user_token_for(&w, &me).await,
+        "exp",
+        &(now() - 60).to_string(),
+    );
+    let req = expired(profile(&me));
+    let exp = match req.request_context_ref() {
+        Some(lambda_http::request::RequestContext::ApiGatewayV2(ctx)) => ctx
+            .authorizer
+            .as_ref()
+            .and_then(|a| a.jwt.as_ref())
+            .and_then(|j| j.claims.get("exp").cloned()),
+        _ => None,
+    };
+    assert_eq!(
+        exp,
+        Some((now() - 60).to_string()),
+        "the claim was replaced"
+    );
+    refused(profile_read::handle(&w.app, req).await, "expired claims");
     // No token at all: 401 with a bare challenge.
     let bare = profile_read::handle(&w.app, profile(&me)).await;
     assert_eq!(bare.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(bare.headers()["www-authenticate"], "Bearer");
 }
 both_modes!(refused_with_api_gateway_claims);
+
+async fn user_token_for(w: &World, user: &str) -> SignedIn {
+    w.sign_in(user, &[]).await
+}
+
+/// `who`'s requests with `claim` replaced.
+fn with_claim(who: SignedIn, claim: &str, value: &str) -> impl Fn(Request) -> Request + use<> {
+    let (claim, value) = (claim.to_owned(), value.to_owned());
+    move |req| {
+        let mut req = who.on(req);
+        if let Some(lambda_http::request::RequestContext::ApiGatewayV2(ctx)) =
+            req.extensions_mut()
+                .get_mut::<lambda_http::request::RequestContext>()
+            && let Some(j) = ctx.authorizer.as_mut().and_then(|a| a.jwt.as_mut())
+        {
+            j.claims.insert(claim.clone(), value.clone());
+        }
+        req
+    }
+}
 
 fn jti_of(req: &Request) -> String {
     match req.request_context_ref() {

@@ -272,6 +272,12 @@ fn environment() -> Env {
                 .display()
                 .to_string(),
         ),
+        // Every hit is the same caller (the events' service principal): no
+        // limit may stop the benchmark (the rate-limit script still runs).
+        (
+            "RATE_LIMIT_POLICIES".into(),
+            r#"[{"name":"users.profile.read","algorithm":"gcra","limit":1000000,"window_secs":1,"burst":1000000,"fail":"open"},{"name":"wallets.balance.read","algorithm":"gcra","limit":1000000,"window_secs":1,"burst":1000000,"fail":"open"}]"#.into(),
+        ),
         ("AWS_REGION".into(), "us-east-1".into()),
         ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(), "256".into()),
         ("AWS_LAMBDA_FUNCTION_VERSION".into(), "$LATEST".into()),

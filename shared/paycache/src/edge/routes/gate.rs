@@ -107,12 +107,24 @@ pub fn forbidden(detail: &str, request_id: &str) -> Response<Body> {
         .into_response(request_id)
 }
 
+/// Clock leeway on the claims' `exp` (API Gateway allows none; ours is
+/// `AUTH_LEEWAY_SECS`' default).
+const CLAIMS_LEEWAY_SECS: i64 = 5;
+
 /// Who is calling (step 1; no Redis).
 pub fn identify(req: &Request, verifier: Option<&Verifier>) -> Result<Caller, Denied> {
     if let Some(RequestContext::ApiGatewayV2(ctx)) = req.request_context_ref()
         && let Some(jwt) = ctx.authorizer.as_ref().and_then(|a| a.jwt.as_ref())
     {
-        return Caller::from_claims(&jwt.claims, jwt.scopes.as_deref());
+        let caller = Caller::from_claims(&jwt.claims, jwt.scopes.as_deref())?;
+        // API Gateway has checked `exp`; checked again (with the same
+        // leeway) so that a replayed or hand-made event cannot outlive it.
+        if caller.expires_at + time::Duration::seconds(CLAIMS_LEEWAY_SECS)
+            < time::OffsetDateTime::now_utc()
+        {
+            return Err(Denied::Expired);
+        }
+        return Ok(caller);
     }
     let header = req
         .headers()
