@@ -1,14 +1,19 @@
-//! The API Gateway HTTP API Lambda authorizer (payload 2.0, simple
-//! responses): who is calling, and may they.
+//! The Lambda authorizer of the WebSocket API's `$connect` (WebSocket APIs
+//! have no JWT authorizer; the HTTP API uses API Gateway's, and each route
+//! checks revocation itself: `crate::edge::routes::gate`). It also answers
+//! an HTTP API's payload-2.0 event with a simple response, for a stack that
+//! keeps a Lambda authorizer there.
 //!
-//! A request is authorized when its bearer JWT
+//! A request is authorized when its bearer JWT (header, or `?token=` on
+//! `$connect`)
 //! 1. is signed with a key of the configured JWKS (`AUTH_JWKS` or
 //!    `AUTH_JWKS_FILE`) with **RS256** — or HS256 with `AUTH_HS256_SECRET`,
 //!    which exists for local development only; `alg: none`, and any
 //!    algorithm not enabled, are refused before a key is looked at;
 //! 2. carries valid `exp` and `nbf` (leeway `AUTH_LEEWAY_SECS`), the
-//!    configured `iss` and `aud`, a `sub` that is a user id, a `jti` and a
-//!    `sid` (session id);
+//!    configured `iss`, `aud` (or `client_id` when there is no `aud`), a
+//!    `sub` that is a user id, a `jti` and a `sid` (session id) — a user's
+//!    access token ([`crate::domain::identity`]);
 //! 3. is not revoked (`blacklist:{jti}`), and its session exists and belongs
 //!    to `sub` — reading the session refreshes its sliding TTL.
 //!
