@@ -9,19 +9,17 @@ use crate::app::App;
 use crate::domain::balance::Balances;
 use crate::domain::balance::WalletBalance;
 use crate::domain::balance::{BalanceWrite, WriteError, WriteOutcome, get_balance, write_balance};
-use crate::domain::identity::{Verifier, permissions};
+use crate::domain::identity::permissions;
 use crate::domain::money::{Currency, CurrencyError, parse_amount};
-use crate::domain::sessions::Sessions;
 use crate::edge::http::{
     Problem, check_body_size, json_object, json_response, path_param, request_id, single_header,
     whole_number, with_cache_status,
 };
-use crate::edge::routes::gate::{Admitted, Gate, admit, forbidden, identify};
+use crate::edge::routes::gate::{Admitted, Gate, admit, admit_as, forbidden, identify, refusal};
 use crate::edge::routes::limits::{BALANCE_READ, BALANCE_WRITE, with_decision};
 use crate::infra::db::DbError;
 use crate::infra::keys::WalletId;
 use crate::patterns::cache_aside::Cached;
-use crate::patterns::ratelimit::RateLimiter;
 
 pub(crate) const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
@@ -30,24 +28,16 @@ pub(crate) const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idem
 pub struct Deps<'a> {
     /// Balances: reads and fenced writes.
     pub balances: &'a Balances,
-    /// The per-caller rate limiter.
-    pub limiter: &'a RateLimiter,
-    /// Sessions and the blacklist.
-    pub sessions: &'a Sessions,
-    /// Token keys, when no API Gateway is in front.
-    pub verifier: Option<&'a Verifier>,
-    /// `AUTH_REVOCATION_FAIL_OPEN`.
-    pub fail_open: bool,
+    /// Who is calling, and may they: sessions, the blacklist, the rate
+    /// limiter, token keys.
+    pub gate: Gate<'a>,
 }
 
 impl<'a> From<&'a App> for Deps<'a> {
     fn from(app: &'a App) -> Self {
         Self {
             balances: &app.balances,
-            limiter: &app.limiter,
-            sessions: &app.sessions,
-            verifier: app.verifier.as_deref(),
-            fail_open: app.config.revocation_fail_open,
+            gate: Gate::from(app),
         }
     }
 }
@@ -71,12 +61,7 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
                 .into_response(&rid);
         }
     };
-    let gate = Gate {
-        sessions: deps.sessions,
-        limiter: deps.limiter,
-        verifier: deps.verifier,
-        fail_open: deps.fail_open,
-    };
+    let gate = deps.gate;
     if method == Method::GET {
         let (who, read) = match admit(
             gate,
@@ -108,14 +93,18 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
     // Whether the caller may write is known before Redis (a service's
     // scopes; never a user); one who may not is told 403 if they can see
     // the wallet and 404 if not, from a read sent with the gate's checks.
-    let may_write = identify(&req, deps.verifier).ok().is_some_and(|c| {
-        c.scope_permissions
-            .contains(permissions::WALLETS_BALANCE_WRITE)
-    });
+    // Identified once: the token is verified here, not again in the gate.
+    let caller = match identify(&req, gate.verifier) {
+        Ok(c) => c,
+        Err(why) => return refusal(why, &rid),
+    };
+    let may_write = caller
+        .scope_permissions
+        .contains(permissions::WALLETS_BALANCE_WRITE);
     if !may_write {
-        let (who, read) = match admit(
+        let (who, read) = match admit_as(
             gate,
-            &req,
+            caller,
             Some(BALANCE_WRITE),
             &rid,
             get_balance(deps.balances, &wallet),
@@ -137,7 +126,7 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
         return with_decision(resp, who.limit.as_ref());
     }
     // The write starts only after its check.
-    let (who, ()) = match admit(gate, &req, Some(BALANCE_WRITE), &rid, async {}).await {
+    let (who, ()) = match admit_as(gate, caller, Some(BALANCE_WRITE), &rid, async {}).await {
         Ok(admitted) => admitted,
         Err(refused) => return refused,
     };

@@ -51,6 +51,17 @@ pub struct Gate<'a> {
     pub fail_open: bool,
 }
 
+impl<'a> From<&'a crate::app::App> for Gate<'a> {
+    fn from(app: &'a crate::app::App) -> Self {
+        Self {
+            sessions: &app.sessions,
+            limiter: &app.limiter,
+            verifier: app.verifier.as_deref(),
+            fail_open: app.config.revocation_fail_open,
+        }
+    }
+}
+
 /// A caller let in.
 #[derive(Debug, Clone)]
 pub struct Admitted {
@@ -151,13 +162,25 @@ pub async fn admit<T>(
     request_id: &str,
     work: impl Future<Output = T>,
 ) -> Result<(Admitted, T), Response<Body>> {
-    let caller = match identify(req, gate.verifier) {
-        Ok(c) => c,
-        Err(why) => {
-            tracing::info!(reason = %why, "request refused: not authenticated");
-            return Err(unauthenticated(why == Denied::MissingToken, request_id));
-        }
-    };
+    let caller = identify(req, gate.verifier).map_err(|why| refusal(why, request_id))?;
+    admit_as(gate, caller, policy, request_id, work).await
+}
+
+/// The 401 for a caller [`identify`] refused, logged with the reason.
+pub fn refusal(why: Denied, request_id: &str) -> Response<Body> {
+    tracing::info!(reason = %why, "request refused: not authenticated");
+    unauthenticated(why == Denied::MissingToken, request_id)
+}
+
+/// [`admit`] for a caller already identified (a route that needs to know
+/// who it is before choosing its work identifies once, not twice).
+pub async fn admit_as<T>(
+    gate: Gate<'_>,
+    caller: Caller,
+    policy: Option<&'static str>,
+    request_id: &str,
+    work: impl Future<Output = T>,
+) -> Result<(Admitted, T), Response<Body>> {
     let subject = match &caller.principal {
         Principal::User { user, .. } => RateSubject::User(*user),
         Principal::Service { client } => RateSubject::Service(client.clone()),

@@ -10,12 +10,12 @@ use lambda_http::{Body, Request, Response};
 use serde_json::json;
 
 use crate::app::App;
-use crate::domain::identity::{Denied, Principal, Verifier};
+use crate::domain::identity::{Principal, Verifier};
 use crate::domain::sessions;
 use crate::domain::sessions::Sessions;
 use crate::domain::signout::IssuerSignOut;
 use crate::edge::http::{Problem, check_body_size, json_response, request_id};
-use crate::edge::routes::gate::{identify, unauthenticated};
+use crate::edge::routes::gate::{identify, refusal};
 
 /// What `POST /sessions/logout` uses.
 #[derive(Debug, Clone, Copy)]
@@ -52,10 +52,7 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
     // Gateway); its revocation is not: logging out twice is harmless.
     let c = match identify(&req, deps.verifier) {
         Ok(c) => c,
-        Err(why) => {
-            tracing::info!(reason = %why, "logout refused: not authenticated");
-            return unauthenticated(why == Denied::MissingToken, &rid);
-        }
+        Err(why) => return refusal(why, &rid),
     };
     let session = match &c.principal {
         Principal::User { session, .. } => Some(session),

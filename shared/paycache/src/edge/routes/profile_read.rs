@@ -4,11 +4,10 @@ use http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
 
 use crate::app::App;
-use crate::domain::identity::{Verifier, permissions};
+use crate::domain::identity::permissions;
 use crate::domain::profile::Profiles;
 use crate::domain::profile::UserProfile;
 use crate::domain::profile::get_profile;
-use crate::domain::sessions::Sessions;
 use crate::edge::http::{
     Problem, check_body_size, json_response, path_param, request_id, with_cache_status,
 };
@@ -17,31 +16,22 @@ use crate::edge::routes::limits::{PROFILE_READ, with_decision};
 use crate::infra::db::DbError;
 use crate::infra::keys::UserId;
 use crate::patterns::cache_aside::Cached;
-use crate::patterns::ratelimit::RateLimiter;
 
 /// What `GET /users/{user_id}/profile` uses.
 #[derive(Debug, Clone, Copy)]
 pub struct Deps<'a> {
     /// Profiles through the cache.
     pub profiles: &'a Profiles,
-    /// The per-caller rate limiter.
-    pub limiter: &'a RateLimiter,
-    /// Sessions and the blacklist.
-    pub sessions: &'a Sessions,
-    /// Token keys, when no API Gateway is in front.
-    pub verifier: Option<&'a Verifier>,
-    /// `AUTH_REVOCATION_FAIL_OPEN`.
-    pub fail_open: bool,
+    /// Who is calling, and may they: sessions, the blacklist, the rate
+    /// limiter, token keys.
+    pub gate: Gate<'a>,
 }
 
 impl<'a> From<&'a App> for Deps<'a> {
     fn from(app: &'a App) -> Self {
         Self {
             profiles: &app.profiles,
-            limiter: &app.limiter,
-            sessions: &app.sessions,
-            verifier: app.verifier.as_deref(),
-            fail_open: app.config.revocation_fail_open,
+            gate: Gate::from(app),
         }
     }
 }
@@ -64,12 +54,7 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
         Ok(user) => user,
         Err(e) => return Problem::invalid_request(format!("The {e}.")).into_response(&rid),
     };
-    let gate = Gate {
-        sessions: deps.sessions,
-        limiter: deps.limiter,
-        verifier: deps.verifier,
-        fail_open: deps.fail_open,
-    };
+    let gate = deps.gate;
     let (who, read) = match admit(
         gate,
         &req,

@@ -5,36 +5,26 @@ use lambda_http::{Body, Request, Response};
 use serde_json::Value;
 
 use crate::app::App;
-use crate::domain::identity::{Verifier, permissions};
-use crate::domain::sessions::Sessions;
+use crate::domain::identity::permissions;
 use crate::edge::http::{
     Problem, check_body_size, json_object, json_response, request_id, whole_number,
 };
 use crate::edge::routes::gate::{Gate, admit, forbidden};
 use crate::edge::routes::limits::{too_many_requests, with_headers};
 use crate::infra::keys::{Endpoint, UserId};
-use crate::patterns::ratelimit::RateLimiter;
 
 /// What `POST /rate-limit/check` uses.
 #[derive(Debug, Clone, Copy)]
 pub struct Deps<'a> {
-    /// The rate limiter.
-    pub limiter: &'a RateLimiter,
-    /// Sessions and the blacklist.
-    pub sessions: &'a Sessions,
-    /// Token keys, when no API Gateway is in front.
-    pub verifier: Option<&'a Verifier>,
-    /// `AUTH_REVOCATION_FAIL_OPEN`.
-    pub fail_open: bool,
+    /// Who is calling, and may they: sessions, the blacklist, the rate
+    /// limiter, token keys.
+    pub gate: Gate<'a>,
 }
 
 impl<'a> From<&'a App> for Deps<'a> {
     fn from(app: &'a App) -> Self {
         Self {
-            limiter: &app.limiter,
-            sessions: &app.sessions,
-            verifier: app.verifier.as_deref(),
-            fail_open: app.config.revocation_fail_open,
+            gate: Gate::from(app),
         }
     }
 }
@@ -55,12 +45,7 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
     };
     // Consuming a user's limit is a write: it starts only after the
     // caller's check (two round trips in all).
-    let gate = Gate {
-        sessions: deps.sessions,
-        limiter: deps.limiter,
-        verifier: deps.verifier,
-        fail_open: deps.fail_open,
-    };
+    let gate = deps.gate;
     let (who, ()) = match admit(gate, &req, None, &rid, async {}).await {
         Ok(admitted) => admitted,
         Err(refused) => return refused,
@@ -71,7 +56,7 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
             &rid,
         );
     }
-    let policy = deps.limiter.policy(&endpoint);
+    let policy = deps.gate.limiter.policy(&endpoint);
     if cost > policy.max_cost() {
         return Problem::unprocessable(format!(
             "cost {cost} can never be admitted: the {} policy allows at most {} at once.",
@@ -80,7 +65,7 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
         ))
         .into_response(&rid);
     }
-    let decision = deps.limiter.check(&user, &endpoint, cost).await;
+    let decision = deps.gate.limiter.check(&user, &endpoint, cost).await;
     if decision.allowed {
         with_headers(json_response(StatusCode::OK, &decision), &decision)
     } else {
