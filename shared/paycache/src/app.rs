@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::domain::audit::AuditLog;
 use crate::domain::balance::Balances;
+use crate::domain::delivery::{Deliveries, DeliveryQueue};
 use crate::domain::fraud::Fraud;
 use crate::domain::health::Health;
 use crate::domain::identity::Verifier;
@@ -78,6 +79,10 @@ pub struct App {
     pub sessions: Sessions,
     /// The WebSocket connection registry.
     pub connections: Connections,
+    /// Real-time delivery: the queue publishers append to.
+    pub delivery: DeliveryQueue,
+    /// Real-time delivery: what `ws-sender` reads and sends.
+    pub deliveries: Deliveries,
     /// Fraud signals: risk scores and devices.
     pub fraud: Fraud,
     /// The cluster's health and node statistics.
@@ -192,6 +197,10 @@ impl App {
             db: db.clone(),
             config: config.audit.clone(),
         };
+        let delivery = DeliveryQueue {
+            keys: keys.clone(),
+            durable: durable.clone(),
+        };
         let balances = Balances {
             keys: keys.clone(),
             redis: redis.clone(),
@@ -200,6 +209,7 @@ impl App {
             ttl: config.ttl,
             fence_ttl: config.balance.fence_ttl,
             audit: audit.clone(),
+            delivery: delivery.clone(),
         };
         let transactions = Transactions {
             keys: keys.clone(),
@@ -218,6 +228,12 @@ impl App {
             keys: keys.clone(),
             redis: redis.clone(),
             ttl: config.ttl,
+        };
+        let deliveries = Deliveries {
+            queue: delivery.clone(),
+            redis: redis.clone(),
+            connections: connections.clone(),
+            config: config.delivery.clone(),
         };
         let fraud = Fraud {
             keys: keys.clone(),
@@ -243,6 +259,7 @@ impl App {
             db: db.clone(),
             transactions: transactions.clone(),
             balances: balances.clone(),
+            delivery: delivery.clone(),
         };
         Ok(Self {
             keys,
@@ -258,6 +275,8 @@ impl App {
             transactions,
             sessions,
             connections,
+            delivery,
+            deliveries,
             fraud,
             health,
             warmer,

@@ -26,8 +26,8 @@ pub mod infra;
 pub mod patterns;
 
 pub use domain::{
-    audit, balance, cloudwatch, fraud, health, identity, invalidation, money, node_metrics,
-    profile, realtime, sessions, transactions, warming,
+    audit, balance, cloudwatch, delivery, fraud, health, identity, invalidation, money,
+    node_metrics, profile, realtime, sessions, transactions, warming,
 };
 pub use edge::{auth, events, http, routes, signin};
 pub use infra::{aws, breaker, config, connection, db, keys, secrets, telemetry};

@@ -76,6 +76,7 @@ pub struct Balances {
     pub(crate) ttl: TtlConfig,
     pub(crate) fence_ttl: Duration,
     pub(crate) audit: AuditLog,
+    pub(crate) delivery: crate::domain::delivery::DeliveryQueue,
 }
 
 mod fence;
@@ -318,8 +319,23 @@ pub async fn write_balance_pausing(
         audit::append(&balances.audit, &event)
     );
     let cache = match applied {
-        Ok(_) => {
-            sql::mark_applied(balances, &write.wallet, balance.version).await;
+        Ok(applied) => {
+            // Queued for WebSocket delivery before the outbox row is marked
+            // applied: a writer that dies in between leaves the row pending,
+            // and the sweep queues the wallet again.
+            let queued = match applied.published {
+                Some((first, _)) => balances
+                    .delivery
+                    .balance(&write.wallet, &row.owner, first)
+                    .await
+                    .is_ok(),
+                None => true,
+            };
+            if queued {
+                sql::mark_applied(balances, &write.wallet, balance.version).await;
+            } else {
+                tracing::warn!("could not queue the balance for delivery; the sweep will");
+            }
             CacheStep::Applied
         }
         Err(why) => {

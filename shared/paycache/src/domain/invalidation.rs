@@ -24,6 +24,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::domain::balance;
+use crate::domain::delivery::{DeliveryQueue, Recipients};
 use crate::domain::transactions;
 use crate::infra::connection::Redis;
 use crate::infra::connection::RedisUnavailable;
@@ -42,6 +43,7 @@ pub struct Invalidation {
     pub(crate) db: Db,
     pub(crate) transactions: transactions::Transactions,
     pub(crate) balances: balance::Balances,
+    pub(crate) delivery: DeliveryQueue,
 }
 
 static DELETE_AND_PUBLISH: LazyLock<Script> =
@@ -110,22 +112,58 @@ pub async fn user_profile_updated(
     })
     .map_err(|_| InvalidationError::Redis(RedisUnavailable::Server))?;
     let (keys, ch, msg) = (&keys, &channel, &message);
-    let deleted: i64 = invalidation
-        .redis
-        .run(|mut c| async move {
+    let value: serde_json::Value = serde_json::from_str(&message)
+        .map_err(|_| InvalidationError::Redis(RedisUnavailable::Server))?;
+    let to = Recipients::Users(vec![*user]);
+    let (deleted, queued) = tokio::join!(
+        invalidation.redis.run(|mut c| async move {
             let mut inv = DELETE_AND_PUBLISH.prepare_invoke();
             for k in keys {
                 inv.key(k);
             }
             inv.arg(ch).arg(msg).invoke_async(&mut c).await
-        })
-        .await
-        .map_err(InvalidationError::Redis)?;
+        }),
+        invalidation.delivery.message(&channel, &to, &value)
+    );
+    let deleted: i64 = deleted.map_err(InvalidationError::Redis)?;
+    queued.map_err(InvalidationError::Redis)?;
     Ok(InvalidationReport {
         outcome: "invalidated",
         keys_deleted: u64::try_from(deleted).unwrap_or(0),
         wallets_invalidated: 0,
         published: true,
+    })
+}
+
+/// `SystemAnnouncement`: publishes on `system:announcements` and queues it
+/// for every open WebSocket connection.
+pub(crate) async fn announce(
+    invalidation: &Invalidation,
+    message: &str,
+) -> Result<InvalidationReport, InvalidationError> {
+    let announcement = pubsub::Announcement {
+        kind: "announcement",
+        message,
+        timestamp: pubsub::unix_seconds(OffsetDateTime::now_utc()),
+    };
+    let (published, queued) = tokio::join!(
+        pubsub::publish(
+            &invalidation.redis,
+            pubsub::SYSTEM_ANNOUNCEMENTS,
+            &announcement
+        ),
+        invalidation.delivery.message(
+            pubsub::SYSTEM_ANNOUNCEMENTS,
+            &Recipients::Everyone,
+            &announcement
+        )
+    );
+    published.map_err(InvalidationError::Redis)?;
+    queued.map_err(InvalidationError::Redis)?;
+    Ok(InvalidationReport {
+        outcome: "announced",
+        published: true,
+        ..InvalidationReport::default()
     })
 }
 
@@ -141,14 +179,29 @@ pub(crate) async fn transaction_completed(
             ..InvalidationReport::default()
         });
     };
-    let (status, sender, receiver) = tokio::join!(
+    let wallets = [txn.sender_wallet_id, txn.receiver_wallet_id];
+    let (status, sender, receiver, owners) = tokio::join!(
         transactions::publish_status(&invalidation.transactions, &txn),
         balance::invalidate(&invalidation.balances, &txn.sender_wallet_id),
         balance::invalidate(&invalidation.balances, &txn.receiver_wallet_id),
+        balance::load_balances(&invalidation.db, &wallets),
     );
-    status.map_err(InvalidationError::Redis)?;
+    let message = status.map_err(InvalidationError::Redis)?;
     sender.map_err(InvalidationError::Redis)?;
     receiver.map_err(InvalidationError::Redis)?;
+    // Both parties' connections receive the status (each once).
+    let mut users: Vec<UserId> = owners?.iter().flatten().filter_map(|b| b.owner).collect();
+    users.sort_by_key(|u| u.to_string());
+    users.dedup();
+    if !users.is_empty() {
+        let value: serde_json::Value = serde_json::from_str(&message)
+            .map_err(|_| InvalidationError::Redis(RedisUnavailable::Server))?;
+        invalidation
+            .delivery
+            .message(&pubsub::transactions(id), &Recipients::Users(users), &value)
+            .await
+            .map_err(InvalidationError::Redis)?;
+    }
     Ok(InvalidationReport {
         outcome: "invalidated",
         keys_deleted: 0,

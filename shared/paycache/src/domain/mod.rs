@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod balance;
 pub mod cloudwatch;
+pub mod delivery;
 pub mod fraud;
 pub mod health;
 pub mod identity;

@@ -80,8 +80,9 @@ pub async fn connect(
         client_info: client_info.map(|c| c.chars().take(256).collect()),
     };
     let set = connections.keys.ws_connections(user);
-    let (s, id, ms) = (&set, conn.as_str(), ttl_ms(connections));
-    let (a, b) = tokio::join!(
+    let all = connections.keys.ws_all();
+    let (s, al, id, ms) = (&set, &all, conn.as_str(), ttl_ms(connections));
+    let (a, b, e) = tokio::join!(
         write_meta(connections, conn, &meta),
         connections.redis.run(|mut c| async move {
             let _: () = redis::pipe()
@@ -92,9 +93,13 @@ pub async fn connect(
                 .query_async(&mut c)
                 .await?;
             Ok(())
+        }),
+        connections.redis.run(|mut c| async move {
+            let _: i64 = c.sadd(al, id).await?;
+            Ok(())
         })
     );
-    a.and(b)
+    a.and(b).and(e)
 }
 
 /// The connection's metadata, if it is still registered.
@@ -146,11 +151,21 @@ pub async fn disconnect(
         None => meta(connections, conn).await?.map(|m| m.user_id),
     };
     let key = connections.keys.ws_meta(conn);
-    let k = &key;
-    let del = connections.redis.run(|mut c| async move {
-        let _: i64 = c.del(k).await?;
-        Ok(())
-    });
+    let all = connections.keys.ws_all();
+    let (k, al, cid) = (&key, &all, conn.as_str());
+    let del = async {
+        let (a, b) = tokio::join!(
+            connections.redis.run(|mut c| async move {
+                let _: i64 = c.del(k).await?;
+                Ok(())
+            }),
+            connections.redis.run(|mut c| async move {
+                let _: i64 = c.srem(al, cid).await?;
+                Ok(())
+            })
+        );
+        a.and(b)
+    };
     match user {
         Some(u) => {
             let set = connections.keys.ws_connections(&u);
@@ -166,6 +181,82 @@ pub async fn disconnect(
         }
         None => del.await,
     }
+}
+
+/// Every live connection (for announcements): the `ws_all` set, read in
+/// pages; ids whose metadata has expired are removed on the way.
+pub async fn all_connections(
+    connections: &Connections,
+) -> Result<Vec<ConnectionId>, RedisUnavailable> {
+    let all = connections.keys.ws_all();
+    let al = &all;
+    let mut cursor: u64 = 0;
+    let mut ids = Vec::new();
+    loop {
+        let (next, page): (u64, Vec<String>) = connections
+            .redis
+            .run(|mut c| async move {
+                redis::cmd("SSCAN")
+                    .arg(al)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(500)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        ids.extend(page.iter().filter_map(|i| ConnectionId::parse(i).ok()));
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    ids.dedup_by(|a, b| a.as_str() == b.as_str());
+    live(connections, al, ids).await
+}
+
+/// The ids among `ids` whose metadata still exists; the others are removed
+/// from `set`.
+async fn live(
+    connections: &Connections,
+    set: &str,
+    ids: Vec<ConnectionId>,
+) -> Result<Vec<ConnectionId>, RedisUnavailable> {
+    use futures_util::StreamExt;
+    let checks: Vec<(ConnectionId, Result<bool, RedisUnavailable>)> =
+        futures_util::stream::iter(ids)
+            .map(|id| async move {
+                let key = connections.keys.ws_meta(&id);
+                let k = &key;
+                let alive = connections
+                    .redis
+                    .run(|mut c| async move { c.exists(k).await })
+                    .await;
+                (id, alive)
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+    let mut live = Vec::new();
+    let mut dead = Vec::new();
+    for (id, alive) in checks {
+        match alive? {
+            true => live.push(id),
+            false => dead.push(id.to_string()),
+        }
+    }
+    if !dead.is_empty() {
+        let d = &dead;
+        connections
+            .redis
+            .run(|mut c| async move {
+                let _: i64 = c.srem(set, d).await?;
+                Ok(())
+            })
+            .await?;
+    }
+    Ok(live)
 }
 
 /// The user's live connections; ids whose metadata has expired are removed
@@ -184,32 +275,5 @@ pub async fn connections(
         .iter()
         .filter_map(|i| ConnectionId::parse(i).ok())
         .collect();
-    let checks = ids.iter().map(|id| async move {
-        let key = connections.keys.ws_meta(id);
-        let k = &key;
-        let alive: Result<bool, _> = connections
-            .redis
-            .run(|mut c| async move { c.exists(k).await })
-            .await;
-        (id.clone(), alive)
-    });
-    let mut live = Vec::new();
-    let mut dead = Vec::new();
-    for (id, alive) in futures_util::future::join_all(checks).await {
-        match alive? {
-            true => live.push(id),
-            false => dead.push(id.to_string()),
-        }
-    }
-    if !dead.is_empty() {
-        let d = &dead;
-        connections
-            .redis
-            .run(|mut c| async move {
-                let _: i64 = c.srem(s, d).await?;
-                Ok(())
-            })
-            .await?;
-    }
-    Ok(live)
+    live(connections, s.as_str(), ids).await
 }

@@ -181,12 +181,12 @@ pub async fn get_status(
 
 /// Caches `transaction`'s current status, drops its cached entry and
 /// publishes `{"type": "status_update", …}` on `transactions:<id>`: one
-/// round trip. Returns the number of subscribers reached.
+/// round trip. Returns the message published.
 #[tracing::instrument(skip_all, fields(transaction_id = %transaction.transaction_id))]
 pub(crate) async fn publish_status(
     transactions: &Transactions,
     transaction: &Transaction,
-) -> Result<u64, RedisUnavailable> {
+) -> Result<String, RedisUnavailable> {
     let id = &transaction.transaction_id;
     let status = status_of(transaction);
     let ttl = transactions
@@ -213,7 +213,7 @@ pub(crate) async fn publish_status(
     let channel = pubsub::transactions(id);
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
     let (keys, enc, ch, msg) = (&keys, &encoded, &channel, &message);
-    transactions
+    let _subscribers: u64 = transactions
         .redis
         .run(|mut c| async move {
             let mut inv = STATUS.prepare_invoke();
@@ -223,5 +223,6 @@ pub(crate) async fn publish_status(
             inv.arg(enc.as_slice()).arg(ttl_ms).arg(ch).arg(msg);
             inv.invoke_async(&mut c).await
         })
-        .await
+        .await?;
+    Ok(message)
 }

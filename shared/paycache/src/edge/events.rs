@@ -53,6 +53,15 @@ struct Envelope {
 pub(crate) enum InvalidationEvent {
     UserProfileUpdated(UserProfileUpdated),
     TransactionCompleted(TransactionCompleted),
+    SystemAnnouncement(SystemAnnouncement),
+}
+
+/// `SystemAnnouncement`'s detail: a message for every connected client
+/// (`system:announcements`), 1 to 65 536 characters.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct SystemAnnouncement {
+    /// The announcement's text.
+    pub message: String,
 }
 
 /// `UserProfileUpdated`'s detail.
@@ -83,7 +92,7 @@ impl InvalidationEvent {
             Envelope::deserialize(event).map_err(|_| rejected("the event has no detail-type"))?;
         if !matches!(
             envelope.detail_type.as_str(),
-            "UserProfileUpdated" | "TransactionCompleted"
+            "UserProfileUpdated" | "TransactionCompleted" | "SystemAnnouncement"
         ) {
             tracing::info!(detail_type = %envelope.detail_type.chars().take(64).collect::<String>(), "event ignored");
             return Err(json!({"status": "ignored"}));
@@ -91,7 +100,13 @@ impl InvalidationEvent {
         if !event.get("detail").is_some_and(Value::is_object) {
             return Err(rejected("the event has no detail object"));
         }
-        Self::deserialize(event).map_err(|e| rejected(format!("detail: {e}")))
+        let parsed = Self::deserialize(event).map_err(|e| rejected(format!("detail: {e}")))?;
+        if let Self::SystemAnnouncement(a) = &parsed
+            && !(1..=65_536).contains(&a.message.chars().count())
+        {
+            return Err(rejected("detail: message must be 1 to 65536 characters"));
+        }
+        Ok(parsed)
     }
 }
 
@@ -113,6 +128,10 @@ pub async fn cache_invalidation(
         InvalidationEvent::TransactionCompleted(e) => (
             "TransactionCompleted",
             invalidation::transaction_completed(invalidation, &e.transaction_id).await?,
+        ),
+        InvalidationEvent::SystemAnnouncement(e) => (
+            "SystemAnnouncement",
+            invalidation::announce(invalidation, &e.message).await?,
         ),
     };
     let summary = json!({
@@ -377,6 +396,62 @@ pub async fn handle_metrics(
     _: Context,
 ) -> Answer {
     Ok(emit_metrics(&app.health, cloudwatch).await)
+}
+
+/// `ws-sender`'s state: its sender (one consumer of the delivery group per
+/// execution environment), built at the first invocation. Init fails
+/// without `WS_MANAGEMENT_ENDPOINT`.
+pub fn sender_state(
+    app: &App,
+) -> Result<tokio::sync::Mutex<Option<crate::domain::delivery::Sender>>, crate::app::InitError> {
+    if app.config.delivery.management_endpoint.is_none() {
+        return Err(crate::infra::config::ConfigError::new(
+            "WS_MANAGEMENT_ENDPOINT",
+            "is required by ws-sender (the WebSocket API's https://{api-id}.execute-api.{region}.amazonaws.com/{stage})",
+        )
+        .into());
+    }
+    Ok(tokio::sync::Mutex::new(None))
+}
+
+/// `ws-sender`: reads the delivery stream and posts to connections until
+/// 5 s before the invocation's deadline (or for `WS_SENDER_RUN_SECS`).
+/// Scheduled every minute with a longer timeout, so that one invocation
+/// always reads (README → Real-time delivery).
+pub async fn handle_sender(
+    app: &App,
+    state: &tokio::sync::Mutex<Option<crate::domain::delivery::Sender>>,
+    _event: Value,
+    context: Context,
+) -> Answer {
+    use crate::domain::delivery;
+    let started = Instant::now();
+    let config = &app.config.delivery;
+    let mut until = deadline(&context, Duration::from_secs(60))
+        .checked_sub(Duration::from_secs(5))
+        .unwrap_or(started);
+    if !config.run_for.is_zero() {
+        until = until.min(started + config.run_for);
+    }
+    let mut guard = state.lock().await;
+    if guard.is_none() {
+        let endpoint = config.management_endpoint.as_deref().unwrap_or_default();
+        let management =
+            delivery::Management::new(endpoint, config.send_attempts, app.config.secrets_timeout)
+                .await;
+        *guard = Some(delivery::Sender::new(management));
+    }
+    let Some(sender) = guard.as_mut() else {
+        return Ok(json!({"status": "failed"}));
+    };
+    let report = delivery::run(&app.deliveries, sender, until).await;
+    let summary = json!({
+        "status": "ok",
+        "report": report,
+        "duration_ms": started.elapsed().as_millis() as u64,
+    });
+    tracing::info!(summary = %summary, "delivery run done");
+    Ok(summary)
 }
 
 /// `ws-connections`' handler (see [`websocket`]).

@@ -425,6 +425,29 @@ impl Keyspace {
         format!("{}:published", self.wallet_balance(id).as_str())
     }
 
+    /// `wallet_balance:{wallet_id}:log` — the wallet's published balance
+    /// messages, a stream whose entry ids are `<version>-1` (the last
+    /// 1000, 24 hours), read by real-time delivery; same slot as the balance.
+    pub fn wallet_balance_log(&self, id: &WalletId) -> String {
+        format!("{}:log", self.wallet_balance(id).as_str())
+    }
+
+    /// `wallet_balance:{wallet_id}:delivered` — the highest version
+    /// delivered to the owner's WebSocket connections; same slot.
+    pub fn wallet_balance_delivered(&self, id: &WalletId) -> String {
+        format!("{}:delivered", self.wallet_balance(id).as_str())
+    }
+
+    /// `ws_deliveries` — the delivery stream `ws-sender` reads (one key).
+    pub fn ws_deliveries(&self) -> String {
+        format!("{}:ws_deliveries", self.prefix)
+    }
+
+    /// `ws_all` — every registered connection id (announcements).
+    pub fn ws_all(&self) -> String {
+        format!("{}:ws_all", self.prefix)
+    }
+
     /// `session:{session_id}`
     pub fn session(&self, id: &SessionId) -> CacheKey {
         self.key(KeyFamily::Session, id, None)

@@ -5,6 +5,8 @@
 -- KEYS[1]  balance value key
 -- KEYS[2]  its lease key; a fence is "w:<highest intended version>:<writers inside>"
 -- KEYS[3]  published-version key  paycache:wallet_balance:{<wallet>}:published
+-- KEYS[4]  the wallet's message log (a stream; entry id <version>-1), which
+--          real-time delivery reads in version order
 -- ARGV[1]  value TTL in milliseconds
 -- ARGV[2]  channel, balance:<wallet>
 -- ARGV[3]  "1" if the caller is a writer leaving the fence, "0" for a sweep
@@ -18,19 +20,39 @@
 -- compare-and-set), or when the last writer inside leaves. While it stands,
 -- the value is not written: a writer inside may still commit a newer one.
 -- Otherwise the value is written only if newer than what is cached.
--- Returns {cached version afterwards, messages published}.
+-- Returns {cached version afterwards, messages published, first and last
+-- version published (0 when none)}.
 local published = tonumber(redis.call('GET', KEYS[3]) or '0')
 local sent = 0
+local first = 0
+local logged = nil
 for i = 6, #ARGV, 2 do
   local v = tonumber(ARGV[i])
   if v > published then
     redis.call('PUBLISH', ARGV[2], ARGV[i + 1])
+    -- Log entry ids only grow: never append at or below the log's tail
+    -- (the published key may have expired before the log did).
+    if logged == nil then
+      logged = 0
+      local tail = redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 1)
+      if tail[1] then
+        logged = tonumber(string.match(tail[1][1], '^(%d+)-')) or 0
+      end
+    end
+    if v > logged then
+      redis.call('XADD', KEYS[4], 'MAXLEN', '~', 1000, v .. '-1', 'm', ARGV[i + 1])
+      logged = v
+    end
+    if first == 0 then
+      first = v
+    end
     published = v
     sent = sent + 1
   end
 end
 if sent > 0 then
   redis.call('SET', KEYS[3], published, 'PX', 86400000)
+  redis.call('PEXPIRE', KEYS[4], 86400000)
 end
 
 local version = tonumber(ARGV[4])
@@ -64,4 +86,7 @@ if not fenced and ARGV[5] ~= '' and version > cached then
   redis.call('SET', KEYS[1], ARGV[5], 'PX', ARGV[1])
   cached = version
 end
-return {cached, sent}
+if sent == 0 then
+  published = 0
+end
+return {cached, sent, first, published}

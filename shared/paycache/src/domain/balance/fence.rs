@@ -48,6 +48,13 @@ pub(super) async fn raise(
     Ok(fenced_at)
 }
 
+/// What `apply.lua` did.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Applied {
+    /// The versions it published (and logged for delivery), if any.
+    pub(super) published: Option<(u64, u64)>,
+}
+
 /// Runs `apply.lua`: one round trip. `current` is the wallet's current
 /// balance (none when unknown); `leaving` is true for a writer that raised
 /// the fence.
@@ -57,10 +64,11 @@ pub(super) async fn apply(
     current: Option<&WalletBalance>,
     pending: &[PendingRow],
     leaving: bool,
-) -> Result<u64, RedisUnavailable> {
+) -> Result<Applied, RedisUnavailable> {
     let key = balances.keys.wallet_balance(wallet);
     let lock = key.lock_key();
     let published = balances.keys.wallet_balance_published(wallet);
+    let log = balances.keys.wallet_balance_log(wallet);
     let ttl = balances
         .ttl
         .of(KeyFamily::WalletBalance)
@@ -76,13 +84,14 @@ pub(super) async fn apply(
     };
     let channel = pubsub::balance(wallet);
     let leaving = if leaving { "1" } else { "0" };
-    let (k, l, p, ch, enc) = (&key, &lock, &published, &channel, &encoded);
+    let (k, l, p, lg, ch, enc) = (&key, &lock, &published, &log, &channel, &encoded);
     balances
         .redis
         .run(|mut c| async move {
             let mut inv = APPLY.key(k);
             inv.key(l)
                 .key(p)
+                .key(lg)
                 .arg(ttl_ms)
                 .arg(ch)
                 .arg(leaving)
@@ -91,8 +100,11 @@ pub(super) async fn apply(
             for row in pending {
                 inv.arg(row.version).arg(&row.message);
             }
-            let (cached, _sent): (u64, u64) = inv.invoke_async(&mut c).await?;
-            Ok(cached)
+            let (_cached, sent, first, last): (u64, u64, u64, u64) =
+                inv.invoke_async(&mut c).await?;
+            Ok(Applied {
+                published: (sent > 0).then_some((first, last)),
+            })
         })
         .await
 }

@@ -53,6 +53,21 @@ pub async fn apply_pending(balances: &Balances, limit: i64) -> Result<SweepRepor
         };
         match fence::apply(balances, &wallet, Some(&current), &pending, false).await {
             Ok(_) => {
+                // Queue the wallet for delivery whatever this apply
+                // published: the writer may have published and died before
+                // queueing. A spare queue entry delivers nothing twice.
+                let queued = match (pending.first(), current.owner) {
+                    (Some(first), Some(owner)) => balances
+                        .delivery
+                        .balance(&wallet, &owner, first.version)
+                        .await
+                        .is_ok(),
+                    _ => true,
+                };
+                if !queued {
+                    report.failed_wallets += 1;
+                    continue;
+                }
                 if let Some(last) = pending.last() {
                     sql::mark_applied(balances, &wallet, last.version).await;
                 }

@@ -50,7 +50,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(variable: &'static str, problem: impl Into<String>) -> Self {
+    pub(crate) fn new(variable: &'static str, problem: impl Into<String>) -> Self {
         Self {
             variable,
             problem: problem.into(),
@@ -259,6 +259,30 @@ pub struct Config {
     pub revocation_fail_open: bool,
     /// Budget of one Secrets Manager request.
     pub secrets_timeout: Duration,
+    /// Real-time delivery to WebSocket connections.
+    pub delivery: DeliveryConfig,
+}
+
+/// Real-time delivery (`ws-sender`; README → Real-time delivery).
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// `WS_MANAGEMENT_ENDPOINT`: the WebSocket API's management endpoint
+    /// (`https://{api-id}.execute-api.{region}.amazonaws.com/{stage}`;
+    /// locally the development gateway's URL). Required by `ws-sender` only.
+    pub management_endpoint: Option<String>,
+    /// `WS_REDELIVER_AFTER_MS`: a delivery fetched by a sender that has not
+    /// acknowledged it this long after is taken over by another sender (the
+    /// first one died between fetching and sending).
+    pub redeliver_after: Duration,
+    /// `WS_SENDER_BLOCK_MS`: how long one read of the delivery stream waits
+    /// for new entries; kept under half `REDIS_RESPONSE_TIMEOUT_MS`.
+    pub block: Duration,
+    /// `WS_SENDER_RUN_SECS`: how long one `ws-sender` invocation reads
+    /// (0: until 5 s before its deadline).
+    pub run_for: Duration,
+    /// `WS_SEND_ATTEMPTS`: attempts of one post, retrying throttled ones
+    /// with exponential backoff and full jitter (the SDK's standard retry).
+    pub send_attempts: u32,
 }
 
 impl Config {
@@ -322,6 +346,7 @@ impl Config {
                 reconcile_after: env.secs("AUDIT_RECONCILE_AFTER_SECS", 300)?,
                 services: audit_services(&env)?,
             },
+            delivery: delivery_config(&env)?,
             rate_limit: RateLimitConfig {
                 policies: rate_limit::Policies::parse(
                     env.get("RATE_LIMIT_POLICIES").as_deref(),
@@ -471,6 +496,37 @@ fn redis_config(env: &Env<'_>, infix: &'static str) -> Result<RedisConfig, Confi
         auth_token_secret_arn,
         connect_timeout: env.millis("REDIS_CONNECT_TIMEOUT_MS", 1000, 10, 60_000)?,
         response_timeout: env.millis("REDIS_RESPONSE_TIMEOUT_MS", 250, 5, 60_000)?,
+    })
+}
+
+fn delivery_config(env: &Env<'_>) -> Result<DeliveryConfig, ConfigError> {
+    let management_endpoint = match env.get("WS_MANAGEMENT_ENDPOINT") {
+        None => None,
+        Some(url)
+            if (url.starts_with("https://") || url.starts_with("http://"))
+                && url.len() <= 512
+                && url.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Some(url.trim_end_matches('/').to_owned())
+        }
+        Some(_) => {
+            return Err(ConfigError::new(
+                "WS_MANAGEMENT_ENDPOINT",
+                "must be an http(s) URL: https://{api-id}.execute-api.{region}.amazonaws.com/{stage}",
+            ));
+        }
+    };
+    let response_timeout = env.millis("REDIS_RESPONSE_TIMEOUT_MS", 250, 5, 60_000)?;
+    let block = env
+        .millis("WS_SENDER_BLOCK_MS", 100, 1, 10_000)?
+        .min(response_timeout / 2)
+        .max(Duration::from_millis(1));
+    Ok(DeliveryConfig {
+        management_endpoint,
+        redeliver_after: env.millis("WS_REDELIVER_AFTER_MS", 10_000, 100, 900_000)?,
+        block,
+        run_for: Duration::from_secs(env.number("WS_SENDER_RUN_SECS", 0, 0, 900)?),
+        send_attempts: env.number("WS_SEND_ATTEMPTS", 5, 1, 10)?,
     })
 }
 

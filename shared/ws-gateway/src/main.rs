@@ -1,0 +1,79 @@
+//! `paycache-ws-gateway`: the local WebSocket gateway (see the library).
+//!
+//! ```text
+//! paycache-ws-gateway --port 9001 --lambda http://127.0.0.1:9000 [--keep-running ws-sender]
+//! ```
+//!
+//! `--keep-running <function>` stands in for the deployed schedule of a
+//! long-running function: it invokes the function (with an EventBridge
+//! `Scheduled Event`) again as soon as each invocation returns.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: paycache-ws-gateway --port <port> --lambda <cargo lambda watch URL> [--keep-running <function>]"
+    );
+    std::process::exit(2)
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let mut port: u16 = 9001;
+    let mut lambda = String::from("http://127.0.0.1:9000");
+    let mut keep_running: Vec<&'static str> = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match (arg.as_str(), args.next()) {
+            ("--port", Some(p)) => port = p.parse().unwrap_or_else(|_| usage()),
+            ("--lambda", Some(l)) => lambda = l,
+            ("--keep-running", Some(f)) => keep_running.push(Box::leak(f.into_boxed_str())),
+            _ => usage(),
+        }
+    }
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on 127.0.0.1:{port}: {e}");
+            std::process::exit(1)
+        }
+    };
+    let invoke = paycache_ws_gateway::lambda_invoker(&lambda);
+    let handle = match paycache_ws_gateway::serve(listener, invoke.clone()) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1)
+        }
+    };
+    tracing::info!(url = %handle.ws_url(), management = %handle.management_url(), "WebSocket gateway listening");
+    for function in keep_running {
+        let invoke = invoke.clone();
+        tokio::spawn(async move {
+            loop {
+                let event = json!({
+                    "version": "0", "id": "local", "detail-type": "Scheduled Event",
+                    "source": "aws.events", "account": "000000000000", "region": "local",
+                    "resources": [], "detail": {}
+                });
+                match invoke(function, event).await {
+                    Ok(answer) => tracing::debug!(function, answer = %answer, "run finished"),
+                    Err(e) => {
+                        tracing::warn!(function, error = %e, "invocation failed; retrying in 1 s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    handle.stop();
+}
