@@ -364,18 +364,9 @@ async fn upgrade(
             );
         }
     }
-    ws.on_upgrade(move |socket| session(gw, socket, id, connected_at, authorizer))
-}
-
-async fn session(
-    gw: Arc<Gateway>,
-    socket: WebSocket,
-    id: String,
-    connected_at: i64,
-    authorizer: HashMap<String, Value>,
-) {
-    let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    // Registered before the handshake completes: a post right after the
+    // client's connect finds it (frames wait in the channel).
+    let (tx, rx) = mpsc::unbounded_channel::<Message>();
     gw.connections.lock().await.insert(
         id.clone(),
         Conn {
@@ -384,6 +375,25 @@ async fn session(
             authorizer: authorizer.clone(),
         },
     );
+    let failed = (gw.clone(), id.clone());
+    ws.on_failed_upgrade(move |_| {
+        tokio::spawn(async move {
+            failed.0.connections.lock().await.remove(&failed.1);
+        });
+    })
+    .on_upgrade(move |socket| session(gw, socket, id, connected_at, authorizer, tx, rx))
+}
+
+async fn session(
+    gw: Arc<Gateway>,
+    socket: WebSocket,
+    id: String,
+    connected_at: i64,
+    authorizer: HashMap<String, Value>,
+    tx: mpsc::UnboundedSender<Message>,
+    mut rx: mpsc::UnboundedReceiver<Message>,
+) {
+    let (mut sink, mut stream) = socket.split();
     let writer = tokio::spawn(async move {
         while let Some(m) = rx.recv().await {
             let close = matches!(m, Message::Close(_));

@@ -1,0 +1,552 @@
+//! Real-time delivery (`paycache::delivery`, `ws-sender`) end to end through
+//! the local WebSocket gateway (`paycache-ws-gateway`) with real WebSocket
+//! clients, real Redis (both modes) and PostgreSQL. The gateway runs
+//! `$connect` through the same authorizer and `ws-connections` handlers the
+//! functions run (in-process here; through `cargo lambda watch` in
+//! `make run` and the e2e journey), and the sender posts through the AWS
+//! SDK to the gateway's `@connections` API.
+//!
+//! Each guarantee is also run with a deliberately broken sender
+//! (`delivery::Faults`, or no retries), and the same check must catch it.
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use paycache::App;
+use paycache::auth::{AuthConfig, Verifier, authorize};
+use paycache::balance::{BalanceWrite, WriteOutcome, load_balance, write_balance};
+use paycache::config::RedisMode;
+use paycache::delivery::{self, Faults, Management, Sender};
+use paycache::events::{cache_invalidation, websocket};
+use paycache::keys::{ConnectionId, UserId, WalletId};
+use paycache::money::Currency;
+use paycache::realtime;
+use paycache_tests::{World, both_modes};
+use serde_json::{Value, json};
+use test_support::{insert_transaction, insert_user, insert_wallet, random_uuid, seed_user_id};
+use time::OffsetDateTime;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+const KEY: &[u8] = include_bytes!("fixtures/jwt-test-key.pem");
+const JWKS: &str = include_str!("fixtures/jwks.json");
+const ISS: &str = "https://auth.paycache.test";
+const AUD: &str = "paycache-web";
+
+fn verifier() -> Verifier {
+    let vars: HashMap<&str, String> = [
+        ("AUTH_ISSUER", ISS.to_owned()),
+        ("AUTH_AUDIENCE", AUD.to_owned()),
+        ("AUTH_JWKS", JWKS.to_owned()),
+    ]
+    .into_iter()
+    .collect();
+    Verifier::new(AuthConfig::from_lookup(|k| vars.get(k).cloned()).unwrap()).unwrap()
+}
+
+struct Rig {
+    w: World,
+    app: Arc<App>,
+    gateway: paycache_ws_gateway::Handle,
+}
+
+impl Rig {
+    async fn new(mode: RedisMode) -> Self {
+        let w = World::new(
+            mode,
+            &[
+                ("WS_REDELIVER_AFTER_MS", "500"),
+                ("WS_SENDER_BLOCK_MS", "50"),
+            ],
+        )
+        .await;
+        let app = Arc::new(w.another_environment());
+        let verifier = Arc::new(verifier());
+        let (a, v) = (app.clone(), verifier.clone());
+        let invoke: paycache_ws_gateway::Invoke = Arc::new(move |function, event| {
+            let (app, verifier) = (a.clone(), v.clone());
+            Box::pin(async move {
+                match function {
+                    "authorizer" => Ok(authorize(&*app, &verifier, &event).await),
+                    "ws-connections" => Ok(websocket(&app.connections, &event).await),
+                    other => Err(format!("no function {other}")),
+                }
+            })
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gateway = paycache_ws_gateway::serve(listener, invoke).unwrap();
+        Self { w, app, gateway }
+    }
+
+    async fn sender(&self, attempts: u32, faults: Faults) -> Sender {
+        let m = Management::new(
+            &self.gateway.management_url(),
+            attempts,
+            Duration::from_secs(5),
+        )
+        .await;
+        Sender::with_faults(m, faults)
+    }
+
+    /// Signs user `n` in and returns their access token.
+    async fn token(&self, n: u64) -> String {
+        let user = seed_user_id(n);
+        let signed = self.w.sign_in(&user, &[]).await;
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let claims = json!({"sub": user, "sid": signed.session, "jti": signed.jti, "iss": ISS,
+                            "client_id": AUD, "token_use": "access",
+                            "iat": now, "nbf": now - 10, "exp": now + 600});
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("test-key-1".into());
+        encode(&header, &claims, &EncodingKey::from_rsa_pem(KEY).unwrap()).unwrap()
+    }
+
+    async fn connect(&self, token: &str) -> Ws {
+        let url = format!("{}?token={token}", self.gateway.ws_url());
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        ws
+    }
+
+    /// Runs a sender in the background until `stop` is dropped.
+    fn spawn_sender(&self, mut sender: Sender) -> tokio::task::JoinHandle<delivery::Report> {
+        let app = self.app.clone();
+        tokio::spawn(async move {
+            delivery::run(
+                &app.deliveries,
+                &mut sender,
+                Instant::now() + Duration::from_secs(120),
+            )
+            .await
+        })
+    }
+
+    async fn invalidate(&self, event: Value) {
+        let r = cache_invalidation(&self.app.invalidation, &event)
+            .await
+            .unwrap();
+        assert_eq!(r["status"], "ok", "{r}");
+    }
+}
+
+/// The next text frame within `wait`, parsed.
+async fn next_frame(ws: &mut Ws, wait: Duration) -> Option<Value> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        match tokio::time::timeout(left, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return serde_json::from_str(&t).ok(),
+            Ok(Some(Ok(_))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// Frames until one satisfies `want` (returned) or `wait` passes (None).
+async fn frame_where(ws: &mut Ws, wait: Duration, want: impl Fn(&Value) -> bool) -> Option<Value> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        let f = next_frame(ws, left).await?;
+        if want(&f) {
+            return Some(f);
+        }
+    }
+}
+
+fn profile_updated(user: &str) -> Value {
+    json!({"detail-type": "UserProfileUpdated", "source": "paycache.test", "detail": {"user_id": user}})
+}
+
+async fn write_until_applied(app: &App, wallet: &WalletId, minor: i64) -> u64 {
+    loop {
+        let current = load_balance(&app.db, wallet).await.unwrap().unwrap();
+        let outcome = write_balance(
+            &app.balances,
+            &BalanceWrite {
+                wallet: *wallet,
+                balance_minor: minor,
+                currency: Currency::parse("USD").unwrap(),
+                expected_version: current.version,
+                idempotency_key: None,
+            },
+        )
+        .await;
+        // A 503 (Redis slow on a busy machine: no fence, nothing written)
+        // is retried, as a client would.
+        let Ok(outcome) = outcome else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        match outcome {
+            WriteOutcome::Applied { balance, .. } => return balance.version,
+            WriteOutcome::VersionConflict { .. } => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Sign in, connect twice, write the balance 200 times (four writers at
+/// once) → both connections receive every version, in order.
+async fn every_balance_version_reaches_every_connection_in_order(mode: RedisMode) {
+    let rig = Rig::new(mode).await;
+    let wallet_id = random_uuid();
+    insert_wallet(&rig.w.db, 1, &wallet_id, "USD", 10_000).await;
+    let wallet = WalletId::parse(&wallet_id).unwrap();
+    let token = rig.token(1).await;
+    let mut a = rig.connect(&token).await;
+    let mut b = rig.connect(&token).await;
+    let sender = rig.spawn_sender(rig.sender(5, Faults::default()).await);
+
+    let writers: Vec<_> = (0..4)
+        .map(|i| {
+            let app = rig.app.clone();
+            tokio::spawn(async move {
+                let mut versions = Vec::new();
+                for k in 0..50 {
+                    versions.push(write_until_applied(&app, &wallet, 10_000 + i * 100 + k).await);
+                }
+                versions
+            })
+        })
+        .collect();
+    let mut written = Vec::new();
+    for w in writers {
+        written.extend(w.await.unwrap());
+    }
+    written.sort_unstable();
+    assert_eq!(written, (2..=201).collect::<Vec<u64>>());
+
+    for ws in [&mut a, &mut b] {
+        let mut seen = HashSet::new();
+        let mut order = Vec::new();
+        while order.len() < 200 {
+            let Some(f) = next_frame(ws, Duration::from_secs(10)).await else {
+                panic!("only {} of 200 versions arrived: {order:?}", order.len());
+            };
+            assert_eq!(f["channel"], format!("balance:{wallet_id}"), "{f}");
+            assert_eq!(f["type"], "balance_update");
+            let id = f["id"].as_str().unwrap().to_owned();
+            if seen.insert(id) {
+                order.push(f["version"].as_u64().unwrap());
+            }
+        }
+        assert_eq!(
+            order,
+            (2..=201).collect::<Vec<u64>>(),
+            "every version, in order"
+        );
+    }
+    sender.abort();
+}
+both_modes!(every_balance_version_reaches_every_connection_in_order);
+
+/// A completed transaction's status reaches both parties' connections; an
+/// announcement reaches every connection; a fraud alert reaches none (it is
+/// for the fraud team's subscribers on `fraud:<user_id>`).
+async fn transactions_announcements_and_fraud(mode: RedisMode) {
+    let rig = Rig::new(mode).await;
+    let (wa, wb) = (random_uuid(), random_uuid());
+    insert_wallet(&rig.w.db, 1, &wa, "USD", 10_000).await;
+    insert_wallet(&rig.w.db, 2, &wb, "USD", 10_000).await;
+    let txn = random_uuid();
+    insert_transaction(&rig.w.db, &txn, &wa, &wb, 2_500, "completed").await;
+    let (ta, tb) = (rig.token(1).await, rig.token(2).await);
+    let mut a1 = rig.connect(&ta).await;
+    let mut a2 = rig.connect(&ta).await;
+    let mut b1 = rig.connect(&tb).await;
+    let sender = rig.spawn_sender(rig.sender(5, Faults::default()).await);
+
+    // A fraud alert for user 1 first: it must not reach user 1's sockets.
+    let fraud_channel = format!("fraud:{}", seed_user_id(1));
+    let u1 = UserId::parse(&seed_user_id(1)).unwrap();
+    paycache::fraud::set_risk_score(&rig.app.fraud, &u1, 99, &["new_device"])
+        .await
+        .unwrap();
+    // Reading a score at or above the threshold publishes the alert.
+    let mut fraud_sub = paycache_tests::subscribe(&rig.w.redis, &fraud_channel).await;
+    paycache::fraud::risk(&rig.app.fraud, &u1).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), fraud_sub.next())
+            .await
+            .is_ok(),
+        "the fraud team's subscriber got the alert"
+    );
+
+    rig.invalidate(
+        json!({"detail-type": "TransactionCompleted", "source": "paycache.test",
+        "detail": {"transaction_id": txn, "sender_wallet_id": wa, "receiver_wallet_id": wb}}),
+    )
+    .await;
+    for ws in [&mut a1, &mut a2, &mut b1] {
+        let f = next_frame(ws, Duration::from_secs(10)).await.unwrap();
+        assert_ne!(
+            f["channel"], fraud_channel,
+            "a fraud alert reached the user: {f}"
+        );
+        assert_eq!(f["channel"], format!("transactions:{txn}"), "{f}");
+        assert_eq!(f["type"], "status_update");
+        assert_eq!(f["status"], "completed");
+        assert!(f["id"].as_str().is_some_and(|i| !i.is_empty()));
+        assert!(f["timestamp"].as_f64().is_some());
+    }
+    rig.invalidate(
+        json!({"detail-type": "SystemAnnouncement", "source": "paycache.test",
+        "detail": {"message": "maintenance at 03:00 UTC"}}),
+    )
+    .await;
+    let mut ids = HashSet::new();
+    for ws in [&mut a1, &mut a2, &mut b1] {
+        let f = next_frame(ws, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(f["channel"], "system:announcements", "{f}");
+        assert_eq!(f["type"], "announcement");
+        assert_eq!(f["message"], "maintenance at 03:00 UTC");
+        ids.insert(f["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 1, "one message, one id on every connection");
+    sender.abort();
+}
+both_modes!(transactions_announcements_and_fraud);
+
+/// A connection API Gateway lost without `$disconnect` is pruned the first
+/// time a post answers 410; after that, nobody connected means no
+/// management calls at all. The broken sender keeps it and keeps posting.
+async fn gone_connections_are_pruned(mode: RedisMode) {
+    for broken in [false, true] {
+        let rig = Rig::new(mode).await;
+        let user = insert_user(&rig.w.db, 1).await;
+        let uid = UserId::parse(&user).unwrap();
+        let token = rig.token(1).await;
+        let _ws = rig.connect(&token).await;
+        let ids = rig.gateway.connection_ids().await;
+        assert_eq!(ids.len(), 1);
+        let forget = format!(
+            "{}/_gateway/forget/{}",
+            rig.gateway.management_url(),
+            ids[0]
+        );
+        http_post(&forget).await;
+        let mut sender = rig
+            .sender(
+                5,
+                Faults {
+                    keep_gone: broken,
+                    ..Faults::default()
+                },
+            )
+            .await;
+        let mut calls = Vec::new();
+        for _ in 0..2 {
+            let before = rig.gateway.management_calls();
+            rig.invalidate(profile_updated(&user)).await;
+            drain(&rig, &mut sender, 1).await;
+            calls.push(rig.gateway.management_calls() - before);
+        }
+        let registered = realtime::connections(&rig.app.connections, &uid)
+            .await
+            .unwrap();
+        if broken {
+            assert_eq!(
+                registered.len(),
+                1,
+                "the broken sender kept the gone connection"
+            );
+            assert_eq!(calls, [1, 1], "and posts to it again");
+        } else {
+            assert!(registered.is_empty(), "pruned after the first 410");
+            assert_eq!(calls, [1, 0], "then nobody connected: no management calls");
+        }
+    }
+}
+both_modes!(gone_connections_are_pruned);
+
+async fn http_post(url: &str) {
+    let client = hyper_client();
+    let req = http::Request::post(url)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let r = client.request(req).await.unwrap();
+    assert!(r.status().is_success(), "{url}: {}", r.status());
+}
+
+fn hyper_client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+> {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+/// Fetches and delivers until `entries` entries were handled.
+async fn drain(rig: &Rig, sender: &mut Sender, entries: u64) -> delivery::Report {
+    let mut total = delivery::Report::default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    delivery::ensure_group(&rig.app.deliveries).await.unwrap();
+    while total.entries + total.failed < entries && Instant::now() < deadline {
+        let (batch, _) = delivery::fetch(&rig.app.deliveries, sender).await.unwrap();
+        let r = delivery::deliver(&rig.app.deliveries, sender, &batch).await;
+        total.entries += r.entries;
+        total.sent += r.sent;
+        total.gone += r.gone;
+        total.failed += r.failed;
+        total.too_large += r.too_large;
+    }
+    total
+}
+
+/// Throttled posts (429 `LimitExceededException`) are retried with backoff
+/// and jitter until they go through; without retries the message does not
+/// arrive (its entry stays pending).
+async fn throttled_posts_are_retried(mode: RedisMode) {
+    for attempts in [5, 1] {
+        let rig = Rig::new(mode).await;
+        let user = insert_user(&rig.w.db, 1).await;
+        let token = rig.token(1).await;
+        let mut ws = rig.connect(&token).await;
+        let id = rig.gateway.connection_ids().await.remove(0);
+        let url = format!(
+            "{}/_gateway/throttle/{id}?count=3",
+            rig.gateway.management_url()
+        );
+        http_post(&url).await;
+        let mut sender = rig.sender(attempts, Faults::default()).await;
+        rig.invalidate(profile_updated(&user)).await;
+        let report = drain(&rig, &mut sender, 1).await;
+        let frame = next_frame(&mut ws, Duration::from_millis(500)).await;
+        if attempts > 1 {
+            assert_eq!(report.sent, 1, "{report:?}");
+            assert_eq!(frame.unwrap()["type"], "profile_updated");
+            assert_eq!(rig.gateway.management_calls(), 4, "3 throttled + 1");
+        } else {
+            assert_eq!((report.sent, report.failed), (0, 1), "{report:?}");
+            assert!(frame.is_none(), "no retries: the message did not arrive");
+        }
+    }
+}
+both_modes!(throttled_posts_are_retried);
+
+/// A frame over 32 KB is replaced by a `message_too_large` notice; sent as
+/// is, API Gateway refuses it (413) and nothing arrives.
+async fn oversize_messages_become_a_notice(mode: RedisMode) {
+    for broken in [false, true] {
+        let rig = Rig::new(mode).await;
+        insert_user(&rig.w.db, 1).await;
+        let token = rig.token(1).await;
+        let mut ws = rig.connect(&token).await;
+        let mut sender = rig
+            .sender(
+                5,
+                Faults {
+                    no_size_check: broken,
+                    ..Faults::default()
+                },
+            )
+            .await;
+        let big = "x".repeat(40_000);
+        rig.invalidate(
+            json!({"detail-type": "SystemAnnouncement", "source": "paycache.test",
+            "detail": {"message": big}}),
+        )
+        .await;
+        let report = drain(&rig, &mut sender, 1).await;
+        let frame = next_frame(&mut ws, Duration::from_millis(500)).await;
+        if broken {
+            assert!(
+                frame.is_none(),
+                "a 40 KB frame cannot be delivered: {report:?}"
+            );
+            assert_eq!(report.failed, 1);
+        } else {
+            let f = frame.unwrap();
+            assert_eq!(f["type"], "message_too_large", "{f}");
+            assert_eq!(f["original_type"], "announcement");
+            assert_eq!(f["channel"], "system:announcements");
+            assert!(f["bytes"].as_u64().unwrap() > 32 * 1024);
+            assert!(f["id"].as_str().is_some());
+            assert_eq!(report.too_large, 1);
+        }
+    }
+}
+both_modes!(oversize_messages_become_a_notice);
+
+/// A sender killed between fetching entries and sending them: another
+/// sender takes them over after `WS_REDELIVER_AFTER_MS` and the message
+/// arrives. The broken variant acknowledges on fetch, and it is lost.
+async fn a_sender_killed_after_fetching_loses_nothing(mode: RedisMode) {
+    for broken in [false, true] {
+        let rig = Rig::new(mode).await;
+        let user = insert_user(&rig.w.db, 1).await;
+        let token = rig.token(1).await;
+        let mut ws = rig.connect(&token).await;
+        let faults = Faults {
+            ack_on_fetch: broken,
+            ..Faults::default()
+        };
+        delivery::ensure_group(&rig.app.deliveries).await.unwrap();
+        rig.invalidate(profile_updated(&user)).await;
+        {
+            // The first sender fetches… and dies (dropped before sending).
+            let mut doomed = rig.sender(5, faults).await;
+            let mut fetched = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while fetched.is_empty() && Instant::now() < deadline {
+                fetched = delivery::fetch(&rig.app.deliveries, &mut doomed)
+                    .await
+                    .unwrap()
+                    .0;
+            }
+            assert_eq!(fetched.len(), 1, "the doomed sender fetched the entry");
+        }
+        let survivor = rig.spawn_sender(rig.sender(5, Faults::default()).await);
+        let frame = frame_where(&mut ws, Duration::from_secs(3), |f| {
+            f["type"] == "profile_updated"
+        })
+        .await;
+        survivor.abort();
+        if broken {
+            assert!(
+                frame.is_none(),
+                "acknowledged on fetch: the message is lost"
+            );
+        } else {
+            assert!(frame.is_some(), "taken over and delivered");
+        }
+    }
+}
+both_modes!(a_sender_killed_after_fetching_loses_nothing);
+
+/// Nobody connected: a balance write, a notification and a transaction
+/// status are handled (acknowledged) without one management API call.
+async fn nobody_connected_costs_no_management_calls(mode: RedisMode) {
+    let rig = Rig::new(mode).await;
+    let wallet_id = random_uuid();
+    insert_wallet(&rig.w.db, 1, &wallet_id, "USD", 10_000).await;
+    let user = seed_user_id(1);
+    // A connection that expired without $disconnect is not "connected".
+    let stale = ConnectionId::parse("staleconn1=").unwrap();
+    realtime::connect(
+        &rig.app.connections,
+        &UserId::parse(&user).unwrap(),
+        &stale,
+        None,
+    )
+    .await
+    .unwrap();
+    let mut raw = rig.w.redis.raw().await;
+    let _: i64 = redis::cmd("DEL")
+        .arg(rig.app.keys.ws_meta(&stale).to_string())
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let mut sender = rig.sender(5, Faults::default()).await;
+    write_until_applied(&rig.app, &WalletId::parse(&wallet_id).unwrap(), 5).await;
+    rig.invalidate(profile_updated(&user)).await;
+    let report = drain(&rig, &mut sender, 2).await;
+    assert_eq!(report.entries, 2, "{report:?}");
+    assert_eq!(rig.gateway.management_calls(), 0);
+}
+both_modes!(nobody_connected_costs_no_management_calls);
