@@ -59,6 +59,7 @@ DATABASE_URL="postgres://$ROLE:$DB_PASSWORD@127.0.0.1:$PG_PORT/$DB" \
 export DATABASE_URL="postgres://127.0.0.1:$PG_PORT/$DB"
 
 WATCH_PORT=$(free_port)
+GW_PORT=$(free_port)
 ENV_FILE="$STACK/e2e.env"
 cat >"$ENV_FILE" <<ENV
 REDIS_URL=redis://127.0.0.1:$E2E_REDIS_PORT
@@ -69,11 +70,13 @@ CACHE_KEY_PREFIX=e2e-$$
 RUST_LOG=info
 WARM_USERS=50
 AUTH_ISSUER=https://auth.paycache.test
-AUTH_AUDIENCE=paycache-api,paycache-web,ledger,journey-ledger,support-console,limits-gateway,hostile
+AUTH_AUDIENCE=paycache-api,paycache-web,ledger,journey-ledger,support-console,limits-gateway,hostile,realtime-ledger-1,realtime-ledger-2,realtime-ledger-3,realtime-ledger-4
 AUTH_JWKS_FILE=$ROOT/tests/fixtures/jwks.json
 AUTH_DEV_SIGNING_KEY_FILE=$ROOT/tests/fixtures/jwt-test-key.pem
 AUTH_DEV_KEY_ID=test-key-1
 COGNITO_USER_POOL_ID=$COGNITO_POOL_ID
+WS_MANAGEMENT_ENDPOINT=http://127.0.0.1:$GW_PORT
+WS_SENDER_RUN_SECS=20
 AWS_ENDPOINT_URL=${AWS_ENDPOINT_URL:-}
 AWS_REGION=${AWS_REGION:-us-east-1}
 AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-}
@@ -83,13 +86,22 @@ ENV
 cargo lambda watch --quiet --ignore-changes -A 127.0.0.1 -P "$WATCH_PORT" --env-file "$ENV_FILE" \
   >"$STACK/watch.log" 2>&1 &
 E2E_PID=$!
-trap 'kill $E2E_PID 2>/dev/null || true; wait $E2E_PID 2>/dev/null || true; stop_redis "$STACK/e2e-redis"' EXIT
+GW_PID=""
+trap 'kill $GW_PID $E2E_PID 2>/dev/null || true; wait $GW_PID $E2E_PID 2>/dev/null || true; stop_redis "$STACK/e2e-redis"' EXIT
 for _ in $(seq 1 600); do
   port_in_use "$WATCH_PORT" && break
   kill -0 "$E2E_PID" 2>/dev/null || { cat "$STACK/watch.log" >&2; die "cargo lambda watch exited"; }
   sleep 0.5
 done
 port_in_use "$WATCH_PORT" || die "cargo lambda watch did not listen on $WATCH_PORT"
+# The local WebSocket gateway, as `make run` starts it (it keeps ws-sender
+# running for the whole e2e run).
+cargo build --quiet -p paycache-ws-gateway
+cargo run --quiet -p paycache-ws-gateway -- --port "$GW_PORT" --lambda "http://127.0.0.1:$WATCH_PORT" \
+  --keep-running ws-sender >"$STACK/gateway.log" 2>&1 &
+GW_PID=$!
+for _ in $(seq 1 120); do port_in_use "$GW_PORT" && break; sleep 0.5; done
+port_in_use "$GW_PORT" || { cat "$STACK/gateway.log" >&2; die "the WebSocket gateway did not listen on $GW_PORT"; }
 # The router cases' tokens: services (client credentials), minted with the
 # development key the functions verify against (AUTH_JWKS_FILE).
 mint() { (set -a; source "$ENV_FILE"; set +a; cargo run --quiet -p paycache-dev -- service-token "$@"); }
@@ -106,6 +118,11 @@ fi
 log "sign-in to sign-out through the router"
 if ! (set -a; source "$ENV_FILE"; set +a; python3 "$ROOT/tests/e2e/journey.py" "$WATCH_PORT") | tee "$STACK/e2e-journey.log"; then
   tail -50 "$STACK/watch.log" >&2; exit 1
+fi
+
+log "real-time delivery through the local WebSocket gateway"
+if ! (set -a; source "$ENV_FILE"; set +a; python3 "$ROOT/tests/e2e/realtime.py" "$WATCH_PORT" "$GW_PORT") | tee "$STACK/e2e-realtime.log"; then
+  tail -50 "$STACK/gateway.log" >&2; tail -50 "$STACK/watch.log" >&2; exit 1
 fi
 
 log "hostile input through the router"
@@ -140,4 +157,5 @@ if [ -z "$st_cases" ] || [ "$st_cases" -lt "$st_min" ]; then
   cat "$STACK/schemathesis.log" >&2
   die "schemathesis generated ${st_cases:-no} cases, expected at least $st_min"
 fi
-echo "$(tail -n 1 "$STACK/e2e-cases.log"); $(tail -n 1 "$STACK/e2e-hostile.log"); schemathesis: $st_cases generated, no failures"
+grep -E "^latency" "$STACK/e2e-realtime.log" || true
+echo "$(tail -n 1 "$STACK/e2e-cases.log"); $(tail -n 1 "$STACK/e2e-realtime.log"); $(tail -n 1 "$STACK/e2e-hostile.log"); schemathesis: $st_cases generated, no failures"

@@ -86,6 +86,15 @@ ensure_schemathesis() {
   fi
 }
 
+ensure_python_websockets() {
+  if ! python3 -c 'import websockets' >/dev/null 2>&1; then
+    ensure_python
+    log "pip install websockets (the WebSocket client of the real-time e2e test)"
+    python3 -m pip install --quiet 'websockets>=13,<16' \
+      || python3 -m pip install --quiet --user --break-system-packages 'websockets>=13,<16'
+  fi
+}
+
 start_moto() { # dir port
   mkdir -p "$1"
   moto_server -H 127.0.0.1 -p "$2" >"$1/moto.log" 2>&1 &

@@ -8,20 +8,28 @@
 # themselves, with a development key made for this stack (HS256, in
 # .stack/run/dev-signing-secret); `paycache-dev login` and `service-token`
 # sign with the same key. It prints a user's and a service's token at start.
+# A local WebSocket gateway (shared/ws-gateway) stands in for API Gateway's
+# WebSocket API on ws://127.0.0.1:${WS_PORT:-9001}/?token=<JWT>: it runs
+# $connect through the `authorizer` and `ws-connections` functions (served
+# by `cargo lambda watch`), serves the @connections management API, and
+# keeps `ws-sender` running (as the deployed schedule does) so that what
+# the functions publish reaches open sockets.
 # Ctrl-C stops what it started.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
 PORT=${PORT:-9000}
+WS_PORT=${WS_PORT:-9001}
 CONCURRENCY=${CONCURRENCY:-8}
 STACK="$ROOT/.stack/run"
 mkdir -p "$STACK"
 
 ensure_cargo_lambda
 STARTED_REDIS=0 STARTED_PG=""
-WATCH_PID=""
+WATCH_PID="" GATEWAY_PID=""
 cleanup() {
   set +e
+  if [ -n "$GATEWAY_PID" ]; then kill "$GATEWAY_PID" 2>/dev/null; wait "$GATEWAY_PID" 2>/dev/null; fi
   if [ -n "$WATCH_PID" ]; then kill "$WATCH_PID" 2>/dev/null; wait "$WATCH_PID" 2>/dev/null; fi
   [ "$STARTED_REDIS" = 1 ] && { log "stopping Redis"; stop_redis "$STACK/redis"; }
   [ -n "$STARTED_PG" ] && { log "stopping PostgreSQL"; stop_postgres "$STARTED_PG"; }
@@ -74,6 +82,15 @@ export AUTH_JWKS
 AUTH_HS256_SECRET="$(cat "$STACK/dev-signing-secret")"
 export AUTH_HS256_SECRET
 
+if port_in_use "$WS_PORT"; then WS_PORT=$(free_port); fi
+# ws-sender posts to the local gateway through the AWS SDK, which signs its
+# requests: throwaway credentials when none are set (the gateway does not
+# check signatures; nothing here reaches AWS).
+export WS_MANAGEMENT_ENDPOINT="http://127.0.0.1:$WS_PORT"
+export WS_SENDER_RUN_SECS="${WS_SENDER_RUN_SECS:-20}"
+export AWS_REGION="${AWS_REGION:-us-east-1}"
+export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-local}" AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-local}"
+
 ENV_FILE="$STACK/functions.env"
 {
   echo "REDIS_URL='$REDIS_URL'"
@@ -82,7 +99,7 @@ ENV_FILE="$STACK/functions.env"
   # single-quoted: RATE_LIMIT_POLICIES is JSON).
   while IFS='=' read -r name value; do
     printf "%s='%s'\n" "$name" "$value"
-  done < <(env | grep -E '^(REDIS_|CACHE_|DATABASE_|BALANCE_|AUDIT_|RATE_LIMIT_|AUTH_|RUST_LOG=)' | grep -vE '^(REDIS_URL|DATABASE_URL)=' || true)
+  done < <(env | grep -E '^(REDIS_|CACHE_|DATABASE_|BALANCE_|AUDIT_|RATE_LIMIT_|AUTH_|WS_|AWS_REGION=|AWS_ACCESS_KEY_ID=|AWS_SECRET_ACCESS_KEY=|RUST_LOG=)' | grep -vE '^(REDIS_URL|DATABASE_URL)=' || true)
 } >"$ENV_FILE"
 chmod 600 "$ENV_FILE"
 
@@ -102,6 +119,8 @@ cat >&2 <<BANNER
     PUT  $B/wallets/{wallet_id}/balance           (services with wallets.balance.write)
     POST $B/rate-limit/check                      (services with ratelimit.check)
     POST $B/sessions/logout
+    WebSocket: ws://127.0.0.1:$WS_PORT/?token=<access token>    ({"action": "ping"}; balance, transaction,
+               notification and announcement messages arrive on it)
 
     Signed in as seed user 2 (owner of wallets 00000000-0000-4000-9000-000000000008 and ...0009):
     export TOKEN=$USER_TOKEN
@@ -110,6 +129,12 @@ cat >&2 <<BANNER
     The ledger service (client credentials, wallets.balance.write):
     export LEDGER=$LEDGER_TOKEN
 
+    Watch real-time messages (python3 -m pip install websockets), then write a balance:
+    python3 -m websockets "ws://127.0.0.1:$WS_PORT/?token=\$TOKEN"
+    curl -X PUT -H "Authorization: Bearer \$LEDGER" -H 'Content-Type: application/json' \\
+      -d '{"balance": "12.34", "currency": "USD", "expected_version": 1}' \\
+      $B/wallets/00000000-0000-4000-9000-000000000008/balance
+
     More tokens (in another shell, from the repository):
     set -a; . $ENV_FILE; set +a
     cargo run -q -p paycache-dev -- login --user <n> [--permission profiles.read.any]
@@ -117,4 +142,12 @@ cat >&2 <<BANNER
 BANNER
 cargo lambda watch --quiet -A 127.0.0.1 -P "$PORT" --concurrency "$CONCURRENCY" --env-file "$ENV_FILE" &
 WATCH_PID=$!
+for _ in $(seq 1 600); do
+  port_in_use "$PORT" && break
+  kill -0 "$WATCH_PID" 2>/dev/null || die "cargo lambda watch exited"
+  sleep 0.5
+done
+cargo run --quiet -p paycache-ws-gateway -- --port "$WS_PORT" --lambda "$B" --keep-running ws-sender &
+GATEWAY_PID=$!
+log "WebSocket gateway on ws://127.0.0.1:$WS_PORT/?token=<access token>"
 wait "$WATCH_PID"

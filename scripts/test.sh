@@ -10,6 +10,7 @@ ensure_postgres
 ensure_cargo_lambda
 ensure_moto_server
 ensure_schemathesis
+ensure_python_websockets
 
 STACK="$ROOT/.stack/test"
 cleanup() {

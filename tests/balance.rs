@@ -907,6 +907,11 @@ async fn round_trips_per_operation() {
         ("evalsha".to_owned(), fence),
         ("evalsha".to_owned(), apply),
         ("evalsha".to_owned(), append),
+        // The delivery queue entry for ws-sender (after the apply).
+        (
+            "xadd".to_owned(),
+            format!("{}:ws_deliveries", w.app.keys.prefix()),
+        ),
     ];
     let limiter: Vec<_> = seen
         .iter()
@@ -918,7 +923,7 @@ async fn round_trips_per_operation() {
     expected.sort();
     assert_eq!(
         seen, expected,
-        "a balance write: gate (blacklist + rate limit, together), fence, cache update (1), audit append (1)"
+        "a balance write: gate (blacklist + rate limit, together), fence, cache update (1), audit append (1), delivery queue (1)"
     );
 
     monitor.clear();
@@ -936,6 +941,7 @@ async fn fence_protocol(mode: RedisMode) {
     let key = w.app.keys.wallet_balance(&wallet);
     let lock = key.lock_key();
     let published = w.app.keys.wallet_balance_published(&wallet);
+    let log = w.app.keys.wallet_balance_log(&wallet);
     let fence = redis::Script::new(include_str!(
         "../shared/paycache/src/domain/balance/fence.lua"
     ));
@@ -961,6 +967,7 @@ async fn fence_protocol(mode: RedisMode) {
         let mut inv = apply.key(key.as_str());
         inv.key(&lock)
             .key(&published)
+            .key(&log)
             .arg(60_000)
             .arg("balance:test")
             .arg(leaving)
@@ -997,7 +1004,8 @@ async fn fence_protocol(mode: RedisMode) {
             .unwrap();
         assert_eq!(f, "w:6:3", "a lower intent never lowers the fence");
         // A writer leaves without committing (current version 1): the fence stays.
-        let (cached, _): (u64, u64) = leave(1, "1").invoke_async(&mut c).await.unwrap();
+        let (cached, _, _, _): (u64, u64, u64, u64) =
+            leave(1, "1").invoke_async(&mut c).await.unwrap();
         assert_eq!(cached, 0, "nothing may be cached while writers are inside");
         redis::cmd("GET")
             .arg(&lock)
@@ -1017,10 +1025,10 @@ async fn fence_protocol(mode: RedisMode) {
         .unwrap();
     assert_eq!(r, -1);
     // A sweep with version 2 does not reach intent 6: nothing changes.
-    let (cached, _): (u64, u64) = leave(2, "0").invoke_async(&mut c).await.unwrap();
+    let (cached, _, _, _): (u64, u64, u64, u64) = leave(2, "0").invoke_async(&mut c).await.unwrap();
     assert_eq!(cached, 0);
     // The writer that committed version 2 leaves: one writer still inside.
-    let (cached, _): (u64, u64) = leave(2, "1").invoke_async(&mut c).await.unwrap();
+    let (cached, _, _, _): (u64, u64, u64, u64) = leave(2, "1").invoke_async(&mut c).await.unwrap();
     assert_eq!(cached, 0);
     let lease: Option<String> = redis::cmd("GET")
         .arg(&lock)
@@ -1030,7 +1038,7 @@ async fn fence_protocol(mode: RedisMode) {
     assert_eq!(lease.as_deref(), Some("w:6:1"));
     // The last one leaves (it failed its compare-and-set at version 2): the
     // fence is lifted and the current row cached.
-    let (cached, _): (u64, u64) = leave(2, "1").invoke_async(&mut c).await.unwrap();
+    let (cached, _, _, _): (u64, u64, u64, u64) = leave(2, "1").invoke_async(&mut c).await.unwrap();
     assert_eq!(cached, 2);
     let lease: Option<String> = redis::cmd("GET")
         .arg(&lock)
@@ -1039,7 +1047,7 @@ async fn fence_protocol(mode: RedisMode) {
         .unwrap();
     assert_eq!(lease, None);
     // Never backwards: applying version 1 now changes nothing.
-    let (cached, _): (u64, u64) = leave(1, "0").invoke_async(&mut c).await.unwrap();
+    let (cached, _, _, _): (u64, u64, u64, u64) = leave(1, "0").invoke_async(&mut c).await.unwrap();
     assert_eq!(cached, 2);
     // A version that reaches the intent lifts a fence whatever its count.
     let _: String = fence
@@ -1058,7 +1066,7 @@ async fn fence_protocol(mode: RedisMode) {
         .invoke_async(&mut c)
         .await
         .unwrap();
-    let (cached, _): (u64, u64) = leave(3, "0").invoke_async(&mut c).await.unwrap();
+    let (cached, _, _, _): (u64, u64, u64, u64) = leave(3, "0").invoke_async(&mut c).await.unwrap();
     assert_eq!(cached, 3);
     let lease: Option<String> = redis::cmd("GET")
         .arg(&lock)

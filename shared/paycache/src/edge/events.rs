@@ -415,13 +415,14 @@ pub fn sender_state(
 }
 
 /// `ws-sender`: reads the delivery stream and posts to connections until
-/// 5 s before the invocation's deadline (or for `WS_SENDER_RUN_SECS`).
+/// 5 s before the invocation's deadline (or for `WS_SENDER_RUN_SECS`, or
+/// the event's `detail.run_secs`, whichever ends first).
 /// Scheduled every minute with a longer timeout, so that one invocation
 /// always reads (README → Real-time delivery).
 pub async fn handle_sender(
     app: &App,
     state: &tokio::sync::Mutex<Option<crate::domain::delivery::Sender>>,
-    _event: Value,
+    event: Value,
     context: Context,
 ) -> Answer {
     use crate::domain::delivery;
@@ -432,6 +433,16 @@ pub async fn handle_sender(
         .unwrap_or(started);
     if !config.run_for.is_zero() {
         until = until.min(started + config.run_for);
+    }
+    // `detail.run_secs` (0–900) shortens one run: for `sam local invoke`,
+    // `cargo lambda invoke` and operators.
+    if let Some(secs) = event
+        .get("detail")
+        .and_then(|d| d.get("run_secs"))
+        .and_then(Value::as_u64)
+        .filter(|s| *s <= 900)
+    {
+        until = until.min(started + Duration::from_secs(secs));
     }
     let mut guard = state.lock().await;
     if guard.is_none() {

@@ -1,0 +1,267 @@
+#!/usr/bin/env python3
+"""Real-time delivery end to end, as under `make run`: the functions under
+`cargo lambda watch`, the local WebSocket gateway (paycache-ws-gateway) in
+front of `authorizer` and `ws-connections`, `ws-sender` kept running by the
+gateway, and real WebSocket clients (the `websockets` package).
+
+Usage: realtime.py <watch port> <gateway port>. The environment is the
+functions' (e2e.sh sources e2e.env). Prints one line per step, the measured
+latency from each write's 200 to the frame's arrival (p50/p99), and closes
+with 'realtime: N passed, M failed'; exits non-zero on any failure."""
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import websockets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PORT, GW = sys.argv[1], sys.argv[2]
+WS = f"ws://127.0.0.1:{GW}/"
+GATEWAY = f"http://127.0.0.1:{GW}"
+
+# Seed user 5 owns wallets ...014 (USD), ...015 (EUR), ...016 (GBP); its
+# USD wallet paid transaction ...00f to wallet ...058 (user 22).
+USER_N = 5
+ME = "00000000-0000-4000-8000-000000000005"
+WALLETS = {"00000000-0000-4000-9000-000000000014": "USD",
+           "00000000-0000-4000-9000-000000000015": "EUR"}
+TXN = "00000000-0000-4000-a000-00000000000f"
+TXN_SENDER, TXN_RECEIVER = "00000000-0000-4000-9000-000000000014", "00000000-0000-4000-9000-000000000058"
+WRITES_PER_WALLET = 100
+WAIT = 20.0
+
+passed = failed = 0
+
+
+def step(name, ok, detail=""):
+    global passed, failed
+    if ok:
+        passed += 1
+        print(f"ok   {name}", flush=True)
+    else:
+        failed += 1
+        print(f"FAIL {name}: {detail}", flush=True)
+
+
+def dev(*args):
+    out = subprocess.run(["cargo", "run", "--quiet", "-p", "paycache-dev", "--", *args],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    if out.returncode != 0:
+        raise SystemExit(f"paycache-dev {args[0]} failed: {out.stderr.strip()[-400:]}")
+    return out.stdout.strip()
+
+
+def http(method, url, token=None, body=None):
+    headers = {"content-type": "application/json"} if body is not None else {}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, method=method, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=300) as r:
+            raw = r.read()
+            return r.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        return e.code, json.loads(raw) if raw else None
+
+
+def invoke(function, event):
+    status, answer = http("POST", f"http://127.0.0.1:{PORT}/2015-03-31/functions/{function}/invocations",
+                          body=event)
+    if status != 200:
+        raise AssertionError(f"{function}: HTTP {status} {answer}")
+    return answer
+
+
+def event(detail_type, detail):
+    return {"version": "0", "id": "e2e", "detail-type": detail_type, "source": "paycache.e2e",
+            "account": "000000000000", "time": "2026-11-26T00:00:00Z", "region": "us-east-1",
+            "resources": [], "detail": detail}
+
+
+def stats():
+    return http("GET", f"{GATEWAY}/_gateway/stats")[1]
+
+
+class Client:
+    """A WebSocket connection that records every frame and when it came."""
+
+    def __init__(self, ws, cid):
+        self.ws, self.id, self.frames = ws, cid, []
+        self.task = asyncio.create_task(self.read())
+
+    async def read(self):
+        try:
+            async for raw in self.ws:
+                self.frames.append((time.time(), json.loads(raw)))
+        except websockets.ConnectionClosed:
+            pass
+
+    async def wait_for(self, pred, timeout=WAIT):
+        end = time.time() + timeout
+        while time.time() < end:
+            for _, f in self.frames:
+                if pred(f):
+                    return f
+            await asyncio.sleep(0.02)
+        return None
+
+    async def close(self):
+        await self.ws.close()
+        await self.task
+
+
+async def connect(token):
+    before = set(stats()["connections"])
+    ws = await websockets.connect(f"{WS}?token={token}", max_size=2 ** 20)
+    new = set(stats()["connections"]) - before
+    return Client(ws, new.pop() if len(new) == 1 else None)
+
+
+def writer(wallet, currency, tokens, start, t200, errors):
+    version = start
+    for k in range(WRITES_PER_WALLET):
+        token = tokens[k % len(tokens)]
+        body = {"balance": f"{100 + k}.{k % 100:02d}", "currency": currency, "expected_version": version}
+        status, answer = http("PUT", f"http://127.0.0.1:{PORT}/wallets/{wallet}/balance", token, body)
+        if status != 200:
+            errors.append(f"{wallet} write {k}: HTTP {status} {answer}")
+            return
+        version = answer["version"]
+        t200[(wallet, version)] = time.time()
+
+
+def pct(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, round(p / 100 * len(values)) - 1))]
+
+
+async def main():
+    token = dev("login", "--user", str(USER_N))
+    ledgers = [dev("service-token", "--client", f"realtime-ledger-{i}", "--scope", "wallets.balance.write")
+               for i in range(1, 5)]
+
+    # No token, or a bad one: $connect is refused before any socket opens.
+    for name, url in [("no token", WS), ("bad token", f"{WS}?token=not.a.jwt")]:
+        try:
+            ws = await websockets.connect(url)
+            await ws.close()
+            step(f"connect with {name} is refused", False, "accepted")
+        except websockets.InvalidStatus as e:
+            step(f"connect with {name} is refused", e.response.status_code in (401, 403),
+                 e.response.status_code)
+
+    a, b = await connect(token), await connect(token)
+    step("signed in, two connections open", a.id and b.id and a.id != b.id, (a.id, b.id))
+    await a.ws.send(json.dumps({"action": "ping"}))
+
+    starts = {}
+    for wallet in WALLETS:
+        status, body = http("GET", f"http://127.0.0.1:{PORT}/wallets/{wallet}/balance", token)
+        starts[wallet] = body["version"] if status == 200 else None
+    step("own wallets read", all(v is not None for v in starts.values()), starts)
+
+    # 200 writes: the two wallets written at the same time, each by two
+    # ledger clients in turn (each stays under its rate limit).
+    t200, errors = {}, []
+    threads = [threading.Thread(target=writer, args=(w, c, ledgers[2 * i:2 * i + 2], starts[w], t200, errors))
+               for i, (w, c) in enumerate(WALLETS.items())]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        await asyncio.sleep(0.05)
+    step("200 balance writes answered 200", not errors and len(t200) == 2 * WRITES_PER_WALLET,
+         errors[:3] or len(t200))
+
+    latencies = []
+    for name, client in [("first", a), ("second", b)]:
+        end = time.time() + WAIT
+        while time.time() < end:
+            got = {(f["wallet_id"], f["version"]) for _, f in client.frames if f.get("type") == "balance_update"}
+            if all(k in got for k in t200):
+                break
+            await asyncio.sleep(0.05)
+        for wallet in WALLETS:
+            seen, order = set(), []
+            for at, f in client.frames:
+                if f.get("type") == "balance_update" and f.get("wallet_id") == wallet and f["id"] not in seen:
+                    seen.add(f["id"])
+                    order.append(f["version"])
+                    if (wallet, f["version"]) in t200:
+                        latencies.append((at - t200[(wallet, f["version"])]) * 1000)
+            want = list(range(starts[wallet] + 1, starts[wallet] + WRITES_PER_WALLET + 1))
+            step(f"{name} connection: every version of {wallet[-3:]} in order", order == want,
+                 f"got {len(order)}: {order[:5]}…{order[-5:]}")
+        frame = next((f for _, f in client.frames if f.get("type") == "balance_update"), {})
+        step(f"{name} connection: frames carry id and channel",
+             frame.get("id", "").startswith("balance:") and frame.get("channel", "").startswith("balance:"), frame)
+    if latencies:
+        p50, p99 = pct(latencies, 50), pct(latencies, 99)
+        print(f"latency write 200 → frame: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(latencies):.1f} ms "
+              f"over {len(latencies)} deliveries ({len(t200)} writes × 2 connections)", flush=True)
+        step("p99 under 250 ms", p99 < 250, f"p99 {p99:.1f} ms")
+
+    # A transaction completes: its status reaches both connections.
+    invoke("cache-invalidator", event("TransactionCompleted", {
+        "transaction_id": TXN, "sender_wallet_id": TXN_SENDER, "receiver_wallet_id": TXN_RECEIVER}))
+    for name, client in [("first", a), ("second", b)]:
+        f = await client.wait_for(lambda f: f.get("channel") == f"transactions:{TXN}")
+        step(f"transaction status reaches the {name} connection",
+             f is not None and f["type"] == "status_update" and f["status"] and f["id"], f)
+
+    # An announcement reaches every connection, another user's too.
+    other = await connect(dev("login", "--user", "7"))
+    invoke("cache-invalidator", event("SystemAnnouncement", {"message": "maintenance at 03:00 UTC"}))
+    got = [await c.wait_for(lambda f: f.get("type") == "announcement") for c in (a, b, other)]
+    step("an announcement reaches every connection",
+         all(g and g["message"] == "maintenance at 03:00 UTC" for g in got) and len({g["id"] for g in got if g}) == 1,
+         got)
+    invoke("cache-invalidator", event("SystemAnnouncement", {"message": "x" * 40000}))
+    got = [await c.wait_for(lambda f: f.get("type") == "message_too_large") for c in (a, b, other)]
+    step("a 40 KB announcement arrives as message_too_large",
+         all(g and g["original_type"] == "announcement" and g["bytes"] > 32768 for g in got), got)
+    await other.close()
+
+    # A connection API Gateway lost without $disconnect: the first post
+    # finds it gone (410) and prunes it; the next notification costs no
+    # call for it.
+    lost = await connect(token)
+    http("POST", f"{GATEWAY}/_gateway/forget/{lost.id}")
+    calls = []
+    for i in range(2):
+        before = stats()["management_calls"]
+        invoke("cache-invalidator", event("UserProfileUpdated", {"user_id": ME}))
+        for c in (a, b):
+            await c.wait_for(lambda f, n=i: f.get("type") == "profile_updated"
+                             and sum(1 for _, g in c.frames if g.get("type") == "profile_updated") > n)
+        await asyncio.sleep(0.2)
+        calls.append(stats()["management_calls"] - before)
+    step("a gone connection is pruned after the first send finds it gone", calls == [3, 2], calls)
+
+    # Closing runs $disconnect; with nobody connected, nothing is posted.
+    await a.close()
+    await b.close()
+    await asyncio.sleep(0.5)
+    before = stats()["management_calls"]
+    invoke("cache-invalidator", event("UserProfileUpdated", {"user_id": ME}))
+    sentinel = await connect(dev("login", "--user", "7"))
+    invoke("cache-invalidator", event("SystemAnnouncement", {"message": "sentinel"}))
+    ok = await sentinel.wait_for(lambda f: f.get("message") == "sentinel")
+    step("nobody connected: no management calls (then one for the sentinel)",
+         ok is not None and stats()["management_calls"] - before == 1, stats()["management_calls"] - before)
+    await sentinel.close()
+
+    print(f"realtime: {passed} passed, {failed} failed", flush=True)
+    return failed == 0
+
+
+if __name__ == "__main__":
+    sys.exit(0 if asyncio.run(main()) else 1)
