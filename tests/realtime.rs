@@ -550,3 +550,79 @@ async fn nobody_connected_costs_no_management_calls(mode: RedisMode) {
     assert_eq!(rig.gateway.management_calls(), 0);
 }
 both_modes!(nobody_connected_costs_no_management_calls);
+
+/// The gateway behaves as API Gateway's WebSocket API does for what the
+/// project relies on: `$connect` refused without a valid token (no socket),
+/// `ping` routed to `ws-connections`, other actions answered "Forbidden",
+/// `$disconnect` on close, and the `@connections` API (200 while open, 410
+/// after).
+async fn the_gateway_routes_like_api_gateway(mode: RedisMode) {
+    let rig = Rig::new(mode).await;
+    insert_user(&rig.w.db, 1).await;
+    let uid = UserId::parse(&seed_user_id(1)).unwrap();
+    for (bad, refused) in [("", 401), ("?token=not.a.jwt", 403)] {
+        let url = format!("{}{bad}", rig.gateway.ws_url());
+        match tokio_tungstenite::connect_async(url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status(), refused, "{bad}")
+            }
+            other => panic!("{bad}: {:?}", other.map(|_| "accepted")),
+        }
+    }
+    assert!(rig.gateway.connection_ids().await.is_empty());
+
+    let token = rig.token(1).await;
+    let mut ws = rig.connect(&token).await;
+    let id = rig.gateway.connection_ids().await.remove(0);
+    let conn = ConnectionId::parse(&id).unwrap();
+    let before = realtime::meta(&rig.app.connections, &conn)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(before.user_id, uid, "$connect registered the token's user");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    futures_util::SinkExt::send(&mut ws, Message::Text(r#"{"action":"ping"}"#.into()))
+        .await
+        .unwrap();
+    futures_util::SinkExt::send(&mut ws, Message::Text(r#"{"action":"transfer"}"#.into()))
+        .await
+        .unwrap();
+    let answer = next_frame(&mut ws, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(answer["message"], "Forbidden", "no such route: {answer}");
+    let after = realtime::meta(&rig.app.connections, &conn)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        after.last_ping > before.last_ping,
+        "ping reached ws-connections"
+    );
+
+    let url = format!("{}/@connections/{id}", rig.gateway.management_url());
+    let status = |url: String| async move {
+        let req = http::Request::get(url)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        hyper_client().request(req).await.unwrap().status()
+    };
+    assert_eq!(status(url.clone()).await, 200);
+    futures_util::SinkExt::close(&mut ws).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while realtime::meta(&rig.app.connections, &conn)
+        .await
+        .unwrap()
+        .is_some()
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        realtime::connections(&rig.app.connections, &uid)
+            .await
+            .unwrap()
+            .is_empty(),
+        "$disconnect ran on close"
+    );
+    assert_eq!(status(url).await, 410, "a closed connection is gone");
+}
+both_modes!(the_gateway_routes_like_api_gateway);

@@ -230,6 +230,30 @@ async def main():
          all(g and g["original_type"] == "announcement" and g["bytes"] > 32768 for g in got), got)
     await other.close()
 
+    # ws-sender killed between fetching an entry and sending it: the
+    # gateway holds the post, the process is killed (SIGKILL), the held post
+    # is dropped undelivered; the next run takes the entry over after
+    # WS_REDELIVER_AFTER_MS and the message arrives.
+    user8 = "00000000-0000-4000-8000-000000000008"
+    k = await connect(dev("login", "--user", "8"))
+    http("POST", f"{GATEWAY}/_gateway/hold/{k.id}")
+    invoke("cache-invalidator", event("UserProfileUpdated", {"user_id": user8}))
+    end = time.time() + WAIT
+    while stats()["held"] < 1 and time.time() < end:
+        await asyncio.sleep(0.05)
+    step("the sender fetched the entry and is posting (held)", stats()["held"] >= 1, stats())
+    killed = subprocess.run(["pkill", "-9", "-x", "ws-sender"]).returncode == 0
+    await asyncio.sleep(0.3)
+    http("POST", f"{GATEWAY}/_gateway/release/{k.id}")
+    step("ws-sender killed mid-send", killed and not k.frames, k.frames)
+    # The next scheduled run (here invoked directly; the gateway's own loop
+    # also starts one after its run timeout).
+    threading.Thread(target=invoke, args=("ws-sender", event("Scheduled Event", {"run_secs": 10})),
+                     daemon=True).start()
+    f = await k.wait_for(lambda f: f.get("type") == "profile_updated" and f.get("user_id") == user8)
+    step("the killed sender's message arrives (taken over, at least once)", f is not None, k.frames)
+    await k.close()
+
     # A connection API Gateway lost without $disconnect: the first post
     # finds it gone (410) and prunes it; the next notification costs no
     # call for it.

@@ -4,8 +4,9 @@
 //! - `ws://127.0.0.1:<port>/?token=<JWT>` runs `$connect` as API Gateway
 //!   does: the REQUEST authorizer (`authorizer`), then the `$connect` route
 //!   (`ws-connections`) with the authorizer's context; the socket is
-//!   accepted only if both allow it (401 / 403 / 500 otherwise, like API
-//!   Gateway). Text frames are routed on `$request.body.action`
+//!   accepted only if both allow it (like API Gateway: 401 without a
+//!   token, 403 when the authorizer denies, the route's status when it
+//!   refuses). Text frames are routed on `$request.body.action`
 //!   (`{"action": "ping"}` → the `ping` route; anything else → `$default`,
 //!   answered with API Gateway's "Forbidden" frame when there is no such
 //!   route). Closing the socket runs `$disconnect`.
@@ -17,8 +18,11 @@
 //! - For tests: `POST /_gateway/throttle/{id}?count=n` answers the next
 //!   *n* posts to that connection with 429 `LimitExceededException`;
 //!   `POST /_gateway/forget/{id}` drops a connection without `$disconnect`
-//!   (API Gateway's `$disconnect` is best effort); `GET /_gateway/stats`
-//!   counts management calls.
+//!   (API Gateway's `$disconnect` is best effort); `POST
+//!   /_gateway/hold/{id}` makes posts to that connection wait until `POST
+//!   /_gateway/release/{id}`, which answers them 503 without delivering
+//!   (a sender killed while posting: its post never happened);
+//!   `GET /_gateway/stats` counts management calls and held posts.
 //!
 //! The functions are invoked through an [`Invoke`]: over HTTP, the Lambda
 //! Invoke API that `cargo lambda watch` serves ([`lambda_invoker`]); in
@@ -103,6 +107,8 @@ struct Gateway {
     addr: SocketAddr,
     connections: Mutex<HashMap<String, Conn>>,
     throttled: Mutex<HashMap<String, u32>>,
+    holding: Mutex<std::collections::HashSet<String>>,
+    held: AtomicU64,
     posts: AtomicU64,
 }
 
@@ -155,6 +161,8 @@ pub fn serve(listener: TcpListener, invoke: Invoke) -> std::io::Result<Handle> {
         addr,
         connections: Mutex::new(HashMap::new()),
         throttled: Mutex::new(HashMap::new()),
+        holding: Mutex::new(std::collections::HashSet::new()),
+        held: AtomicU64::new(0),
         posts: AtomicU64::new(0),
     });
     let app = Router::new()
@@ -167,6 +175,8 @@ pub fn serve(listener: TcpListener, invoke: Invoke) -> std::io::Result<Handle> {
         )
         .route("/_gateway/throttle/{id}", post(throttle))
         .route("/_gateway/forget/{id}", post(forget))
+        .route("/_gateway/hold/{id}", post(hold))
+        .route("/_gateway/release/{id}", post(release))
         .route("/_gateway/stats", get(stats))
         .fallback(get(upgrade))
         .with_state(state.clone());
@@ -304,6 +314,11 @@ async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    // The authorizer's identity source is `?token=`: without it API Gateway
+    // answers 401 and invokes nothing.
+    if query.get("token").is_none_or(|t| t.is_empty()) {
+        return error(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+    }
     let id = new_connection_id();
     let connected_at = now_ms();
     // 1. The REQUEST authorizer.
@@ -477,6 +492,18 @@ async fn post_to_connection(
             "Message too long",
         );
     }
+    if gw.holding.lock().await.contains(&id) {
+        gw.held.fetch_add(1, Ordering::SeqCst);
+        while gw.holding.lock().await.contains(&id) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        gw.held.fetch_sub(1, Ordering::SeqCst);
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailableException",
+            "held and dropped",
+        );
+    }
     {
         let mut throttled = gw.throttled.lock().await;
         if let Some(n) = throttled.get_mut(&id)
@@ -547,10 +574,21 @@ async fn forget(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> Statu
     }
 }
 
+async fn hold(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> StatusCode {
+    gw.holding.lock().await.insert(id);
+    StatusCode::NO_CONTENT
+}
+
+async fn release(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> StatusCode {
+    gw.holding.lock().await.remove(&id);
+    StatusCode::NO_CONTENT
+}
+
 async fn stats(State(gw): State<Arc<Gateway>>) -> axum::Json<Value> {
     let ids: Vec<String> = gw.connections.lock().await.keys().cloned().collect();
     axum::Json(json!({
         "management_calls": gw.posts.load(Ordering::SeqCst),
+        "held": gw.held.load(Ordering::SeqCst),
         "connections": ids,
     }))
 }

@@ -6,7 +6,10 @@
 //!
 //! `--keep-running <function>` stands in for the deployed schedule of a
 //! long-running function: it invokes the function (with an EventBridge
-//! `Scheduled Event`) again as soon as each invocation returns.
+//! `Scheduled Event`) again as soon as each invocation returns, or after
+//! `--run-timeout` seconds (default 60) without an answer — `cargo lambda
+//! watch` never answers an invocation whose process died, and starts a new
+//! process for the next one, as Lambda does after a crash.
 
 use std::time::Duration;
 
@@ -14,7 +17,7 @@ use serde_json::json;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: paycache-ws-gateway --port <port> --lambda <cargo lambda watch URL> [--keep-running <function>]"
+        "usage: paycache-ws-gateway --port <port> --lambda <cargo lambda watch URL> [--keep-running <function>] [--run-timeout <secs>]"
     );
     std::process::exit(2)
 }
@@ -30,12 +33,16 @@ async fn main() {
     let mut port: u16 = 9001;
     let mut lambda = String::from("http://127.0.0.1:9000");
     let mut keep_running: Vec<&'static str> = Vec::new();
+    let mut run_timeout = Duration::from_secs(60);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
             ("--port", Some(p)) => port = p.parse().unwrap_or_else(|_| usage()),
             ("--lambda", Some(l)) => lambda = l,
             ("--keep-running", Some(f)) => keep_running.push(Box::leak(f.into_boxed_str())),
+            ("--run-timeout", Some(s)) => {
+                run_timeout = Duration::from_secs(s.parse().unwrap_or_else(|_| usage()))
+            }
             _ => usage(),
         }
     }
@@ -64,9 +71,12 @@ async fn main() {
                     "source": "aws.events", "account": "000000000000", "region": "local",
                     "resources": [], "detail": {}
                 });
-                match invoke(function, event).await {
-                    Ok(answer) => tracing::debug!(function, answer = %answer, "run finished"),
-                    Err(e) => {
+                match tokio::time::timeout(run_timeout, invoke(function, event)).await {
+                    Ok(Ok(answer)) => tracing::debug!(function, answer = %answer, "run finished"),
+                    Err(_) => {
+                        tracing::warn!(function, "no answer within the run timeout; invoking again")
+                    }
+                    Ok(Err(e)) => {
                         tracing::warn!(function, error = %e, "invocation failed; retrying in 1 s");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
