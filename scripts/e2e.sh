@@ -84,7 +84,10 @@ AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-}
 AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-}
 RATE_LIMIT_POLICIES='[{"name":"transfers.create","algorithm":"gcra","limit":5,"window_secs":3600,"burst":5,"fail":"closed"},{"name":"wallets.balance.write","algorithm":"gcra","limit":60,"window_secs":3600,"burst":60,"fail":"closed"}]'
 ENV
-cargo lambda watch --quiet --ignore-changes -A 127.0.0.1 -P "$WATCH_PORT" --env-file "$ENV_FILE" \
+# Up to four instances per function: the real-time test kills one
+# ws-sender process, and cargo lambda watch keeps a dead instance in its
+# pool (the others, or a new one while there is room, take the next run).
+cargo lambda watch --quiet --ignore-changes -A 127.0.0.1 -P "$WATCH_PORT" --concurrency 4 --env-file "$ENV_FILE" \
   >"$STACK/watch.log" 2>&1 &
 E2E_PID=$!
 GW_PID=""
@@ -99,7 +102,7 @@ port_in_use "$WATCH_PORT" || die "cargo lambda watch did not listen on $WATCH_PO
 # running for the whole e2e run).
 cargo build --quiet -p paycache-ws-gateway
 cargo run --quiet -p paycache-ws-gateway -- --port "$GW_PORT" --lambda "http://127.0.0.1:$WATCH_PORT" \
-  --keep-running ws-sender >"$STACK/gateway.log" 2>&1 &
+  --keep-running ws-sender --run-timeout 30 >"$STACK/gateway.log" 2>&1 &
 GW_PID=$!
 for _ in $(seq 1 120); do port_in_use "$GW_PORT" && break; sleep 0.5; done
 port_in_use "$GW_PORT" || { cat "$STACK/gateway.log" >&2; die "the WebSocket gateway did not listen on $GW_PORT"; }

@@ -942,6 +942,7 @@ async fn fence_protocol(mode: RedisMode) {
     let lock = key.lock_key();
     let published = w.app.keys.wallet_balance_published(&wallet);
     let log = w.app.keys.wallet_balance_log(&wallet);
+    let cursor = w.app.keys.wallet_balance_delivered(&wallet);
     let fence = redis::Script::new(include_str!(
         "../shared/paycache/src/domain/balance/fence.lua"
     ));
@@ -968,6 +969,7 @@ async fn fence_protocol(mode: RedisMode) {
         inv.key(&lock)
             .key(&published)
             .key(&log)
+            .key(&cursor)
             .arg(60_000)
             .arg("balance:test")
             .arg(leaving)

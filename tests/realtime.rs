@@ -626,3 +626,87 @@ async fn the_gateway_routes_like_api_gateway(mode: RedisMode) {
     assert_eq!(status(url).await, 410, "a closed connection is gone");
 }
 both_modes!(the_gateway_routes_like_api_gateway);
+
+/// A run ends at its deadline, idle or not (a `ws-sender` invocation must
+/// answer: the next scheduled run starts beside it only after its timeout).
+async fn a_run_ends_on_time(mode: RedisMode) {
+    let rig = Rig::new(mode).await;
+    let mut sender = rig.sender(5, Faults::default()).await;
+    let started = Instant::now();
+    let run = delivery::run(
+        &rig.app.deliveries,
+        &mut sender,
+        Instant::now() + Duration::from_secs(1),
+    );
+    let report = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the run ended");
+    assert_eq!(report, delivery::Report::default());
+    assert!(started.elapsed() >= Duration::from_secs(1));
+}
+both_modes!(a_run_ends_on_time);
+
+/// Two writers' queue entries can reach the stream in the opposite order of
+/// their versions (each sends its own after its cache step). The wallet's
+/// delivered cursor is set where versions are sequenced (`apply.lua`), so
+/// delivery starts at the first version whatever entry comes first. The
+/// broken variant — no cursor, start at the first entry's version — skips
+/// the earlier version.
+async fn queue_entries_out_of_order_skip_nothing(mode: RedisMode) {
+    for broken in [false, true] {
+        let rig = Rig::new(mode).await;
+        let wallet_id = random_uuid();
+        insert_wallet(&rig.w.db, 1, &wallet_id, "USD", 10_000).await;
+        let wallet = WalletId::parse(&wallet_id).unwrap();
+        let token = rig.token(1).await;
+        let mut ws = rig.connect(&token).await;
+        write_until_applied(&rig.app, &wallet, 1).await;
+        write_until_applied(&rig.app, &wallet, 2).await;
+        // Reverse the two queue entries (versions 2 and 3).
+        let stream = rig.app.keys.ws_deliveries();
+        let mut raw = rig.w.redis.raw().await;
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(&stream)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(entries.len(), 2);
+        for (id, _) in &entries {
+            let _: i64 = redis::cmd("XDEL")
+                .arg(&stream)
+                .arg(id)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+        }
+        for (_, fields) in entries.iter().rev() {
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(&stream).arg("*");
+            for (f, v) in fields {
+                cmd.arg(f).arg(v);
+            }
+            let _: String = cmd.query_async(&mut raw).await.unwrap();
+        }
+        if broken {
+            let _: i64 = redis::cmd("DEL")
+                .arg(rig.app.keys.wallet_balance_delivered(&wallet))
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+        }
+        let mut sender = rig.sender(5, Faults::default()).await;
+        drain(&rig, &mut sender, 2).await;
+        let mut versions = Vec::new();
+        while let Some(f) = next_frame(&mut ws, Duration::from_millis(500)).await {
+            versions.push(f["version"].as_u64().unwrap());
+        }
+        if broken {
+            assert_eq!(versions, [3], "without the cursor, version 2 is skipped");
+        } else {
+            assert_eq!(versions, [2, 3], "every version, in order");
+        }
+    }
+}
+both_modes!(queue_entries_out_of_order_skip_nothing);

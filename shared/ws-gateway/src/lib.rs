@@ -109,6 +109,9 @@ struct Gateway {
     throttled: Mutex<HashMap<String, u32>>,
     holding: Mutex<std::collections::HashSet<String>>,
     held: AtomicU64,
+    /// The client ports of the held posts (tests find the sender's process
+    /// by them).
+    held_ports: Mutex<Vec<u16>>,
     posts: AtomicU64,
 }
 
@@ -163,6 +166,7 @@ pub fn serve(listener: TcpListener, invoke: Invoke) -> std::io::Result<Handle> {
         throttled: Mutex::new(HashMap::new()),
         holding: Mutex::new(std::collections::HashSet::new()),
         held: AtomicU64::new(0),
+        held_ports: Mutex::new(Vec::new()),
         posts: AtomicU64::new(0),
     });
     let app = Router::new()
@@ -181,6 +185,7 @@ pub fn serve(listener: TcpListener, invoke: Invoke) -> std::io::Result<Handle> {
         .fallback(get(upgrade))
         .with_state(state.clone());
     let task = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "gateway stopped");
         }
@@ -482,6 +487,7 @@ async fn session(
 async fn post_to_connection(
     State(gw): State<Arc<Gateway>>,
     Path(id): Path<String>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
     body: Bytes,
 ) -> Response {
     gw.posts.fetch_add(1, Ordering::SeqCst);
@@ -494,9 +500,11 @@ async fn post_to_connection(
     }
     if gw.holding.lock().await.contains(&id) {
         gw.held.fetch_add(1, Ordering::SeqCst);
+        gw.held_ports.lock().await.push(peer.port());
         while gw.holding.lock().await.contains(&id) {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        gw.held_ports.lock().await.retain(|p| *p != peer.port());
         gw.held.fetch_sub(1, Ordering::SeqCst);
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -589,6 +597,7 @@ async fn stats(State(gw): State<Arc<Gateway>>) -> axum::Json<Value> {
     axum::Json(json!({
         "management_calls": gw.posts.load(Ordering::SeqCst),
         "held": gw.held.load(Ordering::SeqCst),
+        "held_ports": *gw.held_ports.lock().await,
         "connections": ids,
     }))
 }

@@ -6,10 +6,11 @@
 //!
 //! `--keep-running <function>` stands in for the deployed schedule of a
 //! long-running function: it invokes the function (with an EventBridge
-//! `Scheduled Event`) again as soon as each invocation returns, or after
-//! `--run-timeout` seconds (default 60) without an answer — `cargo lambda
-//! watch` never answers an invocation whose process died, and starts a new
-//! process for the next one, as Lambda does after a crash.
+//! `Scheduled Event`) again as soon as each invocation returns, or beside
+//! it after `--run-timeout` seconds (default 60) without an answer: `cargo
+//! lambda watch` never answers an invocation whose process died (killed,
+//! or restarted by a rebuild) and starts a new process for the next one
+//! while its `--concurrency` allows, as Lambda does after a crash.
 
 use std::time::Duration;
 
@@ -71,15 +72,23 @@ async fn main() {
                     "source": "aws.events", "account": "000000000000", "region": "local",
                     "resources": [], "detail": {}
                 });
-                match tokio::time::timeout(run_timeout, invoke(function, event)).await {
-                    Ok(Ok(answer)) => tracing::debug!(function, answer = %answer, "run finished"),
-                    Err(_) => {
-                        tracing::warn!(function, "no answer within the run timeout; invoking again")
+                let mut run = tokio::spawn(invoke(function, event));
+                match tokio::time::timeout(run_timeout, &mut run).await {
+                    Ok(Ok(Ok(answer))) => {
+                        tracing::debug!(function, answer = %answer, "run finished")
                     }
-                    Ok(Err(e)) => {
+                    // Not cancelled: a slow run (a first build, a busy
+                    // machine) still finishes, and dropping its request
+                    // would leave `cargo lambda watch` waiting on it.
+                    Err(_) => tracing::warn!(
+                        function,
+                        "no answer within the run timeout; starting another run beside it"
+                    ),
+                    Ok(Ok(Err(e))) => {
                         tracing::warn!(function, error = %e, "invocation failed; retrying in 1 s");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
+                    Ok(Err(e)) => tracing::warn!(function, error = %e, "invocation task failed"),
                 }
             }
         });

@@ -496,13 +496,25 @@ pub async fn fetch(
 pub async fn deliver(deliveries: &Deliveries, sender: &Sender, entries: &[Entry]) -> Report {
     let mut report = Report::default();
     let mut done = Vec::new();
+    // Every version a kick in this batch announces was logged before the
+    // batch was fetched, so the first read of a wallet's log covers them
+    // all: its other kicks in the batch need no work.
+    let mut wallets_done: Vec<WalletId> = Vec::new();
     for entry in entries {
         let ok = match &entry.body {
+            Body::Balance { wallet, .. } if wallets_done.contains(wallet) => true,
             Body::Balance {
                 wallet,
                 owner,
                 from,
-            } => deliver_balance(deliveries, sender, wallet, owner, *from, &mut report).await,
+            } => {
+                let ok =
+                    deliver_balance(deliveries, sender, wallet, owner, *from, &mut report).await;
+                if ok {
+                    wallets_done.push(*wallet);
+                }
+                ok
+            }
             Body::Message { to, frame, .. } => {
                 deliver_message(deliveries, sender, to, frame, &mut report).await
             }
@@ -702,6 +714,8 @@ async fn deliver_balance(
 pub async fn run(deliveries: &Deliveries, sender: &mut Sender, until: Instant) -> Report {
     let mut total = Report::default();
     let mut grouped = false;
+    let run_started = Instant::now();
+    tracing::debug!(consumer = %sender.consumer, left_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64, "delivery run starts");
     while Instant::now() < until {
         if !grouped {
             match ensure_group(deliveries).await {
@@ -725,7 +739,13 @@ pub async fn run(deliveries: &Deliveries, sender: &mut Sender, until: Instant) -
         if entries.is_empty() {
             continue;
         }
+        tracing::debug!(
+            entries = entries.len(),
+            elapsed_ms = run_started.elapsed().as_millis() as u64,
+            "delivering"
+        );
         let r = deliver(deliveries, sender, &entries).await;
+        tracing::debug!(report = ?r, "delivered");
         total.entries += r.entries;
         total.reclaimed += reclaimed;
         total.sent += r.sent;

@@ -7,6 +7,9 @@
 -- KEYS[3]  published-version key  paycache:wallet_balance:{<wallet>}:published
 -- KEYS[4]  the wallet's message log (a stream; entry id <version>-1), which
 --          real-time delivery reads in version order
+-- KEYS[5]  the wallet's delivered cursor (real-time delivery): set here
+--          when absent, so that delivery starts at the first version
+--          published, whatever order the writers' queue entries arrive in
 -- ARGV[1]  value TTL in milliseconds
 -- ARGV[2]  channel, balance:<wallet>
 -- ARGV[3]  "1" if the caller is a writer leaving the fence, "0" for a sweep
@@ -53,6 +56,7 @@ end
 if sent > 0 then
   redis.call('SET', KEYS[3], published, 'PX', 86400000)
   redis.call('PEXPIRE', KEYS[4], 86400000)
+  redis.call('SET', KEYS[5], first - 1, 'NX', 'PX', 86400000)
 end
 
 local version = tonumber(ARGV[4])

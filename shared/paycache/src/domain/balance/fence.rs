@@ -69,6 +69,7 @@ pub(super) async fn apply(
     let lock = key.lock_key();
     let published = balances.keys.wallet_balance_published(wallet);
     let log = balances.keys.wallet_balance_log(wallet);
+    let cursor = balances.keys.wallet_balance_delivered(wallet);
     let ttl = balances
         .ttl
         .of(KeyFamily::WalletBalance)
@@ -84,7 +85,7 @@ pub(super) async fn apply(
     };
     let channel = pubsub::balance(wallet);
     let leaving = if leaving { "1" } else { "0" };
-    let (k, l, p, lg, ch, enc) = (&key, &lock, &published, &log, &channel, &encoded);
+    let (k, l, p, lg, cur, ch, enc) = (&key, &lock, &published, &log, &cursor, &channel, &encoded);
     balances
         .redis
         .run(|mut c| async move {
@@ -92,6 +93,7 @@ pub(super) async fn apply(
             inv.key(l)
                 .key(p)
                 .key(lg)
+                .key(cur)
                 .arg(ttl_ms)
                 .arg(ch)
                 .arg(leaving)
