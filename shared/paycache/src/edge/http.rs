@@ -333,6 +333,7 @@ mod tests {
         assert_eq!(n("4518.0"), Some(4518));
         assert_eq!(n("4.518e3"), Some(4518));
         assert_eq!(n("4518.5"), None);
+        assert_eq!(n("3831808347058366.0"), Some(3_831_808_347_058_366));
         assert_eq!(n("-1"), None);
         assert_eq!(n("-0.0"), Some(0));
         assert_eq!(n("1e300"), None);
