@@ -78,6 +78,8 @@ const STREAM_MAXLEN: usize = 100_000;
 const BATCH: usize = 64;
 /// Posts in flight at once for one message (announcements).
 const FAN_OUT: usize = 32;
+/// Lanes (wallets, and the other messages) delivered at once.
+const LANES: usize = 8;
 
 static LOG_AFTER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -381,6 +383,17 @@ pub struct Report {
     pub failed: u64,
 }
 
+impl Report {
+    fn add(&mut self, other: &Report) {
+        self.entries += other.entries;
+        self.reclaimed += other.reclaimed;
+        self.sent += other.sent;
+        self.gone += other.gone;
+        self.too_large += other.too_large;
+        self.failed += other.failed;
+    }
+}
+
 /// A sender: one consumer of the group.
 #[derive(Debug)]
 pub struct Sender {
@@ -492,28 +505,30 @@ pub async fn fetch(
     Ok((entries, 0))
 }
 
-/// Delivers `entries` in order and acknowledges those fully handled.
-pub async fn deliver(deliveries: &Deliveries, sender: &Sender, entries: &[Entry]) -> Report {
+/// Delivers one lane's entries in order; returns what it did and the ids
+/// fully handled.
+async fn deliver_lane(
+    deliveries: &Deliveries,
+    sender: &Sender,
+    lane: &[&Entry],
+) -> (Report, Vec<String>) {
     let mut report = Report::default();
     let mut done = Vec::new();
     // Every version a kick in this batch announces was logged before the
     // batch was fetched, so the first read of a wallet's log covers them
     // all: its other kicks in the batch need no work.
-    let mut wallets_done: Vec<WalletId> = Vec::new();
-    for entry in entries {
+    let mut covered = false;
+    for entry in lane {
         let ok = match &entry.body {
-            Body::Balance { wallet, .. } if wallets_done.contains(wallet) => true,
+            Body::Balance { .. } if covered => true,
             Body::Balance {
                 wallet,
                 owner,
                 from,
             } => {
-                let ok =
+                covered =
                     deliver_balance(deliveries, sender, wallet, owner, *from, &mut report).await;
-                if ok {
-                    wallets_done.push(*wallet);
-                }
-                ok
+                covered
             }
             Body::Message { to, frame, .. } => {
                 deliver_message(deliveries, sender, to, frame, &mut report).await
@@ -527,6 +542,39 @@ pub async fn deliver(deliveries: &Deliveries, sender: &Sender, entries: &[Entry]
             done.push(entry.id.clone());
         } else {
             report.failed += 1;
+        }
+    }
+    (report, done)
+}
+
+/// Delivers `entries` (balances in version order per wallet, the rest in
+/// stream order) and acknowledges those fully handled.
+pub async fn deliver(deliveries: &Deliveries, sender: &Sender, entries: &[Entry]) -> Report {
+    // Lanes: one per wallet (its versions must go out in order) and one for
+    // every other message (in stream order); lanes run concurrently.
+    let mut lanes: Vec<(Option<WalletId>, Vec<&Entry>)> = vec![(None, Vec::new())];
+    for entry in entries {
+        let wallet = match &entry.body {
+            Body::Balance { wallet, .. } => Some(*wallet),
+            _ => None,
+        };
+        match lanes.iter_mut().find(|(w, _)| *w == wallet) {
+            Some((_, lane)) => lane.push(entry),
+            None => lanes.push((wallet, vec![entry])),
+        }
+    }
+    let mut report = Report::default();
+    let mut done = Vec::new();
+    for chunk in lanes.chunks(LANES) {
+        let results = futures_util::future::join_all(
+            chunk
+                .iter()
+                .map(|(_, lane)| deliver_lane(deliveries, sender, lane)),
+        )
+        .await;
+        for (r, d) in results {
+            report.add(&r);
+            done.extend(d);
         }
     }
     if !done.is_empty() && !sender.faults.ack_on_fetch {
