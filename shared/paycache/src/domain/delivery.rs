@@ -11,9 +11,11 @@
 //!    publishes them. Other messages (transaction status, notifications,
 //!    announcements) carry their frame, with its `id`.
 //! 2. **`ws-sender`** reads the stream through a consumer group
-//!    (`XREADGROUP`, blocking briefly), and for each entry finds the
-//!    recipients' live connections and posts the frame to each through the
-//!    API Gateway Management API; then acknowledges the entry (`XACK`).
+//!    (`XREADGROUP`, blocking briefly), a batch at a time in concurrent
+//!    lanes (one per wallet, one for every other message, each in order),
+//!    and for each entry finds the recipients' live connections and posts
+//!    the frame to each through the API Gateway Management API; then
+//!    acknowledges the entry (`XACK`).
 //!
 //! # Guarantees
 //! - **At least once.** An entry is acknowledged only after every post for
