@@ -482,7 +482,13 @@ pub async fn fetch(
             return Ok((claimed.claimed.iter().map(Entry::parse).collect(), n));
         }
     }
-    let block = usize::try_from(deliveries.config.block.as_millis()).unwrap_or(100);
+    // The read blocks on the durable Redis: under half its response budget.
+    let block = deliveries
+        .config
+        .block
+        .min(deliveries.queue.durable.response_timeout() / 2)
+        .max(Duration::from_millis(1));
+    let block = usize::try_from(block.as_millis()).unwrap_or(100);
     let mut options = StreamReadOptions::default()
         .group(GROUP, me)
         .count(BATCH)

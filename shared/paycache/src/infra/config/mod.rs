@@ -275,7 +275,8 @@ pub struct DeliveryConfig {
     /// first one died between fetching and sending).
     pub redeliver_after: Duration,
     /// `WS_SENDER_BLOCK_MS`: how long one read of the delivery stream waits
-    /// for new entries; kept under half `REDIS_RESPONSE_TIMEOUT_MS`.
+    /// for new entries; kept under half the response timeout of the Redis
+    /// that holds the stream (the durable one when configured).
     pub block: Duration,
     /// `WS_SENDER_RUN_SECS`: how long one `ws-sender` invocation reads
     /// (0: until 5 s before its deadline).
