@@ -8,14 +8,10 @@ sources e2e.env): `paycache-dev login` creates the session in the same
 Redis, and `paycache-dev service-token` mints the ledger's token with the
 same development key. Prints one line per step and closes with
 'journey: N passed, M failed'; exits non-zero on any failure."""
-import json
 import os
-import subprocess
 import sys
-import urllib.error
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import Steps, dev, request
 PORT = sys.argv[1]
 
 # Seed user 2 owns the USD wallet ...0008 (shared/paycache/seed/local.sql);
@@ -27,40 +23,11 @@ OTHER_WALLET = "00000000-0000-4000-9000-00000000000c"
 LEDGER = "journey-ledger"
 
 
-def dev(*args):
-    out = subprocess.run(["cargo", "run", "--quiet", "-p", "paycache-dev", "--", *args],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT)
-    if out.returncode != 0:
-        raise SystemExit(f"paycache-dev {args[0]} failed: {out.stderr.strip()[-400:]}")
-    return out.stdout.strip()
-
-
 def http(method, path, token=None, body=None):
-    headers = {"content-type": "application/json"} if body is not None else {}
-    if token:
-        headers["authorization"] = f"Bearer {token}"
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{PORT}{path}", method=method, data=data,
-                                 headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=300) as r:
-            return r.status, {k.lower(): v for k, v in r.headers.items()}, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        return e.code, {k.lower(): v for k, v in e.headers.items()}, json.loads(raw) if raw else None
+    return request(method, f"http://127.0.0.1:{PORT}{path}", token, body)
 
 
-passed = failed = 0
-
-
-def step(name, ok, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"ok   {name}")
-    else:
-        failed += 1
-        print(f"FAIL {name}: {detail}")
+step = Steps()
 
 
 def cognito():
@@ -147,8 +114,7 @@ def main():
     s, h, b = http("GET", f"/users/{ME}/profile")
     step("no token is refused (401, Bearer)", s == 401 and h.get("www-authenticate") == "Bearer",
          f"{s} {h}")
-    print(f"journey: {passed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+    sys.exit(0 if step.summary("journey") else 1)
 
 
 if __name__ == "__main__":

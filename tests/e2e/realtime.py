@@ -11,17 +11,13 @@ with 'realtime: N passed, M failed'; exits non-zero on any failure."""
 import asyncio
 import json
 import os
-import statistics
-import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import websockets
+from common import Steps, dev, request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PORT, GW = sys.argv[1], sys.argv[2]
 WS = f"ws://127.0.0.1:{GW}/"
 GATEWAY = f"http://127.0.0.1:{GW}"
@@ -37,40 +33,12 @@ TXN_SENDER, TXN_RECEIVER = "00000000-0000-4000-9000-000000000014", "00000000-000
 WRITES_PER_WALLET = 100
 WAIT = 20.0
 
-passed = failed = 0
-
-
-def step(name, ok, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"ok   {name}", flush=True)
-    else:
-        failed += 1
-        print(f"FAIL {name}: {detail}", flush=True)
-
-
-def dev(*args):
-    out = subprocess.run(["cargo", "run", "--quiet", "-p", "paycache-dev", "--", *args],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT)
-    if out.returncode != 0:
-        raise SystemExit(f"paycache-dev {args[0]} failed: {out.stderr.strip()[-400:]}")
-    return out.stdout.strip()
+step = Steps()
 
 
 def http(method, url, token=None, body=None):
-    headers = {"content-type": "application/json"} if body is not None else {}
-    if token:
-        headers["authorization"] = f"Bearer {token}"
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, method=method, data=data, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=300) as r:
-            raw = r.read()
-            return r.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        return e.code, json.loads(raw) if raw else None
+    status, _, answer = request(method, url, token, body)
+    return status, answer
 
 
 def invoke(function, event):
@@ -315,8 +283,7 @@ async def main():
          ok is not None and stats()["management_calls"] - before == 1, stats()["management_calls"] - before)
     await sentinel.close()
 
-    print(f"realtime: {passed} passed, {failed} failed", flush=True)
-    return failed == 0
+    return step.summary("realtime")
 
 
 if __name__ == "__main__":
