@@ -389,11 +389,7 @@ async fn drain(rig: &Rig, sender: &mut Sender, entries: u64) -> delivery::Report
     while total.entries + total.failed < entries && Instant::now() < deadline {
         let (batch, _) = delivery::fetch(&rig.app.deliveries, sender).await.unwrap();
         let r = delivery::deliver(&rig.app.deliveries, sender, &batch).await;
-        total.entries += r.entries;
-        total.sent += r.sent;
-        total.gone += r.gone;
-        total.failed += r.failed;
-        total.too_large += r.too_large;
+        total.add(&r);
     }
     total
 }

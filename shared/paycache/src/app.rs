@@ -231,7 +231,6 @@ impl App {
         };
         let deliveries = Deliveries {
             queue: delivery.clone(),
-            redis: redis.clone(),
             connections: connections.clone(),
             config: config.delivery.clone(),
         };

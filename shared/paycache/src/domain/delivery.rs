@@ -233,8 +233,8 @@ impl DeliveryQueue {
 #[derive(Debug, Clone)]
 pub struct Deliveries {
     pub(crate) queue: DeliveryQueue,
-    /// The cache Redis (wallet logs and cursors).
-    pub(crate) redis: Redis,
+    /// The registry; its Redis (the cache one) also holds the wallet logs
+    /// and cursors.
     pub(crate) connections: Connections,
     pub(crate) config: DeliveryConfig,
 }
@@ -386,7 +386,8 @@ pub struct Report {
 }
 
 impl Report {
-    fn add(&mut self, other: &Report) {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &Report) {
         self.entries += other.entries;
         self.reclaimed += other.reclaimed;
         self.sent += other.sent;
@@ -710,7 +711,7 @@ async fn deliver_balance(
     loop {
         let (l, c, start) = (&log, &cursor, from.saturating_sub(1));
         let (read, conns) = tokio::join!(
-            deliveries.redis.run(|mut conn| async move {
+            deliveries.connections.redis.run(|mut conn| async move {
                 let (_, entries): (String, Vec<LogEntry>) = LOG_AFTER
                     .key(l)
                     .key(c)
@@ -748,6 +749,7 @@ async fn deliver_balance(
         if let Some(v) = delivered {
             let c = &cursor;
             let advanced = deliveries
+                .connections
                 .redis
                 .run(|mut conn| async move {
                     let _: i64 = ADVANCE.key(c).arg(v).invoke_async(&mut conn).await?;
@@ -802,12 +804,8 @@ pub async fn run(deliveries: &Deliveries, sender: &mut Sender, until: Instant) -
         );
         let r = deliver(deliveries, sender, &entries).await;
         tracing::debug!(report = ?r, "delivered");
-        total.entries += r.entries;
+        total.add(&r);
         total.reclaimed += reclaimed;
-        total.sent += r.sent;
-        total.gone += r.gone;
-        total.too_large += r.too_large;
-        total.failed += r.failed;
     }
     total
 }

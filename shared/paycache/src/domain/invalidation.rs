@@ -105,15 +105,14 @@ pub async fn user_profile_updated(
         keys.push(key.as_str().to_owned());
     }
     let channel = pubsub::notifications(user);
-    let message = serde_json::to_string(&pubsub::ProfileUpdated {
+    let updated = pubsub::ProfileUpdated {
         kind: "profile_updated",
         user_id: user,
         timestamp: pubsub::unix_seconds(OffsetDateTime::now_utc()),
-    })
-    .map_err(|_| InvalidationError::Redis(RedisUnavailable::Server))?;
-    let (keys, ch, msg) = (&keys, &channel, &message);
-    let value: serde_json::Value = serde_json::from_str(&message)
+    };
+    let message = serde_json::to_string(&updated)
         .map_err(|_| InvalidationError::Redis(RedisUnavailable::Server))?;
+    let (keys, ch, msg) = (&keys, &channel, &message);
     let to = Recipients::Users(vec![*user]);
     let (deleted, queued) = tokio::join!(
         invalidation.redis.run(|mut c| async move {
@@ -123,7 +122,7 @@ pub async fn user_profile_updated(
             }
             inv.arg(ch).arg(msg).invoke_async(&mut c).await
         }),
-        invalidation.delivery.message(&channel, &to, &value)
+        invalidation.delivery.message(&channel, &to, &updated)
     );
     let deleted: i64 = deleted.map_err(InvalidationError::Redis)?;
     queued.map_err(InvalidationError::Redis)?;

@@ -517,15 +517,11 @@ fn delivery_config(env: &Env<'_>) -> Result<DeliveryConfig, ConfigError> {
             ));
         }
     };
-    let response_timeout = env.millis("REDIS_RESPONSE_TIMEOUT_MS", 250, 5, 60_000)?;
-    let block = env
-        .millis("WS_SENDER_BLOCK_MS", 100, 1, 10_000)?
-        .min(response_timeout / 2)
-        .max(Duration::from_millis(1));
     Ok(DeliveryConfig {
         management_endpoint,
         redeliver_after: env.millis("WS_REDELIVER_AFTER_MS", 10_000, 100, 900_000)?,
-        block,
+        // Capped where the read happens, by the stream's own Redis.
+        block: env.millis("WS_SENDER_BLOCK_MS", 100, 1, 10_000)?,
         run_for: Duration::from_secs(env.number("WS_SENDER_RUN_SECS", 0, 0, 900)?),
         send_attempts: env.number("WS_SEND_ATTEMPTS", 5, 1, 10)?,
     })
