@@ -129,7 +129,8 @@ cat >&2 <<BANNER
     The ledger service (client credentials, wallets.balance.write):
     export LEDGER=$LEDGER_TOKEN
 
-    Watch real-time messages (python3 -m pip install websockets), then write a balance:
+    Watch real-time messages (python3 -m pip install websockets), then write a balance
+    (expected_version: the wallet's current version, 1 on a fresh stack; a 409 names it):
     python3 -m websockets "ws://127.0.0.1:$WS_PORT/?token=\$TOKEN"
     curl -X PUT -H "Authorization: Bearer \$LEDGER" -H 'Content-Type: application/json' \\
       -d '{"balance": "12.34", "currency": "USD", "expected_version": 1}' \\
