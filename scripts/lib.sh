@@ -29,6 +29,28 @@ apt_install() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
+# A cold build needs room where cargo writes (about 5 GB for `make test`,
+# Cargo.toml → [profile.dev]). A full disk shows up late and obscurely — the
+# linker dies with "signal 7 [Bus error]" — so say it up front, and again
+# (disk_report) when a step fails.
+cargo_target_dir() { echo "${CARGO_TARGET_DIR:-$ROOT/target}"; }
+free_gb() { # path -> whole GB free on its filesystem
+  local dir=$1
+  while [ ! -d "$dir" ]; do dir=$(dirname "$dir"); done
+  df -Pk "$dir" | awk 'NR == 2 { print int($4 / 1048576) }'
+}
+check_disk() { # GB a cold build needs
+  local dir free
+  dir=$(cargo_target_dir)
+  free=$(free_gb "$dir")
+  if [ "$free" -lt "$1" ]; then
+    log "warning: $free GB free for $dir; a cold build needs about $1 GB (a full disk fails the linker with a Bus error)"
+  fi
+}
+disk_report() {
+  log "free disk: $(free_gb "$(cargo_target_dir)") GB for $(cargo_target_dir), $(free_gb "$ROOT") GB for $ROOT"
+}
+
 pg_bindir() {
   local d
   for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do

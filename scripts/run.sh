@@ -25,6 +25,7 @@ STACK="$ROOT/.stack/run"
 mkdir -p "$STACK"
 
 ensure_cargo_lambda
+check_disk 5
 STARTED_REDIS=0 STARTED_PG=""
 WATCH_PID="" GATEWAY_PID=""
 cleanup() {

@@ -11,10 +11,13 @@ ensure_cargo_lambda
 ensure_moto_server
 ensure_schemathesis
 ensure_python_websockets
+check_disk 8
 
 STACK="$ROOT/.stack/test"
 cleanup() {
+  local rc=$?
   set +e
+  [ "$rc" != 0 ] && disk_report
   [ -n "${E2E_PID:-}" ] && kill "$E2E_PID" 2>/dev/null
   stop_redis "$STACK/redis"
   stop_redis "$STACK/e2e-redis"
