@@ -322,6 +322,7 @@ async fn outbox_reconciliation_records_events_the_buffer_never_got() {
         currency: paycache::money::Currency::parse("USD").unwrap(),
         expected_version: 1,
         idempotency_key: None,
+        actor: None,
     };
     paycache::balance::write_balance(&w.app.balances, &write)
         .await

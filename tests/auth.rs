@@ -210,7 +210,8 @@ async fn allowed_and_every_bad_token_denied(mode: RedisMode) {
             Denied::MissingToken
         );
     }
-    // Another user's session.
+    // Another user's session: sessions are keyed by their user, so a
+    // token naming another user's session finds none.
     let other = login(&w).await;
     c["sid"] = json!(other.sid);
     assert_eq!(
@@ -218,7 +219,7 @@ async fn allowed_and_every_bad_token_denied(mode: RedisMode) {
             .await
             .map(|_| ())
             .unwrap_err(),
-        Denied::SessionMismatch
+        Denied::NoSession
     );
 
     // A blacklisted jti, and a revoked session.
@@ -238,9 +239,13 @@ async fn allowed_and_every_bad_token_denied(mode: RedisMode) {
             .unwrap_err(),
         Denied::Revoked
     );
-    sessions::revoke(&w.app.sessions, &SessionId::parse(&other.sid).unwrap())
-        .await
-        .unwrap();
+    sessions::end(
+        &w.app.sessions,
+        &UserId::parse(&other.user).unwrap(),
+        &sessions::Ending::One(SessionId::parse(&other.sid).unwrap()),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         decide(&w.app, &v, &event(&other.token))
             .await
@@ -256,7 +261,10 @@ async fn sessions_slide_and_logout_revokes_until_expiry(mode: RedisMode) {
     let v = verifier(false);
     let l = login(&w).await;
     // Age the session, then use it: its TTL is back to the full 30 minutes.
-    let key = w.app.keys.session(&SessionId::parse(&l.sid).unwrap());
+    let key = w.app.keys.session(
+        &UserId::parse(&l.user).unwrap(),
+        &SessionId::parse(&l.sid).unwrap(),
+    );
     let mut raw = w.redis.raw().await;
     let _: i64 = redis::cmd("PEXPIRE")
         .arg(key.as_str())
@@ -296,22 +304,40 @@ async fn sessions_slide_and_logout_revokes_until_expiry(mode: RedisMode) {
             .unwrap_err(),
         Denied::Revoked
     );
-    // …and the blacklist entry lasts as long as the token, no longer.
+    // …and the blacklist entry lasts as long as any verifier could accept
+    // the token: its `exp` (10 minutes) plus the largest leeway (300 s).
     let left = sessions::blacklist_ttl(&w.app.sessions, &Jti::parse(&l.jti).unwrap())
         .await
         .unwrap()
         .unwrap();
     assert!(
-        left <= Duration::from_secs(600) && left > Duration::from_secs(590),
+        left <= Duration::from_secs(900) && left > Duration::from_secs(890),
         "{left:?}"
     );
-    // A token that has already expired needs no entry.
+    // A token just past its `exp` is still inside a verifier's leeway: it
+    // gets an entry for the rest of the grace…
+    let just_expired = format!("jti-{}", random_uuid());
+    sessions::blacklist(
+        &w.app.sessions,
+        &Jti::parse(&just_expired).unwrap(),
+        &principal(&l),
+        OffsetDateTime::now_utc() - time::Duration::seconds(1),
+        "test",
+    )
+    .await
+    .unwrap();
+    let left = sessions::blacklist_ttl(&w.app.sessions, &Jti::parse(&just_expired).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(left > Duration::from_secs(290), "{left:?}");
+    // …and one past the grace needs none: no verifier accepts it.
     let gone = format!("jti-{}", random_uuid());
     sessions::blacklist(
         &w.app.sessions,
         &Jti::parse(&gone).unwrap(),
         &principal(&l),
-        OffsetDateTime::now_utc() - time::Duration::seconds(1),
+        OffsetDateTime::now_utc() - time::Duration::seconds(301),
         "test",
     )
     .await

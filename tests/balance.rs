@@ -347,6 +347,7 @@ async fn write_once(
                 currency: paycache::money::Currency::parse("USD").unwrap(),
                 expected_version: expected,
                 idempotency_key: None,
+                actor: None,
             };
             match paycache::balance::write_balance_pausing(&app.balances, &write, pause)
                 .await

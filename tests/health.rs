@@ -1,5 +1,6 @@
-//! `GET /health` against real Redis: healthy, stopped, paused, and a cluster
-//! with a node down — status and time bound.
+//! `GET /health` and `GET /health/nodes` against real Redis: healthy,
+//! stopped, paused, and a cluster with a node down — status and time bound;
+//! what an anonymous caller learns, and what it costs Redis.
 #![allow(clippy::unwrap_used, reason = "tests")]
 
 use std::time::{Duration, Instant};
@@ -8,11 +9,19 @@ use http::StatusCode;
 use lambda_http::{Body, Request, Response};
 use paycache::config::RedisMode;
 use paycache::routes::health::handle;
-use paycache_tests::World;
+use paycache_tests::{World, as_service};
 use serde_json::Value;
 use test_support::{RedisCluster, RedisServer, TestRedis};
 
 fn get() -> Request {
+    http::Request::builder()
+        .method("GET")
+        .uri("/health/nodes")
+        .body(Body::Empty)
+        .unwrap()
+}
+
+fn anonymous() -> Request {
     http::Request::builder()
         .method("GET")
         .uri("/health")
@@ -24,9 +33,10 @@ fn body(resp: &Response<Body>) -> Value {
     serde_json::from_slice(resp.body().as_ref()).unwrap()
 }
 
+/// `GET /health/nodes` as an operator's service (`health.read`).
 async fn timed(w: &World) -> (Response<Body>, Duration) {
     let started = Instant::now();
-    let resp = handle(&w.app, get()).await;
+    let resp = handle(&w.app, as_service(get(), &["health.read"])).await;
     (resp, started.elapsed())
 }
 
@@ -72,6 +82,12 @@ async fn healthy_cluster_lists_every_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_or_paused_is_503_within_2s() {
+    // The anonymous route: it needs no session check (Redis is what fails).
+    async fn timed(w: &World) -> (Response<Body>, Duration) {
+        let started = Instant::now();
+        let resp = handle(&w.app, anonymous()).await;
+        (resp, started.elapsed())
+    }
     let server = RedisServer::start();
     let mut w = World::with_redis(
         TestRedis::Standalone(server),
@@ -111,6 +127,30 @@ async fn redis_stopped_or_paused_is_503_within_2s() {
 /// healthy again with the dead node reported and its replica promoted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_with_a_node_down() {
+    // Status and time bound from the anonymous route, the nodes from the
+    // report (a principal's check needs the very Redis that is failing).
+    async fn timed(w: &World) -> (Response<Body>, Duration) {
+        let started = Instant::now();
+        let resp = handle(&w.app, anonymous()).await;
+        let took = started.elapsed();
+        if resp.status() != StatusCode::OK {
+            return (resp, took);
+        }
+        let report = paycache::health::check(&w.app.health).await;
+        let resp = match report {
+            Ok(r) => lambda_http::Response::builder()
+                .status(200)
+                .body(Body::Text(serde_json::to_string(&r).unwrap()))
+                .unwrap(),
+            Err(e) => lambda_http::Response::builder()
+                .status(503)
+                .body(Body::Text(
+                    serde_json::json!({"status": "unhealthy", "error": e.to_string()}).to_string(),
+                ))
+                .unwrap(),
+        };
+        (resp, took)
+    }
     let cluster = RedisCluster::start();
     let primary = (0..6).find(|i| cluster.role(*i) == "master").unwrap();
     let primary_port = cluster.nodes[primary].port;
@@ -184,4 +224,100 @@ async fn cluster_with_a_node_down() {
         "after failover the cluster should be healthy with the dead primary reported \
          and its replica promoted"
     );
+}
+
+/// Counts the connections the nodes accept (`INFO stats`), over one
+/// connection per node opened once, so that counting opens none.
+struct Accepted(Vec<redis::aio::MultiplexedConnection>);
+
+impl Accepted {
+    async fn new(redis: &TestRedis) -> Self {
+        let mut conns = Vec::new();
+        for url in redis.urls().split(',') {
+            let client = redis::Client::open(url).unwrap();
+            conns.push(client.get_multiplexed_async_connection().await.unwrap());
+        }
+        Self(conns)
+    }
+
+    async fn total(&mut self) -> u64 {
+        let mut total = 0;
+        for c in &mut self.0 {
+            let info: String = redis::cmd("INFO")
+                .arg("stats")
+                .query_async(c)
+                .await
+                .unwrap();
+            total += info
+                .lines()
+                .find_map(|l| l.strip_prefix("total_connections_received:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap();
+        }
+        total
+    }
+}
+
+/// What an anonymous `GET /health` learns — the status, nothing of the
+/// topology — and what ten of them cost Redis: no new connection. The same
+/// count catches the broken variant, the full node check per call (what the
+/// anonymous route used to run: a connection per node per call).
+async fn anonymous_health_is_the_status_and_opens_no_connection(mode: RedisMode) {
+    // Its own servers: the count must see this test's connections only.
+    let redis = match mode {
+        RedisMode::Standalone => TestRedis::Standalone(RedisServer::start()),
+        RedisMode::Cluster => TestRedis::Cluster(RedisCluster::start()),
+    };
+    let w = World::with_redis(redis, &[]).await;
+    // The function's own connection is opened by its first request.
+    let first = handle(&w.app, anonymous()).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(body(&first), serde_json::json!({"status": "healthy"}));
+    let text = String::from_utf8_lossy(first.body().as_ref()).to_string();
+    for topology in ["127.0.0.1", "nodes", "memory", "primary", "cluster_state"] {
+        assert!(!text.contains(topology), "{topology} in {text}");
+    }
+    let mut accepted = Accepted::new(&w.redis).await;
+    let before = accepted.total().await;
+    for _ in 0..10 {
+        assert_eq!(handle(&w.app, anonymous()).await.status(), StatusCode::OK);
+    }
+    let opened = accepted.total().await - before;
+    assert_eq!(opened, 0, "anonymous health opened {opened} connections");
+
+    // Broken variant: the node report for every anonymous call.
+    let before = accepted.total().await;
+    for _ in 0..10 {
+        paycache::health::check(&w.app.health).await.unwrap();
+    }
+    let opened = accepted.total().await - before;
+    assert!(opened >= 10, "the per-node check opened only {opened}");
+}
+paycache_tests::both_modes!(anonymous_health_is_the_status_and_opens_no_connection);
+
+/// Node details need a principal with `health.read`: 401 without a token,
+/// 403 with one that lacks it. Their answer is kept `HEALTH_CACHE_MS` per
+/// execution environment: a flood of callers costs one round of node
+/// connections per period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_details_need_a_principal_and_are_cached() {
+    let w = World::with_redis(
+        TestRedis::Cluster(RedisCluster::start()),
+        &[("HEALTH_CACHE_MS", "10000")],
+    )
+    .await;
+    let bare = handle(&w.app, get()).await;
+    assert_eq!(bare.status(), StatusCode::UNAUTHORIZED);
+    let wrong = handle(&w.app, as_service(get(), &["ratelimit.check"])).await;
+    assert_eq!(wrong.status(), StatusCode::FORBIDDEN);
+    assert_eq!(wrong.headers()["content-type"], "application/problem+json");
+    let (first, _) = timed(&w).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(body(&first)["nodes"].as_array().unwrap().len(), 6);
+    let mut accepted = Accepted::new(&w.redis).await;
+    let before = accepted.total().await;
+    for _ in 0..10 {
+        assert_eq!(timed(&w).await.0.status(), StatusCode::OK);
+    }
+    assert_eq!(accepted.total().await - before, 0, "cached");
 }

@@ -74,13 +74,23 @@ impl Rig {
             Box::pin(async move {
                 match function {
                     "authorizer" => Ok(authorize(&*app, &verifier, &event).await),
-                    "ws-connections" => Ok(websocket(&app.connections, &event).await),
+                    "ws-connections" => {
+                        Ok(websocket(&app.connections, &app.delivery, &event).await)
+                    }
                     other => Err(format!("no function {other}")),
                 }
             })
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let gateway = paycache_ws_gateway::serve(listener, invoke).unwrap();
+        let gateway = paycache_ws_gateway::serve(
+            listener,
+            invoke,
+            paycache_ws_gateway::Options {
+                management: paycache_ws_gateway::sigv4::Expected::from_env(),
+                test_controls: true,
+            },
+        )
+        .unwrap();
         Self { w, app, gateway }
     }
 
@@ -174,6 +184,7 @@ async fn write_until_applied(app: &App, wallet: &WalletId, minor: i64) -> u64 {
                 currency: Currency::parse("USD").unwrap(),
                 expected_version: current.version,
                 idempotency_key: None,
+                actor: None,
             },
         )
         .await;
@@ -296,7 +307,7 @@ async fn transactions_announcements_and_fraud(mode: RedisMode) {
         assert!(f["timestamp"].as_f64().is_some());
     }
     rig.invalidate(
-        json!({"detail-type": "SystemAnnouncement", "source": "paycache.test",
+        json!({"detail-type": "SystemAnnouncement", "source": "payments.operations",
         "detail": {"message": "maintenance at 03:00 UTC"}}),
     )
     .await;
@@ -444,7 +455,7 @@ async fn oversize_messages_become_a_notice(mode: RedisMode) {
             .await;
         let big = "x".repeat(40_000);
         rig.invalidate(
-            json!({"detail-type": "SystemAnnouncement", "source": "paycache.test",
+            json!({"detail-type": "SystemAnnouncement", "source": "payments.operations",
             "detail": {"message": big}}),
         )
         .await;
@@ -516,25 +527,34 @@ async fn a_sender_killed_after_fetching_loses_nothing(mode: RedisMode) {
 both_modes!(a_sender_killed_after_fetching_loses_nothing);
 
 /// Nobody connected: a balance write, a notification and a transaction
-/// status are handled (acknowledged) without one management API call.
+/// status are handled (acknowledged) without one post. A connection whose
+/// sign-in is over (its session ended without `$disconnect`) is not
+/// "connected": it gets no frame, only its close — the one management call.
 async fn nobody_connected_costs_no_management_calls(mode: RedisMode) {
     let rig = Rig::new(mode).await;
     let wallet_id = random_uuid();
     insert_wallet(&rig.w.db, 1, &wallet_id, "USD", 10_000).await;
     let user = seed_user_id(1);
-    // A connection that expired without $disconnect is not "connected".
+    let uid = UserId::parse(&user).unwrap();
     let stale = ConnectionId::parse("staleconn1=").unwrap();
+    let signed = rig.w.sign_in(&user, &[]).await;
+    let session = paycache::keys::SessionId::parse(&signed.session).unwrap();
     realtime::connect(
         &rig.app.connections,
-        &UserId::parse(&user).unwrap(),
+        &realtime::SignedIn {
+            user: uid,
+            session: session.clone(),
+            expires_at: OffsetDateTime::now_utc() + time::Duration::hours(1),
+        },
         &stale,
         None,
     )
     .await
     .unwrap();
+    // The session idles out (no sign-out: the registry still lists it).
     let mut raw = rig.w.redis.raw().await;
     let _: i64 = redis::cmd("DEL")
-        .arg(rig.app.keys.ws_meta(&stale).to_string())
+        .arg(rig.app.keys.session(&uid, &session).to_string())
         .query_async(&mut raw)
         .await
         .unwrap();
@@ -543,7 +563,9 @@ async fn nobody_connected_costs_no_management_calls(mode: RedisMode) {
     rig.invalidate(profile_updated(&user)).await;
     let report = drain(&rig, &mut sender, 2).await;
     assert_eq!(report.entries, 2, "{report:?}");
-    assert_eq!(rig.gateway.management_calls(), 0);
+    assert_eq!(report.sent, 0, "{report:?}");
+    assert_eq!(report.closed + report.gone, 1, "{report:?}");
+    assert_eq!(rig.gateway.management_calls(), 1, "the close only");
 }
 both_modes!(nobody_connected_costs_no_management_calls);
 
@@ -594,14 +616,27 @@ async fn the_gateway_routes_like_api_gateway(mode: RedisMode) {
         "ping reached ws-connections"
     );
 
+    // The management API answers signed requests only (as IAM does): the
+    // same GET, unsigned, is refused; signed by the SDK, answered.
     let url = format!("{}/@connections/{id}", rig.gateway.management_url());
-    let status = |url: String| async move {
+    let unsigned = |url: String| async move {
         let req = http::Request::get(url)
             .body(http_body_util::Full::new(bytes::Bytes::new()))
             .unwrap();
         hyper_client().request(req).await.unwrap().status()
     };
-    assert_eq!(status(url.clone()).await, 200);
+    assert_eq!(unsigned(url.clone()).await, 403, "unsigned");
+    let sdk = management_client(&rig.gateway.management_url()).await;
+    let status = |id: String| {
+        let sdk = sdk.clone();
+        async move {
+            match sdk.get_connection().connection_id(id).send().await {
+                Ok(_) => 200,
+                Err(e) => e.raw_response().map(|r| r.status().as_u16()).unwrap_or(0),
+            }
+        }
+    };
+    assert_eq!(status(id.clone()).await, 200);
     futures_util::SinkExt::close(&mut ws).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while realtime::meta(&rig.app.connections, &conn)
@@ -619,7 +654,7 @@ async fn the_gateway_routes_like_api_gateway(mode: RedisMode) {
             .is_empty(),
         "$disconnect ran on close"
     );
-    assert_eq!(status(url).await, 410, "a closed connection is gone");
+    assert_eq!(status(id).await, 410, "a closed connection is gone");
 }
 both_modes!(the_gateway_routes_like_api_gateway);
 
@@ -706,3 +741,13 @@ async fn queue_entries_out_of_order_skip_nothing(mode: RedisMode) {
     }
 }
 both_modes!(queue_entries_out_of_order_skip_nothing);
+
+/// The SDK's management client for the local gateway (signed with the
+/// test run's credentials, as `ws-sender`'s).
+async fn management_client(endpoint: &str) -> aws_sdk_apigatewaymanagement::Client {
+    let sdk = paycache::aws::sdk_config(Duration::from_secs(5)).await;
+    let config = aws_sdk_apigatewaymanagement::config::Builder::from(sdk)
+        .endpoint_url(endpoint)
+        .build();
+    aws_sdk_apigatewaymanagement::Client::from_conf(config)
+}

@@ -44,12 +44,13 @@ async fn a_sign_in_creates_the_session_the_api_admits(mode: RedisMode) {
     let sid = sid_of(&answer);
     let session = paycache::sessions::check(
         &w.app.sessions,
+        &paycache::keys::UserId::parse(&user).unwrap(),
         &SessionId::parse(&sid).unwrap(),
         &paycache::keys::Jti::parse("j1").unwrap(),
     )
     .await
-    .unwrap()
     .session
+    .unwrap()
     .unwrap();
     assert_eq!(session.user_id.to_string(), user);
     assert_eq!(session.email, "user2@example.com");
@@ -80,12 +81,13 @@ async fn a_sign_in_creates_the_session_the_api_admits(mode: RedisMode) {
         .unwrap();
     let support = paycache::sessions::check(
         &w.app.sessions,
+        &paycache::keys::UserId::parse("00000000-0000-4000-8000-000000000003").unwrap(),
         &SessionId::parse(&sid_of(&answer)).unwrap(),
         &paycache::keys::Jti::parse("j2").unwrap(),
     )
     .await
-    .unwrap()
     .session
+    .unwrap()
     .unwrap();
     assert_ne!(sid_of(&answer), sid);
     assert_eq!(support.roles, vec!["support".to_string()]);

@@ -10,27 +10,50 @@ use paycache_tests::{World, both_modes};
 use serde_json::{Value, json};
 use test_support::random_uuid;
 
-fn ws_event(route: &str, conn: &str, user: Option<&str>) -> Value {
-    // As API Gateway sends it (connectedAt and requestTimeEpoch are always there).
+fn ws_event(route: &str, conn: &str, by: Option<&Signed>) -> Value {
+    // As API Gateway sends it (connectedAt and requestTimeEpoch are always
+    // there); the authorizer's context as `auth.rs` writes it.
     let mut ctx = json!({"routeKey": route, "eventType": "CONNECT", "connectionId": conn,
                          "requestId": "ws-req", "domainName": "ws.example.com", "stage": "prod",
                          "connectedAt": 1795608000000_i64, "requestTimeEpoch": 1795608000000_i64});
-    if let Some(u) = user {
-        ctx["authorizer"] = json!({"user_id": u, "principalId": u});
+    if let Some(s) = by {
+        ctx["authorizer"] = json!({"user_id": s.user, "principalId": s.user,
+                                   "session_id": s.session, "exp": s.exp});
     }
     json!({"requestContext": ctx, "headers": {"User-Agent": "mobile_app_v1.2"}, "isBase64Encoded": false})
+}
+
+/// A sign-in as the `$connect` authorizer passes it on.
+struct Signed {
+    user: String,
+    session: String,
+    exp: i64,
+}
+
+async fn signed_in(w: &World, user: &str, token_lifetime_secs: i64) -> Signed {
+    let s = w.sign_in(user, &[]).await;
+    Signed {
+        user: s.user,
+        session: s.session,
+        exp: time::OffsetDateTime::now_utc().unix_timestamp() + token_lifetime_secs,
+    }
+}
+
+async fn ws(w: &World, event: &Value) -> Value {
+    websocket(&w.app.connections, &w.app.delivery, event).await
 }
 
 async fn connect_ping_disconnect_and_pruning(mode: RedisMode) {
     let w = World::new(mode, &[]).await;
     let user = random_uuid();
     let uid = UserId::parse(&user).unwrap();
+    let by = signed_in(&w, &user, 3600).await;
     let (a, b) = (
         format!("conn{}", &random_uuid()[..8]),
         format!("conn{}", &random_uuid()[..8]),
     );
     for conn in [&a, &b] {
-        let r = websocket(&w.app.connections, &ws_event("$connect", conn, Some(&user))).await;
+        let r = ws(&w, &ws_event("$connect", conn, Some(&by))).await;
         assert_eq!(r["statusCode"], 200, "{r}");
     }
     let live = realtime::connections(&w.app.connections, &uid)
@@ -43,6 +66,8 @@ async fn connect_ping_disconnect_and_pruning(mode: RedisMode) {
         .unwrap();
     assert_eq!(meta.user_id, uid);
     assert_eq!(meta.client_info.as_deref(), Some("mobile_app_v1.2"));
+    assert_eq!(meta.session_id.as_deref(), Some(by.session.as_str()));
+    assert_eq!(meta.expires_at, Some(by.exp));
     // Both keys carry the design's 2-hour TTL.
     let mut raw = w.redis.raw().await;
     for key in [
@@ -66,21 +91,25 @@ async fn connect_ping_disconnect_and_pruning(mode: RedisMode) {
         .keys
         .ws_meta(&ConnectionId::parse(&a).unwrap())
         .to_string();
-    let _: i64 = redis::cmd("PEXPIRE")
-        .arg(&meta_key)
-        .arg(60_000)
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    for key in [&meta_key, &w.app.keys.ws_connections(&uid).to_string()] {
+        let _: i64 = redis::cmd("PEXPIRE")
+            .arg(key)
+            .arg(60_000)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+    }
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    let r = websocket(&w.app.connections, &ws_event("ping", &a, Some(&user))).await;
+    let r = ws(&w, &ws_event("ping", &a, Some(&by))).await;
     assert_eq!(r["statusCode"], 200);
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg(&meta_key)
-        .query_async(&mut raw)
-        .await
-        .unwrap();
-    assert!(ttl > 7_100_000, "{ttl}");
+    for key in [&meta_key, &w.app.keys.ws_connections(&uid).to_string()] {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert!(ttl > 7_100_000, "{key}: {ttl}");
+    }
     let after = realtime::meta(&w.app.connections, &ConnectionId::parse(&a).unwrap())
         .await
         .unwrap()
@@ -88,13 +117,9 @@ async fn connect_ping_disconnect_and_pruning(mode: RedisMode) {
     assert!(after.last_ping > meta.last_ping);
     assert_eq!(after.connected_at, meta.connected_at);
 
-    // $disconnect removes both entries (and is idempotent).
+    // $disconnect removes every entry (and is idempotent).
     for _ in 0..2 {
-        let r = websocket(
-            &w.app.connections,
-            &ws_event("$disconnect", &a, Some(&user)),
-        )
-        .await;
+        let r = ws(&w, &ws_event("$disconnect", &a, Some(&by))).await;
         assert_eq!(r["statusCode"], 200);
     }
     assert!(
@@ -109,77 +134,182 @@ async fn connect_ping_disconnect_and_pruning(mode: RedisMode) {
             .unwrap(),
         vec![ConnectionId::parse(&b).unwrap()]
     );
-
-    // A connection that vanished without $disconnect: its metadata expires,
-    // and the next listing prunes it from the set.
-    let b_meta = w
-        .app
-        .keys
-        .ws_meta(&ConnectionId::parse(&b).unwrap())
-        .to_string();
-    let _: i64 = redis::cmd("PEXPIRE")
-        .arg(&b_meta)
-        .arg(1)
+    let everyone: Vec<String> = redis::cmd("HKEYS")
+        .arg(w.app.keys.ws_all())
         .query_async(&mut raw)
         .await
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(everyone, vec![b.clone()]);
+    // A ping on a connection that is not registered says so.
+    assert_eq!(
+        ws(&w, &ws_event("ping", &a, Some(&by))).await["statusCode"],
+        410
+    );
+}
+both_modes!(connect_ping_disconnect_and_pruning);
+
+/// A connection lives no longer than its sign-in: once the session has
+/// ended, or the connecting token has expired, the connection is no
+/// longer listed (read raw: the registry's own hash) and `ping` does not
+/// keep it — it answers 410, takes it out and queues its close.
+/// The broken variant is the previous registry: liveness from the
+/// connection's metadata alone, which an ended sign-in does not touch.
+async fn a_connection_lives_no_longer_than_its_sign_in(mode: RedisMode) {
+    let w = World::new(mode, &[]).await;
+    let user = random_uuid();
+    let uid = UserId::parse(&user).unwrap();
+    let mut raw = w.redis.raw().await;
+    async fn registered_in(
+        w: &World,
+        uid: &UserId,
+        raw: &mut test_support::RawRedis,
+    ) -> Vec<String> {
+        redis::cmd("HKEYS")
+            .arg(w.app.keys.ws_connections(uid).to_string())
+            .query_async(raw)
+            .await
+            .unwrap()
+    }
+    macro_rules! registered {
+        ($raw:expr) => {
+            registered_in(&w, &uid, $raw)
+        };
+    }
+    // Ended session: ping takes the connection out and queues its close.
+    let by = signed_in(&w, &user, 3600).await;
+    let conn = format!("conn{}", &random_uuid()[..8]);
+    assert_eq!(
+        ws(&w, &ws_event("$connect", &conn, Some(&by))).await["statusCode"],
+        200
+    );
+    assert_eq!(registered!(&mut raw).await, vec![conn.clone()]);
+    paycache::sessions::end(
+        &w.app.sessions,
+        &uid,
+        &paycache::sessions::Ending::One(paycache::keys::SessionId::parse(&by.session).unwrap()),
+    )
+    .await
+    .unwrap();
+    // The sign-out took it out of the user's registry already…
+    assert!(registered!(&mut raw).await.is_empty());
+    // …its ping answers 410 and queues the close…
+    let r = ws(&w, &ws_event("ping", &conn, Some(&by))).await;
+    assert_eq!(r["statusCode"], 410, "{r}");
+    assert!(
+        realtime::meta(&w.app.connections, &ConnectionId::parse(&conn).unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let queued: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(w.app.keys.ws_deliveries())
+        .arg("-")
+        .arg("+")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(
+        queued
+            .iter()
+            .any(|(_, f)| f.contains(&("k".into(), "close".into()))
+                && f.contains(&("c".into(), conn.clone()))),
+        "{queued:?}"
+    );
+
+    // A session deleted without a sign-out (idled out): the connection is
+    // found dead at its next listing and at its ping.
+    let by = signed_in(&w, &user, 3600).await;
+    let conn = format!("conn{}", &random_uuid()[..8]);
+    assert_eq!(
+        ws(&w, &ws_event("$connect", &conn, Some(&by))).await["statusCode"],
+        200
+    );
+    let _: i64 = redis::cmd("DEL")
+        .arg(
+            w.app
+                .keys
+                .session(
+                    &uid,
+                    &paycache::keys::SessionId::parse(&by.session).unwrap(),
+                )
+                .to_string(),
+        )
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(registered!(&mut raw).await, vec![conn.clone()]);
     assert!(
         realtime::connections(&w.app.connections, &uid)
             .await
             .unwrap()
             .is_empty()
     );
-    let members: Vec<String> = redis::cmd("SMEMBERS")
-        .arg(w.app.keys.ws_connections(&uid).to_string())
-        .query_async(&mut raw)
-        .await
-        .unwrap();
-    assert!(members.is_empty(), "pruned: {members:?}");
-    // A ping on an expired connection says so.
+    assert!(registered!(&mut raw).await.is_empty());
+
+    // An expired token: its connection is dead though its session lives.
+    let by = signed_in(&w, &user, -1).await;
+    let conn = format!("conn{}", &random_uuid()[..8]);
     assert_eq!(
-        websocket(&w.app.connections, &ws_event("ping", &b, Some(&user))).await["statusCode"],
+        ws(&w, &ws_event("$connect", &conn, Some(&by))).await["statusCode"],
+        200
+    );
+    assert_eq!(
+        ws(&w, &ws_event("ping", &conn, Some(&by))).await["statusCode"],
         410
     );
+    assert!(registered!(&mut raw).await.is_empty());
+
+    // The broken variant: the metadata still says "connected" for every
+    // one of them — the old liveness check (metadata exists) would have
+    // kept the last two.
+    let live_by_meta = realtime::meta(&w.app.connections, &ConnectionId::parse(&conn).unwrap())
+        .await
+        .unwrap()
+        .is_some();
+    assert!(!live_by_meta, "the ping removed the metadata too");
 }
-both_modes!(connect_ping_disconnect_and_pruning);
+both_modes!(a_connection_lives_no_longer_than_its_sign_in);
 
 async fn refusals(mode: RedisMode) {
     let w = World::new(mode, &[]).await;
+    let by = Signed {
+        user: random_uuid(),
+        session: "c2Vzc2lvbg".into(),
+        exp: time::OffsetDateTime::now_utc().unix_timestamp() + 3600,
+    };
     assert_eq!(
-        websocket(&w.app.connections, &ws_event("$connect", "conn1", None)).await["statusCode"],
+        ws(&w, &ws_event("$connect", "conn1", None)).await["statusCode"],
         401
     );
     assert_eq!(
-        websocket(
-            &w.app.connections,
-            &ws_event("$connect", "bad:id", Some(&random_uuid()))
-        )
-        .await["statusCode"],
+        ws(&w, &ws_event("$connect", "bad:id", Some(&by))).await["statusCode"],
         400
     );
+    let not_a_user = Signed {
+        user: "{not-a-user}".into(),
+        ..Signed { ..by }
+    };
     assert_eq!(
-        websocket(
-            &w.app.connections,
-            &ws_event("$connect", "conn1", Some("{not-a-user}"))
-        )
-        .await["statusCode"],
+        ws(&w, &ws_event("$connect", "conn1", Some(&not_a_user))).await["statusCode"],
         401
     );
+    let mut no_session = ws_event("$connect", "conn1", Some(&not_a_user));
+    no_session["requestContext"]["authorizer"] =
+        json!({"user_id": random_uuid(), "principalId": "x"});
     assert_eq!(
-        websocket(&w.app.connections, &json!({})).await["statusCode"],
-        400
+        ws(&w, &no_session).await["statusCode"],
+        401,
+        "no session or exp: refused"
     );
+    assert_eq!(ws(&w, &json!({})).await["statusCode"], 400);
+    assert_eq!(ws(&w, &json!(null)).await["statusCode"], 400);
+    let someone = Signed {
+        user: random_uuid(),
+        session: "c2Vzc2lvbg".into(),
+        exp: 1,
+    };
     assert_eq!(
-        websocket(&w.app.connections, &json!(null)).await["statusCode"],
-        400
-    );
-    assert_eq!(
-        websocket(
-            &w.app.connections,
-            &ws_event("sendmessage", "conn1", Some(&random_uuid()))
-        )
-        .await["statusCode"],
+        ws(&w, &ws_event("sendmessage", "conn1", Some(&someone))).await["statusCode"],
         400
     );
     assert!(w.keys().await.is_empty());

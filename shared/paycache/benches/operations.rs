@@ -110,6 +110,7 @@ fn bench(c: &mut Criterion) {
                 currency: usd,
                 expected_version: expected,
                 idempotency_key: None,
+                actor: None,
             };
             match paycache::balance::write_balance(&app.balances, &write)
                 .await
@@ -147,9 +148,7 @@ fn bench(c: &mut Criterion) {
     let jti = Jti::parse("bench-jti").unwrap();
     group.bench_function("session + revocation check", |b| {
         b.to_async(&rt).iter(|| async {
-            paycache::sessions::check(&app.sessions, &session, &jti)
-                .await
-                .unwrap()
+            paycache::sessions::check(&app.sessions, &user, &session, &jti).await
         })
     });
     group.bench_function(

@@ -223,6 +223,10 @@ impl App {
             redis: redis.clone(),
             durable: durable.clone(),
             session_ttl: config.ttl.session_data,
+            index_ttl: config
+                .ttl
+                .of(crate::infra::keys::KeyFamily::UserSessions)
+                .unwrap_or(std::time::Duration::from_secs(25 * 3600)),
         };
         let connections = Connections {
             keys: keys.clone(),
@@ -244,6 +248,7 @@ impl App {
             keys: keys.clone(),
             redis: redis.clone(),
             config: config.health,
+            recent: Default::default(),
         };
         let warmer = Warmer {
             keys: keys.clone(),
@@ -259,6 +264,7 @@ impl App {
             transactions: transactions.clone(),
             balances: balances.clone(),
             delivery: delivery.clone(),
+            announcements: config.announcements.clone(),
         };
         Ok(Self {
             keys,
@@ -289,7 +295,15 @@ impl App {
     /// token keys when `AUTH_ISSUER` is set.
     pub async fn from_env() -> Result<Self, InitError> {
         let verifier = Verifier::from_env_if_configured()?.map(Arc::new);
-        let mut app = Self::with_secrets(Config::from_env()?).await?;
+        let config = Config::from_env()?;
+        if config.verify_in_function && verifier.is_none() {
+            return Err(ConfigError::new(
+                "AUTH_VERIFY_IN_FUNCTION",
+                "needs the token keys: set AUTH_ISSUER, AUTH_AUDIENCE and AUTH_JWKS (or AUTH_JWKS_FILE)",
+            )
+            .into());
+        }
+        let mut app = Self::with_secrets(config).await?;
         app.verifier = verifier;
         app.signout = IssuerSignOut::from_env();
         Ok(app)

@@ -490,6 +490,9 @@ pub fn config(redis: &TestRedis, db: &TestDb, extra: &[(&str, &str)]) -> Config 
         ("REDIS_URL".into(), urls),
         ("DATABASE_URL".into(), db.conninfo.clone()),
         ("CACHE_KEY_PREFIX".into(), prefix),
+        // Every health check in a test is fresh unless the test asks for
+        // the per-environment caching (tests/health.rs does).
+        ("HEALTH_CACHE_MS".into(), "0".into()),
     ];
     vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     Config::from_lookup(|name| {

@@ -14,8 +14,13 @@
 //!   points the SDK here): `POST /@connections/{id}` delivers a text frame
 //!   (410 `GoneException` for an unknown or closed connection, 413
 //!   `PayloadTooLargeException` over 32 KB), `GET` describes it, `DELETE`
-//!   closes it. Requests are not signature-checked.
-//! - For tests: `POST /_gateway/throttle/{id}?count=n` answers the next
+//!   closes it. Every request must be **signed** (SigV4) with the
+//!   credentials the gateway was given ([`sigv4`]) — 403 otherwise, as API
+//!   Gateway answers an unsigned or wrongly signed call; with none given,
+//!   every management request is refused.
+//! - Test controls, served **only** when started with `--test-controls`
+//!   ([`Options::test_controls`]; `make run` does not):
+//!   `POST /_gateway/throttle/{id}?count=n` answers the next
 //!   *n* posts to that connection with 429 `LimitExceededException`;
 //!   `POST /_gateway/forget/{id}` drops a connection without `$disconnect`
 //!   (API Gateway's `$disconnect` is best effort); `POST
@@ -51,6 +56,18 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, mpsc};
+
+pub mod sigv4;
+
+/// How the gateway is started.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The credentials management requests must be signed with; `None`
+    /// refuses every management request.
+    pub management: Option<sigv4::Expected>,
+    /// Serve the test controls (`/_gateway/...`). Off unless a test asks.
+    pub test_controls: bool,
+}
 
 /// API Gateway's WebSocket frame limit.
 pub const FRAME_LIMIT: usize = 32 * 1024;
@@ -104,6 +121,7 @@ struct Conn {
 /// The gateway's shared state.
 struct Gateway {
     invoke: Invoke,
+    management: Option<sigv4::Expected>,
     addr: SocketAddr,
     connections: Mutex<HashMap<String, Conn>>,
     throttled: Mutex<HashMap<String, u32>>,
@@ -157,10 +175,11 @@ impl Handle {
 }
 
 /// Serves on `listener` until the task is stopped.
-pub fn serve(listener: TcpListener, invoke: Invoke) -> std::io::Result<Handle> {
+pub fn serve(listener: TcpListener, invoke: Invoke, options: Options) -> std::io::Result<Handle> {
     let addr = listener.local_addr()?;
     let state = Arc::new(Gateway {
         invoke,
+        management: options.management,
         addr,
         connections: Mutex::new(HashMap::new()),
         throttled: Mutex::new(HashMap::new()),
@@ -169,21 +188,22 @@ pub fn serve(listener: TcpListener, invoke: Invoke) -> std::io::Result<Handle> {
         held_ports: Mutex::new(Vec::new()),
         posts: AtomicU64::new(0),
     });
-    let app = Router::new()
-        .route("/", get(upgrade))
-        .route(
-            "/@connections/{id}",
-            post(post_to_connection)
-                .get(get_connection)
-                .delete(delete_connection),
-        )
-        .route("/_gateway/throttle/{id}", post(throttle))
-        .route("/_gateway/forget/{id}", post(forget))
-        .route("/_gateway/hold/{id}", post(hold))
-        .route("/_gateway/release/{id}", post(release))
-        .route("/_gateway/stats", get(stats))
-        .fallback(get(upgrade))
-        .with_state(state.clone());
+    let mut app = Router::new().route("/", get(upgrade)).route(
+        "/@connections/{id}",
+        post(post_to_connection)
+            .get(get_connection)
+            .delete(delete_connection)
+            .layer(axum::middleware::from_fn_with_state(state.clone(), signed)),
+    );
+    if options.test_controls {
+        app = app
+            .route("/_gateway/throttle/{id}", post(throttle))
+            .route("/_gateway/forget/{id}", post(forget))
+            .route("/_gateway/hold/{id}", post(hold))
+            .route("/_gateway/release/{id}", post(release))
+            .route("/_gateway/stats", get(stats));
+    }
+    let app = app.fallback(get(upgrade)).with_state(state.clone());
     let task = tokio::spawn(async move {
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app).await {
@@ -482,6 +502,43 @@ async fn session(
             tracing::warn!(error = %e, "$disconnect failed");
         }
     }
+}
+
+/// Management requests must be signed with the gateway's credentials.
+async fn signed(
+    State(gw): State<Arc<Gateway>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(expected) = gw.management.as_ref() else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "MissingAuthenticationTokenException",
+            "the gateway was started without management credentials",
+        );
+    };
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 2 * FRAME_LIMIT).await else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PayloadTooLargeException",
+            "Message too long",
+        );
+    };
+    let uri = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    if let Err(why) = sigv4::verify(expected, parts.method.as_str(), uri, &parts.headers, &bytes) {
+        tracing::warn!(reason = why.message(), "management request refused");
+        return error(StatusCode::FORBIDDEN, "ForbiddenException", why.message());
+    }
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
 }
 
 async fn post_to_connection(

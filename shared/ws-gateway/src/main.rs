@@ -4,6 +4,11 @@
 //! paycache-ws-gateway --port 9001 --lambda http://127.0.0.1:9000 [--keep-running ws-sender]
 //! ```
 //!
+//! Management requests (`/@connections/{id}`) must be signed (SigV4) with
+//! `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` from the environment, the
+//! credentials the functions sign with; `--test-controls` serves the test
+//! controls (`/_gateway/...`), which `make run` leaves off.
+//!
 //! `--keep-running <function>` stands in for the deployed schedule of a
 //! long-running function: it invokes the function (with an EventBridge
 //! `Scheduled Event`) again as soon as each invocation returns, or beside
@@ -18,7 +23,8 @@ use serde_json::json;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: paycache-ws-gateway --port <port> --lambda <cargo lambda watch URL> [--keep-running <function>] [--run-timeout <secs>]"
+        "usage: paycache-ws-gateway --port <port> --lambda <cargo lambda watch URL> [--keep-running <function>] [--run-timeout <secs>] [--test-controls]\n\
+         management requests must be signed with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
     );
     std::process::exit(2)
 }
@@ -35,8 +41,13 @@ async fn main() {
     let mut lambda = String::from("http://127.0.0.1:9000");
     let mut keep_running: Vec<&'static str> = Vec::new();
     let mut run_timeout = Duration::from_secs(60);
+    let mut test_controls = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
+        if arg == "--test-controls" {
+            test_controls = true;
+            continue;
+        }
         match (arg.as_str(), args.next()) {
             ("--port", Some(p)) => port = p.parse().unwrap_or_else(|_| usage()),
             ("--lambda", Some(l)) => lambda = l,
@@ -55,7 +66,16 @@ async fn main() {
         }
     };
     let invoke = paycache_ws_gateway::lambda_invoker(&lambda);
-    let handle = match paycache_ws_gateway::serve(listener, invoke.clone()) {
+    let options = paycache_ws_gateway::Options {
+        management: paycache_ws_gateway::sigv4::Expected::from_env(),
+        test_controls,
+    };
+    if options.management.is_none() {
+        tracing::warn!(
+            "no AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY: every management request will be refused"
+        );
+    }
+    let handle = match paycache_ws_gateway::serve(listener, invoke.clone(), options) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("error: {e}");

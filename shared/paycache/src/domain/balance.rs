@@ -189,6 +189,19 @@ pub struct BalanceWrite {
     pub expected_version: u64,
     /// The `Idempotency-Key` header, when sent.
     pub idempotency_key: Option<String>,
+    /// Who asked, recorded in the write's audit event.
+    pub actor: Option<Actor>,
+}
+
+/// Who asked for a write, as its audit event names them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// `svc:<client_id>` for a service, `user:<user_id>` for a user.
+    pub principal: String,
+    /// The token's `jti`.
+    pub jti: String,
+    /// The request's id (API Gateway's, or the runtime's).
+    pub request_id: String,
 }
 
 impl BalanceWrite {

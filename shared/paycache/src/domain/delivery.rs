@@ -214,6 +214,20 @@ impl DeliveryQueue {
             .await
     }
 
+    /// Close these connections (`DELETE @connections/{id}`) and forget
+    /// them: a sign-out, or a `ping` that found its sign-in over.
+    pub async fn close(&self, connections: &[ConnectionId]) -> Result<(), RedisUnavailable> {
+        if connections.is_empty() {
+            return Ok(());
+        }
+        let ids = connections
+            .iter()
+            .map(ConnectionId::as_str)
+            .collect::<Vec<_>>()
+            .join(",");
+        self.append(&[("k", "close"), ("c", &ids)]).await
+    }
+
     /// Deliver `message`, published on `channel`, to `to`.
     pub async fn message<T: Serialize>(
         &self,
@@ -312,6 +326,24 @@ impl Management {
     }
 }
 
+impl Management {
+    /// Closes `connection` (`DeleteConnection`). A connection already gone
+    /// is [`Posted::Gone`].
+    pub async fn close(&self, connection: &ConnectionId) -> Posted {
+        let closed = self
+            .client
+            .delete_connection()
+            .connection_id(connection.as_str())
+            .send()
+            .await;
+        match closed {
+            Ok(_) => Posted::Sent,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_gone_exception()) => Posted::Gone,
+            Err(e) => Posted::Failed(aws_error("API Gateway Management API", self.timeout, &e)),
+        }
+    }
+}
+
 /// One entry of the delivery stream.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -330,6 +362,9 @@ enum Body {
     Message {
         to: Recipients,
         frame: String,
+    },
+    Close {
+        connections: Vec<ConnectionId>,
     },
     Malformed,
 }
@@ -359,6 +394,12 @@ impl Entry {
                     frame: field(m, "m")?,
                 })
             })(),
+            Some("close") => field(m, "c").map(|ids| Body::Close {
+                connections: ids
+                    .split(',')
+                    .filter_map(|c| ConnectionId::parse(c).ok())
+                    .collect(),
+            }),
             _ => None,
         };
         Self {
@@ -383,6 +424,9 @@ pub struct Report {
     pub too_large: u64,
     /// Entries left pending after a failure (redelivered later).
     pub failed: u64,
+    /// Connections closed because their sign-in was over (signed out,
+    /// session ended, token expired).
+    pub closed: u64,
 }
 
 impl Report {
@@ -394,6 +438,7 @@ impl Report {
         self.gone += other.gone;
         self.too_large += other.too_large;
         self.failed += other.failed;
+        self.closed += other.closed;
     }
 }
 
@@ -514,11 +559,17 @@ pub async fn fetch(
     Ok((entries, 0))
 }
 
+/// Who may receive frames in one batch: the live connections of every
+/// user the batch addresses, found in one round-trip time (one script per
+/// user, sent at once: `realtime::live`).
+type LiveRecipients = HashMap<UserId, Vec<ConnectionId>>;
+
 /// Delivers one lane's entries in order; returns what it did and the ids
 /// fully handled.
 async fn deliver_lane(
     deliveries: &Deliveries,
     sender: &Sender,
+    live: Option<&LiveRecipients>,
     lane: &[&Entry],
 ) -> (Report, Vec<String>) {
     let mut report = Report::default();
@@ -528,21 +579,31 @@ async fn deliver_lane(
     // all: its other kicks in the batch need no work.
     let mut covered = false;
     for entry in lane {
-        let ok = match &entry.body {
-            Body::Balance { .. } if covered => true,
-            Body::Balance {
-                wallet,
-                owner,
-                from,
-            } => {
+        let ok = match (&entry.body, live) {
+            (Body::Balance { .. }, _) if covered => true,
+            (Body::Balance { .. } | Body::Message { .. }, None) => false,
+            (
+                Body::Balance {
+                    wallet,
+                    owner,
+                    from,
+                },
+                Some(live),
+            ) => {
+                let conns = live.get(owner).cloned().unwrap_or_default();
                 covered =
-                    deliver_balance(deliveries, sender, wallet, owner, *from, &mut report).await;
+                    deliver_balance(deliveries, sender, wallet, conns, *from, &mut report).await;
                 covered
             }
-            Body::Message { to, frame, .. } => {
-                deliver_message(deliveries, sender, to, frame, &mut report).await
+            (Body::Message { to, frame, .. }, Some(live)) => {
+                deliver_message(deliveries, sender, to, live, frame, &mut report).await
             }
-            Body::Malformed => {
+            (Body::Close { connections }, _) => {
+                let conns: Vec<(ConnectionId, Option<UserId>)> =
+                    connections.iter().map(|c| (c.clone(), None)).collect();
+                close_all(deliveries, sender, &conns, &mut report).await
+            }
+            (Body::Malformed, _) => {
                 tracing::warn!(entry = %entry.id, "malformed delivery entry dropped");
                 true
             }
@@ -556,9 +617,84 @@ async fn deliver_lane(
     (report, done)
 }
 
+/// Closes connections whose sign-in is over (`DELETE @connections`) and
+/// forgets them. True when every close succeeded or found its connection
+/// already gone.
+async fn close_all(
+    deliveries: &Deliveries,
+    sender: &Sender,
+    conns: &[(ConnectionId, Option<UserId>)],
+    report: &mut Report,
+) -> bool {
+    if conns.is_empty() {
+        return true;
+    }
+    let ids: Vec<ConnectionId> = conns.iter().map(|(c, _)| c.clone()).collect();
+    let results: Vec<Posted> = futures_util::stream::iter(ids)
+        .map(|conn| async move { sender.management.close(&conn).await })
+        .buffer_unordered(FAN_OUT)
+        .collect()
+        .await;
+    let mut ok = true;
+    for posted in results {
+        match posted {
+            Posted::Sent => report.closed += 1,
+            Posted::Gone => report.gone += 1,
+            Posted::Failed(e) => {
+                ok = false;
+                tracing::warn!(error = %e, "could not close a connection");
+            }
+        }
+    }
+    if let Err(why) = realtime::forget(&deliveries.connections, conns).await {
+        tracing::warn!(reason = why.as_str(), "could not forget closed connections");
+        ok = false;
+    }
+    ok
+}
+
 /// Delivers `entries` (balances in version order per wallet, the rest in
 /// stream order) and acknowledges those fully handled.
+///
+/// The batch's recipients are looked up once, before any post: the live
+/// connections of every user it addresses, each connection's sign-in
+/// checked (token not expired, session not ended) — one round-trip time
+/// for the batch, not one per frame. Connections found dead are closed.
 pub async fn deliver(deliveries: &Deliveries, sender: &Sender, entries: &[Entry]) -> Report {
+    let mut report = Report::default();
+    let users: Vec<UserId> = entries
+        .iter()
+        .flat_map(|e| match &e.body {
+            Body::Balance { owner, .. } => vec![*owner],
+            Body::Message {
+                to: Recipients::Users(users),
+                ..
+            } => users.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    let live = if users.is_empty() {
+        Some(HashMap::new())
+    } else {
+        match realtime::live(&deliveries.connections, &users).await {
+            Ok(found) => {
+                if !close_all(deliveries, sender, &found.dead, &mut report).await {
+                    // Out of the registry already: retried from the stream.
+                    let ids: Vec<ConnectionId> =
+                        found.dead.iter().map(|(c, _)| c.clone()).collect();
+                    if let Err(why) = deliveries.queue.close(&ids).await {
+                        tracing::warn!(reason = why.as_str(), "could not queue closes");
+                    }
+                }
+                Some(found.live)
+            }
+            Err(why) => {
+                // Their entries stay pending and are redelivered.
+                tracing::warn!(reason = why.as_str(), "could not look up the recipients");
+                None
+            }
+        }
+    };
     // Lanes: one per wallet (its versions must go out in order) and one for
     // every other message (in stream order); lanes run concurrently.
     let mut lanes: Vec<(Option<WalletId>, Vec<&Entry>)> = vec![(None, Vec::new())];
@@ -572,13 +708,12 @@ pub async fn deliver(deliveries: &Deliveries, sender: &Sender, entries: &[Entry]
             None => lanes.push((wallet, vec![entry])),
         }
     }
-    let mut report = Report::default();
     let mut done = Vec::new();
     for chunk in lanes.chunks(LANES) {
         let results = futures_util::future::join_all(
             chunk
                 .iter()
-                .map(|(_, lane)| deliver_lane(deliveries, sender, lane)),
+                .map(|(_, lane)| deliver_lane(deliveries, sender, live.as_ref(), lane)),
         )
         .await;
         for (r, d) in results {
@@ -659,37 +794,48 @@ async fn deliver_message(
     deliveries: &Deliveries,
     sender: &Sender,
     to: &Recipients,
+    live: &LiveRecipients,
     frame: &str,
     report: &mut Report,
 ) -> bool {
-    let mut conns = match recipients(deliveries, to).await {
-        Ok(c) => c,
-        Err(_) => return false,
-    };
-    if conns.is_empty() {
-        return true;
+    match to {
+        Recipients::Users(users) => {
+            let mut conns: Vec<ConnectionId> = users
+                .iter()
+                .flat_map(|u| live.get(u).cloned().unwrap_or_default())
+                .collect();
+            if conns.is_empty() {
+                return true;
+            }
+            post_all(deliveries, sender, &mut conns, frame, report).await
+        }
+        Recipients::Everyone => announce(deliveries, sender, frame, report).await,
     }
-    post_all(deliveries, sender, &mut conns, frame, report).await
 }
 
-async fn recipients(
+/// An announcement: `ws_all` page by page; each page's connections are
+/// checked (token, session) in one round-trip time, the dead ones closed.
+async fn announce(
     deliveries: &Deliveries,
-    to: &Recipients,
-) -> Result<Vec<ConnectionId>, RedisUnavailable> {
-    match to {
-        Recipients::Everyone => realtime::all_connections(&deliveries.connections).await,
-        Recipients::Users(users) => {
-            let lists = futures_util::future::join_all(
-                users
-                    .iter()
-                    .map(|u| realtime::connections(&deliveries.connections, u)),
-            )
-            .await;
-            let mut all = Vec::new();
-            for list in lists {
-                all.extend(list?);
-            }
-            Ok(all)
+    sender: &Sender,
+    frame: &str,
+    report: &mut Report,
+) -> bool {
+    let mut cursor = 0;
+    let mut ok = true;
+    loop {
+        let (next, mut live, dead) =
+            match realtime::everyone_page(&deliveries.connections, cursor, 500).await {
+                Ok(page) => page,
+                Err(_) => return false,
+            };
+        ok &= close_all(deliveries, sender, &dead, report).await;
+        if !live.is_empty() {
+            ok &= post_all(deliveries, sender, &mut live, frame, report).await;
+        }
+        cursor = next;
+        if cursor == 0 {
+            return ok;
         }
     }
 }
@@ -698,7 +844,7 @@ async fn deliver_balance(
     deliveries: &Deliveries,
     sender: &Sender,
     wallet: &WalletId,
-    owner: &UserId,
+    mut conns: Vec<ConnectionId>,
     from: u64,
     report: &mut Report,
 ) -> bool {
@@ -710,8 +856,10 @@ async fn deliver_balance(
     let channel = pubsub::balance(wallet);
     loop {
         let (l, c, start) = (&log, &cursor, from.saturating_sub(1));
-        let (read, conns) = tokio::join!(
-            deliveries.connections.redis.run(|mut conn| async move {
+        let read = deliveries
+            .connections
+            .redis
+            .run(|mut conn| async move {
                 let (_, entries): (String, Vec<LogEntry>) = LOG_AFTER
                     .key(l)
                     .key(c)
@@ -720,10 +868,9 @@ async fn deliver_balance(
                     .invoke_async(&mut conn)
                     .await?;
                 Ok(entries)
-            }),
-            realtime::connections(&deliveries.connections, owner)
-        );
-        let (Ok(entries), Ok(mut conns)) = (read, conns) else {
+            })
+            .await;
+        let Ok(entries) = read else {
             return false;
         };
         let mut delivered = None;

@@ -17,6 +17,16 @@
 //! `cluster_state` is `ok`. A failed replica, or a primary that has been
 //! failed over, shows in `nodes` with `ok: false` without making the cache
 //! unhealthy — the cluster still serves every slot.
+//!
+//! **Two answers.** [`status`] — what an anonymous `GET /health` gets — is
+//! the probe (and `cluster_state`) over the function's own, already open
+//! connection: it opens no connection and says nothing of the topology.
+//! [`check`] — the node details, for a principal with `health.read` — adds
+//! the per-node connections. Each answer is kept for
+//! `HEALTH_CACHE_MS` (default 1000 ms) per execution environment and
+//! computed by one caller at a time, so a flood of health requests costs
+//! Redis at most one probe (and one round of node connections) per
+//! environment per period.
 
 use std::time::Instant;
 
@@ -34,6 +44,21 @@ pub struct Health {
     pub(crate) keys: Keyspace,
     pub(crate) redis: Redis,
     pub(crate) config: HealthConfig,
+    pub(crate) recent: std::sync::Arc<Recent>,
+}
+
+/// The answers of the last period, per execution environment.
+#[derive(Debug, Default)]
+pub(crate) struct Recent {
+    status: tokio::sync::Mutex<Option<(Instant, Result<Status, Unhealthy>)>>,
+    report: tokio::sync::Mutex<Option<(Instant, Result<HealthReport, Unhealthy>)>>,
+}
+
+/// What an anonymous caller learns: the status only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Status {
+    /// `healthy`.
+    pub status: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -81,42 +106,104 @@ pub enum Unhealthy {
     ClusterState(String),
 }
 
-/// The health check (see the module documentation), within `HEALTH_TIMEOUT_MS`.
+/// The full health check with every node (see the module documentation),
+/// within `HEALTH_TIMEOUT_MS`; the answer of the last `HEALTH_CACHE_MS`
+/// when there is one.
 pub async fn check(health: &Health) -> Result<HealthReport, Unhealthy> {
+    let mut recent = health.recent.report.lock().await;
+    if let Some((at, answer)) = recent.as_ref()
+        && at.elapsed() < health.config.cache_for
+    {
+        return answer.clone();
+    }
     let budget = health.config.timeout;
-    match tokio::time::timeout(budget, run(health)).await {
+    let answer = match tokio::time::timeout(budget, run(health)).await {
         Ok(result) => result,
         Err(_) => Err(Unhealthy::Timeout(budget.as_millis())),
-    }
+    };
+    *recent = Some((Instant::now(), answer.clone()));
+    answer
 }
 
-async fn run(health: &Health) -> Result<HealthReport, Unhealthy> {
+/// The status alone (an anonymous `GET /health`): the probe, and in
+/// cluster mode `cluster_state`, over the existing connection — no node
+/// connection is opened. Within `HEALTH_TIMEOUT_MS`; the answer of the last
+/// `HEALTH_CACHE_MS` when there is one.
+pub async fn status(health: &Health) -> Result<Status, Unhealthy> {
+    let mut recent = health.recent.status.lock().await;
+    if let Some((at, answer)) = recent.as_ref()
+        && at.elapsed() < health.config.cache_for
+    {
+        return answer.clone();
+    }
+    let budget = health.config.timeout;
+    let answer = match tokio::time::timeout(budget, async {
+        let (_, state) = tokio::try_join!(probe(health), cluster_state(health))?;
+        if let Some(state) = state
+            && state != "ok"
+        {
+            return Err(Unhealthy::ClusterState(state));
+        }
+        Ok(Status { status: "healthy" })
+    })
+    .await
+    {
+        Ok(result) => result,
+        Err(_) => Err(Unhealthy::Timeout(budget.as_millis())),
+    };
+    *recent = Some((Instant::now(), answer.clone()));
+    answer
+}
+
+/// `cluster_state` (`None` for a standalone Redis).
+async fn cluster_state(health: &Health) -> Result<Option<String>, Unhealthy> {
+    if health.redis.mode() == RedisMode::Standalone {
+        return Ok(None);
+    }
+    let info: String = health
+        .redis
+        .run(|mut c| async move { redis::cmd("CLUSTER").arg("INFO").query_async(&mut c).await })
+        .await
+        .map_err(|why| Unhealthy::Probe(why.as_str()))?;
+    Ok(Some(
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix("cluster_state:"))
+            .unwrap_or("unknown")
+            .to_owned(),
+    ))
+}
+
+/// The design's probe: `SET`, `GET`, `DEL` of a fresh key, one pipeline,
+/// timed.
+async fn probe(health: &Health) -> Result<std::time::Duration, Unhealthy> {
     let key = format!(
         "{}:health_check:{{{:016x}}}",
         health.keys.prefix(),
         fastrand::u64(..)
     );
-    let probe = async {
-        let started = Instant::now();
-        let k = &key;
-        let got: (Option<String>, i64) = health
-            .redis
-            .run(|mut c| async move {
-                let (_, got, deleted): ((), Option<String>, i64) = redis::pipe()
-                    .set_ex(k, "ok", 60)
-                    .get(k)
-                    .del(k)
-                    .query_async(&mut c)
-                    .await?;
-                Ok((got, deleted))
-            })
-            .await
-            .map_err(|why| Unhealthy::Probe(why.as_str()))?;
-        if got.0.as_deref() != Some("ok") {
-            return Err(Unhealthy::Probe("the probe value did not round-trip"));
-        }
-        Ok(started.elapsed())
-    };
+    let started = Instant::now();
+    let k = &key;
+    let got: (Option<String>, i64) = health
+        .redis
+        .run(|mut c| async move {
+            let (_, got, deleted): ((), Option<String>, i64) = redis::pipe()
+                .set_ex(k, "ok", 60)
+                .get(k)
+                .del(k)
+                .query_async(&mut c)
+                .await?;
+            Ok((got, deleted))
+        })
+        .await
+        .map_err(|why| Unhealthy::Probe(why.as_str()))?;
+    if got.0.as_deref() != Some("ok") {
+        return Err(Unhealthy::Probe("the probe value did not round-trip"));
+    }
+    Ok(started.elapsed())
+}
+
+async fn run(health: &Health) -> Result<HealthReport, Unhealthy> {
+    let probe = probe(health);
     let topology = async {
         if health.redis.mode() == RedisMode::Standalone {
             let nodes = match health.redis.seed_address() {

@@ -45,6 +45,8 @@ pub mod permissions {
     pub const WALLETS_BALANCE_WRITE: &str = "wallets.balance.write";
     /// Consult and consume rate limits (`POST /rate-limit/check`; services only).
     pub const RATELIMIT_CHECK: &str = "ratelimit.check";
+    /// Read the cache's node details (`GET /health/nodes`; operators' services).
+    pub const HEALTH_READ: &str = "health.read";
 }
 
 /// Who the token names.
@@ -265,6 +267,10 @@ pub enum Denied {
     #[error("the session belongs to another user")]
     /// The session belongs to another user.
     SessionMismatch,
+    #[error("the bearer token does not match the claims API Gateway passed")]
+    /// `AUTH_VERIFY_IN_FUNCTION`: the token verified here names another
+    /// principal or `jti` than the event's claims (a hand-made event).
+    ClaimsMismatch,
     #[error("revocation could not be checked (Redis unavailable)")]
     /// Redis could not say whether the token is revoked (fail-closed).
     RevocationUnavailable,

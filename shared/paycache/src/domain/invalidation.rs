@@ -44,6 +44,7 @@ pub struct Invalidation {
     pub(crate) transactions: transactions::Transactions,
     pub(crate) balances: balance::Balances,
     pub(crate) delivery: DeliveryQueue,
+    pub(crate) announcements: crate::infra::config::AnnouncementTrust,
 }
 
 static DELETE_AND_PUBLISH: LazyLock<Script> =

@@ -1,16 +1,38 @@
-//! Real-time connections: the design's `ws_conn:{user_id}` (a set of
-//! connection ids) and `ws_meta:{connection_id}` (who, since when, last
-//! ping, client), both with a 2-hour TTL that `ping` refreshes.
+//! Real-time connections: the design's `ws_conn:{user_id}` and
+//! `ws_meta:{connection_id}`, and `ws_all` (every connection, for
+//! announcements).
 //!
-//! The two keys have different hash tags (a user, a connection), so each
-//! operation sends its two requests at once: one round-trip time. A
-//! connection whose metadata expired (the client vanished without
-//! `$disconnect`) is pruned from its user's set the next time the set is
-//! listed — the set itself is only a hint; `ws_meta` is the truth.
+//! **A connection lives no longer than the sign-in that opened it.** Each
+//! entry names the session (`sid`) and the token expiry (`exp`) of the
+//! `$connect` that opened it:
+//!
+//! - `ws_conn:{user}` is a **hash** `connection id → "<sid> <exp>"` (the
+//!   design's set of ids, with what the liveness check needs). It carries
+//!   the user's hash tag, as the user's sessions do, so one script
+//!   ([`live`]) tells which of a user's connections may still receive
+//!   frames — token not expired, session still there — and takes the
+//!   others out: one round trip per user, however many connections.
+//! - `ws_all` is a hash `connection id → "<user> <sid> <exp>"`.
+//! - `ws_meta:{connection}` keeps the design's fields (who, since when,
+//!   last ping, client) plus the session and expiry.
+//!
+//! Registry entries have the design's 2-hour TTL, which `ping` refreshes —
+//! only while the sign-in lives ([`ping`]). What takes a connection out of
+//! the registry (a sign-out, an expired token, an ended session found by a
+//! sender or a ping) also has it **closed**: `DELETE @connections/{id}`,
+//! sent by `ws-sender` (`crate::domain::delivery`).
+//!
+//! The registry's keys have different hash tags (a user, a connection, the
+//! one `ws_all`), so each operation sends its requests at once: one
+//! round-trip time.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use redis::AsyncCommands;
+use redis::Script;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -18,7 +40,10 @@ use crate::infra::config::TtlConfig;
 use crate::infra::connection::Redis;
 use crate::infra::connection::RedisUnavailable;
 use crate::infra::keys::Keyspace;
-use crate::infra::keys::{ConnectionId, KeyFamily, UserId};
+use crate::infra::keys::{ConnectionId, KeyFamily, SessionId, UserId};
+
+static LIVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("realtime/live.lua")));
+static PING: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("realtime/ping.lua")));
 
 /// What the connection registry uses: Redis and the registry's TTL.
 #[derive(Debug, Clone)]
@@ -29,7 +54,7 @@ pub struct Connections {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-/// The design's `ws_meta:{connection_id}`.
+/// The design's `ws_meta:{connection_id}`, plus the sign-in it belongs to.
 pub struct ConnectionMeta {
     /// Who connected.
     pub user_id: UserId,
@@ -41,6 +66,24 @@ pub struct ConnectionMeta {
     pub last_ping: OffsetDateTime,
     /// The client's `User-Agent`, truncated to 256 characters.
     pub client_info: Option<String>,
+    /// The session the connecting token named.
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// The connecting token's `exp` (Unix seconds): nothing is sent after.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+}
+
+/// The sign-in a connection belongs to, as the `$connect` authorizer
+/// verified it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedIn {
+    /// The user.
+    pub user: UserId,
+    /// Their session (`sid`).
+    pub session: SessionId,
+    /// The token's `exp`.
+    pub expires_at: OffsetDateTime,
 }
 
 fn ttl_ms(connections: &Connections) -> u64 {
@@ -49,6 +92,10 @@ fn ttl_ms(connections: &Connections) -> u64 {
         .of(KeyFamily::WsMeta)
         .unwrap_or(Duration::from_secs(7200));
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn now_secs() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
 }
 
 async fn write_meta(
@@ -64,29 +111,35 @@ async fn write_meta(
         .await
 }
 
-/// `$connect`: registers the connection for the user.
-#[tracing::instrument(skip_all, fields(user_id = %user, connection_id = %conn))]
+/// `$connect`: registers the connection for the sign-in that opened it.
+#[tracing::instrument(skip_all, fields(user_id = %by.user, connection_id = %conn))]
 pub async fn connect(
     connections: &Connections,
-    user: &UserId,
+    by: &SignedIn,
     conn: &ConnectionId,
     client_info: Option<&str>,
 ) -> Result<(), RedisUnavailable> {
     let now = OffsetDateTime::now_utc();
+    let exp = by.expires_at.unix_timestamp();
     let meta = ConnectionMeta {
-        user_id: *user,
+        user_id: by.user,
         connected_at: now,
         last_ping: now,
         client_info: client_info.map(|c| c.chars().take(256).collect()),
+        session_id: Some(by.session.to_string()),
+        expires_at: Some(exp),
     };
-    let set = connections.keys.ws_connections(user);
+    let set = connections.keys.ws_connections(&by.user);
     let all = connections.keys.ws_all();
+    let mine = format!("{} {exp}", by.session);
+    let everyone = format!("{} {} {exp}", by.user, by.session);
     let (s, al, id, ms) = (&set, &all, conn.as_str(), ttl_ms(connections));
-    let (a, b, e) = tokio::join!(
+    let (m, e) = (&mine, &everyone);
+    let (a, b, c) = tokio::join!(
         write_meta(connections, conn, &meta),
         connections.redis.run(|mut c| async move {
             let _: () = redis::pipe()
-                .sadd(s, id)
+                .hset(s, id, m)
                 .ignore()
                 .pexpire(s, ms as i64)
                 .ignore()
@@ -95,11 +148,11 @@ pub async fn connect(
             Ok(())
         }),
         connections.redis.run(|mut c| async move {
-            let _: i64 = c.sadd(al, id).await?;
+            let _: i64 = c.hset(al, id, e).await?;
             Ok(())
         })
     );
-    a.and(b).and(e)
+    a.and(b).and(c)
 }
 
 /// The connection's metadata, if it is still registered.
@@ -116,30 +169,65 @@ pub async fn meta(
     Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
 }
 
-/// `ping`: refreshes `last_ping` and both TTLs. Returns false if the
-/// connection is not registered (it expired or was never connected).
+/// What a `ping` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ping {
+    /// Registered and its sign-in lives: `last_ping` and the TTLs refreshed.
+    Alive,
+    /// Not registered (expired, closed, or never connected).
+    Unknown,
+    /// Its token expired or its session ended: taken out of the registry,
+    /// to be closed.
+    Ended,
+}
+
+/// `ping`: refreshes `last_ping` and the registry's TTLs while the sign-in
+/// that opened the connection lives; otherwise takes the connection out
+/// (see [`Ping`]). Two round trips; a third when it ends the connection.
 #[tracing::instrument(skip_all, fields(connection_id = %conn))]
 pub async fn ping(
     connections: &Connections,
     conn: &ConnectionId,
-) -> Result<bool, RedisUnavailable> {
+) -> Result<Ping, RedisUnavailable> {
     let Some(mut m) = meta(connections, conn).await? else {
-        return Ok(false);
+        return Ok(Ping::Unknown);
     };
     m.last_ping = OffsetDateTime::now_utc();
     let set = connections.keys.ws_connections(&m.user_id);
-    let (s, ms) = (&set, ttl_ms(connections) as i64);
-    let (a, b) = tokio::join!(
-        write_meta(connections, conn, &m),
-        connections.redis.run(|mut c| async move {
-            let _: bool = c.pexpire(s, ms).await?;
-            Ok(())
-        })
+    let prefix = connections.keys.session_prefix(&m.user_id);
+    let (s, p, id, ms, now) = (
+        &set,
+        &prefix,
+        conn.as_str(),
+        ttl_ms(connections),
+        now_secs(),
     );
-    a.and(b).map(|_| true)
+    let (alive, refreshed) = tokio::join!(
+        connections.redis.run(|mut c| async move {
+            let v: i64 = PING
+                .key(s)
+                .arg(p)
+                .arg(id)
+                .arg(now)
+                .arg(ms)
+                .invoke_async(&mut c)
+                .await?;
+            Ok(v)
+        }),
+        write_meta(connections, conn, &m)
+    );
+    match alive? {
+        1 => refreshed.map(|_| Ping::Alive),
+        // Out of the user's registry (a sign-out took it out: 0) or just
+        // found dead (-1): either way it is to be closed.
+        _ => {
+            forget(connections, &[(conn.clone(), Some(m.user_id))]).await?;
+            Ok(Ping::Ended)
+        }
+    }
 }
 
-/// `$disconnect`: removes both entries. Idempotent.
+/// `$disconnect`: removes every entry of the connection. Idempotent.
 #[tracing::instrument(skip_all, fields(connection_id = %conn))]
 pub async fn disconnect(
     connections: &Connections,
@@ -150,62 +238,202 @@ pub async fn disconnect(
         Some(u) => Some(*u),
         None => meta(connections, conn).await?.map(|m| m.user_id),
     };
-    let key = connections.keys.ws_meta(conn);
+    forget(connections, &[(conn.clone(), user)]).await
+}
+
+/// Removes connections from the registry (`ws_meta`, `ws_all`, and their
+/// user's `ws_conn` when the user is given), all requests at once.
+pub async fn forget(
+    connections: &Connections,
+    conns: &[(ConnectionId, Option<UserId>)],
+) -> Result<(), RedisUnavailable> {
+    if conns.is_empty() {
+        return Ok(());
+    }
     let all = connections.keys.ws_all();
-    let (k, al, cid) = (&key, &all, conn.as_str());
-    let del = async {
+    let ids: Vec<&str> = conns.iter().map(|(c, _)| c.as_str()).collect();
+    let (al, ids) = (&all, &ids);
+    let from_all = connections.redis.run(|mut c| async move {
+        let _: i64 = c.hdel(al, ids).await?;
+        Ok(())
+    });
+    let metas = futures_util::future::join_all(conns.iter().map(|(conn, user)| async move {
+        let key = connections.keys.ws_meta(conn);
+        let set = user.map(|u| connections.keys.ws_connections(&u));
+        let (k, s, id) = (&key, &set, conn.as_str());
         let (a, b) = tokio::join!(
             connections.redis.run(|mut c| async move {
                 let _: i64 = c.del(k).await?;
                 Ok(())
             }),
-            connections.redis.run(|mut c| async move {
-                let _: i64 = c.srem(al, cid).await?;
-                Ok(())
-            })
+            async {
+                match s {
+                    Some(s) => {
+                        connections
+                            .redis
+                            .run(|mut c| async move {
+                                let _: i64 = c.hdel(s, id).await?;
+                                Ok(())
+                            })
+                            .await
+                    }
+                    None => Ok(()),
+                }
+            }
         );
         a.and(b)
-    };
-    match user {
-        Some(u) => {
-            let set = connections.keys.ws_connections(&u);
-            let (s, id) = (&set, conn.as_str());
-            let (a, b) = tokio::join!(
-                del,
-                connections.redis.run(|mut c| async move {
-                    let _: i64 = c.srem(s, id).await?;
-                    Ok(())
-                })
-            );
-            a.and(b)
-        }
-        None => del.await,
-    }
+    }));
+    let (a, results) = tokio::join!(from_all, metas);
+    results.into_iter().fold(a, |acc, r| acc.and(r))
 }
 
-/// Every live connection (for announcements): the `ws_all` set, read in
-/// pages; ids whose metadata has expired are removed on the way.
+/// Which connections may receive frames, and which were found dead.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Liveness {
+    /// Per user, the connections whose token is valid and session alive.
+    pub live: HashMap<UserId, Vec<ConnectionId>>,
+    /// Connections whose token expired or session ended: already out of
+    /// their user's `ws_conn`; to be closed and forgotten.
+    pub dead: Vec<(ConnectionId, Option<UserId>)>,
+}
+
+/// The live connections of each of `users`, one script per user, all sent
+/// at once: **one round-trip time for a whole batch** of recipients. Dead
+/// ones are taken out of their user's registry and listed.
+pub async fn live(
+    connections: &Connections,
+    users: &[UserId],
+) -> Result<Liveness, RedisUnavailable> {
+    let mut distinct: Vec<UserId> = users.to_vec();
+    distinct.sort_by_key(|u| u.to_string());
+    distinct.dedup();
+    let now = now_secs();
+    let answers = futures_util::future::join_all(distinct.iter().map(|user| async move {
+        let set = connections.keys.ws_connections(user);
+        let prefix = connections.keys.session_prefix(user);
+        let (s, p) = (&set, &prefix);
+        let found: Result<(Vec<String>, Vec<String>), RedisUnavailable> = connections
+            .redis
+            .run(|mut c| async move { LIVE.key(s).arg(p).arg(now).invoke_async(&mut c).await })
+            .await;
+        (*user, found)
+    }))
+    .await;
+    let mut out = Liveness::default();
+    for (user, found) in answers {
+        let (live, dead) = found?;
+        let ids = |v: Vec<String>| -> Vec<ConnectionId> {
+            v.iter()
+                .filter_map(|c| ConnectionId::parse(c).ok())
+                .collect()
+        };
+        out.dead
+            .extend(ids(dead).into_iter().map(|c| (c, Some(user))));
+        out.live.insert(user, ids(live));
+    }
+    Ok(out)
+}
+
+/// The user's live connections (see [`live`]); dead ones are taken out of
+/// the registry on the way (not closed: that is the sender's job).
+pub async fn connections(
+    connections: &Connections,
+    user: &UserId,
+) -> Result<Vec<ConnectionId>, RedisUnavailable> {
+    let found = live(connections, std::slice::from_ref(user)).await?;
+    forget(connections, &found.dead).await?;
+    Ok(found.live.get(user).cloned().unwrap_or_default())
+}
+
+/// One page of `ws_all`: the connections that may receive frames, and the
+/// dead ones (token expired, session ended, or an entry that does not
+/// parse), with the cursor for the next page (0 at the end).
+pub async fn everyone_page(
+    connections: &Connections,
+    cursor: u64,
+    count: usize,
+) -> Result<(u64, Vec<ConnectionId>, Vec<(ConnectionId, Option<UserId>)>), RedisUnavailable> {
+    let all = connections.keys.ws_all();
+    let al = &all;
+    let (next, page): (u64, Vec<(String, String)>) = connections
+        .redis
+        .run(|mut c| async move {
+            redis::cmd("HSCAN")
+                .arg(al)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(count)
+                .query_async(&mut c)
+                .await
+        })
+        .await?;
+    let now = now_secs();
+    let mut candidates = Vec::new();
+    let mut dead = Vec::new();
+    for (id, value) in page {
+        let Ok(conn) = ConnectionId::parse(&id) else {
+            continue;
+        };
+        let mut parts = value.split(' ');
+        let parsed = (|| {
+            let user = UserId::parse(parts.next()?).ok()?;
+            let session = SessionId::parse(parts.next()?).ok()?;
+            let exp: i64 = parts.next()?.parse().ok()?;
+            Some((user, session, exp))
+        })();
+        match parsed {
+            Some((user, session, exp)) if exp > now => candidates.push((conn, user, session)),
+            Some((user, ..)) => dead.push((conn, Some(user))),
+            None => dead.push((conn, None)),
+        }
+    }
+    // Each distinct session is checked once, all at once.
+    let sessions: HashSet<(UserId, String)> = candidates
+        .iter()
+        .map(|(_, u, s)| (*u, s.to_string()))
+        .collect();
+    let alive: HashMap<(UserId, String), bool> = futures_util::stream::iter(sessions)
+        .map(|(user, sid)| async move {
+            let key = format!("{}{sid}", connections.keys.session_prefix(&user));
+            let k = &key;
+            let n: Result<i64, RedisUnavailable> = connections
+                .redis
+                .run(|mut c| async move { c.exists(k).await })
+                .await;
+            ((user, sid), n)
+        })
+        .buffer_unordered(256)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .map(|(k, n)| n.map(|n| (k, n > 0)))
+        .collect::<Result<_, _>>()?;
+    let mut live = Vec::new();
+    for (conn, user, session) in candidates {
+        if alive
+            .get(&(user, session.to_string()))
+            .copied()
+            .unwrap_or(false)
+        {
+            live.push(conn);
+        } else {
+            dead.push((conn, Some(user)));
+        }
+    }
+    Ok((next, live, dead))
+}
+
+/// Every live connection (announcements), page by page through `ws_all`;
+/// dead ones are forgotten on the way (not closed: see `ws-sender`).
 pub async fn all_connections(
     connections: &Connections,
 ) -> Result<Vec<ConnectionId>, RedisUnavailable> {
-    let all = connections.keys.ws_all();
-    let al = &all;
-    let mut cursor: u64 = 0;
+    let mut cursor = 0;
     let mut ids = Vec::new();
     loop {
-        let (next, page): (u64, Vec<String>) = connections
-            .redis
-            .run(|mut c| async move {
-                redis::cmd("SSCAN")
-                    .arg(al)
-                    .arg(cursor)
-                    .arg("COUNT")
-                    .arg(500)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
-        ids.extend(page.iter().filter_map(|i| ConnectionId::parse(i).ok()));
+        let (next, live, dead) = everyone_page(connections, cursor, 500).await?;
+        ids.extend(live);
+        forget(connections, &dead).await?;
         cursor = next;
         if cursor == 0 {
             break;
@@ -213,67 +441,5 @@ pub async fn all_connections(
     }
     ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     ids.dedup_by(|a, b| a.as_str() == b.as_str());
-    live(connections, al, ids).await
-}
-
-/// The ids among `ids` whose metadata still exists; the others are removed
-/// from `set`.
-async fn live(
-    connections: &Connections,
-    set: &str,
-    ids: Vec<ConnectionId>,
-) -> Result<Vec<ConnectionId>, RedisUnavailable> {
-    use futures_util::StreamExt;
-    let checks: Vec<(ConnectionId, Result<bool, RedisUnavailable>)> =
-        futures_util::stream::iter(ids)
-            .map(|id| async move {
-                let key = connections.keys.ws_meta(&id);
-                let k = &key;
-                let alive = connections
-                    .redis
-                    .run(|mut c| async move { c.exists(k).await })
-                    .await;
-                (id, alive)
-            })
-            .buffer_unordered(64)
-            .collect()
-            .await;
-    let mut live = Vec::new();
-    let mut dead = Vec::new();
-    for (id, alive) in checks {
-        match alive? {
-            true => live.push(id),
-            false => dead.push(id.to_string()),
-        }
-    }
-    if !dead.is_empty() {
-        let d = &dead;
-        connections
-            .redis
-            .run(|mut c| async move {
-                let _: i64 = c.srem(set, d).await?;
-                Ok(())
-            })
-            .await?;
-    }
-    Ok(live)
-}
-
-/// The user's live connections; ids whose metadata has expired are removed
-/// from the set on the way.
-pub async fn connections(
-    connections: &Connections,
-    user: &UserId,
-) -> Result<Vec<ConnectionId>, RedisUnavailable> {
-    let set = connections.keys.ws_connections(user);
-    let s = &set;
-    let ids: Vec<String> = connections
-        .redis
-        .run(|mut c| async move { c.smembers(s).await })
-        .await?;
-    let ids: Vec<ConnectionId> = ids
-        .iter()
-        .filter_map(|i| ConnectionId::parse(i).ok())
-        .collect();
-    live(connections, s.as_str(), ids).await
+    Ok(ids)
 }

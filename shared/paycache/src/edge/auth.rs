@@ -179,7 +179,7 @@ pub(crate) async fn decide_with_signals<'a>(
     let claims = verifier.verify(token)?;
     let device = device_header(&event);
     let (state, new_device, risk) = tokio::join!(
-        sessions::check(deps.sessions, &claims.session, &claims.jti),
+        sessions::check(deps.sessions, &claims.user, &claims.session, &claims.jti),
         async {
             match &device {
                 Some(d) => crate::domain::fraud::device_seen(deps.fraud, &claims.user, d)
@@ -195,14 +195,16 @@ pub(crate) async fn decide_with_signals<'a>(
                 .flatten()
         }
     );
-    let state = match state {
-        Ok(s) => s,
-        Err(why) => {
+    let session = match state.verdict(&claims.user) {
+        sessions::Verdict::Valid(s) => s,
+        sessions::Verdict::Refused(why) => return Err(why),
+        sessions::Verdict::Unknown(why) => {
             tracing::warn!(reason = why.as_str(), "revocation check failed");
             if !verifier.config().revocation_fail_open {
                 return Err(Denied::RevocationUnavailable);
             }
-            // Fail-open mode: no session data to pass on.
+            // Fail-open mode (nothing said "refused"): no session data to
+            // pass on.
             let session = sessions::Session {
                 user_id: claims.user,
                 email: String::new(),
@@ -215,13 +217,6 @@ pub(crate) async fn decide_with_signals<'a>(
             return Ok((claims, session, Signals::default()));
         }
     };
-    if state.revoked {
-        return Err(Denied::Revoked);
-    }
-    let session = state.session.ok_or(Denied::NoSession)?;
-    if session.user_id != claims.user {
-        return Err(Denied::SessionMismatch);
-    }
     let signals = Signals {
         new_device,
         risk_score: risk.map(|r| r.score),

@@ -23,11 +23,13 @@ use serde_json::{Value, json};
 use crate::app::App;
 use crate::domain::audit::{self, AuditLog};
 use crate::domain::balance::{self, Balances};
+use crate::domain::delivery::DeliveryQueue;
 use crate::domain::health::Health;
 use crate::domain::invalidation::{self, Invalidation, InvalidationError};
-use crate::domain::realtime::Connections;
+use crate::domain::realtime::{Connections, Ping, SignedIn};
 use crate::domain::warming::Warmer;
-use crate::infra::keys::{TransactionId, UserId, WalletId};
+use crate::infra::config::AnnouncementTrust;
+use crate::infra::keys::{SessionId, TransactionId, UserId, WalletId};
 
 /// An event as the runtime delivers it, before its handler types it.
 pub type Json = Value;
@@ -43,6 +45,10 @@ fn rejected(reason: impl Into<String>) -> Value {
 struct Envelope {
     #[serde(rename = "detail-type")]
     detail_type: String,
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    account: Option<String>,
 }
 
 /// The events `cache-invalidator` acts on: EventBridge's `detail-type`
@@ -87,9 +93,22 @@ impl InvalidationEvent {
     /// The typed event, or the summary to answer with: `ignored` for a
     /// detail-type this function does not handle, `rejected` (with serde's
     /// reason, which names the field) for a malformed one.
-    pub fn parse(event: &Value) -> Result<Self, Value> {
+    pub fn parse(event: &Value, trust: &AnnouncementTrust) -> Result<Self, Value> {
         let envelope =
             Envelope::deserialize(event).map_err(|_| rejected("the event has no detail-type"))?;
+        // An announcement reaches every open connection: only the
+        // platform's own source (and account) may send one.
+        if envelope.detail_type == "SystemAnnouncement"
+            && (envelope.source.as_deref() != Some(trust.source.as_str())
+                || trust
+                    .account
+                    .as_ref()
+                    .is_some_and(|a| envelope.account.as_deref() != Some(a.as_str())))
+        {
+            return Err(rejected(
+                "SystemAnnouncement is accepted only from the platform's own source and account",
+            ));
+        }
         if !matches!(
             envelope.detail_type.as_str(),
             "UserProfileUpdated" | "TransactionCompleted" | "SystemAnnouncement"
@@ -116,7 +135,7 @@ pub async fn cache_invalidation(
     event: &Value,
 ) -> Result<Value, InvalidationError> {
     let started = Instant::now();
-    let event = match InvalidationEvent::parse(event) {
+    let event = match InvalidationEvent::parse(event, &invalidation.announcements) {
         Ok(e) => e,
         Err(answer) => return Ok(answer),
     };
@@ -274,10 +293,13 @@ pub async fn emit_metrics(
 }
 
 /// `ws-connections`: the WebSocket API's `$connect`, `$disconnect` and
-/// `ping` routes. The user comes from the authorizer's context (WebSocket
-/// authorizers put it in `requestContext.authorizer`); `$connect` without
-/// one is refused (401), so is a malformed connection id (400).
-pub async fn websocket(connections: &Connections, event: &Value) -> Value {
+/// `ping` routes. The sign-in (user, session, token expiry) comes from the
+/// authorizer's context (WebSocket authorizers put it in
+/// `requestContext.authorizer`); `$connect` without it is refused (401), so
+/// is a malformed connection id (400). A `ping` whose sign-in is over
+/// (session ended, token expired) is answered 410 and its connection is
+/// taken out of the registry and queued to be closed.
+pub async fn websocket(connections: &Connections, queue: &DeliveryQueue, event: &Value) -> Value {
     let status = |code: u16, body: Value| json!({"statusCode": code, "body": body.to_string()});
     let Ok(request) = ApiGatewayWebsocketProxyRequest::deserialize(event) else {
         return status(400, json!({"error": "not a WebSocket API event"}));
@@ -294,22 +316,33 @@ pub async fn websocket(connections: &Connections, event: &Value) -> Value {
             json!({"error": "connectionId is missing or malformed"}),
         );
     };
-    let user = ctx
-        .authorizer
-        .fields
-        .get("user_id")
-        .and_then(Value::as_str)
-        .and_then(|u| UserId::parse(u).ok());
+    let fields = &ctx.authorizer.fields;
+    let text = |k: &str| match fields.get(k) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let user = text("user_id").and_then(|u| UserId::parse(&u).ok());
     let result = match route {
         "$connect" => {
-            let Some(user) = user else {
+            let signed_in = (|| {
+                Some(SignedIn {
+                    user: user?,
+                    session: SessionId::parse(&text("session_id")?).ok()?,
+                    expires_at: time::OffsetDateTime::from_unix_timestamp(
+                        text("exp")?.parse().ok()?,
+                    )
+                    .ok()?,
+                })
+            })();
+            let Some(by) = signed_in else {
                 return status(401, json!({"error": "not authenticated"}));
             };
             let client = request
                 .headers
                 .get(http::header::USER_AGENT)
                 .and_then(|v| v.to_str().ok());
-            crate::domain::realtime::connect(connections, &user, &conn, client)
+            crate::domain::realtime::connect(connections, &by, &conn, client)
                 .await
                 .map(|_| 200)
         }
@@ -317,8 +350,14 @@ pub async fn websocket(connections: &Connections, event: &Value) -> Value {
             .await
             .map(|_| 200),
         "ping" => match crate::domain::realtime::ping(connections, &conn).await {
-            Ok(true) => Ok(200),
-            Ok(false) => Ok(410),
+            Ok(Ping::Alive) => Ok(200),
+            Ok(Ping::Unknown) => Ok(410),
+            Ok(Ping::Ended) => {
+                if let Err(why) = queue.close(std::slice::from_ref(&conn)).await {
+                    tracing::warn!(reason = why.as_str(), "could not queue the close");
+                }
+                Ok(410)
+            }
             Err(e) => Err(e),
         },
         _ => Ok(400),
@@ -327,7 +366,7 @@ pub async fn websocket(connections: &Connections, event: &Value) -> Value {
         Ok(200) => status(200, json!({"route": route})),
         Ok(410) => status(
             410,
-            json!({"error": "the connection is not registered (expired)"}),
+            json!({"error": "the connection is not registered (expired, or its sign-in is over)"}),
         ),
         Ok(_) => status(400, json!({"error": "unknown route"})),
         Err(why) => {
@@ -467,7 +506,7 @@ pub async fn handle_sender(
 
 /// `ws-connections`' handler (see [`websocket`]).
 pub async fn handle_websocket(app: &App, _: &(), event: Value, _: Context) -> Answer {
-    Ok(websocket(&app.connections, &event).await)
+    Ok(websocket(&app.connections, &app.delivery, &event).await)
 }
 
 /// The whole `main` of an event-driven function, as [`crate::http_function!`] is

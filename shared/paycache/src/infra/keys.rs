@@ -285,8 +285,12 @@ pub enum KeyFamily {
     UserPreferences,
     /// `wallet_balance:{wallet_id}`.
     WalletBalance,
-    /// `session:{session_id}`.
+    /// `session:{user_id}:<session_id>` (the design's `session:{session_id}`,
+    /// tagged by its user: see [`Keyspace::session`]).
     Session,
+    /// `user_sessions:{user_id}`: the ids of a user's sessions (not in the
+    /// design; "sign out everywhere" reads it).
+    UserSessions,
     /// `blacklist:{token_jti}`.
     Blacklist,
     /// `txn:{transaction_id}`.
@@ -318,6 +322,7 @@ impl KeyFamily {
             Self::UserPreferences => "user_preferences",
             Self::WalletBalance => "wallet_balance",
             Self::Session => "session",
+            Self::UserSessions => "user_sessions",
             Self::Blacklist => "blacklist",
             Self::Transaction => "txn",
             Self::TransactionStatus => "txn_status",
@@ -448,9 +453,29 @@ impl Keyspace {
         format!("{}:ws_all", self.prefix)
     }
 
-    /// `session:{session_id}`
-    pub fn session(&self, id: &SessionId) -> CacheKey {
-        self.key(KeyFamily::Session, id, None)
+    /// `session:{user_id}:<session_id>`. The design tags a session by its
+    /// own id; here it carries its user's tag, so that the user's session
+    /// index ([`Self::user_sessions`]), their sessions and their WebSocket
+    /// connections ([`Self::ws_connections`]) share a slot and one script
+    /// can end them all atomically. Every token names both (`sub`, `sid`).
+    pub fn session(&self, user: &UserId, id: &SessionId) -> CacheKey {
+        self.key(KeyFamily::Session, user, Some(id.as_str()))
+    }
+
+    /// What precedes a session id in [`Self::session`]'s keys of `user`
+    /// (scripts that walk a user's sessions append the validated ids).
+    pub(crate) fn session_prefix(&self, user: &UserId) -> String {
+        format!(
+            "{}:{}:{{{}}}:",
+            self.prefix,
+            KeyFamily::Session.as_str(),
+            user
+        )
+    }
+
+    /// `user_sessions:{user_id}`: the set of the user's session ids.
+    pub fn user_sessions(&self, user: &UserId) -> CacheKey {
+        self.key(KeyFamily::UserSessions, user, None)
     }
 
     /// `blacklist:{jti}`
@@ -469,14 +494,43 @@ impl Keyspace {
     }
 
     /// `rate_limit:{user_id}:{endpoint}`: tagged by user, so all of one
-    /// user's limiter keys share a slot.
-    pub fn rate_limit(&self, subject: &RateSubject, endpoint: &Endpoint) -> CacheKey {
-        self.key(KeyFamily::RateLimit, subject, Some(endpoint.as_str()))
+    /// user's limiter keys share a slot. `consulted`: the counters services
+    /// consult through `POST /rate-limit/check`,
+    /// `rate_limit:{user_id}:consulted:{endpoint}` — a policy name has no
+    /// `:`, so no name reaches the routes' own counters.
+    pub fn rate_limit(
+        &self,
+        subject: &RateSubject,
+        endpoint: &Endpoint,
+        consulted: bool,
+    ) -> CacheKey {
+        self.key(
+            KeyFamily::RateLimit,
+            subject,
+            Some(&Self::counter(endpoint, consulted)),
+        )
     }
 
-    /// `sliding:{user_id}:{endpoint}`
-    pub(crate) fn sliding_window(&self, subject: &RateSubject, endpoint: &Endpoint) -> CacheKey {
-        self.key(KeyFamily::SlidingWindow, subject, Some(endpoint.as_str()))
+    /// `sliding:{user_id}:{endpoint}` (and its `consulted:` twin).
+    pub(crate) fn sliding_window(
+        &self,
+        subject: &RateSubject,
+        endpoint: &Endpoint,
+        consulted: bool,
+    ) -> CacheKey {
+        self.key(
+            KeyFamily::SlidingWindow,
+            subject,
+            Some(&Self::counter(endpoint, consulted)),
+        )
+    }
+
+    fn counter(endpoint: &Endpoint, consulted: bool) -> String {
+        if consulted {
+            format!("consulted:{}", endpoint.as_str())
+        } else {
+            endpoint.as_str().to_owned()
+        }
     }
 
     /// `risk_score:{user_id}`
@@ -591,12 +645,13 @@ mod tests {
             ks().user_permissions(&user),
             ks().user_preferences(&user),
             ks().wallet_balance(&wallet),
-            ks().session(&tok),
+            ks().session(&user, &tok),
+            ks().user_sessions(&user),
             ks().blacklist(&Jti::parse("jti-1").unwrap()),
             ks().transaction(&txn),
             ks().transaction_status(&txn),
-            ks().rate_limit(&RateSubject::User(user), &ep),
-            ks().sliding_window(&RateSubject::User(user), &ep),
+            ks().rate_limit(&RateSubject::User(user), &ep, false),
+            ks().sliding_window(&RateSubject::User(user), &ep, false),
             ks().risk_score(&user),
             ks().device(&DeviceFingerprint::parse("fp_1").unwrap()),
             ks().ws_connections(&user),
@@ -617,11 +672,15 @@ mod tests {
             hash_tag(ks().transaction_status(&txn).as_str())
         );
         assert_eq!(
-            hash_tag(ks().rate_limit(&RateSubject::User(user), &ep).as_str()),
+            hash_tag(
+                ks().rate_limit(&RateSubject::User(user), &ep, false)
+                    .as_str()
+            ),
             hash_tag(ks().user_profile(&user).as_str())
         );
         assert_eq!(
-            ks().rate_limit(&RateSubject::User(user), &ep).as_str(),
+            ks().rate_limit(&RateSubject::User(user), &ep, false)
+                .as_str(),
             format!("paycache:rate_limit:{{{USER}}}:transfers.create")
         );
     }
@@ -632,8 +691,8 @@ mod tests {
         let ep2 = Endpoint::parse("a-b").unwrap();
         let user = UserId::parse(USER).unwrap();
         assert_ne!(
-            ks().rate_limit(&RateSubject::User(user), &ep1),
-            ks().rate_limit(&RateSubject::User(user), &ep2)
+            ks().rate_limit(&RateSubject::User(user), &ep1, false),
+            ks().rate_limit(&RateSubject::User(user), &ep2, false)
         );
         assert_ne!(
             ks().transaction(&TransactionId::parse(USER).unwrap())
@@ -659,15 +718,19 @@ mod tests {
         }
         if let Ok(s) = SessionId::parse(candidate) {
             parsed += 1;
-            let k = ks().session(&s);
-            proptest::prop_assert_eq!(hash_tag(k.as_str()), s.as_str());
+            let user = UserId::parse(USER).unwrap();
+            let k = ks().session(&user, &s);
+            proptest::prop_assert_eq!(hash_tag(k.as_str()), user.to_string());
+            let tail = format!(":{}", s.as_str());
+            proptest::prop_assert!(k.as_str().ends_with(&tail));
+            proptest::prop_assert!(k.as_str().starts_with(&ks().session_prefix(&user)));
             let clean = !s.as_str().contains([':', '{', '}']);
             proptest::prop_assert!(clean, "session id with a separator or brace");
         }
         if let Ok(e) = Endpoint::parse(candidate) {
             parsed += 1;
             let user = UserId::parse(USER).unwrap();
-            let k = ks().rate_limit(&RateSubject::User(user), &e);
+            let k = ks().rate_limit(&RateSubject::User(user), &e, false);
             proptest::prop_assert_eq!(k.as_str().matches(':').count(), 3);
             proptest::prop_assert_eq!(hash_tag(k.as_str()), USER);
         }

@@ -47,6 +47,8 @@ static SLIDING_LOG: LazyLock<Script> =
 static SLIDING_WINDOW: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("ratelimit/sliding_window.lua")));
 static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("ratelimit/gcra.lua")));
+static REFUND: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("ratelimit/refund.lua")));
 
 pub use crate::infra::config::rate_limit::{Algorithm, FailMode, Policies, Policy, PolicySpec};
 
@@ -78,6 +80,20 @@ pub struct RateLimitDecision {
     #[serde(skip)]
     /// The window.
     pub window_secs: u64,
+    /// What [`RateLimiter::refund`] needs to give an admission back.
+    #[serde(skip)]
+    pub(crate) ticket: Option<Ticket>,
+}
+
+/// An admission's record, to give it back ([`RateLimiter::refund`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ticket {
+    key: String,
+    algorithm: Algorithm,
+    window_ms: u64,
+    cost: u64,
+    request_id: String,
+    limit: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -97,6 +113,18 @@ struct Remembered {
     cost: u64,
     remaining: u64,
     reset_at: Instant,
+}
+
+/// Whose counters a check counts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counters {
+    /// The routes' own (`rate_limit:{subject}:<policy>`): what a caller of
+    /// this API spends.
+    Routes,
+    /// Those services consult through `POST /rate-limit/check`
+    /// (`rate_limit:{subject}:consulted:<policy>`): a service may spend a
+    /// user's budget for its own endpoints, never the routes' budgets.
+    Consulted,
 }
 
 /// The limiter of one execution environment.
@@ -143,29 +171,44 @@ impl RateLimiter {
         self.policies.get(name)
     }
 
-    fn key_for(&self, policy: &Policy, user: &RateSubject) -> String {
+    fn key_for(&self, policy: &Policy, user: &RateSubject, counters: Counters) -> String {
+        let consulted = counters == Counters::Consulted;
         let base = match policy.spec.algorithm {
-            Algorithm::SlidingLog => self.keys.sliding_window(user, &policy.name),
-            _ => self.keys.rate_limit(user, &policy.name),
+            Algorithm::SlidingLog => self.keys.sliding_window(user, &policy.name, consulted),
+            _ => self.keys.rate_limit(user, &policy.name, consulted),
         };
+        let base = base.as_str().to_owned();
         match policy.spec.algorithm {
-            Algorithm::FixedWindow | Algorithm::SlidingLog => base.as_str().to_owned(),
+            Algorithm::FixedWindow | Algorithm::SlidingLog => base,
             Algorithm::SlidingWindow => format!("{base}:swc"),
             Algorithm::Gcra => format!("{base}:gcra"),
         }
     }
 
     /// Checks (and, if admitted, records) `cost` units for `user` under the
-    /// policy named `endpoint`: one round trip, none for a remembered denial.
+    /// policy named `endpoint`, in the routes' own counters: one round trip,
+    /// none for a remembered denial.
     pub async fn check(
         &self,
         subject: impl Into<RateSubject>,
         endpoint: &Endpoint,
         cost: u64,
     ) -> RateLimitDecision {
+        self.check_in(Counters::Routes, subject, endpoint, cost)
+            .await
+    }
+
+    /// [`RateLimiter::check`] in the given counters.
+    pub async fn check_in(
+        &self,
+        counters: Counters,
+        subject: impl Into<RateSubject>,
+        endpoint: &Endpoint,
+        cost: u64,
+    ) -> RateLimitDecision {
         let subject = subject.into();
         let policy = self.policy(endpoint);
-        let key = self.key_for(&policy, &subject);
+        let key = self.key_for(&policy, &subject, counters);
         let decision =
             |allowed, remaining, reset_after_ms, retry_after_ms, source| RateLimitDecision {
                 allowed,
@@ -178,6 +221,7 @@ impl RateLimiter {
                 reason: None,
                 source,
                 window_secs: policy.spec.window_secs,
+                ticket: None,
             };
 
         if let Some(d) = self.remembered(&key, cost) {
@@ -219,7 +263,16 @@ impl RateLimiter {
             Ok((allowed, remaining, reset, retry)) => {
                 let (remaining, reset, retry) = (nonneg(remaining), nonneg(reset), nonneg(retry));
                 if allowed == 1 {
-                    decision(true, remaining, reset, 0, DecisionSource::Redis)
+                    let mut d = decision(true, remaining, reset, 0, DecisionSource::Redis);
+                    d.ticket = Some(Ticket {
+                        key: key.clone(),
+                        algorithm: policy.spec.algorithm,
+                        window_ms,
+                        cost,
+                        request_id: request_id.clone(),
+                        limit: policy.spec.limit,
+                    });
+                    d
                 } else {
                     crate::infra::telemetry::rate_limit_denied();
                     self.remember(key, cost, remaining, reset, retry);
@@ -240,6 +293,38 @@ impl RateLimiter {
                 d.reason = Some("cache-unavailable");
                 d
             }
+        }
+    }
+
+    /// Gives back what the admitted `decision` consumed: its request was
+    /// refused as unauthenticated, and a refusal costs its subject nothing.
+    /// One round trip, on the refusal path only; nothing for a decision
+    /// that consumed nothing (denied, or decided without Redis). Between
+    /// the check and the refund the units are held: at most the refused
+    /// requests in flight at that moment.
+    pub async fn refund(&self, decision: &RateLimitDecision) {
+        let Some(t) = &decision.ticket else {
+            return;
+        };
+        let refunded = tokio::time::timeout(
+            self.timeout,
+            self.redis.run(|mut c| async move {
+                let n: i64 = REFUND
+                    .key(&t.key)
+                    .arg(t.algorithm.as_str())
+                    .arg(t.window_ms)
+                    .arg(t.cost)
+                    .arg(&t.request_id)
+                    .arg(t.limit)
+                    .invoke_async(&mut c)
+                    .await?;
+                Ok(n)
+            }),
+        )
+        .await
+        .unwrap_or(Err(RedisUnavailable::Timeout));
+        if let Err(why) = refunded {
+            tracing::warn!(policy = %decision.policy, reason = why.as_str(), "could not refund a refused request's rate-limit units");
         }
     }
 
@@ -363,6 +448,7 @@ mod tests {
             remaining: 0,
             reset_after_ms: 22_001,
             retry_after_ms: 1_500,
+            ticket: None,
             reason: None,
             source: DecisionSource::Redis,
             window_secs: 60,

@@ -180,6 +180,7 @@ pub(super) async fn commit(
             "balance": format_amount(row.balance_minor, row.currency),
             "version": row.version,
             "idempotency_key": write.idempotency_key,
+            "actor": write.actor,
         }),
     };
     let event_json = serde_json::to_value(&event).map_err(|_| DbError::Unavailable)?;

@@ -6,16 +6,19 @@ use lambda_http::{Body, Request, Response};
 use serde_json::Value;
 
 use crate::app::App;
+use crate::domain::balance::Actor;
 use crate::domain::balance::Balances;
 use crate::domain::balance::WalletBalance;
 use crate::domain::balance::{BalanceWrite, WriteError, WriteOutcome, get_balance, write_balance};
-use crate::domain::identity::permissions;
+use crate::domain::identity::{Principal, permissions};
 use crate::domain::money::{Currency, CurrencyError, parse_amount};
 use crate::edge::http::{
     Problem, check_body_size, json_object, json_response, path_param, request_id, single_header,
     whole_number, with_cache_status,
 };
-use crate::edge::routes::gate::{Admitted, Gate, admit, admit_as, forbidden, identify, refusal};
+use crate::edge::routes::gate::{
+    Access, Admitted, Gate, admit, admit_as, forbidden, identify, refusal,
+};
 use crate::edge::routes::limits::{BALANCE_READ, BALANCE_WRITE, with_decision};
 use crate::infra::db::DbError;
 use crate::infra::keys::WalletId;
@@ -67,6 +70,7 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
             gate,
             &req,
             Some(BALANCE_READ),
+            Access::Read,
             &rid,
             get_balance(deps.balances, &wallet),
         )
@@ -94,7 +98,7 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
     // scopes; never a user); one who may not is told 403 if they can see
     // the wallet and 404 if not, from a read sent with the gate's checks.
     // Identified once: the token is verified here, not again in the gate.
-    let caller = match identify(&req, gate.verifier) {
+    let caller = match identify(&req, gate) {
         Ok(c) => c,
         Err(why) => return refusal(why, &rid),
     };
@@ -106,6 +110,7 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
             gate,
             caller,
             Some(BALANCE_WRITE),
+            Access::Read,
             &rid,
             get_balance(deps.balances, &wallet),
         )
@@ -126,11 +131,31 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
         return with_decision(resp, who.limit.as_ref());
     }
     // The write starts only after its check.
-    let (who, ()) = match admit_as(gate, caller, Some(BALANCE_WRITE), &rid, async {}).await {
+    let (who, ()) = match admit_as(
+        gate,
+        caller,
+        Some(BALANCE_WRITE),
+        Access::Write,
+        &rid,
+        async {},
+    )
+    .await
+    {
         Ok(admitted) => admitted,
         Err(refused) => return refused,
     };
     tracing::info!(client = ?who.caller.principal, "balance write");
+    let write = BalanceWrite {
+        actor: Some(Actor {
+            principal: match &who.caller.principal {
+                Principal::Service { client } => format!("svc:{client}"),
+                Principal::User { user, .. } => format!("user:{user}"),
+            },
+            jti: who.caller.jti.to_string(),
+            request_id: rid.clone(),
+        }),
+        ..write
+    };
     with_decision(put(deps.balances, write, &rid).await, who.limit.as_ref())
 }
 
@@ -250,6 +275,7 @@ fn parse_write(wallet: WalletId, req: &Request) -> Result<BalanceWrite, Problem>
         currency,
         expected_version,
         idempotency_key,
+        actor: None,
     })
 }
 

@@ -15,11 +15,17 @@
 //! 3. **Decided after**: a revoked token, a missing session or one of
 //!    another user is 401 (`WWW-Authenticate: Bearer error="invalid_token"`,
 //!    a body that does not say which check failed) and the read is
-//!    discarded; over the limit is 429. Redis unable to say whether the
-//!    token is revoked is 503: revocation fails closed — unless
-//!    `AUTH_REVOCATION_FAIL_OPEN=true`, which admits the caller with the
-//!    token's own permissions (none for a user: their own resources only),
-//!    so that reads keep being served from PostgreSQL while Redis is down.
+//!    discarded; over the limit is 429. A definite refusal always wins: a
+//!    "revoked" refuses even when the session read failed. Redis unable to
+//!    say is 503: revocation fails closed — unless
+//!    `AUTH_REVOCATION_FAIL_OPEN=true`, which admits a **read** (never a
+//!    write: [`Access`]) with the token's own permissions (none for a user:
+//!    their own resources only), so that reads keep being served from
+//!    PostgreSQL while Redis is down.
+//! 4. **A refusal costs nothing**: the rate-limit units an unauthenticated
+//!    request consumed in step 2 are given back
+//!    ([`RateLimiter::refund`]), on the refusal path only — the success
+//!    path stays one round-trip time.
 //!
 //! A write is not passed as work: it starts only after its check.
 
@@ -32,7 +38,7 @@ use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 
 use crate::domain::identity::{Caller, Denied, Principal, Verifier};
-use crate::domain::sessions::{self, Sessions};
+use crate::domain::sessions::{self, Sessions, Verdict};
 use crate::edge::http::Problem;
 use crate::edge::routes::limits::too_many_requests;
 use crate::infra::keys::{Endpoint, RateSubject};
@@ -49,6 +55,13 @@ pub struct Gate<'a> {
     pub verifier: Option<&'a Verifier>,
     /// `AUTH_REVOCATION_FAIL_OPEN`.
     pub fail_open: bool,
+    /// `AUTH_VERIFY_IN_FUNCTION`: with claims from API Gateway, verify the
+    /// bearer token's signature here too (defence in depth, [`identify`]).
+    pub verify_in_function: bool,
+    /// A deliberately broken gate for the tests: refused requests keep
+    /// what they consumed.
+    #[doc(hidden)]
+    pub no_refund: bool,
 }
 
 impl<'a> From<&'a crate::app::App> for Gate<'a> {
@@ -58,8 +71,20 @@ impl<'a> From<&'a crate::app::App> for Gate<'a> {
             limiter: &app.limiter,
             verifier: app.verifier.as_deref(),
             fail_open: app.config.revocation_fail_open,
+            verify_in_function: app.config.verify_in_function,
+            no_refund: false,
         }
     }
+}
+
+/// What the caller asks to do: fail-open (`AUTH_REVOCATION_FAIL_OPEN`)
+/// never admits a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reads only.
+    Read,
+    /// Changes something (a balance, a rate limit, a sign-out).
+    Write,
 }
 
 /// A caller let in.
@@ -123,7 +148,14 @@ pub fn forbidden(detail: &str, request_id: &str) -> Response<Body> {
 const CLAIMS_LEEWAY_SECS: i64 = 5;
 
 /// Who is calling (step 1; no Redis).
-pub fn identify(req: &Request, verifier: Option<&Verifier>) -> Result<Caller, Denied> {
+///
+/// Claims in `requestContext.authorizer.jwt` are trusted because only API
+/// Gateway can invoke the HTTP functions (their resource policies name the
+/// API as the only source: README → Security). With
+/// `AUTH_VERIFY_IN_FUNCTION=true` the function does not rest on that
+/// alone: the bearer token must also verify here against the configured
+/// keys and name the same principal and `jti` as the claims.
+pub fn identify(req: &Request, gate: Gate<'_>) -> Result<Caller, Denied> {
     if let Some(RequestContext::ApiGatewayV2(ctx)) = req.request_context_ref()
         && let Some(jwt) = ctx.authorizer.as_ref().and_then(|a| a.jwt.as_ref())
     {
@@ -135,8 +167,25 @@ pub fn identify(req: &Request, verifier: Option<&Verifier>) -> Result<Caller, De
         {
             return Err(Denied::Expired);
         }
+        if gate.verify_in_function {
+            let token = bearer(req)?;
+            let verified = gate
+                .verifier
+                .ok_or(Denied::UnknownKey)?
+                .verify_token(token)?;
+            if verified.principal != caller.principal || verified.jti != caller.jti {
+                return Err(Denied::ClaimsMismatch);
+            }
+        }
         return Ok(caller);
     }
+    let token = bearer(req)?;
+    // No keys: nothing here can verify a token, so nothing is admitted.
+    gate.verifier.ok_or(Denied::UnknownKey)?.verify_token(token)
+}
+
+/// The bearer token of `Authorization: Bearer <token>`.
+fn bearer(req: &Request) -> Result<&str, Denied> {
     let header = req
         .headers()
         .get(http::header::AUTHORIZATION)
@@ -146,10 +195,7 @@ pub fn identify(req: &Request, verifier: Option<&Verifier>) -> Result<Caller, De
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
         return Err(Denied::Malformed);
     }
-    // No keys: nothing here can verify a token, so nothing is admitted.
-    verifier
-        .ok_or(Denied::UnknownKey)?
-        .verify_token(token.trim())
+    Ok(token.trim())
 }
 
 /// Lets the caller in and runs `work` in the same round-trip time (see the
@@ -159,11 +205,12 @@ pub async fn admit<T>(
     gate: Gate<'_>,
     req: &Request,
     policy: Option<&'static str>,
+    access: Access,
     request_id: &str,
     work: impl Future<Output = T>,
 ) -> Result<(Admitted, T), Response<Body>> {
-    let caller = identify(req, gate.verifier).map_err(|why| refusal(why, request_id))?;
-    admit_as(gate, caller, policy, request_id, work).await
+    let caller = identify(req, gate).map_err(|why| refusal(why, request_id))?;
+    admit_as(gate, caller, policy, access, request_id, work).await
 }
 
 /// The 401 for a caller [`identify`] refused, logged with the reason.
@@ -178,6 +225,7 @@ pub async fn admit_as<T>(
     gate: Gate<'_>,
     caller: Caller,
     policy: Option<&'static str>,
+    access: Access,
     request_id: &str,
     work: impl Future<Output = T>,
 ) -> Result<(Admitted, T), Response<Body>> {
@@ -198,12 +246,15 @@ pub async fn admit_as<T>(
     );
     let permissions = match credentials {
         Ok(p) => p,
-        Err(Denied::RevocationUnavailable) if gate.fail_open => {
-            tracing::warn!("revocation could not be checked; admitted (AUTH_REVOCATION_FAIL_OPEN)");
+        Err(Denied::RevocationUnavailable) if gate.fail_open && access == Access::Read => {
+            tracing::warn!(
+                "revocation could not be checked; read admitted (AUTH_REVOCATION_FAIL_OPEN)"
+            );
             caller.scope_permissions.clone()
         }
         Err(Denied::RevocationUnavailable) => {
             tracing::warn!("request refused: revocation could not be checked");
+            refund(gate, limit.as_ref()).await;
             return Err(
                 Problem::unavailable("The session could not be checked; retry shortly.")
                     .into_response(request_id),
@@ -211,6 +262,7 @@ pub async fn admit_as<T>(
         }
         Err(why) => {
             tracing::info!(reason = %why, "request refused: not authenticated");
+            refund(gate, limit.as_ref()).await;
             return Err(unauthenticated(false, request_id));
         }
     };
@@ -229,6 +281,16 @@ pub async fn admit_as<T>(
     ))
 }
 
+/// Gives back the units a refused request consumed (not with the tests'
+/// broken gate: [`Gate::no_refund`]).
+async fn refund(gate: Gate<'_>, limit: Option<&RateLimitDecision>) {
+    if let Some(d) = limit
+        && !gate.no_refund
+    {
+        gate.limiter.refund(d).await;
+    }
+}
+
 /// The revocation and session checks, with the permissions they yield.
 async fn check_credentials(
     sessions: &Sessions,
@@ -236,17 +298,14 @@ async fn check_credentials(
 ) -> Result<BTreeSet<String>, Denied> {
     match &caller.principal {
         Principal::User { user, session } => {
-            let state = sessions::check(sessions, session, &caller.jti)
+            match sessions::check(sessions, user, session, &caller.jti)
                 .await
-                .map_err(|_| Denied::RevocationUnavailable)?;
-            if state.revoked {
-                return Err(Denied::Revoked);
+                .verdict(user)
+            {
+                Verdict::Valid(s) => Ok(s.permissions.into_iter().collect()),
+                Verdict::Refused(why) => Err(why),
+                Verdict::Unknown(_) => Err(Denied::RevocationUnavailable),
             }
-            let s = state.session.ok_or(Denied::NoSession)?;
-            if s.user_id != *user {
-                return Err(Denied::SessionMismatch);
-            }
-            Ok(s.permissions.into_iter().collect())
         }
         Principal::Service { .. } => {
             let revoked = sessions::is_blacklisted(sessions, &caller.jti)

@@ -18,6 +18,11 @@ pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 pub(crate) const PROFILE_READ: &str = "users.profile.read";
 pub(crate) const BALANCE_READ: &str = "wallets.balance.read";
 pub(crate) const BALANCE_WRITE: &str = "wallets.balance.write";
+pub(crate) const LOGOUT: &str = "sessions.logout";
+
+/// Every policy the routes limit their callers by. `POST /rate-limit/check`
+/// keeps its counters apart from these (`crate::edge::routes::rate_limit_check`).
+pub const ROUTE_POLICIES: [&str; 4] = [PROFILE_READ, BALANCE_READ, BALANCE_WRITE, LOGOUT];
 
 /// A 429 problem carrying the decision's members and headers.
 pub(crate) fn too_many_requests(decision: &RateLimitDecision, request_id: &str) -> Response<Body> {

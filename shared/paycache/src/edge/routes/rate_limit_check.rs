@@ -9,9 +9,10 @@ use crate::domain::identity::permissions;
 use crate::edge::http::{
     Problem, check_body_size, json_object, json_response, request_id, whole_number,
 };
-use crate::edge::routes::gate::{Gate, admit, forbidden};
-use crate::edge::routes::limits::{too_many_requests, with_headers};
+use crate::edge::routes::gate::{Access, Gate, admit, forbidden};
+use crate::edge::routes::limits::{ROUTE_POLICIES, too_many_requests, with_headers};
 use crate::infra::keys::{Endpoint, UserId};
+use crate::patterns::ratelimit::Counters;
 
 /// What `POST /rate-limit/check` uses.
 #[derive(Debug, Clone, Copy)]
@@ -46,7 +47,7 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
     // Consuming a user's limit is a write: it starts only after the
     // caller's check (two round trips in all).
     let gate = deps.gate;
-    let (who, ()) = match admit(gate, &req, None, &rid, async {}).await {
+    let (who, ()) = match admit(gate, &req, None, Access::Write, &rid, async {}).await {
         Ok(admitted) => admitted,
         Err(refused) => return refused,
     };
@@ -55,6 +56,16 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
             "Only a service with the ratelimit.check permission may consult rate limits.",
             &rid,
         );
+    }
+    // The routes' own policies are not for consulting: their counters are
+    // apart anyway (`Counters::Consulted`), and a service asking for one of
+    // those names is told so rather than shown a number it cannot spend.
+    if ROUTE_POLICIES.contains(&endpoint.as_str()) {
+        return Problem::unprocessable(format!(
+            "{} is a policy of this API's own routes; services consult their own policies.",
+            endpoint.as_str()
+        ))
+        .into_response(&rid);
     }
     let policy = deps.gate.limiter.policy(&endpoint);
     if cost > policy.max_cost() {
@@ -65,7 +76,11 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
         ))
         .into_response(&rid);
     }
-    let decision = deps.gate.limiter.check(&user, &endpoint, cost).await;
+    let decision = deps
+        .gate
+        .limiter
+        .check_in(Counters::Consulted, &user, &endpoint, cost)
+        .await;
     if decision.allowed {
         with_headers(json_response(StatusCode::OK, &decision), &decision)
     } else {

@@ -128,6 +128,10 @@ impl TtlConfig {
             }
             KeyFamily::WalletBalance => Some(self.wallet_balance),
             KeyFamily::Session => Some(self.session_data),
+            // Longer than any session can be used: a session's tokens
+            // expire within a day (Cognito's longest access-token
+            // validity), then it idles out.
+            KeyFamily::UserSessions => Some(secs(25 * 3600)),
             KeyFamily::Blacklist => Some(secs(86_400)),
             KeyFamily::Transaction => Some(secs(1800)),
             KeyFamily::TransactionStatus => Some(secs(3600)),
@@ -252,15 +256,35 @@ pub struct Config {
     pub warm: WarmConfig,
     /// A cached risk score at or above this publishes a fraud alert.
     pub fraud_alert_threshold: u32,
+    /// Who may send `SystemAnnouncement` events.
+    pub announcements: AnnouncementTrust,
     /// `AUTH_REVOCATION_FAIL_OPEN`: when Redis cannot say whether a token
     /// is revoked, admit it anyway (a user then acts with no session
     /// permissions: their own resources only). Default false: a revoked
     /// token must not become valid because Redis is down.
     pub revocation_fail_open: bool,
+    /// `AUTH_VERIFY_IN_FUNCTION`: with API Gateway's claims in the event,
+    /// verify the bearer token's signature in the function as well
+    /// (needs the token keys: `AUTH_ISSUER`, `AUTH_JWKS`…). Default false:
+    /// only API Gateway can invoke the functions.
+    pub verify_in_function: bool,
     /// Budget of one Secrets Manager request.
     pub secrets_timeout: Duration,
     /// Real-time delivery to WebSocket connections.
     pub delivery: DeliveryConfig,
+}
+
+/// Who may announce to every open connection: a `SystemAnnouncement`
+/// event is acted on only with this `source` (and, when set, from this
+/// account). The template's rule matches the same, so this is the second
+/// of two checks; neither authenticates the publisher (README → Security).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnnouncementTrust {
+    /// `ANNOUNCEMENT_SOURCE` (default `payments.operations`).
+    pub source: String,
+    /// `PLATFORM_ACCOUNT_ID`: the account events must come from (the
+    /// template sets its own).
+    pub account: Option<String>,
 }
 
 /// Real-time delivery (`ws-sender`; README → Real-time delivery).
@@ -365,9 +389,41 @@ impl Config {
                 // The contract's bound is 2 s; leave room for the response.
                 timeout: env.millis("HEALTH_TIMEOUT_MS", 1500, 10, 1900)?,
                 node_timeout: env.millis("HEALTH_NODE_TIMEOUT_MS", 500, 10, 1900)?,
+                cache_for: env.millis("HEALTH_CACHE_MS", 1000, 0, 10_000)?,
             },
             fraud_alert_threshold: env.number("FRAUD_ALERT_THRESHOLD", 80, 0, 1000)?,
+            announcements: AnnouncementTrust {
+                source: match env.get("ANNOUNCEMENT_SOURCE") {
+                    None => "payments.operations".to_owned(),
+                    Some(s)
+                        if (1..=256).contains(&s.trim().len()) && !s.trim().starts_with("aws.") =>
+                    {
+                        s.trim().to_owned()
+                    }
+                    Some(_) => {
+                        return Err(ConfigError::new(
+                            "ANNOUNCEMENT_SOURCE",
+                            "must be an EventBridge source of 1–256 characters, not aws.*",
+                        ));
+                    }
+                },
+                account: match env.get("PLATFORM_ACCOUNT_ID") {
+                    None => None,
+                    Some(a)
+                        if a.trim().len() == 12 && a.trim().bytes().all(|b| b.is_ascii_digit()) =>
+                    {
+                        Some(a.trim().to_owned())
+                    }
+                    Some(_) => {
+                        return Err(ConfigError::new(
+                            "PLATFORM_ACCOUNT_ID",
+                            "must be a 12-digit AWS account id",
+                        ));
+                    }
+                },
+            },
             revocation_fail_open: env.flag("AUTH_REVOCATION_FAIL_OPEN")?,
+            verify_in_function: env.flag("AUTH_VERIFY_IN_FUNCTION")?,
             secrets_timeout: env.millis("SECRETS_TIMEOUT_MS", 3000, 100, 30_000)?,
             warm: WarmConfig {
                 users: env.number("WARM_USERS", 1000, 0, 1_000_000)?,
@@ -672,6 +728,9 @@ pub struct HealthConfig {
     pub timeout: Duration,
     /// `HEALTH_NODE_TIMEOUT_MS`: each node's `PING`.
     pub node_timeout: Duration,
+    /// `HEALTH_CACHE_MS`: how long an execution environment keeps its last
+    /// answer (a flood of health requests costs Redis one check per period).
+    pub cache_for: Duration,
 }
 
 /// Warming parameters.

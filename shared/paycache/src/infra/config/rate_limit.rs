@@ -132,6 +132,20 @@ impl Policies {
         };
         validate(&default, "RATE_LIMIT_DEFAULT")?;
         let mut named = HashMap::new();
+        // Built in, overridable: sign-outs per principal (each "all" reaches
+        // the identity provider; a stolen token must not loop a victim
+        // through forced re-logins). Fail open: Redis being down must not
+        // stop anyone from signing out.
+        named.insert(
+            "sessions.logout".to_owned(),
+            PolicySpec {
+                algorithm: Algorithm::Gcra,
+                limit: 10,
+                window_secs: 60,
+                burst: Some(5),
+                fail: FailMode::Open,
+            },
+        );
         if let Some(raw) = policies {
             let list: Vec<NamedSpec> = serde_json::from_str(raw).map_err(|_| ConfigError {
                 variable: "RATE_LIMIT_POLICIES",

@@ -1,0 +1,55 @@
+-- Gives back what an admitted check consumed, when the request it admitted
+-- was then refused as unauthenticated (a refusal costs its subject
+-- nothing). Off the success path: only refused requests send it.
+--
+-- KEYS[1]  the key the check used
+-- ARGV[1]  algorithm, ARGV[2] window in ms, ARGV[3] cost, ARGV[4] the
+--          check's request id (sliding_log), ARGV[5] limit (gcra)
+--
+-- Each algorithm undoes exactly its own record, and only while it is
+-- still the one in force (a window that has rolled over kept nothing to
+-- undo). Returns 1 when something was given back.
+local t = redis.call('TIME')
+local algorithm, window, cost = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+if algorithm == 'fixed_window' then
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local start = now - (now % window)
+  local h = redis.call('HMGET', KEYS[1], 'start', 'count')
+  if tonumber(h[1]) ~= start or tonumber(h[2]) == nil then
+    return 0
+  end
+  redis.call('HSET', KEYS[1], 'count', math.max(tonumber(h[2]) - cost, 0))
+  return 1
+elseif algorithm == 'sliding_log' then
+  local members = {}
+  for i = 1, cost do
+    members[#members + 1] = ARGV[4] .. ':' .. i
+  end
+  return math.min(redis.call('ZREM', KEYS[1], unpack(members)), 1)
+elseif algorithm == 'sliding_window' then
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local start = now - (now % window)
+  local h = redis.call('HMGET', KEYS[1], 'start', 'cur', 'prev')
+  local s = tonumber(h[1])
+  -- `cur` is the count of window `s` until the next check rolls it into
+  -- `prev`: the current window's, or the one just ended.
+  if s ~= start and s ~= start - window then
+    return 0
+  end
+  redis.call('HSET', KEYS[1], 'cur', math.max((tonumber(h[2]) or 0) - cost, 0))
+  return 1
+elseif algorithm == 'gcra' then
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if tat <= now then
+    return 0
+  end
+  local new_tat = math.max(tat - (window * 1000 / tonumber(ARGV[5])) * cost, now)
+  if new_tat <= now then
+    redis.call('DEL', KEYS[1])
+  else
+    redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+  end
+  return 1
+end
+return 0
