@@ -90,8 +90,8 @@ ENV
 cargo lambda watch --quiet --ignore-changes -A 127.0.0.1 -P "$WATCH_PORT" --concurrency 4 --env-file "$ENV_FILE" \
   >"$STACK/watch.log" 2>&1 &
 E2E_PID=$!
-GW_PID=""
-trap 'kill $GW_PID $E2E_PID 2>/dev/null || true; wait $GW_PID $E2E_PID 2>/dev/null || true; stop_redis "$STACK/e2e-redis"' EXIT
+GW_PID="" PLAIN_GW_PID=""
+trap 'kill $GW_PID $PLAIN_GW_PID $E2E_PID 2>/dev/null || true; wait $GW_PID $PLAIN_GW_PID $E2E_PID 2>/dev/null || true; stop_redis "$STACK/e2e-redis"' EXIT
 for _ in $(seq 1 600); do
   port_in_use "$WATCH_PORT" && break
   kill -0 "$E2E_PID" 2>/dev/null || { cat "$STACK/watch.log" >&2; die "cargo lambda watch exited"; }
@@ -101,11 +101,21 @@ port_in_use "$WATCH_PORT" || die "cargo lambda watch did not listen on $WATCH_PO
 # The local WebSocket gateway, as `make run` starts it (it keeps ws-sender
 # running for the whole e2e run).
 cargo build --quiet -p paycache-ws-gateway
+# Its test controls (hold, release, throttle, forget, stats) are for the
+# real-time journey; the management API checks every request's signature
+# against the run's AWS credentials, as IAM does deployed.
 cargo run --quiet -p paycache-ws-gateway -- --port "$GW_PORT" --lambda "http://127.0.0.1:$WATCH_PORT" \
-  --keep-running ws-sender --run-timeout 30 >"$STACK/gateway.log" 2>&1 &
+  --keep-running ws-sender --run-timeout 30 --test-controls >"$STACK/gateway.log" 2>&1 &
 GW_PID=$!
-for _ in $(seq 1 120); do port_in_use "$GW_PORT" && break; sleep 0.5; done
+# A second gateway started exactly as `make run` starts it (no test
+# controls), for the session-boundary attacks.
+PLAIN_GW_PORT=$(free_port)
+cargo run --quiet -p paycache-ws-gateway -- --port "$PLAIN_GW_PORT" --lambda "http://127.0.0.1:$WATCH_PORT" \
+  >"$STACK/gateway-plain.log" 2>&1 &
+PLAIN_GW_PID=$!
+for _ in $(seq 1 120); do port_in_use "$GW_PORT" && port_in_use "$PLAIN_GW_PORT" && break; sleep 0.5; done
 port_in_use "$GW_PORT" || { cat "$STACK/gateway.log" >&2; die "the WebSocket gateway did not listen on $GW_PORT"; }
+port_in_use "$PLAIN_GW_PORT" || { cat "$STACK/gateway-plain.log" >&2; die "the plain WebSocket gateway did not listen"; }
 # The router cases' tokens: services (client credentials), minted with the
 # development key the functions verify against (AUTH_JWKS_FILE).
 mint() { (set -a; source "$ENV_FILE"; set +a; cargo run --quiet -p paycache-dev -- service-token "$@"); }
@@ -127,6 +137,12 @@ fi
 log "real-time delivery through the local WebSocket gateway"
 if ! (set -a; source "$ENV_FILE"; set +a; python3 "$ROOT/tests/e2e/realtime.py" "$WATCH_PORT" "$GW_PORT") | tee "$STACK/e2e-realtime.log"; then
   tail -50 "$STACK/gateway.log" >&2; tail -50 "$STACK/watch.log" >&2; exit 1
+fi
+
+log "session-boundary attacks through the router and the gateways"
+if ! (set -a; source "$ENV_FILE"; set +a; E2E_REDIS_PORT="$E2E_REDIS_PORT" REDISCLI_AUTH="$REDIS_TOKEN" \
+  python3 "$ROOT/tests/e2e/boundaries.py" "$WATCH_PORT" "$GW_PORT" "$PLAIN_GW_PORT") | tee "$STACK/e2e-boundaries.log"; then
+  tail -50 "$STACK/watch.log" >&2; exit 1
 fi
 
 log "hostile input through the router"
@@ -162,4 +178,4 @@ if [ -z "$st_cases" ] || [ "$st_cases" -lt "$st_min" ]; then
   die "schemathesis generated ${st_cases:-no} cases, expected at least $st_min"
 fi
 grep -E "^latency" "$STACK/e2e-realtime.log" || true
-echo "$(tail -n 1 "$STACK/e2e-cases.log"); $(tail -n 1 "$STACK/e2e-realtime.log"); $(tail -n 1 "$STACK/e2e-hostile.log"); schemathesis: $st_cases generated, no failures"
+echo "$(tail -n 1 "$STACK/e2e-cases.log"); $(tail -n 1 "$STACK/e2e-realtime.log"); $(tail -n 1 "$STACK/e2e-boundaries.log"); $(tail -n 1 "$STACK/e2e-hostile.log"); schemathesis: $st_cases generated, no failures"

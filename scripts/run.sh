@@ -11,7 +11,8 @@
 # A local WebSocket gateway (shared/ws-gateway) stands in for API Gateway's
 # WebSocket API on ws://127.0.0.1:${WS_PORT:-9001}/?token=<JWT>: it runs
 # $connect through the `authorizer` and `ws-connections` functions (served
-# by `cargo lambda watch`), serves the @connections management API, and
+# by `cargo lambda watch`), serves the @connections management API (signed
+# requests only, with the stack's AWS credentials; no test controls), and
 # keeps `ws-sender` running (as the deployed schedule does) so that what
 # the functions publish reaches open sockets.
 # Ctrl-C stops what it started.
@@ -85,12 +86,20 @@ export AUTH_HS256_SECRET
 
 if port_in_use "$WS_PORT"; then WS_PORT=$(free_port); fi
 # ws-sender posts to the local gateway through the AWS SDK, which signs its
-# requests: throwaway credentials when none are set (the gateway does not
-# check signatures; nothing here reaches AWS).
+# requests (SigV4); the gateway checks every signature against the same
+# credentials, as IAM does deployed, so nobody without them can post into a
+# socket. Made for this stack when none are set (nothing here reaches AWS).
 export WS_MANAGEMENT_ENDPOINT="http://127.0.0.1:$WS_PORT"
 export WS_SENDER_RUN_SECS="${WS_SENDER_RUN_SECS:-20}"
 export AWS_REGION="${AWS_REGION:-us-east-1}"
-export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-local}" AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-local}"
+if [ -z "${AWS_ACCESS_KEY_ID:-}" ] || [ -z "${AWS_SECRET_ACCESS_KEY:-}" ]; then
+  if [ ! -s "$STACK/dev-aws-credentials" ]; then
+    (umask 077; python3 -c 'import secrets; print("LOCAL" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30))' \
+      >"$STACK/dev-aws-credentials")
+  fi
+  read -r AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY <"$STACK/dev-aws-credentials"
+  export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
+fi
 
 ENV_FILE="$STACK/functions.env"
 {
@@ -114,12 +123,13 @@ LEDGER_TOKEN=$(cargo run --quiet -p paycache-dev -- service-token --client ledge
 B="http://127.0.0.1:$PORT"
 cat >&2 <<BANNER
 ==> serving on $B
-    GET  $B/health                                (no token)
+    GET  $B/health                                (no token: the status only)
+    GET  $B/health/nodes                          (services with health.read: every node)
     GET  $B/users/{user_id}/profile               (the user's own; or profiles.read.any)
     GET  $B/wallets/{wallet_id}/balance           (the owner's; or wallets.read.any)
     PUT  $B/wallets/{wallet_id}/balance           (services with wallets.balance.write)
     POST $B/rate-limit/check                      (services with ratelimit.check)
-    POST $B/sessions/logout
+    POST $B/sessions/logout                       (this sign-in; {"scope": "all"}: every sign-in)
     WebSocket: ws://127.0.0.1:$WS_PORT/?token=<access token>    ({"action": "ping"}; balance, transaction,
                notification and announcement messages arrive on it)
 

@@ -276,3 +276,82 @@ impl World {
         }
     }
 }
+
+/// `req` with these claims replaced (or added) in what API Gateway's JWT
+/// authorizer delivered.
+pub fn with_claim_values(
+    mut req: lambda_http::Request,
+    pairs: &[(&str, String)],
+) -> lambda_http::Request {
+    use lambda_http::RequestExt;
+    if let Some(lambda_http::request::RequestContext::ApiGatewayV2(mut ctx)) =
+        req.request_context_ref().cloned()
+    {
+        if let Some(jwt) = ctx.authorizer.as_mut().and_then(|a| a.jwt.as_mut()) {
+            for (k, v) in pairs {
+                jwt.claims.insert((*k).to_owned(), v.clone());
+            }
+        }
+        req = req.with_request_context(lambda_http::request::RequestContext::ApiGatewayV2(ctx));
+    }
+    req
+}
+
+/// A claim of what API Gateway's JWT authorizer delivered.
+pub fn claim(req: &lambda_http::Request, name: &str) -> Option<String> {
+    use lambda_http::RequestExt;
+    match req.request_context_ref() {
+        Some(lambda_http::request::RequestContext::ApiGatewayV2(ctx)) => ctx
+            .authorizer
+            .as_ref()
+            .and_then(|a| a.jwt.as_ref())
+            .and_then(|j| j.claims.get(name).cloned()),
+        _ => None,
+    }
+}
+
+const TEST_KEY: &[u8] = include_bytes!("fixtures/jwt-test-key.pem");
+const TEST_JWKS: &str = include_str!("fixtures/jwks.json");
+const TEST_ISSUER: &str = "https://auth.paycache.test";
+
+/// The token settings of the test key pair (`tests/fixtures`).
+pub fn auth_env() -> Vec<(String, String)> {
+    vec![
+        ("AUTH_ISSUER".into(), TEST_ISSUER.into()),
+        ("AUTH_AUDIENCE".into(), "paycache-web".into()),
+        ("AUTH_JWKS".into(), TEST_JWKS.into()),
+    ]
+}
+
+/// A signed access token (RS256, the test key) with the same claims
+/// [`SignedIn::on`] puts in the event.
+pub fn token_for(who: &SignedIn) -> String {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let claims = serde_json::json!({
+        "sub": who.user, "sid": who.session, "jti": who.jti, "iss": TEST_ISSUER,
+        "client_id": "paycache-web", "token_use": "access",
+        "iat": now, "nbf": now - 10, "exp": now + 3600,
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("test-key-1".into());
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(TEST_KEY).unwrap(),
+    )
+    .unwrap()
+}
+
+impl World {
+    /// This world's `App` with the test key pair's verifier (as
+    /// `App::from_env` builds it when `AUTH_ISSUER` is set).
+    pub fn with_verifier(&self) -> App {
+        let vars: std::collections::HashMap<String, String> = auth_env().into_iter().collect();
+        let config = paycache::auth::AuthConfig::from_lookup(|k| vars.get(k).cloned()).unwrap();
+        let mut app = self.app.clone();
+        app.verifier = Some(std::sync::Arc::new(
+            paycache::auth::Verifier::new(config).unwrap(),
+        ));
+        app
+    }
+}

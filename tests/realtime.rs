@@ -88,6 +88,7 @@ impl Rig {
             paycache_ws_gateway::Options {
                 management: paycache_ws_gateway::sigv4::Expected::from_env(),
                 test_controls: true,
+                unchecked: false,
             },
         )
         .unwrap();
@@ -106,15 +107,24 @@ impl Rig {
 
     /// Signs user `n` in and returns their access token.
     async fn token(&self, n: u64) -> String {
+        self.token_for(n, 600).await.0
+    }
+
+    /// Signs user `n` in: an access token valid `lifetime_secs`, and the
+    /// sign-in.
+    async fn token_for(&self, n: u64, lifetime_secs: i64) -> (String, paycache_tests::SignedIn) {
         let user = seed_user_id(n);
         let signed = self.w.sign_in(&user, &[]).await;
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let claims = json!({"sub": user, "sid": signed.session, "jti": signed.jti, "iss": ISS,
                             "client_id": AUD, "token_use": "access",
-                            "iat": now, "nbf": now - 10, "exp": now + 600});
+                            "iat": now, "nbf": now - 10, "exp": now + lifetime_secs});
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some("test-key-1".into());
-        encode(&header, &claims, &EncodingKey::from_rsa_pem(KEY).unwrap()).unwrap()
+        (
+            encode(&header, &claims, &EncodingKey::from_rsa_pem(KEY).unwrap()).unwrap(),
+            signed,
+        )
     }
 
     async fn connect(&self, token: &str) -> Ws {
@@ -256,6 +266,93 @@ async fn every_balance_version_reaches_every_connection_in_order(mode: RedisMode
     sender.abort();
 }
 both_modes!(every_balance_version_reaches_every_connection_in_order);
+
+/// A socket lives no longer than its sign-in: once its session has ended
+/// (idled out: no sign-out took it out of the registry) or its token has
+/// expired, no frame is posted to it, it is closed (the client sees the
+/// close) and pruned; the user's socket of a live sign-in still gets every
+/// frame. The sign-in check costs one round-trip time per batch. The
+/// broken variant — a sender that does not check (every registered
+/// connection gets the frames) — delivers to the dead sockets, which the
+/// same check sees.
+async fn a_socket_lives_no_longer_than_its_sign_in(mode: RedisMode) {
+    for broken in [false, true] {
+        let rig = Rig::new(mode).await;
+        let wallet_id = random_uuid();
+        insert_wallet(&rig.w.db, 1, &wallet_id, "USD", 10_000).await;
+        let wallet = WalletId::parse(&wallet_id).unwrap();
+        let uid = UserId::parse(&seed_user_id(1)).unwrap();
+        let (live_token, _) = rig.token_for(1, 600).await;
+        let (idle_token, idle) = rig.token_for(1, 600).await;
+        let (short_token, _) = rig.token_for(1, 2).await;
+        let mut live = rig.connect(&live_token).await;
+        let mut idled = rig.connect(&idle_token).await;
+        let mut expired = rig.connect(&short_token).await;
+        // The idle session ends without a sign-out; the short token expires.
+        let mut raw = rig.w.redis.raw().await;
+        let _: i64 = redis::cmd("DEL")
+            .arg(
+                rig.app
+                    .keys
+                    .session(
+                        &uid,
+                        &paycache::keys::SessionId::parse(&idle.session).unwrap(),
+                    )
+                    .to_string(),
+            )
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let faults = Faults {
+            no_sign_in_check: broken,
+            ..Faults::default()
+        };
+        let sender = rig.spawn_sender(rig.sender(5, faults).await);
+        let version = write_until_applied(&rig.app, &wallet, 4_242).await;
+        let got = next_frame(&mut live, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(got["version"], version, "{got}");
+        for (name, ws) in [("idled", &mut idled), ("expired", &mut expired)] {
+            let frame = next_frame(ws, Duration::from_millis(1500)).await;
+            if broken {
+                assert!(
+                    frame.is_some(),
+                    "the broken sender posts to the {name} socket"
+                );
+            } else {
+                assert!(frame.is_none(), "{name}: {frame:?}");
+            }
+        }
+        sender.abort();
+        if !broken {
+            // Both dead sockets were closed and pruned; the live one stays.
+            for ws in [&mut idled, &mut expired] {
+                let closed = tokio::time::timeout(Duration::from_secs(5), async {
+                    loop {
+                        match ws.next().await {
+                            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break true,
+                            Some(Ok(_)) => continue,
+                        }
+                    }
+                })
+                .await
+                .unwrap_or(false);
+                assert!(closed, "a dead sign-in's socket is closed");
+            }
+            assert_eq!(
+                realtime::connections(&rig.app.connections, &uid)
+                    .await
+                    .unwrap()
+                    .len(),
+                1
+            );
+            assert_eq!(rig.gateway.connection_ids().await.len(), 1);
+        }
+    }
+}
+both_modes!(a_socket_lives_no_longer_than_its_sign_in);
 
 /// A completed transaction's status reaches both parties' connections; an
 /// announcement reaches every connection; a fraud alert reaches none (it is

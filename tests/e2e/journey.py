@@ -54,17 +54,22 @@ def signed_in_at_the_pool():
 
 
 def refresh_works(client, refresh_token):
+    """True when the refresh token mints tokens, False when the pool refuses
+    it (NotAuthorizedException); anything else is an error, not a refusal."""
+    idp = cognito()
     try:
-        cognito().admin_initiate_auth(UserPoolId=os.environ["COGNITO_USER_POOL_ID"], ClientId=client,
-                                      AuthFlow="REFRESH_TOKEN_AUTH",
-                                      AuthParameters={"REFRESH_TOKEN": refresh_token})
+        idp.admin_initiate_auth(UserPoolId=os.environ["COGNITO_USER_POOL_ID"], ClientId=client,
+                                AuthFlow="REFRESH_TOKEN_AUTH",
+                                AuthParameters={"REFRESH_TOKEN": refresh_token})
         return True
-    except Exception:  # noqa: BLE001 - NotAuthorizedException
+    except idp.exceptions.NotAuthorizedException:
         return False
 
 
 def main():
     token = dev("login", "--user", "2")
+    other_device = dev("login", "--user", "2")
+    this_device_only = dev("login", "--user", "2")
     pool_client, refresh_token = signed_in_at_the_pool()
     ledger = dev("service-token", "--client", LEDGER, "--scope", "wallets.balance.write")
 
@@ -102,12 +107,19 @@ def main():
     step("the service exceeds wallets.balance.write: 429 with Retry-After",
          statuses[-1] == 429 and h.get("retry-after", "").isdigit()
          and b.get("type") == "urn:paycache:problem:rate-limited", f"{statuses} {h}")
-    step("before logout, the user's refresh token mints new tokens",
+    s, _, b = http("POST", "/sessions/logout", this_device_only)
+    step("signing out of one sign-in ends it, not the others",
+         s == 200 and b.get("scope") == "session"
+         and http("GET", f"/users/{ME}/profile", this_device_only)[0] == 401
+         and http("GET", f"/users/{ME}/profile", other_device)[0] == 200, f"{s} {b}")
+    step("before signing out everywhere, the user's refresh token mints new tokens",
          refresh_works(pool_client, refresh_token))
-    s, _, b = http("POST", "/sessions/logout", token)
-    step("the user logs out", s == 200, f"{s} {b}")
-    step("after logout, the refresh token is revoked at the user pool (no new session)",
+    s, _, b = http("POST", "/sessions/logout", token, {"scope": "all"})
+    step("the user signs out everywhere", s == 200 and b.get("scope") == "all", f"{s} {b}")
+    step("after it, the refresh token is revoked at the user pool (no new session)",
          not refresh_works(pool_client, refresh_token))
+    s, _, b = http("GET", f"/users/{ME}/profile", other_device)
+    step("another device's sign-in is ended too (401)", s == 401, f"{s} {b}")
     s, h, b = http("GET", f"/users/{ME}/profile", token)
     step("the same token is refused (401, invalid_token)",
          s == 401 and h.get("www-authenticate") == 'Bearer error="invalid_token"', f"{s} {h}")

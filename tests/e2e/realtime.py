@@ -50,7 +50,7 @@ def invoke(function, event):
 
 
 def event(detail_type, detail):
-    return {"version": "0", "id": "e2e", "detail-type": detail_type, "source": "paycache.e2e",
+    return {"version": "0", "id": "e2e", "detail-type": detail_type, "source": "payments.operations",
             "account": "000000000000", "time": "2026-11-26T00:00:00Z", "region": "us-east-1",
             "resources": [], "detail": detail}
 

@@ -9,6 +9,7 @@
 //! - `service-token --client <id> [--scope <permission>]...`: prints a
 //!   service principal's token (client credentials: no session; its
 //!   permissions are its scopes, `paycache/<permission>`).
+//! - Both take `--expires-in <seconds>` (1–86400; default 3600).
 //!
 //! Tokens are signed with the local development key — RS256 with
 //! `AUTH_DEV_SIGNING_KEY_FILE` (PEM; `kid` from `AUTH_DEV_KEY_ID`), or HS256
@@ -35,8 +36,8 @@ async fn main() -> ExitCode {
         "service-token" => service_token(&args[1..]),
         _ => Err(
             "usage: paycache-dev migrate | seed | migrate-and-seed\n       \
-             paycache-dev login --user <n | user id> [--permission <p>]...\n       \
-             paycache-dev service-token --client <id> [--scope <permission>]..."
+             paycache-dev login --user <n | user id> [--permission <p>]... [--expires-in <secs>]\n       \
+             paycache-dev service-token --client <id> [--scope <permission>]... [--expires-in <secs>]"
                 .to_owned(),
         ),
     };
@@ -154,8 +155,21 @@ async fn login(args: &[String]) -> Result<(), String> {
         "token_use": "access",
         "scope": "openid",
     });
-    println!("{}", sign(claims)?);
+    println!("{}", sign(claims, lifetime(args)?)?);
     Ok(())
+}
+
+/// `--expires-in <seconds>`: the token's lifetime (default an hour).
+fn lifetime(args: &[String]) -> Result<i64, String> {
+    match options(args, "--expires-in")[..] {
+        [] => Ok(3600),
+        [raw] => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|s| (1..=86_400).contains(s))
+            .ok_or_else(|| "--expires-in must be 1 to 86400 seconds".to_owned()),
+        _ => Err("--expires-in may be given once".into()),
+    }
 }
 
 fn service_token(args: &[String]) -> Result<(), String> {
@@ -172,19 +186,19 @@ fn service_token(args: &[String]) -> Result<(), String> {
         "token_use": "access",
         "scope": scopes.join(" "),
     });
-    println!("{}", sign(claims)?);
+    println!("{}", sign(claims, lifetime(args)?)?);
     Ok(())
 }
 
-/// Adds `iss`, `iat`, `exp` (an hour) and a new `jti`, and signs with the
-/// local development key.
-fn sign(mut claims: serde_json::Value) -> Result<String, String> {
+/// Adds `iss`, `iat`, `exp` (`lifetime` seconds on) and a new `jti`, and
+/// signs with the local development key.
+fn sign(mut claims: serde_json::Value, lifetime: i64) -> Result<String, String> {
     use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     if let Some(m) = claims.as_object_mut() {
         m.insert("iss".into(), required_env("AUTH_ISSUER")?.into());
         m.insert("iat".into(), now.into());
-        m.insert("exp".into(), (now + 3600).into());
+        m.insert("exp".into(), (now + lifetime).into());
         m.insert("jti".into(), format!("{:032x}", fastrand::u128(..)).into());
     }
     let (header, key) = match std::env::var("AUTH_DEV_SIGNING_KEY_FILE") {

@@ -69,6 +69,7 @@ async fn main() {
     let options = paycache_ws_gateway::Options {
         management: paycache_ws_gateway::sigv4::Expected::from_env(),
         test_controls,
+        unchecked: false,
     };
     if options.management.is_none() {
         tracing::warn!(

@@ -334,6 +334,31 @@ pub async fn live(
     Ok(out)
 }
 
+/// Every registered connection of `users`, alive or not (the broken
+/// variant of [`live`], for the tests that prove it).
+#[doc(hidden)]
+pub async fn registered(
+    connections: &Connections,
+    users: &[UserId],
+) -> Result<Liveness, RedisUnavailable> {
+    let mut out = Liveness::default();
+    for user in users {
+        let set = connections.keys.ws_connections(user);
+        let s = &set;
+        let ids: Vec<String> = connections
+            .redis
+            .run(|mut c| async move { c.hkeys(s).await })
+            .await?;
+        out.live.insert(
+            *user,
+            ids.iter()
+                .filter_map(|c| ConnectionId::parse(c).ok())
+                .collect(),
+        );
+    }
+    Ok(out)
+}
+
 /// The user's live connections (see [`live`]); dead ones are taken out of
 /// the registry on the way (not closed: that is the sender's job).
 pub async fn connections(

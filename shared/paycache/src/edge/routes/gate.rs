@@ -58,10 +58,21 @@ pub struct Gate<'a> {
     /// `AUTH_VERIFY_IN_FUNCTION`: with claims from API Gateway, verify the
     /// bearer token's signature here too (defence in depth, [`identify`]).
     pub verify_in_function: bool,
-    /// A deliberately broken gate for the tests: refused requests keep
-    /// what they consumed.
+    /// Deliberately broken variants, for the tests that prove the gate's
+    /// guarantees (each runs the real gate and one of these through the
+    /// same check, and the check must catch the broken one).
     #[doc(hidden)]
+    pub faults: GateFaults,
+}
+
+/// See [`Gate::faults`].
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GateFaults {
+    /// Refused requests keep the rate-limit units they consumed.
     pub no_refund: bool,
+    /// The blacklist entry is not looked at.
+    pub ignore_blacklist: bool,
 }
 
 impl<'a> From<&'a crate::app::App> for Gate<'a> {
@@ -72,7 +83,7 @@ impl<'a> From<&'a crate::app::App> for Gate<'a> {
             verifier: app.verifier.as_deref(),
             fail_open: app.config.revocation_fail_open,
             verify_in_function: app.config.verify_in_function,
-            no_refund: false,
+            faults: GateFaults::default(),
         }
     }
 }
@@ -235,7 +246,7 @@ pub async fn admit_as<T>(
     };
     let endpoint = policy.and_then(|p| Endpoint::parse(p).ok());
     let (credentials, limit, out) = tokio::join!(
-        check_credentials(gate.sessions, &caller),
+        check_credentials(gate, &caller),
         async {
             match &endpoint {
                 Some(e) => Some(gate.limiter.check(subject, e, 1).await),
@@ -282,26 +293,25 @@ pub async fn admit_as<T>(
 }
 
 /// Gives back the units a refused request consumed (not with the tests'
-/// broken gate: [`Gate::no_refund`]).
+/// broken gate: [`GateFaults::no_refund`]).
 async fn refund(gate: Gate<'_>, limit: Option<&RateLimitDecision>) {
     if let Some(d) = limit
-        && !gate.no_refund
+        && !gate.faults.no_refund
     {
         gate.limiter.refund(d).await;
     }
 }
 
 /// The revocation and session checks, with the permissions they yield.
-async fn check_credentials(
-    sessions: &Sessions,
-    caller: &Caller,
-) -> Result<BTreeSet<String>, Denied> {
+async fn check_credentials(gate: Gate<'_>, caller: &Caller) -> Result<BTreeSet<String>, Denied> {
+    let sessions = gate.sessions;
     match &caller.principal {
         Principal::User { user, session } => {
-            match sessions::check(sessions, user, session, &caller.jti)
-                .await
-                .verdict(user)
-            {
+            let mut state = sessions::check(sessions, user, session, &caller.jti).await;
+            if gate.faults.ignore_blacklist {
+                state.revoked = Ok(false);
+            }
+            match state.verdict(user) {
                 Verdict::Valid(s) => Ok(s.permissions.into_iter().collect()),
                 Verdict::Refused(why) => Err(why),
                 Verdict::Unknown(_) => Err(Denied::RevocationUnavailable),
@@ -310,7 +320,8 @@ async fn check_credentials(
         Principal::Service { .. } => {
             let revoked = sessions::is_blacklisted(sessions, &caller.jti)
                 .await
-                .map_err(|_| Denied::RevocationUnavailable)?;
+                .map_err(|_| Denied::RevocationUnavailable)?
+                && !gate.faults.ignore_blacklist;
             if revoked {
                 return Err(Denied::Revoked);
             }
