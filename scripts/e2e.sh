@@ -125,6 +125,9 @@ E2E_LIMITS_TOKEN=$(mint --client limits-gateway --scope ratelimit.check)
 E2E_HOSTILE_TOKEN=$(mint --client hostile --scope profiles.read.any --scope wallets.read.any \
   --scope wallets.balance.write --scope ratelimit.check)
 export E2E_SUPPORT_TOKEN E2E_LEDGER_TOKEN E2E_LIMITS_TOKEN E2E_HOSTILE_TOKEN
+# The sign-in the WebSocket sample events name (events/ws-*.json: user 1,
+# session e2e-ws-session-1): a connection lives no longer than its sign-in.
+(set -a; source "$ENV_FILE"; set +a; cargo run --quiet -p paycache-dev -- login --user 1 --session-id e2e-ws-session-1 >/dev/null)
 if ! python3 "$ROOT/tests/e2e/run.py" "$WATCH_PORT" | tee "$STACK/e2e-cases.log"; then
   tail -50 "$STACK/watch.log" >&2; exit 1
 fi

@@ -9,7 +9,9 @@
 //! - `service-token --client <id> [--scope <permission>]...`: prints a
 //!   service principal's token (client credentials: no session; its
 //!   permissions are its scopes, `paycache/<permission>`).
-//! - Both take `--expires-in <seconds>` (1–86400; default 3600).
+//! - Both take `--expires-in <seconds>` (1–86400; default 3600); `login`
+//!   takes `--session-id <id>` to create the session under a fixed id (the
+//!   sample events in `events/` name `e2e-ws-session-1`).
 //!
 //! Tokens are signed with the local development key — RS256 with
 //! `AUTH_DEV_SIGNING_KEY_FILE` (PEM; `kid` from `AUTH_DEV_KEY_ID`), or HS256
@@ -36,7 +38,7 @@ async fn main() -> ExitCode {
         "service-token" => service_token(&args[1..]),
         _ => Err(
             "usage: paycache-dev migrate | seed | migrate-and-seed\n       \
-             paycache-dev login --user <n | user id> [--permission <p>]... [--expires-in <secs>]\n       \
+             paycache-dev login --user <n | user id> [--permission <p>]... [--expires-in <secs>] [--session-id <id>]\n       \
              paycache-dev service-token --client <id> [--scope <permission>]... [--expires-in <secs>]"
                 .to_owned(),
         ),
@@ -145,9 +147,20 @@ async fn login(args: &[String]) -> Result<(), String> {
         ip_address: Some("127.0.0.1".into()),
         device_info: Some("paycache-dev login".into()),
     };
-    let sid = paycache::sessions::create(&app.sessions, &session)
-        .await
-        .map_err(|e| format!("cannot create the session: {e}"))?;
+    // `--session-id <id>`: a session under a fixed id (the sample events in
+    // events/ name one: `e2e-ws-session-1`).
+    let sid = match options(args, "--session-id")[..] {
+        [] => paycache::sessions::create(&app.sessions, &session).await,
+        [id] => {
+            let id = paycache::keys::SessionId::parse(id)
+                .map_err(|e| format!("--session-id: the {e}"))?;
+            paycache::sessions::create_as(&app.sessions, &id, &session)
+                .await
+                .map(|()| id)
+        }
+        _ => return Err("--session-id may be given once".into()),
+    }
+    .map_err(|e| format!("cannot create the session: {e}"))?;
     let claims = serde_json::json!({
         "sub": user.to_string(),
         "sid": sid.to_string(),

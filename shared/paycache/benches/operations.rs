@@ -165,8 +165,44 @@ fn bench(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| async { paycache::health::check(&app.health).await.unwrap() })
     });
+    // What AUTH_VERIFY_IN_FUNCTION adds to every request: one RS256
+    // verification of the bearer token (no Redis).
+    let (verifier, token) = bearer_token();
+    group.bench_function(
+        "bearer token verification (RS256, AUTH_VERIFY_IN_FUNCTION)",
+        |b| b.iter(|| verifier.verify_token(&token).unwrap()),
+    );
     group.finish();
     drop(redis);
+}
+
+/// The test key pair's verifier and a user's access token signed with it.
+fn bearer_token() -> (paycache::auth::Verifier, String) {
+    const KEY: &[u8] = include_bytes!("../../../tests/fixtures/jwt-test-key.pem");
+    const JWKS: &str = include_str!("../../../tests/fixtures/jwks.json");
+    let vars: std::collections::HashMap<&str, String> = [
+        ("AUTH_ISSUER", "https://auth.paycache.test".to_owned()),
+        ("AUTH_AUDIENCE", "paycache-web".to_owned()),
+        ("AUTH_JWKS", JWKS.to_owned()),
+    ]
+    .into_iter()
+    .collect();
+    let config = paycache::auth::AuthConfig::from_lookup(|k| vars.get(k).cloned()).unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let claims = serde_json::json!({
+        "sub": "00000000-0000-4000-8000-000000000001", "sid": "YmVuY2gtc2Vzc2lvbg",
+        "jti": "bench-jti", "iss": "https://auth.paycache.test", "client_id": "paycache-web",
+        "token_use": "access", "iat": now, "exp": now + 86_400,
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("test-key-1".into());
+    let token = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(KEY).unwrap(),
+    )
+    .unwrap();
+    (paycache::auth::Verifier::new(config).unwrap(), token)
 }
 
 criterion_group!(benches, bench);

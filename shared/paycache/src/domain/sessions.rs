@@ -102,9 +102,19 @@ fn millis(d: Duration) -> u64 {
 pub async fn create(sessions: &Sessions, session: &Session) -> Result<SessionId, RedisUnavailable> {
     let raw = format!("{:032x}{:032x}", fastrand::u128(..), fastrand::u128(..));
     let id = SessionId::parse(&raw).map_err(|_| RedisUnavailable::Server)?;
+    create_as(sessions, &id, session).await?;
+    Ok(id)
+}
+
+/// [`create`] under a given id (development tools, fixtures).
+pub async fn create_as(
+    sessions: &Sessions,
+    id: &SessionId,
+    session: &Session,
+) -> Result<(), RedisUnavailable> {
     let user = &session.user_id;
     let (key, index) = (
-        sessions.keys.session(user, &id),
+        sessions.keys.session(user, id),
         sessions.keys.user_sessions(user),
     );
     let json = serde_json::to_string(session).map_err(|_| RedisUnavailable::Server)?;
@@ -126,8 +136,7 @@ pub async fn create(sessions: &Sessions, session: &Session) -> Result<SessionId,
                 .await?;
             Ok(())
         })
-        .await?;
-    Ok(id)
+        .await
 }
 
 /// Cognito groups that grant permissions (the session keeps them): support
