@@ -243,6 +243,7 @@ async fn allowed_and_every_bad_token_denied(mode: RedisMode) {
         &w.app.sessions,
         &UserId::parse(&other.user).unwrap(),
         &sessions::Ending::One(SessionId::parse(&other.sid).unwrap()),
+        "test",
     )
     .await
     .unwrap();
@@ -364,33 +365,50 @@ async fn sessions_slide_and_logout_revokes_until_expiry(mode: RedisMode) {
 }
 both_modes!(sessions_slide_and_logout_revokes_until_expiry);
 
-/// Redis unreachable: revocation cannot be checked, so the authorizer
-/// denies — unless configured to fail open.
+/// Redis unreachable: PostgreSQL decides — a signed-in user connects, a
+/// token whose session was signed out before the outage is denied, a bad
+/// token is refused without either store. The broken variant, no
+/// PostgreSQL fallback, denies everyone (fails closed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revocation_fails_closed_unless_configured() {
+async fn without_redis_postgres_decides() {
     let server = RedisServer::start();
     let mut w = World::with_redis(TestRedis::Standalone(server), &[]).await;
     let l = login(&w).await;
+    let out = login(&w).await;
+    sessions::end(
+        &w.app.sessions,
+        &UserId::parse(&out.user).unwrap(),
+        &sessions::Ending::One(SessionId::parse(&out.sid).unwrap()),
+        "test",
+    )
+    .await
+    .unwrap();
     if let TestRedis::Standalone(s) = &mut w.redis {
         s.stop();
     }
-    let closed = decide(&w.app, &verifier(false), &event(&l.token))
-        .await
-        .map(|_| ())
-        .unwrap_err();
-    assert_eq!(closed, Denied::RevocationUnavailable);
-    let open = authorize(&w.app, &verifier(true), &event(&l.token)).await;
-    assert_eq!(open["isAuthorized"], true);
+    let v = verifier(false);
+    let open = authorize(&w.app, &v, &event(&l.token)).await;
+    assert_eq!(open["isAuthorized"], true, "{open}");
     assert_eq!(open["context"]["user_id"], l.user);
-    // A bad token is still refused without Redis.
     assert_eq!(
-        authorize(
-            &w.app,
-            &verifier(true),
-            &event(&sign(&json!({"sub": "x"}), KEY))
-        )
-        .await["isAuthorized"],
+        decide(&w.app, &v, &event(&out.token))
+            .await
+            .map(|_| ())
+            .unwrap_err(),
+        Denied::NoSession
+    );
+    assert_eq!(
+        authorize(&w.app, &v, &event(&sign(&json!({"sub": "x"}), KEY))).await["isAuthorized"],
         false
+    );
+    let mut broken = w.another_environment();
+    broken.sessions.faults.no_fallback = true;
+    assert_eq!(
+        decide(&broken, &v, &event(&l.token))
+            .await
+            .map(|_| ())
+            .unwrap_err(),
+        Denied::RevocationUnavailable
     );
 }
 
@@ -418,12 +436,6 @@ fn authorizer_configuration_is_validated() {
     assert_eq!(
         base(&[("AUTH_LEEWAY_SECS", "9999")]).unwrap_err().variable,
         "AUTH_LEEWAY_SECS"
-    );
-    assert_eq!(
-        base(&[("AUTH_REVOCATION_FAIL_OPEN", "maybe")])
-            .unwrap_err()
-            .variable,
-        "AUTH_REVOCATION_FAIL_OPEN"
     );
     assert_eq!(
         Verifier::new(base(&[("AUTH_JWKS", "{\"keys\": []}")]).unwrap())

@@ -355,3 +355,27 @@ impl World {
         app
     }
 }
+
+impl World {
+    /// `who`'s session idles out: Redis no longer holds it (its TTL ran out)
+    /// and PostgreSQL last saw it longer ago than the idle timeout.
+    pub async fn idle_out(&self, who: &SignedIn) {
+        let user = paycache::keys::UserId::parse(&who.user).unwrap();
+        let sid = paycache::keys::SessionId::parse(&who.session).unwrap();
+        let mut raw = self.redis.raw().await;
+        let _: i64 = redis::cmd("DEL")
+            .arg(self.app.keys.session(&user, &sid).to_string())
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        self.db
+            .client()
+            .await
+            .execute(
+                "UPDATE sessions SET last_seen_at = now() - interval '1 day' WHERE session_id = $1",
+                &[&who.session],
+            )
+            .await
+            .unwrap();
+    }
+}

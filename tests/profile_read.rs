@@ -153,25 +153,17 @@ async fn other_methods_are_405() {
     assert_eq!(header(&resp, "content-type"), "application/problem+json");
 }
 
-/// With revocation failing open (`AUTH_REVOCATION_FAIL_OPEN=true`), a Redis
-/// outage still serves profiles from PostgreSQL; by default (fail closed)
-/// the same requests are refused with 503, since nobody can say whether the
-/// token was revoked.
+/// A Redis outage still serves profiles from PostgreSQL: the caller's
+/// revocation is checked there too (`sessions::is_revoked`). The broken
+/// variant, a gate with no PostgreSQL fallback, refuses the same requests
+/// with 503, since nobody can say whether the token was revoked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_still_serves_profiles_from_postgres() {
     let server = RedisServer::start();
-    let mut w = World::with_redis(
-        TestRedis::Standalone(server),
-        &[("AUTH_REVOCATION_FAIL_OPEN", "true")],
-    )
-    .await;
+    let mut w = World::with_redis(TestRedis::Standalone(server), &[]).await;
     let id = insert_user(&w.db, 2).await;
-    let closed = paycache::App::new({
-        let mut c = w.app.config.clone();
-        c.revocation_fail_open = false;
-        c
-    })
-    .unwrap();
+    let mut closed = w.another_environment();
+    closed.sessions.faults.no_fallback = true;
     let TestRedis::Standalone(server) = &mut w.redis else {
         unreachable!()
     };

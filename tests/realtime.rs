@@ -289,20 +289,7 @@ async fn a_socket_lives_no_longer_than_its_sign_in(mode: RedisMode) {
         let mut idled = rig.connect(&idle_token).await;
         let mut expired = rig.connect(&short_token).await;
         // The idle session ends without a sign-out; the short token expires.
-        let mut raw = rig.w.redis.raw().await;
-        let _: i64 = redis::cmd("DEL")
-            .arg(
-                rig.app
-                    .keys
-                    .session(
-                        &uid,
-                        &paycache::keys::SessionId::parse(&idle.session).unwrap(),
-                    )
-                    .to_string(),
-            )
-            .query_async(&mut raw)
-            .await
-            .unwrap();
+        rig.w.idle_out(&idle).await;
         tokio::time::sleep(Duration::from_millis(2500)).await;
         let faults = Faults {
             no_sign_in_check: broken,
@@ -649,12 +636,7 @@ async fn nobody_connected_costs_no_management_calls(mode: RedisMode) {
     .await
     .unwrap();
     // The session idles out (no sign-out: the registry still lists it).
-    let mut raw = rig.w.redis.raw().await;
-    let _: i64 = redis::cmd("DEL")
-        .arg(rig.app.keys.session(&uid, &session).to_string())
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    rig.w.idle_out(&signed).await;
     let mut sender = rig.sender(5, Faults::default()).await;
     write_until_applied(&rig.app, &WalletId::parse(&wallet_id).unwrap(), 5).await;
     rig.invalidate(profile_updated(&user)).await;

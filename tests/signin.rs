@@ -51,6 +51,7 @@ async fn a_sign_in_creates_the_session_the_api_admits(mode: RedisMode) {
     .await
     .session
     .unwrap()
+    .into_session()
     .unwrap();
     assert_eq!(session.user_id.to_string(), user);
     assert_eq!(session.email, "user2@example.com");
@@ -88,6 +89,7 @@ async fn a_sign_in_creates_the_session_the_api_admits(mode: RedisMode) {
     .await
     .session
     .unwrap()
+    .into_session()
     .unwrap();
     assert_ne!(sid_of(&answer), sid);
     assert_eq!(support.roles, vec!["support".to_string()]);

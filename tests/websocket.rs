@@ -28,14 +28,16 @@ struct Signed {
     user: String,
     session: String,
     exp: i64,
+    signed: paycache_tests::SignedIn,
 }
 
 async fn signed_in(w: &World, user: &str, token_lifetime_secs: i64) -> Signed {
     let s = w.sign_in(user, &[]).await;
     Signed {
-        user: s.user,
-        session: s.session,
+        user: s.user.clone(),
+        session: s.session.clone(),
         exp: time::OffsetDateTime::now_utc().unix_timestamp() + token_lifetime_secs,
+        signed: s,
     }
 }
 
@@ -187,6 +189,7 @@ async fn a_connection_lives_no_longer_than_its_sign_in(mode: RedisMode) {
         &w.app.sessions,
         &uid,
         &paycache::sessions::Ending::One(paycache::keys::SessionId::parse(&by.session).unwrap()),
+        "test",
     )
     .await
     .unwrap();
@@ -224,19 +227,7 @@ async fn a_connection_lives_no_longer_than_its_sign_in(mode: RedisMode) {
         ws(&w, &ws_event("$connect", &conn, Some(&by))).await["statusCode"],
         200
     );
-    let _: i64 = redis::cmd("DEL")
-        .arg(
-            w.app
-                .keys
-                .session(
-                    &uid,
-                    &paycache::keys::SessionId::parse(&by.session).unwrap(),
-                )
-                .to_string(),
-        )
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    w.idle_out(&by.signed).await;
     assert_eq!(registered!(&mut raw).await, vec![conn.clone()]);
     assert!(
         realtime::connections(&w.app.connections, &uid)
@@ -270,13 +261,28 @@ async fn a_connection_lives_no_longer_than_its_sign_in(mode: RedisMode) {
 }
 both_modes!(a_connection_lives_no_longer_than_its_sign_in);
 
+/// A sign-in's context as the authorizer would pass it, for a session that
+/// was never created.
+fn context(user: String, exp: i64) -> Signed {
+    let session = "c2Vzc2lvbg".to_owned();
+    Signed {
+        signed: paycache_tests::SignedIn {
+            user: user.clone(),
+            session: session.clone(),
+            jti: "j".into(),
+        },
+        user,
+        session,
+        exp,
+    }
+}
+
 async fn refusals(mode: RedisMode) {
     let w = World::new(mode, &[]).await;
-    let by = Signed {
-        user: random_uuid(),
-        session: "c2Vzc2lvbg".into(),
-        exp: time::OffsetDateTime::now_utc().unix_timestamp() + 3600,
-    };
+    let by = context(
+        random_uuid(),
+        time::OffsetDateTime::now_utc().unix_timestamp() + 3600,
+    );
     assert_eq!(
         ws(&w, &ws_event("$connect", "conn1", None)).await["statusCode"],
         401
@@ -285,10 +291,7 @@ async fn refusals(mode: RedisMode) {
         ws(&w, &ws_event("$connect", "bad:id", Some(&by))).await["statusCode"],
         400
     );
-    let not_a_user = Signed {
-        user: "{not-a-user}".into(),
-        ..Signed { ..by }
-    };
+    let not_a_user = context("{not-a-user}".into(), by.exp);
     assert_eq!(
         ws(&w, &ws_event("$connect", "conn1", Some(&not_a_user))).await["statusCode"],
         401
@@ -303,11 +306,7 @@ async fn refusals(mode: RedisMode) {
     );
     assert_eq!(ws(&w, &json!({})).await["statusCode"], 400);
     assert_eq!(ws(&w, &json!(null)).await["statusCode"], 400);
-    let someone = Signed {
-        user: random_uuid(),
-        session: "c2Vzc2lvbg".into(),
-        exp: 1,
-    };
+    let someone = context(random_uuid(), 1);
     assert_eq!(
         ws(&w, &ws_event("sendmessage", "conn1", Some(&someone))).await["statusCode"],
         400

@@ -222,7 +222,10 @@ impl App {
             keys: keys.clone(),
             redis: redis.clone(),
             durable: durable.clone(),
+            db: db.clone(),
             session_ttl: config.ttl.session_data,
+            activity_sync: config.session_activity_sync,
+            faults: Default::default(),
             index_ttl: config
                 .ttl
                 .of(crate::infra::keys::KeyFamily::UserSessions)
@@ -232,6 +235,7 @@ impl App {
             keys: keys.clone(),
             redis: redis.clone(),
             ttl: config.ttl,
+            sessions: sessions.clone(),
         };
         let deliveries = Deliveries {
             queue: delivery.clone(),
@@ -296,6 +300,12 @@ impl App {
     pub async fn from_env() -> Result<Self, InitError> {
         let verifier = Verifier::from_env_if_configured()?.map(Arc::new);
         let config = Config::from_env()?;
+        if std::env::var_os("AUTH_REVOCATION_FAIL_OPEN").is_some() {
+            tracing::warn!(
+                "AUTH_REVOCATION_FAIL_OPEN has no effect any more: when Redis cannot check a \
+                 session or a revocation, PostgreSQL does (README -> Sessions)"
+            );
+        }
         if config.verify_in_function && verifier.is_none() {
             return Err(ConfigError::new(
                 "AUTH_VERIFY_IN_FUNCTION",

@@ -156,8 +156,6 @@ pub struct AuthConfig {
     pub hs256_secret: Option<Secret>,
     /// `AUTH_LEEWAY_SECS`: clock skew allowed on `exp` and `nbf`.
     pub leeway_secs: u64,
-    /// `AUTH_REVOCATION_FAIL_OPEN`: admit when Redis cannot say whether a token is revoked.
-    pub revocation_fail_open: bool,
 }
 
 impl AuthConfig {
@@ -195,16 +193,6 @@ impl AuthConfig {
                 problem: "must be a whole number from 0 to 300".into(),
             })?,
         };
-        let revocation_fail_open = match get("AUTH_REVOCATION_FAIL_OPEN").as_deref() {
-            None | Some("false") => false,
-            Some("true") => true,
-            Some(_) => {
-                return Err(ConfigError {
-                    variable: "AUTH_REVOCATION_FAIL_OPEN",
-                    problem: "must be `true` or `false`".into(),
-                });
-            }
-        };
         Ok(Self {
             issuer: required("AUTH_ISSUER")?,
             audience: required("AUTH_AUDIENCE")?
@@ -215,7 +203,6 @@ impl AuthConfig {
             jwks,
             hs256_secret: get("AUTH_HS256_SECRET").map(Secret::new),
             leeway_secs,
-            revocation_fail_open,
         })
     }
 }
@@ -271,8 +258,9 @@ pub enum Denied {
     /// `AUTH_VERIFY_IN_FUNCTION`: the token verified here names another
     /// principal or `jti` than the event's claims (a hand-made event).
     ClaimsMismatch,
-    #[error("revocation could not be checked (Redis unavailable)")]
-    /// Redis could not say whether the token is revoked (fail-closed).
+    #[error("revocation could not be checked (Redis and PostgreSQL unavailable)")]
+    /// Neither Redis nor PostgreSQL could say whether the token is revoked
+    /// (fail-closed).
     RevocationUnavailable,
 }
 

@@ -36,6 +36,7 @@ use redis::Script;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::domain::sessions::{self, Sessions};
 use crate::infra::config::TtlConfig;
 use crate::infra::connection::Redis;
 use crate::infra::connection::RedisUnavailable;
@@ -45,12 +46,14 @@ use crate::infra::keys::{ConnectionId, KeyFamily, SessionId, UserId};
 static LIVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("realtime/live.lua")));
 static PING: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("realtime/ping.lua")));
 
-/// What the connection registry uses: Redis and the registry's TTL.
+/// What the connection registry uses: Redis, the registry's TTL, and the
+/// sessions (a connection lives while its session does).
 #[derive(Debug, Clone)]
 pub struct Connections {
     pub(crate) keys: Keyspace,
     pub(crate) redis: Redis,
     pub(crate) ttl: TtlConfig,
+    pub(crate) sessions: Sessions,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -216,15 +219,38 @@ pub async fn ping(
         }),
         write_meta(connections, conn, &m)
     );
-    match alive? {
-        1 => refreshed.map(|_| Ping::Alive),
-        // Out of the user's registry (a sign-out took it out: 0) or just
-        // found dead (-1): either way it is to be closed.
-        _ => {
-            forget(connections, &[(conn.clone(), Some(m.user_id))]).await?;
-            Ok(Ping::Ended)
+    let alive = match alive? {
+        // Redis does not hold the session: PostgreSQL decides (and a live
+        // one is put back).
+        2 => {
+            let session = m
+                .session_id
+                .as_deref()
+                .and_then(|sid| SessionId::parse(sid).ok());
+            let live = match session {
+                Some(sid) => !sessions::reload(&connections.sessions, &[(m.user_id, sid)])
+                    .await
+                    .map_err(|_| RedisUnavailable::Server)?
+                    .is_empty(),
+                None => false,
+            };
+            if live {
+                let _: bool = connections
+                    .redis
+                    .run(|mut c| async move { c.pexpire(s, ms as i64).await })
+                    .await?;
+            }
+            live
         }
+        v => v == 1,
+    };
+    if alive {
+        return refreshed.map(|_| Ping::Alive);
     }
+    // Out of the user's registry (a sign-out took it out), just found dead,
+    // or found over by PostgreSQL: either way it is to be closed.
+    forget(connections, &[(conn.clone(), Some(m.user_id))]).await?;
+    Ok(Ping::Ended)
 }
 
 /// `$disconnect`: removes every entry of the connection. Idempotent.
@@ -312,7 +338,7 @@ pub async fn live(
         let set = connections.keys.ws_connections(user);
         let prefix = connections.keys.session_prefix(user);
         let (s, p) = (&set, &prefix);
-        let found: Result<(Vec<String>, Vec<String>), RedisUnavailable> = connections
+        let found: Result<(Vec<String>, Vec<String>, Vec<String>), RedisUnavailable> = connections
             .redis
             .run(|mut c| async move { LIVE.key(s).arg(p).arg(now).invoke_async(&mut c).await })
             .await;
@@ -320,8 +346,9 @@ pub async fn live(
     }))
     .await;
     let mut out = Liveness::default();
+    let mut unknown: Vec<(UserId, SessionId, ConnectionId)> = Vec::new();
     for (user, found) in answers {
-        let (live, dead) = found?;
+        let (live, dead, missing) = found?;
         let ids = |v: Vec<String>| -> Vec<ConnectionId> {
             v.iter()
                 .filter_map(|c| ConnectionId::parse(c).ok())
@@ -330,6 +357,33 @@ pub async fn live(
         out.dead
             .extend(ids(dead).into_iter().map(|c| (c, Some(user))));
         out.live.insert(user, ids(live));
+        for pair in missing.chunks(2) {
+            if let [conn, sid] = pair
+                && let (Ok(conn), Ok(sid)) = (ConnectionId::parse(conn), SessionId::parse(sid))
+            {
+                unknown.push((user, sid, conn));
+            }
+        }
+    }
+    if !unknown.is_empty() {
+        // Sessions Redis does not hold (evicted, idled out): PostgreSQL
+        // says which are live (one query for the batch); the others' sockets
+        // are dead.
+        let asked: Vec<(UserId, SessionId)> =
+            unknown.iter().map(|(u, s, _)| (*u, s.clone())).collect();
+        let live = sessions::reload(&connections.sessions, &asked)
+            .await
+            .map_err(|_| RedisUnavailable::Server)?;
+        let mut dead = Vec::new();
+        for (user, sid, conn) in unknown {
+            if live.contains(&(user, sid)) {
+                out.live.entry(user).or_default().push(conn);
+            } else {
+                dead.push((conn, Some(user)));
+            }
+        }
+        forget(connections, &dead).await?;
+        out.dead.extend(dead);
     }
     Ok(out)
 }
@@ -412,34 +466,52 @@ pub async fn everyone_page(
             None => dead.push((conn, None)),
         }
     }
-    // Each distinct session is checked once, all at once.
-    let sessions: HashSet<(UserId, String)> = candidates
+    // Each distinct session is read once, all at once; those Redis does
+    // not hold are asked of PostgreSQL (one query for the page).
+    let distinct: HashSet<(UserId, String)> = candidates
         .iter()
         .map(|(_, u, s)| (*u, s.to_string()))
         .collect();
-    let alive: HashMap<(UserId, String), bool> = futures_util::stream::iter(sessions)
+    let held: HashMap<(UserId, String), Option<bool>> = futures_util::stream::iter(distinct)
         .map(|(user, sid)| async move {
             let key = format!("{}{sid}", connections.keys.session_prefix(&user));
             let k = &key;
-            let n: Result<i64, RedisUnavailable> = connections
+            let v: Result<Option<String>, RedisUnavailable> = connections
                 .redis
-                .run(|mut c| async move { c.exists(k).await })
+                .run(|mut c| async move { c.get(k).await })
                 .await;
-            ((user, sid), n)
+            // Some(true): held; Some(false): ended; None: missing.
+            ((user, sid), v.map(|v| v.map(|v| v != sessions::TOMBSTONE)))
         })
         .buffer_unordered(256)
         .collect::<Vec<_>>()
         .await
         .into_iter()
-        .map(|(k, n)| n.map(|n| (k, n > 0)))
+        .map(|(k, v)| v.map(|v| (k, v)))
         .collect::<Result<_, _>>()?;
+    let missing: Vec<(UserId, SessionId)> = held
+        .iter()
+        .filter(|(_, v)| v.is_none())
+        .filter_map(|((u, s), _)| SessionId::parse(s).ok().map(|s| (*u, s)))
+        .collect();
+    let reloaded: HashSet<(UserId, String)> = if missing.is_empty() {
+        HashSet::new()
+    } else {
+        sessions::reload(&connections.sessions, &missing)
+            .await
+            .map_err(|_| RedisUnavailable::Server)?
+            .into_iter()
+            .map(|(u, s)| (u, s.to_string()))
+            .collect()
+    };
     let mut live = Vec::new();
     for (conn, user, session) in candidates {
-        if alive
-            .get(&(user, session.to_string()))
-            .copied()
-            .unwrap_or(false)
-        {
+        let k = (user, session.to_string());
+        let alive = match held.get(&k) {
+            Some(Some(held)) => *held,
+            _ => reloaded.contains(&k),
+        };
+        if alive {
             live.push(conn);
         } else {
             dead.push((conn, Some(user)));

@@ -1,31 +1,63 @@
 //! Sessions and token revocation: the design's `session:{session_id}` and
-//! `blacklist:{token_jti}`, plus an index of each user's sessions.
+//! `blacklist:{token_jti}`, an index of each user's sessions, and their
+//! source of truth in PostgreSQL.
 //!
-//! - A **session** holds the design's data (user, e-mail, roles,
-//!   permissions, last activity, IP, device) with a sliding TTL
-//!   (`CACHE_TTL_SESSION_DATA_SECS`): reading it for a request refreshes it,
-//!   in the same command (`GETEX … PX`). Its key carries its **user's** hash
-//!   tag (`session:{user}:<sid>`; every token names both), so that the
-//!   user's **session index** (`user_sessions:{user}`), their sessions and
-//!   their WebSocket registry (`ws_conn:{user}`) share a slot: signing in
-//!   writes the session and its index entry in one script, and signing out —
-//!   of one session or of all — ends the sessions and takes their sockets
-//!   out of the registry in one script ([`end`]).
-//! - A **blacklist entry** revokes one token by its `jti` for as long as any
-//!   verifier could still accept it: until the token's `exp` plus
-//!   [`REVOCATION_GRACE`], the largest clock leeway a verifier here allows
-//!   (`AUTH_LEEWAY_SECS` ≤ 300 s). Shorter would re-validate a revoked
-//!   token in the leeway; a fixed 24 h wastes memory. Blacklist entries live
-//!   in the durable Redis (`REDIS_DURABLE_URL`, `noeviction`): an evicted
-//!   entry would make a revoked token valid again.
+//! # Where they live
+//! - **PostgreSQL** (`sessions`, `revoked_tokens`; [`store`]) is the source
+//!   of truth, as for everything else the cache holds: a sign-in inserts
+//!   its session row, a sign-out ends rows and records the revoked token.
+//! - **Redis** serves the checks. A **session** holds the design's data
+//!   (user, e-mail, roles, permissions, last activity, IP, device) with a
+//!   sliding TTL (`CACHE_TTL_SESSION_DATA_SECS`, the idle timeout): reading
+//!   it for a request refreshes it in the same command (`GETEX … PX`). Its
+//!   key carries its **user's** hash tag (`session:{user}:<sid>`; every
+//!   token names both), so that the user's **session index**
+//!   (`user_sessions:{user}`), their sessions and their WebSocket registry
+//!   (`ws_conn:{user}`) share a slot: signing in writes the session and its
+//!   index entry in one script, and signing out — of one session or of all —
+//!   replaces the sessions with **tombstones** (`ended`, kept as long as a
+//!   token of theirs could be valid) and takes their sockets out of the
+//!   registry in one script ([`end`]). A **blacklist entry** revokes one
+//!   token by its `jti` until the token's `exp` plus [`REVOCATION_GRACE`],
+//!   the largest clock leeway a verifier here allows; blacklist entries live
+//!   in the durable Redis (`noeviction`).
 //!
-//! A request's check sends the session read and the blacklist read at once:
-//! one round-trip time (they have different hash tags, and may be in
-//! different Redis groups).
-
-use std::time::Duration;
+//! # A request's check ([`authenticate`])
+//! 1. **Redis** — the session (`GETEX`) and the blacklist (`EXISTS`), sent
+//!    together with the route's other requests: one round-trip time, and
+//!    **no PostgreSQL query** when the session is there.
+//! 2. **Missing from Redis** (evicted: the cache group is `volatile-lru`;
+//!    or idled out): PostgreSQL says whether the session is live, and a live
+//!    one is put back — an eviction does not sign its user out.
+//! 3. **Redis cannot answer** (error, timeout, breaker open): the same
+//!    PostgreSQL statement decides — a signed-in caller is admitted, a
+//!    signed-out token refused (401). It runs concurrently with the route's
+//!    own database read (both start when Redis fails).
+//!
+//! A definite refusal always wins: a "revoked" from the blacklist, or a
+//! tombstone, refuses whatever else failed.
+//!
+//! # Idle timeout without a write per request
+//! While Redis holds a session its TTL is the idle timeout, exactly.
+//! PostgreSQL learns of activity at most every `SESSION_ACTIVITY_SYNC_SECS`
+//! (default 120 s) per session: the request that finds the session's last
+//! recorded activity older than that sends the update **beside** itself —
+//! the response never waits for it ([`sync_activity`]); while Redis is down,
+//! the fallback statement records it. PostgreSQL counts a session as live
+//! while its last recorded activity is within the idle timeout **plus** that
+//! interval, so an active session is never refused early, and **an idle
+//! session may outlive its timeout by at most `SESSION_ACTIVITY_SYNC_SECS`
+//! when Redis no longer holds it** (an outage or an eviction).
+//!
+//! # A sign-out while Redis is down
+//! It is recorded in PostgreSQL (so the fallback refuses the token at
+//! once) and marked pending; the minute sweep ([`apply_pending`], run by
+//! `audit-flush`) writes the tombstones and blacklist entries into Redis.
+//! Until that sweep has run after Redis is back — at most about a minute —
+//! Redis may still hold a session ended during the outage.
 
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use redis::AsyncCommands;
 use redis::Script;
@@ -35,27 +67,62 @@ use time::OffsetDateTime;
 use crate::domain::identity::{Denied, Principal};
 use crate::infra::connection::Redis;
 use crate::infra::connection::RedisUnavailable;
+use crate::infra::db::{Db, DbError};
 use crate::infra::keys::Keyspace;
 use crate::infra::keys::{ClientId, ConnectionId, Jti, SessionId, UserId};
+
+pub(crate) mod store;
 
 /// A blacklist entry outlives its token's `exp` by this much: the largest
 /// clock leeway any verifier here accepts (`AUTH_LEEWAY_SECS` is at most
 /// 300 s; the routes allow 5 s; API Gateway's JWT authorizer none).
 pub const REVOCATION_GRACE: Duration = Duration::from_secs(300);
 
+/// How long a tombstone (an ended session) stays in Redis: as long as a
+/// token naming it could still be valid — Cognito's longest access-token
+/// validity (a day) plus [`REVOCATION_GRACE`]. Evicted earlier, PostgreSQL
+/// still says "ended".
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(86_400 + 300);
+
+/// The value of an ended session's key.
+pub(crate) const TOMBSTONE: &str = "ended";
+
 static SIGN_IN: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("sessions/sign_in.lua")));
 static END: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("sessions/end.lua")));
+static TOUCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("sessions/touch.lua")));
 
 /// What sessions and revocation use: the cache Redis for sessions and
-/// their index, the durable one for blacklist entries, and the TTLs.
+/// their index, the durable one for blacklist entries, PostgreSQL for
+/// both's source of truth, and the timings.
 #[derive(Debug, Clone)]
 pub struct Sessions {
     pub(crate) keys: Keyspace,
     pub(crate) redis: Redis,
     pub(crate) durable: Redis,
+    pub(crate) db: Db,
     pub(crate) session_ttl: Duration,
     pub(crate) index_ttl: Duration,
+    pub(crate) activity_sync: Duration,
+    /// Deliberately broken variants, for the tests that prove the
+    /// fallback (each runs the same check with one of these).
+    #[doc(hidden)]
+    pub faults: SessionFaults,
+}
+
+/// See [`Sessions::faults`].
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SessionFaults {
+    /// PostgreSQL is never asked: Redis unable to answer is a 503, a
+    /// session Redis does not hold is no session (the gate before
+    /// PostgreSQL became the sessions' source of truth).
+    pub no_fallback: bool,
+    /// Every check asks PostgreSQL, even when Redis holds the session.
+    pub always_database: bool,
+    /// The PostgreSQL fallback looks at the session only, not at the
+    /// revoked tokens.
+    pub fallback_ignores_revocations: bool,
 }
 
 /// The design's session data.
@@ -70,7 +137,8 @@ pub struct Session {
     /// Their permissions.
     pub permissions: Vec<String>,
     #[serde(with = "time::serde::rfc3339")]
-    /// When the session was last used (creation, for now).
+    /// The activity PostgreSQL has recorded last (sign-in, then at most
+    /// every `SESSION_ACTIVITY_SYNC_SECS`).
     pub last_activity: OffsetDateTime,
     /// The IP address it was created from, when known.
     pub ip_address: Option<String>,
@@ -92,14 +160,26 @@ pub(crate) struct BlacklistEntry {
     pub reason: String,
 }
 
+/// Why a session could not be stored or ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// PostgreSQL (the source of truth) failed: nothing was recorded.
+    #[error("the session store is unavailable")]
+    Database(#[from] DbError),
+    /// Redis failed where it had to answer (tests, operations).
+    #[error("Redis is unavailable: {0}")]
+    Redis(#[from] RedisUnavailable),
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-/// Creates a session under a new random id and adds it to its user's
-/// index: one script, one round trip.
+/// Creates a session under a new random id: its row in PostgreSQL and, at
+/// the same time, its entry and index entry in Redis (one script). The row
+/// must be written; Redis may fail (the first request reloads it).
 #[tracing::instrument(skip_all, fields(user_id = %session.user_id))]
-pub async fn create(sessions: &Sessions, session: &Session) -> Result<SessionId, RedisUnavailable> {
+pub async fn create(sessions: &Sessions, session: &Session) -> Result<SessionId, SessionError> {
     let raw = format!("{:032x}{:032x}", fastrand::u128(..), fastrand::u128(..));
     let id = SessionId::parse(&raw).map_err(|_| RedisUnavailable::Server)?;
     create_as(sessions, &id, session).await?;
@@ -111,6 +191,28 @@ pub async fn create_as(
     sessions: &Sessions,
     id: &SessionId,
     session: &Session,
+) -> Result<(), SessionError> {
+    let (row, cached) = tokio::join!(
+        store::insert(&sessions.db, id, session),
+        cache(sessions, id, session, false)
+    );
+    row?;
+    if let Err(why) = cached {
+        tracing::warn!(
+            reason = why.as_str(),
+            "session recorded in PostgreSQL only; its first use reloads it into Redis"
+        );
+    }
+    Ok(())
+}
+
+/// Puts a session into Redis with its index entry: one script. `back`: a
+/// session reloaded from PostgreSQL, written only if its key is empty.
+async fn cache(
+    sessions: &Sessions,
+    id: &SessionId,
+    session: &Session,
+    back: bool,
 ) -> Result<(), RedisUnavailable> {
     let user = &session.user_id;
     let (key, index) = (
@@ -121,6 +223,7 @@ pub async fn create_as(
     let prefix = sessions.keys.session_prefix(user);
     let (ttl, index_ttl) = (millis(sessions.session_ttl), millis(sessions.index_ttl));
     let (k, i, j, p, sid) = (&key, &index, &json, &prefix, id.as_str());
+    let mode = if back { "nx" } else { "set" };
     sessions
         .redis
         .run(|mut c| async move {
@@ -132,6 +235,7 @@ pub async fn create_as(
                 .arg(sid)
                 .arg(index_ttl)
                 .arg(p)
+                .arg(mode)
                 .invoke_async(&mut c)
                 .await?;
             Ok(())
@@ -165,11 +269,11 @@ pub struct SignIn {
 }
 
 /// Creates the session of a sign-in: the design's fields, roles from the
-/// groups (`customer` when none), permissions from [`GROUP_PERMISSIONS`];
-/// one round trip. Every token issuance creates one (a refresh too: the
-/// previous session idles out with its sliding TTL).
+/// groups (`customer` when none), permissions from [`GROUP_PERMISSIONS`]
+/// (see [`create`]). Every token issuance creates one (a refresh too: the
+/// previous session idles out).
 #[tracing::instrument(skip_all, fields(user_id = %sign_in.user))]
-pub async fn sign_in(sessions: &Sessions, sign_in: &SignIn) -> Result<SessionId, RedisUnavailable> {
+pub async fn sign_in(sessions: &Sessions, sign_in: &SignIn) -> Result<SessionId, SessionError> {
     let mut permissions: Vec<String> = GROUP_PERMISSIONS
         .iter()
         .filter(|(g, _)| sign_in.groups.iter().any(|x| x == g))
@@ -209,29 +313,72 @@ pub struct Ended {
     /// The sessions ended.
     pub sessions: Vec<SessionId>,
     /// The WebSocket connections those sessions opened, now out of the
-    /// user's registry (still open until closed: see `realtime::close`).
+    /// user's registry (still open until closed: see `realtime`).
     pub connections: Vec<ConnectionId>,
+    /// Redis could not be told: the ending is recorded in PostgreSQL (the
+    /// fallback refuses the sessions' tokens at once) and the minute sweep
+    /// applies it to Redis.
+    pub pending: bool,
 }
 
-/// Ends one session of `user`, or all of them, and takes the WebSocket
-/// connections they opened out of the user's registry: one script, one
-/// round trip. Idempotent.
+/// Ends one session of `user`, or all of them: in PostgreSQL first (the
+/// source of truth; its failure fails the sign-out), then in Redis — one
+/// script that replaces the sessions with tombstones and takes the
+/// connections they opened out of the user's registry. Idempotent.
 #[tracing::instrument(skip_all, fields(user_id = %user))]
 pub async fn end(
     sessions: &Sessions,
     user: &UserId,
     ending: &Ending,
+    reason: &str,
+) -> Result<Ended, SessionError> {
+    let one = match ending {
+        Ending::One(s) => Some(s),
+        Ending::All => None,
+    };
+    let mut ended = store::end(&sessions.db, user, one, reason).await?;
+    if let Some(s) = one
+        && !ended.contains(s)
+    {
+        ended.push(s.clone());
+    }
+    match end_in_redis(sessions, user, ending, &ended).await {
+        Ok(e) => Ok(e),
+        Err(why) => {
+            tracing::warn!(
+                reason = why.as_str(),
+                "sign-out recorded in PostgreSQL; Redis is told by the next sweep"
+            );
+            store::mark_pending(&sessions.db, &ended, None).await?;
+            Ok(Ended {
+                sessions: ended,
+                connections: Vec::new(),
+                pending: true,
+            })
+        }
+    }
+}
+
+/// The Redis half of [`end`]: `also` are sessions PostgreSQL ended (they
+/// may be missing from the index).
+async fn end_in_redis(
+    sessions: &Sessions,
+    user: &UserId,
+    ending: &Ending,
+    also: &[SessionId],
 ) -> Result<Ended, RedisUnavailable> {
     let (index, registry) = (
         sessions.keys.user_sessions(user),
         sessions.keys.ws_connections(user),
     );
     let prefix = sessions.keys.session_prefix(user);
-    let (mode, sid) = match ending {
-        Ending::One(s) => ("one", s.as_str()),
-        Ending::All => ("all", ""),
+    let mode = match ending {
+        Ending::One(_) => "one",
+        Ending::All => "all",
     };
-    let (i, r, p) = (&index, &registry, &prefix);
+    let ids: Vec<&str> = also.iter().map(SessionId::as_str).collect();
+    let ttl = millis(TOMBSTONE_TTL);
+    let (i, r, p, ids) = (&index, &registry, &prefix, &ids);
     let (ended, closed): (Vec<String>, Vec<String>) = sessions
         .redis
         .run(|mut c| async move {
@@ -239,7 +386,8 @@ pub async fn end(
                 .key(r)
                 .arg(p)
                 .arg(mode)
-                .arg(sid)
+                .arg(ttl)
+                .arg(ids)
                 .invoke_async(&mut c)
                 .await
         })
@@ -253,11 +401,12 @@ pub async fn end(
             .iter()
             .filter_map(|c| ConnectionId::parse(c).ok())
             .collect(),
+        pending: false,
     })
 }
 
-/// The ids in `user`'s session index (tests and operations; sessions that
-/// idled out may still be listed until the next sign-in prunes them).
+/// The ids in `user`'s session index (tests and operations; ended sessions
+/// may still be listed until the next sign-in prunes them).
 pub async fn index(sessions: &Sessions, user: &UserId) -> Result<Vec<SessionId>, RedisUnavailable> {
     let key = sessions.keys.user_sessions(user);
     let k = &key;
@@ -265,27 +414,49 @@ pub async fn index(sessions: &Sessions, user: &UserId) -> Result<Vec<SessionId>,
         .redis
         .run(|mut c| async move { c.smembers(k).await })
         .await?;
-    Ok(ids
-        .iter()
-        .filter_map(|s| SessionId::parse(s).ok())
-        .collect())
+    Ok(ids.iter().filter_map(|s| SessionId::parse(s).ok()).collect())
 }
 
 /// Revokes a token until `expires_at` (its `exp`) plus
-/// [`REVOCATION_GRACE`]; one round trip to the durable Redis. A token past
-/// that needs no entry: no verifier accepts it.
+/// [`REVOCATION_GRACE`]: its row in PostgreSQL (required), its blacklist
+/// entry in the durable Redis (marked pending for the sweep when Redis
+/// fails). A token past that needs nothing: no verifier accepts it.
 pub async fn blacklist(
     sessions: &Sessions,
     jti: &Jti,
     principal: &Principal,
     expires_at: OffsetDateTime,
     reason: &str,
-) -> Result<(), RedisUnavailable> {
+) -> Result<(), SessionError> {
     let now = OffsetDateTime::now_utc();
-    let left = expires_at + REVOCATION_GRACE - now;
-    if left <= time::Duration::ZERO {
+    let until = expires_at + REVOCATION_GRACE;
+    if until <= now {
         return Ok(());
     }
+    let who = match principal {
+        Principal::User { user, .. } => format!("user:{user}"),
+        Principal::Service { client } => format!("svc:{client}"),
+    };
+    let reason: String = reason.chars().take(64).collect();
+    store::revoke(&sessions.db, jti, &who, &reason, until).await?;
+    if let Err(why) = blacklist_in_redis(sessions, jti, principal, until, &reason).await {
+        tracing::warn!(
+            reason = why.as_str(),
+            "revocation recorded in PostgreSQL; Redis is told by the next sweep"
+        );
+        store::mark_pending(&sessions.db, &[], Some(jti)).await?;
+    }
+    Ok(())
+}
+
+async fn blacklist_in_redis(
+    sessions: &Sessions,
+    jti: &Jti,
+    principal: &Principal,
+    until: OffsetDateTime,
+    reason: &str,
+) -> Result<(), RedisUnavailable> {
+    let now = OffsetDateTime::now_utc();
     let (user_id, client_id) = match principal {
         Principal::User { user, .. } => (Some(*user), None),
         Principal::Service { client } => (None, Some(client.clone())),
@@ -294,22 +465,43 @@ pub async fn blacklist(
         user_id,
         client_id,
         blacklisted_at: now,
-        reason: reason.chars().take(64).collect(),
+        reason: reason.to_owned(),
     };
     let json = serde_json::to_string(&entry).map_err(|_| RedisUnavailable::Server)?;
     let key = sessions.keys.blacklist(jti);
-    let ms = u64::try_from(left.whole_milliseconds())
+    let ms = u64::try_from((until - now).whole_milliseconds())
         .unwrap_or(u64::MAX)
         .max(1);
     sessions.durable.set_px(key.as_str(), json, ms).await
+}
+
+/// What Redis holds under a session's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Held {
+    /// The session.
+    Session(Session),
+    /// A tombstone: the session was ended.
+    Ended,
+    /// Nothing: never stored, evicted, or idled out.
+    Missing,
+}
+
+impl Held {
+    /// The session, if one is held.
+    pub fn into_session(self) -> Option<Session> {
+        match self {
+            Self::Session(s) => Some(s),
+            _ => None,
+        }
+    }
 }
 
 /// What a request's credentials look like in Redis: each read's own
 /// answer, so that a "revoked" wins even when the other read failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CredentialState {
-    /// The session (its TTL refreshed by this read), if it exists.
-    pub session: Result<Option<Session>, RedisUnavailable>,
+    /// The session (its TTL refreshed by this read).
+    pub session: Result<Held, RedisUnavailable>,
     /// Whether the token's `jti` is blacklisted.
     pub revoked: Result<bool, RedisUnavailable>,
 }
@@ -319,9 +511,12 @@ pub struct CredentialState {
 pub enum Verdict {
     /// Signed in: the session.
     Valid(Session),
-    /// Refused, whatever else failed: a definite "revoked", "no session"
-    /// or "another user's session" always wins.
+    /// Refused, whatever else failed: a definite "revoked", an ended
+    /// session or another user's always wins.
     Refused(Denied),
+    /// Redis does not hold the session (it was never stored there, was
+    /// evicted or idled out): PostgreSQL decides.
+    Missing,
     /// Redis could not say (and said nothing that refuses).
     Unknown(RedisUnavailable),
 }
@@ -333,11 +528,14 @@ impl CredentialState {
             return Verdict::Refused(Denied::Revoked);
         }
         match self.session {
-            Ok(None) => Verdict::Refused(Denied::NoSession),
-            Ok(Some(s)) if s.user_id != *user => Verdict::Refused(Denied::SessionMismatch),
-            Ok(Some(s)) => match self.revoked {
-                Ok(_) => Verdict::Valid(s),
-                Err(why) => Verdict::Unknown(why),
+            Ok(Held::Ended) => Verdict::Refused(Denied::NoSession),
+            Ok(Held::Session(s)) if s.user_id != *user => {
+                Verdict::Refused(Denied::SessionMismatch)
+            }
+            Ok(held) => match (held, self.revoked) {
+                (_, Err(why)) => Verdict::Unknown(why),
+                (Held::Session(s), Ok(_)) => Verdict::Valid(s),
+                _ => Verdict::Missing,
             },
             Err(why) => Verdict::Unknown(why),
         }
@@ -345,7 +543,7 @@ impl CredentialState {
 }
 
 /// Reads the session (refreshing its sliding TTL) and checks the token's
-/// blacklist entry, both requests at once.
+/// blacklist entry, both requests at once — Redis only.
 #[tracing::instrument(skip_all)]
 pub async fn check(
     sessions: &Sessions,
@@ -375,13 +573,191 @@ pub async fn check(
         }),
     );
     CredentialState {
-        session: s.map(|v| v.and_then(|raw| serde_json::from_str::<Session>(&raw).ok())),
+        session: s.map(|v| match v {
+            None => Held::Missing,
+            Some(raw) if raw == TOMBSTONE => Held::Ended,
+            // Unreadable data is no session.
+            Some(raw) => serde_json::from_str::<Session>(&raw)
+                .map(Held::Session)
+                .unwrap_or(Held::Ended),
+        }),
         revoked: b.map(|n| n > 0),
     }
 }
 
-/// Whether the token `jti` is blacklisted (a service's token: no session
-/// to read); one round trip to the durable Redis.
+/// A user's request's whole check (the module documentation): Redis,
+/// then PostgreSQL when Redis does not hold the session or cannot answer.
+/// `Err(Denied::RevocationUnavailable)` when neither can answer.
+pub async fn authenticate(
+    sessions: &Sessions,
+    user: &UserId,
+    session: &SessionId,
+    jti: &Jti,
+    token_expires_at: OffsetDateTime,
+) -> Result<Session, Denied> {
+    match check(sessions, user, session, jti).await.verdict(user) {
+        Verdict::Valid(_) if sessions.faults.always_database => {
+            from_database(sessions, user, session, jti).await?
+        }
+        Verdict::Valid(s) => {
+            sync_activity(sessions, session, &s);
+            Ok(s)
+        }
+        Verdict::Refused(why) => Err(why),
+        Verdict::Missing if sessions.faults.no_fallback => Err(Denied::NoSession),
+        Verdict::Missing => {
+            let found = from_database(sessions, user, session, jti).await?;
+            // Put back (evicted) or mark over (idled out), for the token's
+            // next requests; best effort.
+            match &found {
+                Ok(s) => {
+                    if let Err(why) = cache(sessions, session, s, true).await {
+                        tracing::warn!(reason = why.as_str(), "could not put a session back");
+                    }
+                }
+                Err(_) => {
+                    let until = token_expires_at + REVOCATION_GRACE;
+                    tombstone(sessions, user, session, until).await;
+                }
+            }
+            found
+        }
+        Verdict::Unknown(why) => {
+            if sessions.faults.no_fallback {
+                return Err(Denied::RevocationUnavailable);
+            }
+            tracing::warn!(
+                reason = why.as_str(),
+                "Redis cannot check the session: PostgreSQL decides"
+            );
+            from_database(sessions, user, session, jti).await?
+        }
+    }
+}
+
+/// The PostgreSQL check of a user's request (one statement).
+async fn from_database(
+    sessions: &Sessions,
+    user: &UserId,
+    session: &SessionId,
+    jti: &Jti,
+) -> Result<Result<Session, Denied>, Denied> {
+    let found = store::check(
+        &sessions.db,
+        user,
+        session,
+        jti,
+        sessions.session_ttl,
+        sessions.activity_sync,
+        !sessions.faults.fallback_ignores_revocations,
+    )
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "neither Redis nor PostgreSQL can check the session");
+        Denied::RevocationUnavailable
+    })?;
+    Ok(match found {
+        store::Found::Live(s) => Ok(s),
+        store::Found::Revoked => Err(Denied::Revoked),
+        store::Found::Over => Err(Denied::NoSession),
+    })
+}
+
+/// A tombstone for a session PostgreSQL says is over (best effort).
+async fn tombstone(sessions: &Sessions, user: &UserId, session: &SessionId, until: OffsetDateTime) {
+    let left = until - OffsetDateTime::now_utc();
+    let Ok(ms) = u64::try_from(left.whole_milliseconds()) else {
+        return;
+    };
+    let key = sessions.keys.session(user, session);
+    let k = &key;
+    let set = sessions
+        .redis
+        .run(|mut c| async move {
+            // NX: a session put back meanwhile (a new sign-in cannot reuse
+            // the id) is not overwritten.
+            let _: Option<String> = redis::cmd("SET")
+                .arg(k)
+                .arg(TOMBSTONE)
+                .arg("PX")
+                .arg(ms.max(1))
+                .arg("NX")
+                .query_async(&mut c)
+                .await?;
+            Ok(())
+        })
+        .await;
+    if let Err(why) = set {
+        tracing::debug!(reason = why.as_str(), "could not mark an ended session");
+    }
+}
+
+/// Records the session's activity in PostgreSQL when the last record is
+/// older than `SESSION_ACTIVITY_SYNC_SECS`: sent beside the request (a
+/// task of its own; the response does not wait), then noted in the Redis
+/// copy — unless a sign-out replaced it with a tombstone meanwhile. A sync
+/// lost to a frozen or ended execution environment is made by the next
+/// request that sees the record still old.
+pub fn sync_activity(sessions: &Sessions, id: &SessionId, session: &Session) {
+    let due = OffsetDateTime::now_utc() - session.last_activity
+        >= time::Duration::try_from(sessions.activity_sync).unwrap_or(time::Duration::ZERO);
+    if !due {
+        return;
+    }
+    let (sessions, id, mut session) = (sessions.clone(), id.clone(), session.clone());
+    tokio::spawn(async move {
+        let user = session.user_id;
+        match store::touch(&sessions.db, &user, &id).await {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "activity sync failed; the next request retries");
+                return;
+            }
+        }
+        session.last_activity = OffsetDateTime::now_utc();
+        let Ok(json) = serde_json::to_string(&session) else {
+            return;
+        };
+        let key = sessions.keys.session(&user, &id);
+        let (k, j) = (&key, &json);
+        let noted = sessions
+            .redis
+            .run(|mut c| async move {
+                let _: i64 = TOUCH.key(k).arg(j).invoke_async(&mut c).await?;
+                Ok(())
+            })
+            .await;
+        if let Err(why) = noted {
+            tracing::debug!(reason = why.as_str(), "activity sync not noted in Redis");
+        }
+    });
+}
+
+/// Whether the token `jti` is revoked (a service's token: no session to
+/// read): the durable Redis, or PostgreSQL when Redis cannot answer.
+/// `Err(RevocationUnavailable)` when neither can.
+pub async fn is_revoked(sessions: &Sessions, jti: &Jti) -> Result<bool, Denied> {
+    match is_blacklisted(sessions, jti).await {
+        Ok(b) => Ok(b),
+        Err(_) if sessions.faults.no_fallback => Err(Denied::RevocationUnavailable),
+        Err(why) => {
+            tracing::warn!(
+                reason = why.as_str(),
+                "Redis cannot check the token: PostgreSQL decides"
+            );
+            if sessions.faults.fallback_ignores_revocations {
+                return Ok(false);
+            }
+            store::is_revoked(&sessions.db, jti).await.map_err(|e| {
+                tracing::error!(error = %e, "neither Redis nor PostgreSQL can check the token");
+                Denied::RevocationUnavailable
+            })
+        }
+    }
+}
+
+/// Whether the token `jti` is blacklisted in Redis; one round trip to the
+/// durable Redis.
 pub async fn is_blacklisted(sessions: &Sessions, jti: &Jti) -> Result<bool, RedisUnavailable> {
     let key = sessions.keys.blacklist(jti);
     let k = &key;
@@ -390,6 +766,90 @@ pub async fn is_blacklisted(sessions: &Sessions, jti: &Jti) -> Result<bool, Redi
         .run(|mut c| async move { c.exists(k).await })
         .await?;
     Ok(n > 0)
+}
+
+/// Of these sessions Redis does not hold, the live ones (PostgreSQL says
+/// so), put back into Redis (the real-time checks: `realtime`).
+pub async fn reload(
+    sessions: &Sessions,
+    missing: &[(UserId, SessionId)],
+) -> Result<Vec<(UserId, SessionId)>, SessionError> {
+    let live = store::live_among(
+        &sessions.db,
+        missing,
+        sessions.session_ttl,
+        sessions.activity_sync,
+    )
+    .await?;
+    let mut out = Vec::new();
+    for (id, s) in live {
+        if let Err(why) = cache(sessions, &id, &s, true).await {
+            tracing::warn!(reason = why.as_str(), "could not put a session back");
+        }
+        out.push((s.user_id, id));
+    }
+    Ok(out)
+}
+
+/// What the sweep applied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SweepReport {
+    /// Sessions ended while Redis was unavailable, now tombstoned there.
+    pub sessions: u64,
+    /// Tokens revoked while Redis was unavailable, now blacklisted there.
+    pub tokens: u64,
+    /// Revocations past any verifier's leeway, deleted.
+    pub expired: u64,
+}
+
+/// Applies to Redis the sign-outs and revocations recorded while it was
+/// unavailable, and deletes revocations no verifier could need (run every
+/// minute by `audit-flush`).
+pub async fn apply_pending(sessions: &Sessions) -> Result<SweepReport, SessionError> {
+    let pending = store::pending(&sessions.db, 500).await?;
+    let mut done_sessions = Vec::new();
+    let mut by_user: Vec<(UserId, Vec<SessionId>)> = Vec::new();
+    for (user, sid) in pending.sessions {
+        match by_user.iter_mut().find(|(u, _)| *u == user) {
+            Some((_, list)) => list.push(sid),
+            None => by_user.push((user, vec![sid])),
+        }
+    }
+    for (user, ids) in &by_user {
+        // Each listed session ended; `One` per id keeps other sessions of
+        // the user (signed in since) untouched.
+        let mut ok = true;
+        for id in ids {
+            if end_in_redis(sessions, user, &Ending::One(id.clone()), std::slice::from_ref(id))
+                .await
+                .is_err()
+            {
+                ok = false;
+                break;
+            }
+        }
+        if ok {
+            done_sessions.extend(ids.iter().cloned());
+        }
+    }
+    let mut done_tokens = Vec::new();
+    for (jti, until) in pending.tokens {
+        let principal = Principal::Service {
+            client: ClientId::parse("revoked").map_err(|_| RedisUnavailable::Server)?,
+        };
+        if blacklist_in_redis(sessions, &jti, &principal, until, "logout")
+            .await
+            .is_ok()
+        {
+            done_tokens.push(jti);
+        }
+    }
+    let expired = store::applied(&sessions.db, &done_sessions, &done_tokens).await?;
+    Ok(SweepReport {
+        sessions: done_sessions.len() as u64,
+        tokens: done_tokens.len() as u64,
+        expired,
+    })
 }
 
 /// The remaining lifetime of a blacklist entry (tests and operations).

@@ -17,9 +17,10 @@
 //! 3. is not revoked (`blacklist:{jti}`), and its session exists and belongs
 //!    to `sub` — reading the session refreshes its sliding TTL.
 //!
-//! Step 3 needs Redis. When Redis cannot answer, the authorizer **fails
-//! closed** (denies) unless `AUTH_REVOCATION_FAIL_OPEN=true`: a revoked
-//! token must not become valid because Redis is slow.
+//! Step 3 reads Redis; when Redis does not hold the session or cannot
+//! answer, PostgreSQL decides (`crate::domain::sessions::authenticate`),
+//! and when neither can, the authorizer **fails closed** (denies): a
+//! revoked token must not become valid because a store is down.
 //!
 //! The route receives `user_id`, `session_id`, `jti`, `exp`, `roles` and
 //! `permissions` (comma-separated) as authorizer context; whatever acts for
@@ -40,7 +41,6 @@ use lambda_http::aws_lambda_events::apigw::{
 use lambda_http::aws_lambda_events::iam::{IamPolicyEffect, IamPolicyStatement};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use time::OffsetDateTime;
 
 use crate::app::App;
 use crate::domain::fraud::Fraud;
@@ -178,8 +178,14 @@ pub(crate) async fn decide_with_signals<'a>(
     let token = bearer(&event).ok_or(Denied::MissingToken)?;
     let claims = verifier.verify(token)?;
     let device = device_header(&event);
-    let (state, new_device, risk) = tokio::join!(
-        sessions::check(deps.sessions, &claims.user, &claims.session, &claims.jti),
+    let (session, new_device, risk) = tokio::join!(
+        sessions::authenticate(
+            deps.sessions,
+            &claims.user,
+            &claims.session,
+            &claims.jti,
+            claims.expires_at
+        ),
         async {
             match &device {
                 Some(d) => crate::domain::fraud::device_seen(deps.fraud, &claims.user, d)
@@ -195,28 +201,7 @@ pub(crate) async fn decide_with_signals<'a>(
                 .flatten()
         }
     );
-    let session = match state.verdict(&claims.user) {
-        sessions::Verdict::Valid(s) => s,
-        sessions::Verdict::Refused(why) => return Err(why),
-        sessions::Verdict::Unknown(why) => {
-            tracing::warn!(reason = why.as_str(), "revocation check failed");
-            if !verifier.config().revocation_fail_open {
-                return Err(Denied::RevocationUnavailable);
-            }
-            // Fail-open mode (nothing said "refused"): no session data to
-            // pass on.
-            let session = sessions::Session {
-                user_id: claims.user,
-                email: String::new(),
-                roles: Vec::new(),
-                permissions: Vec::new(),
-                last_activity: OffsetDateTime::now_utc(),
-                ip_address: None,
-                device_info: None,
-            };
-            return Ok((claims, session, Signals::default()));
-        }
-    };
+    let session = session?;
     let signals = Signals {
         new_device,
         risk_score: risk.map(|r| r.score),

@@ -27,6 +27,7 @@ use crate::domain::delivery::DeliveryQueue;
 use crate::domain::health::Health;
 use crate::domain::invalidation::{self, Invalidation, InvalidationError};
 use crate::domain::realtime::{Connections, Ping, SignedIn};
+use crate::domain::sessions::{self, Sessions};
 use crate::domain::warming::Warmer;
 use crate::infra::config::AnnouncementTrust;
 use crate::infra::keys::{SessionId, TransactionId, UserId, WalletId};
@@ -166,10 +167,16 @@ pub async fn cache_invalidation(
     Ok(summary)
 }
 
-/// `audit-flush`: drains every configured service's buffer, applies pending
+/// `audit-flush`: applies to Redis the sign-outs recorded while it was
+/// down (`sessions::apply_pending`); drains every configured service's buffer, applies pending
 /// balance outbox rows, and reconciles outbox audit events, stopping before
 /// `deadline`.
-pub async fn audit_flush(audit_log: &AuditLog, balances: &Balances, deadline: Instant) -> Value {
+pub async fn audit_flush(
+    audit_log: &AuditLog,
+    balances: &Balances,
+    sessions: &Sessions,
+    deadline: Instant,
+) -> Value {
     let started = Instant::now();
     let mut errors = Vec::new();
     let mut flushed = Vec::new();
@@ -193,11 +200,20 @@ pub async fn audit_flush(audit_log: &AuditLog, balances: &Balances, deadline: In
             0
         }
     };
+    // Sign-outs and revocations recorded while Redis was unavailable.
+    let signed_out = match sessions::apply_pending(sessions).await {
+        Ok(report) => serde_json::to_value(report).unwrap_or(Value::Null),
+        Err(e) => {
+            errors.push(format!("sessions: {e}"));
+            Value::Null
+        }
+    };
     let summary = json!({
         "status": if errors.is_empty() { "ok" } else { "degraded" },
         "flushed": flushed,
         "outbox": outbox,
         "reconciled": reconciled,
+        "sessions": signed_out,
         "errors": errors,
         "duration_ms": started.elapsed().as_millis() as u64,
     });
@@ -403,6 +419,7 @@ pub async fn handle_audit_flush(app: &App, _: &(), _event: Value, context: Conte
     Ok(audit_flush(
         &app.audit,
         &app.balances,
+        &app.sessions,
         deadline(&context, Duration::from_secs(30)),
     )
     .await)

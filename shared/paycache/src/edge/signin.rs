@@ -37,9 +37,9 @@ pub enum SignInError {
     /// The user's `sub` attribute is missing or not a user id.
     #[error("the user's sub is not a user id")]
     NoUserId,
-    /// The session could not be stored.
+    /// The session could not be stored (PostgreSQL, its source of truth).
     #[error("the session could not be created: {0}")]
-    Unavailable(crate::infra::connection::RedisUnavailable),
+    Unavailable(crate::domain::sessions::SessionError),
 }
 
 /// Creates the session and returns the event with `sid` added to the

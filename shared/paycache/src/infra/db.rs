@@ -51,6 +51,7 @@ pub enum DbError {
 pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../migrations/0001_core.sql")),
     (2, include_str!("../../migrations/0002_balance_outbox.sql")),
+    (3, include_str!("../../migrations/0003_sessions.sql")),
 ];
 
 /// The deterministic local data set (see the file for its ids).
@@ -61,6 +62,9 @@ pub(crate) const LOCAL_SEED: &str = include_str!("../../seed/local.sql");
 pub struct Db {
     pool: Pool,
     sslmode: SslMode,
+    /// Connections handed out ([`Db::client`]): every query takes one, so
+    /// tests count queries by it (a cache hit must take none).
+    checkouts: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Db {
@@ -106,11 +110,23 @@ impl Db {
             .recycle_timeout(Some(Duration::from_secs(1)))
             .build()
             .map_err(|_| DbError::InvalidUrl)?;
-        Ok(Self { pool, sslmode })
+        Ok(Self {
+            pool,
+            sslmode,
+            checkouts: Default::default(),
+        })
+    }
+
+    /// How many connections [`Db::client`] has handed out (every query
+    /// takes one).
+    pub fn checkouts(&self) -> u64 {
+        self.checkouts.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A pooled connection (connecting if needed, within `DATABASE_CONNECT_TIMEOUT_MS`).
     pub async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
+        self.checkouts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.pool.get().await.map_err(|e| {
             let error = crate::infra::telemetry::ErrorChain(&e).to_string();
             match crate::infra::sslmode::hint(self.sslmode, &error) {

@@ -17,7 +17,7 @@ use crate::edge::http::{
     whole_number, with_cache_status,
 };
 use crate::edge::routes::gate::{
-    Access, Admitted, Gate, admit, admit_as, forbidden, identify, refusal,
+    Admitted, Gate, admit, admit_as, forbidden, identify, refusal,
 };
 use crate::edge::routes::limits::{BALANCE_READ, BALANCE_WRITE, with_decision};
 use crate::infra::db::DbError;
@@ -70,7 +70,6 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
             gate,
             &req,
             Some(BALANCE_READ),
-            Access::Read,
             &rid,
             get_balance(deps.balances, &wallet),
         )
@@ -110,7 +109,6 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
             gate,
             caller,
             Some(BALANCE_WRITE),
-            Access::Read,
             &rid,
             get_balance(deps.balances, &wallet),
         )
@@ -135,7 +133,6 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
         gate,
         caller,
         Some(BALANCE_WRITE),
-        Access::Write,
         &rid,
         async {},
     )

@@ -12,16 +12,16 @@
 //!    service; the caller's rate-limit script; and the route's own work (a
 //!    cache read). They go out at once, so the whole costs one round-trip
 //!    time (on different nodes of a cluster, in parallel).
-//! 3. **Decided after**: a revoked token, a missing session or one of
+//! 3. **Decided after**: a revoked token, an ended session or one of
 //!    another user is 401 (`WWW-Authenticate: Bearer error="invalid_token"`,
 //!    a body that does not say which check failed) and the read is
 //!    discarded; over the limit is 429. A definite refusal always wins: a
-//!    "revoked" refuses even when the session read failed. Redis unable to
-//!    say is 503: revocation fails closed — unless
-//!    `AUTH_REVOCATION_FAIL_OPEN=true`, which admits a **read** (never a
-//!    write: [`Access`]) with the token's own permissions (none for a user:
-//!    their own resources only), so that reads keep being served from
-//!    PostgreSQL while Redis is down.
+//!    "revoked" refuses even when the session read failed. When Redis does
+//!    not hold the session, or cannot answer, **PostgreSQL decides**
+//!    (`crate::domain::sessions::authenticate`), concurrently with the
+//!    route's own read — which falls back to PostgreSQL too — so a Redis
+//!    outage costs latency, not availability, and never readmits a
+//!    signed-out token. Neither able to answer is 503 (fail closed).
 //! 4. **A refusal costs nothing**: the rate-limit units an unauthenticated
 //!    request consumed in step 2 are given back
 //!    ([`RateLimiter::refund`]), on the refusal path only — the success
@@ -38,7 +38,7 @@ use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 
 use crate::domain::identity::{Caller, Denied, Principal, Verifier};
-use crate::domain::sessions::{self, Sessions, Verdict};
+use crate::domain::sessions::{self, Sessions};
 use crate::edge::http::Problem;
 use crate::edge::routes::limits::too_many_requests;
 use crate::infra::keys::{Endpoint, RateSubject};
@@ -53,8 +53,6 @@ pub struct Gate<'a> {
     pub limiter: &'a RateLimiter,
     /// Keys to verify tokens with when no API Gateway is in front.
     pub verifier: Option<&'a Verifier>,
-    /// `AUTH_REVOCATION_FAIL_OPEN`.
-    pub fail_open: bool,
     /// `AUTH_VERIFY_IN_FUNCTION`: with claims from API Gateway, verify the
     /// bearer token's signature here too (defence in depth, [`identify`]).
     pub verify_in_function: bool,
@@ -81,21 +79,10 @@ impl<'a> From<&'a crate::app::App> for Gate<'a> {
             sessions: &app.sessions,
             limiter: &app.limiter,
             verifier: app.verifier.as_deref(),
-            fail_open: app.config.revocation_fail_open,
             verify_in_function: app.config.verify_in_function,
             faults: GateFaults::default(),
         }
     }
-}
-
-/// What the caller asks to do: fail-open (`AUTH_REVOCATION_FAIL_OPEN`)
-/// never admits a write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Reads only.
-    Read,
-    /// Changes something (a balance, a rate limit, a sign-out).
-    Write,
 }
 
 /// A caller let in.
@@ -216,12 +203,11 @@ pub async fn admit<T>(
     gate: Gate<'_>,
     req: &Request,
     policy: Option<&'static str>,
-    access: Access,
     request_id: &str,
     work: impl Future<Output = T>,
 ) -> Result<(Admitted, T), Response<Body>> {
     let caller = identify(req, gate).map_err(|why| refusal(why, request_id))?;
-    admit_as(gate, caller, policy, access, request_id, work).await
+    admit_as(gate, caller, policy, request_id, work).await
 }
 
 /// The 401 for a caller [`identify`] refused, logged with the reason.
@@ -236,7 +222,6 @@ pub async fn admit_as<T>(
     gate: Gate<'_>,
     caller: Caller,
     policy: Option<&'static str>,
-    access: Access,
     request_id: &str,
     work: impl Future<Output = T>,
 ) -> Result<(Admitted, T), Response<Body>> {
@@ -257,12 +242,6 @@ pub async fn admit_as<T>(
     );
     let permissions = match credentials {
         Ok(p) => p,
-        Err(Denied::RevocationUnavailable) if gate.fail_open && access == Access::Read => {
-            tracing::warn!(
-                "revocation could not be checked; read admitted (AUTH_REVOCATION_FAIL_OPEN)"
-            );
-            caller.scope_permissions.clone()
-        }
         Err(Denied::RevocationUnavailable) => {
             tracing::warn!("request refused: revocation could not be checked");
             refund(gate, limit.as_ref()).await;
@@ -307,20 +286,24 @@ async fn check_credentials(gate: Gate<'_>, caller: &Caller) -> Result<BTreeSet<S
     let sessions = gate.sessions;
     match &caller.principal {
         Principal::User { user, session } => {
-            let mut state = sessions::check(sessions, user, session, &caller.jti).await;
             if gate.faults.ignore_blacklist {
-                state.revoked = Ok(false);
+                let state = sessions::check(sessions, user, session, &caller.jti).await;
+                let state = sessions::CredentialState {
+                    revoked: Ok(false),
+                    ..state
+                };
+                return match state.verdict(user) {
+                    sessions::Verdict::Valid(s) => Ok(s.permissions.into_iter().collect()),
+                    sessions::Verdict::Refused(why) => Err(why),
+                    _ => Err(Denied::RevocationUnavailable),
+                };
             }
-            match state.verdict(user) {
-                Verdict::Valid(s) => Ok(s.permissions.into_iter().collect()),
-                Verdict::Refused(why) => Err(why),
-                Verdict::Unknown(_) => Err(Denied::RevocationUnavailable),
-            }
+            sessions::authenticate(sessions, user, session, &caller.jti, caller.expires_at)
+                .await
+                .map(|s| s.permissions.into_iter().collect())
         }
         Principal::Service { .. } => {
-            let revoked = sessions::is_blacklisted(sessions, &caller.jti)
-                .await
-                .map_err(|_| Denied::RevocationUnavailable)?
+            let revoked = sessions::is_revoked(sessions, &caller.jti).await?
                 && !gate.faults.ignore_blacklist;
             if revoked {
                 return Err(Denied::Revoked);

@@ -24,7 +24,7 @@ use crate::app::App;
 use crate::domain::health::{self, Health, Unhealthy};
 use crate::domain::identity::permissions;
 use crate::edge::http::{Problem, check_body_size, json_response, request_id};
-use crate::edge::routes::gate::{Access, Gate, admit, forbidden};
+use crate::edge::routes::gate::{Gate, admit, forbidden};
 
 /// What the health routes use.
 #[derive(Debug, Clone, Copy)]
@@ -73,7 +73,7 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
             Err(why) => unhealthy(&why),
         };
     }
-    let (who, ()) = match admit(deps.gate, &req, None, Access::Read, &rid, async {}).await {
+    let (who, ()) = match admit(deps.gate, &req, None, &rid, async {}).await {
         Ok(admitted) => admitted,
         Err(refused) => return refused,
     };

@@ -35,7 +35,7 @@ use crate::domain::identity::Principal;
 use crate::domain::sessions::{self, Ended, Ending};
 use crate::domain::signout::IssuerSignOut;
 use crate::edge::http::{Problem, check_body_size, json_response, request_id};
-use crate::edge::routes::gate::{Access, Gate, admit};
+use crate::edge::routes::gate::{Gate, admit};
 use crate::edge::routes::limits::{LOGOUT, with_decision};
 
 /// What `POST /sessions/logout` uses.
@@ -114,7 +114,7 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
         Ok(s) => s,
         Err(problem) => return problem.into_response(&rid),
     };
-    let (who, ()) = match admit(deps.gate, &req, Some(LOGOUT), Access::Write, &rid, async {}).await
+    let (who, ()) = match admit(deps.gate, &req, Some(LOGOUT), &rid, async {}).await
     {
         Ok(admitted) => admitted,
         Err(refused) => return refused,
@@ -135,7 +135,13 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
         sessions::blacklist(sessions, &c.jti, &c.principal, c.expires_at, "logout"),
         async {
             match &ending {
-                Some((user, ending)) => sessions::end(sessions, user, ending).await,
+                Some((user, ending)) => {
+                    let reason = match scope {
+                        Scope::Session => "logout",
+                        Scope::All => "logout-all",
+                    };
+                    sessions::end(sessions, user, ending, reason).await
+                }
                 None => Ok(Ended::default()),
             }
         },
@@ -156,7 +162,7 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
     let ended = match blacklisted.and(ended) {
         Ok(ended) => ended,
         Err(why) => {
-            tracing::error!(principal = ?c.principal, reason = why.as_str(), "logout could not be recorded");
+            tracing::error!(principal = ?c.principal, error = %why, "logout could not be recorded");
             return Problem::unavailable("The logout could not be recorded; retry shortly.")
                 .into_response(&rid);
         }

@@ -11,7 +11,7 @@ use crate::domain::profile::get_profile;
 use crate::edge::http::{
     Problem, check_body_size, json_response, path_param, request_id, with_cache_status,
 };
-use crate::edge::routes::gate::{Access, Gate, admit};
+use crate::edge::routes::gate::{Gate, admit};
 use crate::edge::routes::limits::{PROFILE_READ, with_decision};
 use crate::infra::db::DbError;
 use crate::infra::keys::UserId;
@@ -59,7 +59,6 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
         gate,
         &req,
         Some(PROFILE_READ),
-        Access::Read,
         &rid,
         get_profile(deps.profiles, &user),
     )

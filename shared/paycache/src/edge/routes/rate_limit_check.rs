@@ -9,7 +9,7 @@ use crate::domain::identity::permissions;
 use crate::edge::http::{
     Problem, check_body_size, json_object, json_response, request_id, whole_number,
 };
-use crate::edge::routes::gate::{Access, Gate, admit, forbidden};
+use crate::edge::routes::gate::{Gate, admit, forbidden};
 use crate::edge::routes::limits::{ROUTE_POLICIES, too_many_requests, with_headers};
 use crate::infra::keys::{Endpoint, UserId};
 use crate::patterns::ratelimit::Counters;
@@ -47,7 +47,7 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
     // Consuming a user's limit is a write: it starts only after the
     // caller's check (two round trips in all).
     let gate = deps.gate;
-    let (who, ()) = match admit(gate, &req, None, Access::Write, &rid, async {}).await {
+    let (who, ()) = match admit(gate, &req, None, &rid, async {}).await {
         Ok(admitted) => admitted,
         Err(refused) => return refused,
     };

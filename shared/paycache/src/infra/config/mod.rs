@@ -258,11 +258,10 @@ pub struct Config {
     pub fraud_alert_threshold: u32,
     /// Who may send `SystemAnnouncement` events.
     pub announcements: AnnouncementTrust,
-    /// `AUTH_REVOCATION_FAIL_OPEN`: when Redis cannot say whether a token
-    /// is revoked, admit it anyway (a user then acts with no session
-    /// permissions: their own resources only). Default false: a revoked
-    /// token must not become valid because Redis is down.
-    pub revocation_fail_open: bool,
+    /// `SESSION_ACTIVITY_SYNC_SECS`: how often, at most, a session's
+    /// activity is recorded in PostgreSQL (the bound by which an idle
+    /// session may outlive its timeout when Redis no longer holds it).
+    pub session_activity_sync: Duration,
     /// `AUTH_VERIFY_IN_FUNCTION`: with API Gateway's claims in the event,
     /// verify the bearer token's signature in the function as well
     /// (needs the token keys: `AUTH_ISSUER`, `AUTH_JWKS`…). Default false:
@@ -422,7 +421,12 @@ impl Config {
                     }
                 },
             },
-            revocation_fail_open: env.flag("AUTH_REVOCATION_FAIL_OPEN")?,
+            session_activity_sync: Duration::from_secs(env.number(
+                "SESSION_ACTIVITY_SYNC_SECS",
+                120,
+                1,
+                3600,
+            )?),
             verify_in_function: env.flag("AUTH_VERIFY_IN_FUNCTION")?,
             secrets_timeout: env.millis("SECRETS_TIMEOUT_MS", 3000, 100, 30_000)?,
             warm: WarmConfig {
