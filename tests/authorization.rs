@@ -572,7 +572,10 @@ async fn an_authenticated_hit_is_one_round_trip_time() {
     let jti = paycache::keys::Jti::parse(&user.jti).unwrap();
     let uid = paycache::keys::UserId::parse(&me).unwrap();
     let state = paycache::sessions::check(&w.app.sessions, &uid, &sid, &jti).await;
-    assert!(matches!(state.session, Ok(paycache::sessions::Held::Session(_))) && state.revoked == Ok(false));
+    assert!(
+        matches!(state.session, Ok(paycache::sessions::Held::Session(_)))
+            && state.revoked == Ok(false)
+    );
     let endpoint = paycache::keys::Endpoint::parse("users.profile.read").unwrap();
     assert!(w.app.limiter.check(&uid, &endpoint, 1).await.allowed);
     let read = Box::pin(paycache::profile::get_profile(&w.app.profiles, &uid))

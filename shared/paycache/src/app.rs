@@ -320,6 +320,16 @@ impl App {
     }
 }
 
+impl App {
+    /// The same `App` with deliberately broken session checks (tests).
+    #[doc(hidden)]
+    pub fn with_session_faults(mut self, faults: crate::domain::sessions::SessionFaults) -> Self {
+        self.sessions.faults = faults;
+        self.connections.sessions.faults = faults;
+        self
+    }
+}
+
 /// Logging for a function binary: JSON or text as Lambda's log format says
 /// (`AWS_LAMBDA_LOG_FORMAT`), level from `AWS_LAMBDA_LOG_LEVEL` / `RUST_LOG`.
 pub fn init_logging() {

@@ -43,6 +43,9 @@ use crate::infra::connection::RedisUnavailable;
 use crate::infra::keys::Keyspace;
 use crate::infra::keys::{ConnectionId, KeyFamily, SessionId, UserId};
 
+/// What `live.lua` returns: live ids, dead ids, unknown (id, sid) pairs.
+type LiveScript = (Vec<String>, Vec<String>, Vec<String>);
+
 static LIVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("realtime/live.lua")));
 static PING: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("realtime/ping.lua")));
 
@@ -338,7 +341,7 @@ pub async fn live(
         let set = connections.keys.ws_connections(user);
         let prefix = connections.keys.session_prefix(user);
         let (s, p) = (&set, &prefix);
-        let found: Result<(Vec<String>, Vec<String>, Vec<String>), RedisUnavailable> = connections
+        let found: Result<LiveScript, RedisUnavailable> = connections
             .redis
             .run(|mut c| async move { LIVE.key(s).arg(p).arg(now).invoke_async(&mut c).await })
             .await;

@@ -414,7 +414,10 @@ pub async fn index(sessions: &Sessions, user: &UserId) -> Result<Vec<SessionId>,
         .redis
         .run(|mut c| async move { c.smembers(k).await })
         .await?;
-    Ok(ids.iter().filter_map(|s| SessionId::parse(s).ok()).collect())
+    Ok(ids
+        .iter()
+        .filter_map(|s| SessionId::parse(s).ok())
+        .collect())
 }
 
 /// Revokes a token until `expires_at` (its `exp`) plus
@@ -529,9 +532,7 @@ impl CredentialState {
         }
         match self.session {
             Ok(Held::Ended) => Verdict::Refused(Denied::NoSession),
-            Ok(Held::Session(s)) if s.user_id != *user => {
-                Verdict::Refused(Denied::SessionMismatch)
-            }
+            Ok(Held::Session(s)) if s.user_id != *user => Verdict::Refused(Denied::SessionMismatch),
             Ok(held) => match (held, self.revoked) {
                 (_, Err(why)) => Verdict::Unknown(why),
                 (Held::Session(s), Ok(_)) => Verdict::Valid(s),
@@ -820,9 +821,14 @@ pub async fn apply_pending(sessions: &Sessions) -> Result<SweepReport, SessionEr
         // the user (signed in since) untouched.
         let mut ok = true;
         for id in ids {
-            if end_in_redis(sessions, user, &Ending::One(id.clone()), std::slice::from_ref(id))
-                .await
-                .is_err()
+            if end_in_redis(
+                sessions,
+                user,
+                &Ending::One(id.clone()),
+                std::slice::from_ref(id),
+            )
+            .await
+            .is_err()
             {
                 ok = false;
                 break;

@@ -16,9 +16,7 @@ use crate::edge::http::{
     Problem, check_body_size, json_object, json_response, path_param, request_id, single_header,
     whole_number, with_cache_status,
 };
-use crate::edge::routes::gate::{
-    Admitted, Gate, admit, admit_as, forbidden, identify, refusal,
-};
+use crate::edge::routes::gate::{Admitted, Gate, admit, admit_as, forbidden, identify, refusal};
 use crate::edge::routes::limits::{BALANCE_READ, BALANCE_WRITE, with_decision};
 use crate::infra::db::DbError;
 use crate::infra::keys::WalletId;
@@ -129,15 +127,7 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
         return with_decision(resp, who.limit.as_ref());
     }
     // The write starts only after its check.
-    let (who, ()) = match admit_as(
-        gate,
-        caller,
-        Some(BALANCE_WRITE),
-        &rid,
-        async {},
-    )
-    .await
-    {
+    let (who, ()) = match admit_as(gate, caller, Some(BALANCE_WRITE), &rid, async {}).await {
         Ok(admitted) => admitted,
         Err(refused) => return refused,
     };

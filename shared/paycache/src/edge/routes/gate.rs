@@ -303,8 +303,8 @@ async fn check_credentials(gate: Gate<'_>, caller: &Caller) -> Result<BTreeSet<S
                 .map(|s| s.permissions.into_iter().collect())
         }
         Principal::Service { .. } => {
-            let revoked = sessions::is_revoked(sessions, &caller.jti).await?
-                && !gate.faults.ignore_blacklist;
+            let revoked =
+                sessions::is_revoked(sessions, &caller.jti).await? && !gate.faults.ignore_blacklist;
             if revoked {
                 return Err(Denied::Revoked);
             }

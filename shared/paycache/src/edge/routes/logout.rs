@@ -114,8 +114,7 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
         Ok(s) => s,
         Err(problem) => return problem.into_response(&rid),
     };
-    let (who, ()) = match admit(deps.gate, &req, Some(LOGOUT), &rid, async {}).await
-    {
+    let (who, ()) = match admit(deps.gate, &req, Some(LOGOUT), &rid, async {}).await {
         Ok(admitted) => admitted,
         Err(refused) => return refused,
     };
