@@ -180,5 +180,11 @@ if [ -z "$st_cases" ] || [ "$st_cases" -lt "$st_min" ]; then
   cat "$STACK/schemathesis.log" >&2
   die "schemathesis generated ${st_cases:-no} cases, expected at least $st_min"
 fi
-grep -E "^latency" "$STACK/e2e-realtime.log" || true
-echo "$(tail -n 1 "$STACK/e2e-cases.log"); $(tail -n 1 "$STACK/e2e-realtime.log"); $(tail -n 1 "$STACK/e2e-boundaries.log"); $(tail -n 1 "$STACK/e2e-hostile.log"); schemathesis: $st_cases generated, no failures"
+# Last: it stops the stack's Redis.
+log "a Redis outage: signed-in callers are served, signed-out tokens refused"
+if ! (set -a; source "$ENV_FILE"; set +a; E2E_REDIS_PORT="$E2E_REDIS_PORT" REDISCLI_AUTH="$REDIS_TOKEN" \
+  python3 "$ROOT/tests/e2e/outage.py" "$WATCH_PORT") | tee "$STACK/e2e-outage.log"; then
+  tail -50 "$STACK/watch.log" >&2; exit 1
+fi
+grep -E "^latency" "$STACK/e2e-realtime.log" "$STACK/e2e-outage.log" || true
+echo "$(tail -n 1 "$STACK/e2e-cases.log"); $(tail -n 1 "$STACK/e2e-realtime.log"); $(tail -n 1 "$STACK/e2e-boundaries.log"); $(tail -n 1 "$STACK/e2e-hostile.log"); schemathesis: $st_cases generated, no failures; $(tail -n 1 "$STACK/e2e-outage.log")"
