@@ -206,6 +206,19 @@ pub async fn create_as(
     Ok(())
 }
 
+/// The Redis half of [`create`] alone (the sign-in before PostgreSQL held
+/// sessions; its benchmark's baseline).
+#[doc(hidden)]
+pub async fn create_in_redis_only(
+    sessions: &Sessions,
+    session: &Session,
+) -> Result<SessionId, RedisUnavailable> {
+    let raw = format!("{:032x}{:032x}", fastrand::u128(..), fastrand::u128(..));
+    let id = SessionId::parse(&raw).map_err(|_| RedisUnavailable::Server)?;
+    cache(sessions, &id, session, false).await?;
+    Ok(id)
+}
+
 /// Puts a session into Redis with its index entry: one script. `back`: a
 /// session reloaded from PostgreSQL, written only if its key is empty.
 async fn cache(
