@@ -26,7 +26,9 @@ CREATE TABLE sessions (
     cache_pending boolean NOT NULL DEFAULT false
 );
 
-CREATE INDEX sessions_user_live_idx ON sessions (user_id) WHERE ended_at IS NULL;
+-- (user_id, session_id): a sign-out of every session finds them by user;
+-- a check finds one by both without scanning the user's others.
+CREATE INDEX sessions_user_live_idx ON sessions (user_id, session_id) WHERE ended_at IS NULL;
 CREATE INDEX sessions_cache_pending_idx ON sessions (ended_at) WHERE cache_pending;
 
 -- revoked_tokens: a token revoked before its expiry (sign-out), kept until
