@@ -362,28 +362,46 @@ both_modes!(a_refusal_costs_its_owner_nothing);
 /// it: 1.5 s past its `exp`, inside the routes' leeway, a revoked service
 /// token is 401 (the attack: 200, its blacklist entry gone at `exp`).
 async fn a_revoked_token_stays_refused_through_the_leeway(mode: RedisMode) {
-    let w = World::new(mode, &[]).await;
-    let wallet = random_uuid();
-    insert_wallet(&w.db, 1, &wallet, "USD", 1000).await;
-    let exp = OffsetDateTime::now_utc().unix_timestamp() + 1;
-    let jti = format!("j{}", &random_uuid()[..12]);
-    let claims_req = |req: Request| {
-        let r = as_client(req, "support-console", &["wallets.read.any"]);
-        paycache_tests::with_claim_values(r, &[("exp", exp.to_string()), ("jti", jti.clone())])
-    };
-    let ok = balance::handle(&w.app, claims_req(wallet_req("GET", &wallet, None))).await;
-    assert_eq!(ok.status(), StatusCode::OK);
-    let out = logout::handle(&w.app, claims_req(logout_req(None))).await;
-    assert_eq!(out.status(), StatusCode::OK, "{}", body(&out));
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    // Past `exp`, inside the 5 s leeway the routes allow.
-    let replay = balance::handle(&w.app, claims_req(wallet_req("GET", &wallet, None))).await;
-    assert_eq!(replay.status(), StatusCode::UNAUTHORIZED);
-    let left = sessions::blacklist_ttl(&w.app.sessions, &Jti::parse(&jti).unwrap())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(left > std::time::Duration::from_secs(290), "{left:?}");
+    // Broken variant through the same check: a revocation that lasts until
+    // `exp` only (the attack's 200).
+    for broken in [false, true] {
+        let w = World::new(mode, &[]).await;
+        let app = w
+            .another_environment()
+            .with_session_faults(paycache::sessions::SessionFaults {
+                revocation_without_grace: broken,
+                ..Default::default()
+            });
+        let wallet = random_uuid();
+        insert_wallet(&w.db, 1, &wallet, "USD", 1000).await;
+        let exp = OffsetDateTime::now_utc().unix_timestamp() + 1;
+        let jti = format!("j{}", &random_uuid()[..12]);
+        let claims_req = |req: Request| {
+            let r = as_client(req, "support-console", &["wallets.read.any"]);
+            paycache_tests::with_claim_values(r, &[("exp", exp.to_string()), ("jti", jti.clone())])
+        };
+        let ok = balance::handle(&app, claims_req(wallet_req("GET", &wallet, None))).await;
+        assert_eq!(ok.status(), StatusCode::OK);
+        let out = logout::handle(&app, claims_req(logout_req(None))).await;
+        assert_eq!(out.status(), StatusCode::OK, "{}", body(&out));
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        // Past `exp`, inside the 5 s leeway the routes allow.
+        let replay = balance::handle(&app, claims_req(wallet_req("GET", &wallet, None))).await;
+        if broken {
+            assert_eq!(
+                replay.status(),
+                StatusCode::OK,
+                "the broken revocation lapsed at exp"
+            );
+            continue;
+        }
+        assert_eq!(replay.status(), StatusCode::UNAUTHORIZED);
+        let left = sessions::blacklist_ttl(&app.sessions, &Jti::parse(&jti).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(left > std::time::Duration::from_secs(290), "{left:?}");
+    }
 }
 both_modes!(a_revoked_token_stays_refused_through_the_leeway);
 

@@ -120,6 +120,9 @@ pub struct SessionFaults {
     pub no_fallback: bool,
     /// Every check asks PostgreSQL, even when Redis holds the session.
     pub always_database: bool,
+    /// A revocation lasts until the token's `exp` only, not through the
+    /// verifiers' leeway.
+    pub revocation_without_grace: bool,
     /// The PostgreSQL fallback looks at the session only, not at the
     /// revoked tokens.
     pub fallback_ignores_revocations: bool,
@@ -445,7 +448,12 @@ pub async fn blacklist(
     reason: &str,
 ) -> Result<(), SessionError> {
     let now = OffsetDateTime::now_utc();
-    let until = expires_at + REVOCATION_GRACE;
+    let grace = if sessions.faults.revocation_without_grace {
+        Duration::ZERO
+    } else {
+        REVOCATION_GRACE
+    };
+    let until = expires_at + grace;
     if until <= now {
         return Ok(());
     }
