@@ -108,6 +108,15 @@ ensure_schemathesis() {
   fi
 }
 
+ensure_sam_translator() {
+  if ! python3 -c 'import samtranslator' >/dev/null 2>&1; then
+    ensure_python
+    log "pip install aws-sam-translator (the deployment contract test translates template.yaml offline)"
+    python3 -m pip install --quiet 'aws-sam-translator>=1.90,<2' \
+      || python3 -m pip install --quiet --user --break-system-packages 'aws-sam-translator>=1.90,<2'
+  fi
+}
+
 ensure_python_websockets() {
   if ! python3 -c 'import websockets' >/dev/null 2>&1; then
     ensure_python

@@ -11,6 +11,7 @@ ensure_cargo_lambda
 ensure_moto_server
 ensure_schemathesis
 ensure_python_websockets
+ensure_sam_translator
 check_disk 8
 
 STACK="$ROOT/.stack/test"
@@ -71,6 +72,9 @@ if [ "$rc" != 0 ]; then
   grep -E -B2 -A25 "panicked at|^error(\[|:)" "$STACK/test-output.log" | head -400 >&2
   die "cargo test failed (exit $rc); the whole output is in $STACK/test-output.log"
 fi
+log "deployment contract: template.yaml (SAM-translated) against the code"
+python3 "$ROOT/tests/deploy/contract.py" 2>&1 | tee "$STACK/contract-output.log"
+[ "${PIPESTATUS[0]}" = 0 ] || die "the deployment contract failed"
 log "end-to-end: cargo lambda watch + cargo lambda invoke"
 PG_PORT=$PG_PORT PG_DIR=$PG_DIR bash "$ROOT/scripts/e2e.sh" 2>&1 | tee "$STACK/e2e-output.log"
 

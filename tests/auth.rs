@@ -585,3 +585,154 @@ async fn websocket_connect_gets_a_policy() {
     assert_eq!(denied["policyDocument"]["Statement"][0]["Effect"], "Deny");
     assert!(denied.get("context").is_none());
 }
+
+/// A JWKS endpoint of the test's own: serves `doc` (changeable), counts
+/// requests.
+struct JwksServer {
+    url: String,
+    doc: std::sync::Arc<std::sync::Mutex<String>>,
+    hits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+async fn jwks_server(doc: &str) -> JwksServer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/.well-known/jwks.json",
+        listener.local_addr().unwrap()
+    );
+    let doc = std::sync::Arc::new(std::sync::Mutex::new(doc.to_owned()));
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (d, h) = (doc.clone(), hits.clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let (d, h) = (d.clone(), h.clone());
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = d.lock().unwrap().clone();
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    JwksServer { url, doc, hits }
+}
+
+/// The issuer's keys are fetched, not pasted (the first deploy's `$connect`
+/// failed on an empty `AuthJwks`): at the first token, again when a token
+/// names a key the set lacks (the issuer rotated) — at most once per
+/// `AUTH_JWKS_REFETCH_SECS`, so a flood of made-up `kid`s costs one fetch —
+/// and never at init. The broken variant, the static key set of the
+/// previous template, refuses every token signed with the rotated key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_issuers_keys_are_fetched_and_rotated() {
+    const OTHER_KEY: &[u8] = include_bytes!("fixtures/jwt-other-key.pem");
+    const OTHER_JWKS: &str = include_str!("fixtures/jwks-other.json");
+    let server = jwks_server(JWKS).await;
+    let config = |extra: &[(&str, &str)]| {
+        let mut vars: HashMap<String, String> = [("AUTH_ISSUER", ISS), ("AUTH_AUDIENCE", AUD)]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        for (k, v) in extra {
+            vars.insert(k.to_string(), v.to_string());
+        }
+        AuthConfig::from_lookup(|k| vars.get(k).cloned()).unwrap()
+    };
+    let fetching = Verifier::new(config(&[
+        ("AUTH_JWKS_URL", &server.url),
+        ("AUTH_JWKS_REFETCH_SECS", "1"),
+    ]))
+    .unwrap();
+    assert_eq!(
+        server.hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing at init"
+    );
+    let claims = |kid: &str| {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let c = json!({"sub": random_uuid(), "sid": "c2Vzc2lvbg", "jti": "j1", "iss": ISS,
+                       "client_id": AUD, "token_use": "access", "iat": now, "exp": now + 600});
+        (c, kid.to_owned())
+    };
+    let signed = |key: &[u8], kid: &str| {
+        let (c, kid) = claims(kid);
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(kid);
+        encode(&header, &c, &EncodingKey::from_rsa_pem(key).unwrap()).unwrap()
+    };
+    let first = signed(KEY, "test-key-1");
+    assert!(fetching.verify_token_fresh(&first).await.is_ok());
+    assert!(fetching.verify_token_fresh(&first).await.is_ok());
+    assert_eq!(fetching.fetches(), 1, "fetched once, then cached");
+
+    // A flood of tokens naming keys nobody has: one fetch at most.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for i in 0..50 {
+        let forged = signed(OTHER_KEY, &format!("made-up-{i}"));
+        assert_eq!(
+            fetching.verify_token_fresh(&forged).await.unwrap_err(),
+            Denied::UnknownKey
+        );
+    }
+    assert_eq!(fetching.fetches(), 2, "one refetch for fifty unknown kids");
+
+    // The issuer rotates to another key: fetched again, accepted.
+    let both: Value = {
+        let mut a: Value = serde_json::from_str(JWKS).unwrap();
+        let b: Value = serde_json::from_str(OTHER_JWKS).unwrap();
+        a["keys"]
+            .as_array_mut()
+            .unwrap()
+            .extend(b["keys"].as_array().unwrap().clone());
+        a
+    };
+    *server.doc.lock().unwrap() = both.to_string();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let rotated = signed(OTHER_KEY, "other-key-1");
+    assert!(
+        fetching.verify_token_fresh(&rotated).await.is_ok(),
+        "the rotated key is fetched"
+    );
+    assert_eq!(server.hits.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+    // Broken variant: the keys pasted at deploy time.
+    let pasted = Verifier::new(config(&[("AUTH_JWKS", JWKS)])).unwrap();
+    assert!(pasted.verify_token_fresh(&first).await.is_ok());
+    assert_eq!(
+        pasted.verify_token_fresh(&rotated).await.unwrap_err(),
+        Denied::UnknownKey,
+        "static keys refuse the rotated key"
+    );
+    // And the first deploy's empty set fails init; a URL does not.
+    assert_eq!(
+        Verifier::new(config(&[("AUTH_JWKS", "{\"keys\": []}")]))
+            .unwrap_err()
+            .variable,
+        "AUTH_JWKS"
+    );
+    assert!(
+        Verifier::new(config(&[(
+            "AUTH_JWKS_URL",
+            "https://issuer.example/jwks.json"
+        )]))
+        .is_ok()
+    );
+    assert_eq!(
+        AuthConfig::from_lookup(|k| match k {
+            "AUTH_ISSUER" => Some(ISS.into()),
+            "AUTH_AUDIENCE" => Some(AUD.into()),
+            "AUTH_JWKS_URL" => Some("http://issuer.example/jwks.json".into()),
+            _ => None,
+        })
+        .unwrap_err()
+        .variable,
+        "AUTH_JWKS_URL",
+        "plain http only on loopback"
+    );
+}

@@ -38,8 +38,26 @@ async fn a_sign_in_creates_the_session_the_api_admits(mode: RedisMode) {
     let answer = pre_token_generation(&w.app.sessions, event("session-signin"))
         .await
         .unwrap();
-    // The rest of the event is handed back as it came.
+    // The rest of the event is handed back as it came, and the response
+    // changes the access token's claims and nothing else: no
+    // groupOverrideDetails (an empty one would suppress the user's groups).
     assert_eq!(answer["triggerSource"], "TokenGeneration_Authentication");
+    let changes = |answer: &serde_json::Value| {
+        let details = &answer["response"]["claimsAndScopeOverrideDetails"];
+        let keys: Vec<&String> = details.as_object().unwrap().keys().collect();
+        let access: Vec<&String> = details["accessTokenGeneration"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        keys == ["accessTokenGeneration"] && access == ["claimsToAddOrOverride"]
+    };
+    assert!(changes(&answer), "{answer}");
+    // The check catches what aws_lambda_events serializes by itself.
+    let mut whole = answer.clone();
+    whole["response"]["claimsAndScopeOverrideDetails"]["groupOverrideDetails"] =
+        serde_json::json!({"groupsToOverride": [], "iamRolesToOverride": []});
+    assert!(!changes(&whole));
     assert_eq!(answer["request"]["userAttributes"]["sub"], user);
     let sid = sid_of(&answer);
     let session = paycache::sessions::check(

@@ -11,7 +11,10 @@ same development key. Prints one line per step and closes with
 import os
 import sys
 
-from common import Steps, dev, request
+import json
+import subprocess
+
+from common import ROOT, Steps, dev, request
 PORT = sys.argv[1]
 
 # Seed user 2 owns the USD wallet ...0008 (shared/paycache/seed/local.sql);
@@ -66,8 +69,28 @@ def refresh_works(client, refresh_token):
         return False
 
 
+def signed_in_through_the_trigger():
+    """User 2 signs in as deployed: the user pool runs the Pre Token
+    Generation trigger (`session-signin`, the V2 event as Cognito sends it:
+    events/session-signin.json), which creates the session and answers with
+    the `sid` claim to add; the access token then carries that `sid` (minted
+    here with the development key, as Cognito would sign it)."""
+    out = subprocess.run(
+        ["cargo", "lambda", "invoke", "session-signin", "--invoke-address", "127.0.0.1",
+         "--invoke-port", PORT, "--data-file", os.path.join(ROOT, "events/session-signin.json"),
+         "--output-format", "json"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    if out.returncode != 0:
+        raise SystemExit(f"session-signin failed: {out.stderr.strip()[-400:]}")
+    answer = json.loads(out.stdout)
+    sid = answer["response"]["claimsAndScopeOverrideDetails"]["accessTokenGeneration"][
+        "claimsToAddOrOverride"]["sid"]
+    return sid, dev("token", "--user", "2", "--session-id", sid)
+
+
 def main():
-    token = dev("login", "--user", "2")
+    sid, token = signed_in_through_the_trigger()
+    step("sign in through the Pre Token Generation trigger: a session and its sid", bool(sid), sid)
     other_device = dev("login", "--user", "2")
     this_device_only = dev("login", "--user", "2")
     pool_client, refresh_token = signed_in_at_the_pool()

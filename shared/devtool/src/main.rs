@@ -9,6 +9,12 @@
 //! - `service-token --client <id> [--scope <permission>]...`: prints a
 //!   service principal's token (client credentials: no session; its
 //!   permissions are its scopes, `paycache/<permission>`).
+//! - `token --user <n> --session-id <id>`: a token for a session that
+//!   exists (one the sign-in trigger created: the end-to-end journey).
+//! - `init-check <function>`: runs that function's initialisation against
+//!   the environment; `aws-calls`: the AWS operations the code can make
+//!   (JSON). The deployment contract test (`tests/deploy/contract.py`) runs
+//!   both against `template.yaml`.
 //! - Both take `--expires-in <seconds>` (1–86400; default 3600); `login`
 //!   takes `--session-id <id>` to create the session under a fixed id (the
 //!   sample events in `events/` name `e2e-ws-session-1`).
@@ -36,10 +42,15 @@ async fn main() -> ExitCode {
         "migrate-and-seed" => database(true, true).await,
         "login" => login(&args[1..]).await,
         "service-token" => service_token(&args[1..]),
+        "init-check" => init_check(&args[1..]).await,
+        "aws-calls" => aws_calls(),
+        "token" => token(&args[1..]),
         _ => Err(
             "usage: paycache-dev migrate | seed | migrate-and-seed\n       \
              paycache-dev login --user <n | user id> [--permission <p>]... [--expires-in <secs>] [--session-id <id>]\n       \
-             paycache-dev service-token --client <id> [--scope <permission>]... [--expires-in <secs>]"
+             paycache-dev service-token --client <id> [--scope <permission>]... [--expires-in <secs>]\n       \
+             paycache-dev token --user <n | user id> --session-id <id> [--expires-in <secs>]\n       \
+             paycache-dev init-check <function> [--names-only] | aws-calls"
                 .to_owned(),
         ),
     };
@@ -183,6 +194,71 @@ fn lifetime(args: &[String]) -> Result<i64, String> {
             .ok_or_else(|| "--expires-in must be 1 to 86400 seconds".to_owned()),
         _ => Err("--expires-in may be given once".into()),
     }
+}
+
+/// `init-check <function> [--names-only]`: runs the function's init against
+/// the environment (the deployment contract test's first check).
+async fn init_check(args: &[String]) -> Result<(), String> {
+    let function = args.first().ok_or("init-check needs a function name")?;
+    if args.iter().any(|a| a == "--names-only") {
+        return paycache::edge::functions::FUNCTIONS
+            .contains(&function.as_str())
+            .then_some(())
+            .ok_or_else(|| format!("no function {function}"));
+    }
+    paycache::edge::functions::init_check(function).await?;
+    println!("{function}: initialised");
+    Ok(())
+}
+
+/// `aws-calls`: every AWS operation the code can make, as JSON.
+fn aws_calls() -> Result<(), String> {
+    let calls: Vec<serde_json::Value> = paycache::edge::functions::aws_calls()
+        .iter()
+        .map(|c| {
+            let functions: Vec<&str> = if c.functions == ["*"] {
+                paycache::edge::functions::FUNCTIONS.to_vec()
+            } else {
+                c.functions.to_vec()
+            };
+            serde_json::json!({
+                "site": c.site, "functions": functions, "service": c.service,
+                "action": c.action, "resources": c.resources, "when_env": c.when_env,
+            })
+        })
+        .collect();
+    println!("{}", serde_json::Value::Array(calls));
+    Ok(())
+}
+
+/// `token --user <n | user id> --session-id <sid>`: an access token for a
+/// session that exists already (one the sign-in trigger created).
+fn token(args: &[String]) -> Result<(), String> {
+    let [raw] = options(args, "--user")[..] else {
+        return Err("token needs --user <n | user id>".into());
+    };
+    let [sid] = options(args, "--session-id")[..] else {
+        return Err("token needs --session-id <id>".into());
+    };
+    let user = seed_user(raw)?;
+    let sid =
+        paycache::keys::SessionId::parse(sid).map_err(|e| format!("--session-id: the {e}"))?;
+    let audience = required_env("AUTH_AUDIENCE")?;
+    let client = audience
+        .split(',')
+        .map(str::trim)
+        .find(|a| !a.is_empty())
+        .ok_or("AUTH_AUDIENCE is empty")?
+        .to_owned();
+    let claims = serde_json::json!({
+        "sub": user.to_string(),
+        "sid": sid.to_string(),
+        "client_id": client,
+        "token_use": "access",
+        "scope": "openid",
+    });
+    println!("{}", sign(claims, lifetime(args)?)?);
+    Ok(())
 }
 
 fn service_token(args: &[String]) -> Result<(), String> {

@@ -23,6 +23,16 @@ const BATCH: usize = 1000;
 /// Budget of one PutMetricData request, retries included.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// `PutMetricData`, by `metrics-emitter`.
+pub const AWS_CALLS: &[crate::infra::aws::AwsCall] = &[crate::infra::aws::AwsCall {
+    site: "domain/cloudwatch.rs",
+    functions: &["metrics-emitter"],
+    service: "monitoring",
+    action: Some("cloudwatch:PutMetricData"),
+    resources: &[],
+    when_env: None,
+}];
+
 /// A CloudWatch client, built at the first publish (the SDK configuration
 /// is loaded then, not at init: the function's cold start does not pay for
 /// it).

@@ -110,6 +110,17 @@ return 1
 /// A wallet log entry as `XRANGE` returns it: id, field/value pairs.
 type LogEntry = (String, Vec<(String, String)>);
 
+/// `PostToConnection` and `DeleteConnection` (the Management API), by
+/// `ws-sender`.
+pub const AWS_CALLS: &[crate::infra::aws::AwsCall] = &[crate::infra::aws::AwsCall {
+    site: "domain/delivery.rs",
+    functions: &["ws-sender"],
+    service: "execute-api",
+    action: Some("execute-api:ManageConnections"),
+    resources: &["/POST/@connections/*", "/DELETE/@connections/*"],
+    when_env: None,
+}];
+
 /// The publishing side: appends entries to the delivery stream.
 #[derive(Debug, Clone)]
 pub struct DeliveryQueue {

@@ -150,8 +150,16 @@ pub struct AuthConfig {
     /// `aud`, or — when it has no `aud`, as Cognito access tokens do not —
     /// as `client_id` (what API Gateway's JWT authorizer checks).
     pub audience: Vec<String>,
-    /// `AUTH_JWKS`: the issuer's public keys (JSON).
-    pub jwks: String,
+    /// `AUTH_JWKS` or `AUTH_JWKS_FILE`: the issuer's public keys (JSON),
+    /// when given rather than fetched.
+    pub jwks: Option<String>,
+    /// `AUTH_JWKS_URL`: where to fetch the issuer's keys (at the first
+    /// token, again for an unknown `kid` at most every `jwks_refetch`, and
+    /// when older than [`JWKS_MAX_AGE`]).
+    pub jwks_url: Option<String>,
+    /// `AUTH_JWKS_REFETCH_SECS` (default [`JWKS_REFETCH_INTERVAL`]): the
+    /// least time between two fetches.
+    pub jwks_refetch: std::time::Duration,
     /// `AUTH_HS256_SECRET`: a shared key for local development only.
     pub hs256_secret: Option<Secret>,
     /// `AUTH_LEEWAY_SECS`: clock skew allowed on `exp` and `nbf`.
@@ -173,19 +181,33 @@ impl AuthConfig {
                 problem: "is required by the authorizer".into(),
             })
         };
+        let jwks_url = get("AUTH_JWKS_URL").map(|u| u.trim().to_owned());
         let jwks = match (get("AUTH_JWKS"), get("AUTH_JWKS_FILE")) {
-            (Some(doc), _) => doc,
-            (None, Some(path)) => std::fs::read_to_string(&path).map_err(|_| ConfigError {
-                variable: "AUTH_JWKS_FILE",
-                problem: "cannot be read".into(),
-            })?,
+            (Some(doc), _) => Some(doc),
+            (None, Some(path)) => {
+                Some(std::fs::read_to_string(&path).map_err(|_| ConfigError {
+                    variable: "AUTH_JWKS_FILE",
+                    problem: "cannot be read".into(),
+                })?)
+            }
+            (None, None) if jwks_url.is_some() => None,
             (None, None) => {
                 return Err(ConfigError {
-                    variable: "AUTH_JWKS",
-                    problem: "AUTH_JWKS (a JWKS document) or AUTH_JWKS_FILE is required".into(),
+                    variable: "AUTH_JWKS_URL",
+                    problem: "AUTH_JWKS_URL (where to fetch the issuer's keys), AUTH_JWKS (a JWKS document) or AUTH_JWKS_FILE is required".into(),
                 });
             }
         };
+        if let Some(url) = &jwks_url {
+            let loopback =
+                url.starts_with("http://127.0.0.1") || url.starts_with("http://localhost");
+            if !url.starts_with("https://") && !loopback {
+                return Err(ConfigError {
+                    variable: "AUTH_JWKS_URL",
+                    problem: "must be an https:// URL".into(),
+                });
+            }
+        }
         let leeway_secs = match get("AUTH_LEEWAY_SECS") {
             None => 5,
             Some(v) => v.parse().ok().filter(|s| *s <= 300).ok_or(ConfigError {
@@ -201,6 +223,19 @@ impl AuthConfig {
                 .filter(|a| !a.is_empty())
                 .collect(),
             jwks,
+            jwks_url,
+            jwks_refetch: match get("AUTH_JWKS_REFETCH_SECS") {
+                None => JWKS_REFETCH_INTERVAL,
+                Some(v) => v
+                    .parse()
+                    .ok()
+                    .filter(|s| *s <= 3600)
+                    .map(std::time::Duration::from_secs)
+                    .ok_or(ConfigError {
+                        variable: "AUTH_JWKS_REFETCH_SECS",
+                        problem: "must be a whole number from 0 to 3600".into(),
+                    })?,
+            },
             hs256_secret: get("AUTH_HS256_SECRET").map(Secret::new),
             leeway_secs,
         })
@@ -277,20 +312,71 @@ pub struct Claims {
     pub expires_at: OffsetDateTime,
 }
 
-/// Verifies tokens; built once per execution environment.
+/// By default, a key set fetched more recently than this is not fetched
+/// again for an unknown `kid`: a flood of tokens naming made-up keys costs
+/// the issuer one request per period per execution environment.
+pub const JWKS_REFETCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+/// A fetched key set older than this is fetched again (a key the issuer
+/// withdrew stops being trusted within it).
+pub const JWKS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Budget of one JWKS fetch.
+const JWKS_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The issuer's JWKS, fetched over HTTPS (not an AWS API: a public URL) by
+/// the functions that verify tokens with `AUTH_JWKS_URL`.
+pub const AWS_CALLS: &[crate::infra::aws::AwsCall] = &[crate::infra::aws::AwsCall {
+    site: "domain/identity.rs",
+    functions: &["*"],
+    service: "jwks",
+    action: None,
+    resources: &[],
+    when_env: Some("AUTH_JWKS_URL"),
+}];
+
+/// The keys a verifier trusts, and when they were fetched.
+#[derive(Default)]
+struct KeySet {
+    by_kid: HashMap<String, DecodingKey>,
+    fetched_at: Option<std::time::Instant>,
+    attempted_at: Option<std::time::Instant>,
+}
+
+/// Verifies tokens; built once per execution environment. With
+/// `AUTH_JWKS_URL` its keys are the issuer's, fetched and cached (see
+/// [`Verifier::verify_token_fresh`]).
 #[derive(Clone)]
 pub struct Verifier {
-    keys: HashMap<String, DecodingKey>,
+    keys: std::sync::Arc<std::sync::RwLock<KeySet>>,
+    fetching: std::sync::Arc<tokio::sync::Mutex<()>>,
     hs256: Option<DecodingKey>,
     config: AuthConfig,
+    /// Fetches made (tests count them).
+    fetches: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kids: Vec<String> = self
+            .keys
+            .read()
+            .map(|k| k.by_kid.keys().cloned().collect())
+            .unwrap_or_default();
         f.debug_struct("Verifier")
-            .field("kids", &self.keys.keys().collect::<Vec<_>>())
+            .field("kids", &kids)
             .finish_non_exhaustive()
     }
+}
+
+fn parse_jwks(doc: &str) -> Option<HashMap<String, DecodingKey>> {
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(doc).ok()?;
+    let mut keys = HashMap::new();
+    for (i, jwk) in set.keys.iter().enumerate() {
+        if let Ok(key) = DecodingKey::from_jwk(jwk) {
+            let kid = jwk.common.key_id.clone().unwrap_or_else(|| format!("#{i}"));
+            keys.insert(kid, key);
+        }
+    }
+    Some(keys)
 }
 
 impl Verifier {
@@ -309,21 +395,18 @@ impl Verifier {
         }
     }
 
-    /// Parses the configured keys; refuses a configuration with none.
+    /// Parses the configured keys; refuses a configuration with none (keys
+    /// fetched from `AUTH_JWKS_URL` come at the first token: nothing is
+    /// fetched at init, so a cold start never waits on the issuer).
     pub fn new(config: AuthConfig) -> Result<Self, ConfigError> {
-        let set: jsonwebtoken::jwk::JwkSet =
-            serde_json::from_str(&config.jwks).map_err(|_| ConfigError {
+        let keys = match &config.jwks {
+            Some(doc) => parse_jwks(doc).ok_or(ConfigError {
                 variable: "AUTH_JWKS",
                 problem: "is not a JWKS document ({\"keys\": [...]})".into(),
-            })?;
-        let mut keys = HashMap::new();
-        for (i, jwk) in set.keys.iter().enumerate() {
-            if let Ok(key) = DecodingKey::from_jwk(jwk) {
-                let kid = jwk.common.key_id.clone().unwrap_or_else(|| format!("#{i}"));
-                keys.insert(kid, key);
-            }
-        }
-        if keys.is_empty() && config.hs256_secret.is_none() {
+            })?,
+            None => HashMap::new(),
+        };
+        if keys.is_empty() && config.hs256_secret.is_none() && config.jwks_url.is_none() {
             return Err(ConfigError {
                 variable: "AUTH_JWKS",
                 problem: "holds no usable key".into(),
@@ -334,10 +417,88 @@ impl Verifier {
             .as_ref()
             .map(|s| DecodingKey::from_secret(s.expose().as_bytes()));
         Ok(Self {
-            keys,
+            keys: std::sync::Arc::new(std::sync::RwLock::new(KeySet {
+                by_kid: keys,
+                ..KeySet::default()
+            })),
+            fetching: Default::default(),
             hs256,
             config,
+            fetches: Default::default(),
         })
+    }
+
+    /// How many times the keys were fetched (tests).
+    pub fn fetches(&self) -> u64 {
+        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// [`Verifier::verify_token`], after making sure the keys are fresh
+    /// when they are fetched (`AUTH_JWKS_URL`): fetched at the first token,
+    /// again when the token names a key not in the set (the issuer rotated
+    /// its keys) — at most once per [`JWKS_REFETCH_INTERVAL`] — and when
+    /// the set is older than [`JWKS_MAX_AGE`]. Fetches are one at a time;
+    /// a failed fetch keeps the keys there were.
+    pub async fn verify_token_fresh(&self, token: &str) -> Result<Caller, Denied> {
+        if self.config.jwks_url.is_some() {
+            let kid = decode_header(token).map_err(|_| Denied::Malformed)?.kid;
+            if self.wants_fetch(kid.as_deref()) {
+                self.fetch().await;
+            }
+        }
+        self.verify_token(token)
+    }
+
+    /// [`Verifier::verify`] with fresh keys (see [`Verifier::verify_token_fresh`]).
+    pub async fn verify_fresh(&self, token: &str) -> Result<Claims, Denied> {
+        let caller = self.verify_token_fresh(token).await?;
+        Self::user_claims(caller)
+    }
+
+    fn wants_fetch(&self, kid: Option<&str>) -> bool {
+        let Ok(keys) = self.keys.read() else {
+            return true;
+        };
+        let now = std::time::Instant::now();
+        let stale = keys
+            .fetched_at
+            .is_none_or(|at| now.duration_since(at) >= JWKS_MAX_AGE);
+        let unknown = kid.is_some_and(|k| !keys.by_kid.contains_key(k));
+        let may = keys
+            .attempted_at
+            .is_none_or(|at| now.duration_since(at) >= self.config.jwks_refetch);
+        (stale || unknown) && may
+    }
+
+    async fn fetch(&self) {
+        let _one = self.fetching.lock().await;
+        // Another caller may have fetched while this one waited.
+        if let Ok(keys) = self.keys.read()
+            && keys
+                .attempted_at
+                .is_some_and(|at| at.elapsed() < self.config.jwks_refetch)
+        {
+            return;
+        }
+        let Some(url) = self.config.jwks_url.as_deref() else {
+            return;
+        };
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let fetched = crate::infra::fetch::get(url, JWKS_FETCH_TIMEOUT).await;
+        let now = std::time::Instant::now();
+        let Ok(mut keys) = self.keys.write() else {
+            return;
+        };
+        keys.attempted_at = Some(now);
+        match fetched.ok().and_then(|doc| parse_jwks(&doc)) {
+            Some(set) if !set.is_empty() => {
+                tracing::info!(keys = set.len(), "issuer keys fetched");
+                keys.by_kid = set;
+                keys.fetched_at = Some(now);
+            }
+            _ => tracing::warn!("issuer keys could not be fetched; the keys there were are kept"),
+        }
     }
 
     /// The configuration it was built from.
@@ -351,14 +512,20 @@ impl Verifier {
     pub fn verify_token(&self, token: &str) -> Result<Caller, Denied> {
         let header = decode_header(token).map_err(|_| Denied::Malformed)?;
         let key = match header.alg {
-            Algorithm::RS256 => match &header.kid {
-                Some(kid) => self.keys.get(kid).ok_or(Denied::UnknownKey)?,
-                None if self.keys.len() == 1 => {
-                    self.keys.values().next().ok_or(Denied::UnknownKey)?
+            Algorithm::RS256 => {
+                let keys = self.keys.read().map_err(|_| Denied::UnknownKey)?;
+                match &header.kid {
+                    Some(kid) => keys.by_kid.get(kid).cloned().ok_or(Denied::UnknownKey)?,
+                    None if keys.by_kid.len() == 1 => keys
+                        .by_kid
+                        .values()
+                        .next()
+                        .cloned()
+                        .ok_or(Denied::UnknownKey)?,
+                    None => return Err(Denied::UnknownKey),
                 }
-                None => return Err(Denied::UnknownKey),
-            },
-            Algorithm::HS256 => self.hs256.as_ref().ok_or(Denied::DisallowedAlgorithm)?,
+            }
+            Algorithm::HS256 => self.hs256.clone().ok_or(Denied::DisallowedAlgorithm)?,
             _ => return Err(Denied::DisallowedAlgorithm),
         };
         let mut validation = Validation::new(header.alg);
@@ -369,7 +536,7 @@ impl Verifier {
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "iss", "sub"]);
         let data =
-            decode::<serde_json::Map<String, Value>>(token, key, &validation).map_err(|e| {
+            decode::<serde_json::Map<String, Value>>(token, &key, &validation).map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind as K;
                 match e.kind() {
                     K::InvalidSignature => Denied::BadSignature,
@@ -415,7 +582,10 @@ impl Verifier {
     /// [`Verifier::verify_token`] for a user's token (the WebSocket
     /// authorizer): the user, the token and the session.
     pub fn verify(&self, token: &str) -> Result<Claims, Denied> {
-        let caller = self.verify_token(token)?;
+        Self::user_claims(self.verify_token(token)?)
+    }
+
+    fn user_claims(caller: Caller) -> Result<Claims, Denied> {
         match caller.principal {
             Principal::User { user, session } => Ok(Claims {
                 user,

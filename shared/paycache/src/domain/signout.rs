@@ -18,6 +18,17 @@ use crate::infra::keys::UserId;
 /// Budget of one Cognito request, retries included.
 const TIMEOUT: Duration = Duration::from_secs(3);
 
+/// `AdminUserGlobalSignOut`, by `session-logout` when a user pool is
+/// configured.
+pub const AWS_CALLS: &[crate::infra::aws::AwsCall] = &[crate::infra::aws::AwsCall {
+    site: "domain/signout.rs",
+    functions: &["session-logout"],
+    service: "cognito-idp",
+    action: Some("cognito-idp:AdminUserGlobalSignOut"),
+    resources: &[],
+    when_env: Some("COGNITO_USER_POOL_ID"),
+}];
+
 /// The user pool to sign users out of; its client is built at the first
 /// logout (a cold start does not pay for it).
 #[derive(Debug, Clone)]

@@ -176,7 +176,7 @@ pub(crate) async fn decide_with_signals<'a>(
     let deps = deps.into();
     let event = AuthorizerEvent::parse(event).ok_or(Denied::MissingToken)?;
     let token = bearer(&event).ok_or(Denied::MissingToken)?;
-    let claims = verifier.verify(token)?;
+    let claims = verifier.verify_fresh(token).await?;
     let device = device_header(&event);
     let (session, new_device, risk) = tokio::join!(
         sessions::authenticate(

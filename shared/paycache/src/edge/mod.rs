@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod events;
+pub mod functions;
 pub mod http;
 pub mod routes;
 pub mod signin;

@@ -17,7 +17,20 @@
 //!   session, fails the trigger: Cognito then refuses the sign-in rather
 //!   than issuing a token the API would refuse anyway.
 //! - Only the access token gets `sid`; the ID token is not for the API
-//!   (`token_use: id` is refused there).
+//!   (`token_use: id` is refused there). The response carries that claim
+//!   and nothing else ([`only_what_changes`]).
+//! - `sid` may be added: the claims a V2 trigger may not add or override
+//!   are `acr`, `amr`, `aud`, `at_hash`, `auth_time`, `azp`,
+//!   `cognito:username`, `exp`, `iat`, `identities`, `iss`, `jti`, `nbf`,
+//!   `nonce`, `origin_jti`, `sub`, `token_use` (Cognito Developer Guide,
+//!   "Pre token generation Lambda trigger": claims you can't modify).
+//!   Access-token customization needs the Essentials (or Plus) feature
+//!   plan and the V2 event, which the template sets.
+//! - The session's user is the Cognito user's `sub`; their `users` row
+//!   (profile) belongs to the platform's user service, keyed by that same
+//!   id — created when the platform creates the user (it creates them:
+//!   self sign-up is off by default), or by a Post Confirmation trigger for
+//!   a pool that allows sign-up (README -> Deploying).
 
 use aws_lambda_events::event::cognito::{
     CognitoAccessTokenGenerationV2, CognitoEventUserPoolsPreTokenGenV2,
@@ -87,7 +100,32 @@ pub async fn pre_token_generation(
         .unwrap_or_default();
     details.access_token_generation = Some(access);
     event.response.claims_and_scope_override_details = Some(details);
-    serde_json::to_value(&event).map_err(|_| SignInError::Malformed)
+    let mut answer = serde_json::to_value(&event).map_err(|_| SignInError::Malformed)?;
+    only_what_changes(&mut answer);
+    Ok(answer)
+}
+
+/// Keeps in the response only what the trigger changes: the access
+/// token's added claims. `aws_lambda_events` serializes every member, and
+/// Cognito reads an empty `groupOverrideDetails` as "suppress the user's
+/// groups" in both tokens ("If you provide an empty or null object in the
+/// response, then the groups are suppressed", Cognito Developer Guide, Pre
+/// token generation Lambda trigger); empty `claimsToSuppress` and scope
+/// lists are dropped for the same reason.
+pub(crate) fn only_what_changes(answer: &mut Value) {
+    let Some(details) = answer
+        .pointer_mut("/response/claimsAndScopeOverrideDetails")
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    details.retain(|k, _| k == "accessTokenGeneration");
+    if let Some(access) = details
+        .get_mut("accessTokenGeneration")
+        .and_then(Value::as_object_mut)
+    {
+        access.retain(|k, _| k == "claimsToAddOrOverride");
+    }
 }
 
 /// `session-signin`'s handler (see [`pre_token_generation`]).

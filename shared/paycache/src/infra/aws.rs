@@ -152,3 +152,25 @@ mod tests {
         assert_eq!(code(None), "unknown");
     }
 }
+
+/// One AWS operation the code can call, declared next to the call: the
+/// deployment contract test (`tests/deploy/contract.py`) checks that the
+/// template lets each function make it (its role) and reach it (its
+/// subnets). `paycache-dev aws-calls` prints them all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AwsCall {
+    /// Where in the code.
+    pub site: &'static str,
+    /// The functions (crate names) that can make it; `*` is every one.
+    pub functions: &'static [&'static str],
+    /// The endpoint's service (`secretsmanager`, `monitoring`,
+    /// `cognito-idp`, `execute-api`; `jwks` for the issuer's keys, not an
+    /// AWS API).
+    pub service: &'static str,
+    /// The IAM action, if the call is signed.
+    pub action: Option<&'static str>,
+    /// The resource ARNs' endings the action is needed on (empty: any).
+    pub resources: &'static [&'static str],
+    /// Made only when this variable is set.
+    pub when_env: Option<&'static str>,
+}

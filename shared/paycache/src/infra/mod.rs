@@ -5,6 +5,7 @@ pub mod breaker;
 pub mod config;
 pub mod connection;
 pub mod db;
+pub mod fetch;
 pub mod keys;
 pub mod secrets;
 pub mod sslmode;

@@ -32,6 +32,16 @@ use crate::infra::config::Secret;
 /// by the next refused connection after it.
 pub const REFETCH_COOLDOWN: Duration = Duration::from_secs(5);
 
+/// `GetSecretValue`, by every function configured with a secret's ARN.
+pub const AWS_CALLS: &[crate::infra::aws::AwsCall] = &[crate::infra::aws::AwsCall {
+    site: "infra/secrets.rs",
+    functions: &["*"],
+    service: "secretsmanager",
+    action: Some("secretsmanager:GetSecretValue"),
+    resources: &[],
+    when_env: Some("DATABASE_SECRET_ARN"),
+}];
+
 #[derive(Debug, Clone, thiserror::Error)]
 /// Why a secret could not be used. The text never contains the secret.
 pub enum SecretError {

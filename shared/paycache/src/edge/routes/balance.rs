@@ -95,7 +95,7 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
     // scopes; never a user); one who may not is told 403 if they can see
     // the wallet and 404 if not, from a read sent with the gate's checks.
     // Identified once: the token is verified here, not again in the gate.
-    let caller = match identify(&req, gate) {
+    let caller = match identify(&req, gate).await {
         Ok(c) => c,
         Err(why) => return refusal(why, &rid),
     };

@@ -153,7 +153,7 @@ const CLAIMS_LEEWAY_SECS: i64 = 5;
 /// `AUTH_VERIFY_IN_FUNCTION=true` the function does not rest on that
 /// alone: the bearer token must also verify here against the configured
 /// keys and name the same principal and `jti` as the claims.
-pub fn identify(req: &Request, gate: Gate<'_>) -> Result<Caller, Denied> {
+pub async fn identify(req: &Request, gate: Gate<'_>) -> Result<Caller, Denied> {
     if let Some(RequestContext::ApiGatewayV2(ctx)) = req.request_context_ref()
         && let Some(jwt) = ctx.authorizer.as_ref().and_then(|a| a.jwt.as_ref())
     {
@@ -179,7 +179,10 @@ pub fn identify(req: &Request, gate: Gate<'_>) -> Result<Caller, Denied> {
     }
     let token = bearer(req)?;
     // No keys: nothing here can verify a token, so nothing is admitted.
-    gate.verifier.ok_or(Denied::UnknownKey)?.verify_token(token)
+    gate.verifier
+        .ok_or(Denied::UnknownKey)?
+        .verify_token_fresh(token)
+        .await
 }
 
 /// The bearer token of `Authorization: Bearer <token>`.
@@ -206,7 +209,9 @@ pub async fn admit<T>(
     request_id: &str,
     work: impl Future<Output = T>,
 ) -> Result<(Admitted, T), Response<Body>> {
-    let caller = identify(req, gate).map_err(|why| refusal(why, request_id))?;
+    let caller = identify(req, gate)
+        .await
+        .map_err(|why| refusal(why, request_id))?;
     admit_as(gate, caller, policy, request_id, work).await
 }
 
