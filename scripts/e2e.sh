@@ -101,16 +101,20 @@ port_in_use "$WATCH_PORT" || die "cargo lambda watch did not listen on $WATCH_PO
 # The local WebSocket gateway, as `make run` starts it (it keeps ws-sender
 # running for the whole e2e run).
 cargo build --quiet -p paycache-ws-gateway
+# Both gateways run the built binary (two `cargo run`s at once wait on
+# cargo's lock, and on a loaded machine past the listen timeout).
+GW_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/paycache-ws-gateway"
+[ -x "$GW_BIN" ] || die "no gateway binary at $GW_BIN"
 # Its test controls (hold, release, throttle, forget, stats) are for the
 # real-time journey; the management API checks every request's signature
 # against the run's AWS credentials, as IAM does deployed.
-cargo run --quiet -p paycache-ws-gateway -- --port "$GW_PORT" --lambda "http://127.0.0.1:$WATCH_PORT" \
+"$GW_BIN" --port "$GW_PORT" --lambda "http://127.0.0.1:$WATCH_PORT" \
   --keep-running ws-sender --run-timeout 30 --test-controls >"$STACK/gateway.log" 2>&1 &
 GW_PID=$!
 # A second gateway started exactly as `make run` starts it (no test
 # controls), for the session-boundary attacks.
 PLAIN_GW_PORT=$(free_port)
-cargo run --quiet -p paycache-ws-gateway -- --port "$PLAIN_GW_PORT" --lambda "http://127.0.0.1:$WATCH_PORT" \
+"$GW_BIN" --port "$PLAIN_GW_PORT" --lambda "http://127.0.0.1:$WATCH_PORT" \
   >"$STACK/gateway-plain.log" 2>&1 &
 PLAIN_GW_PID=$!
 for _ in $(seq 1 120); do port_in_use "$GW_PORT" && port_in_use "$PLAIN_GW_PORT" && break; sleep 0.5; done

@@ -911,7 +911,7 @@ async fn round_trips_per_operation() {
         // The delivery queue entry for ws-sender (after the apply).
         (
             "xadd".to_owned(),
-            format!("{}:ws_deliveries", w.app.keys.prefix()),
+            w.app.keys.ws_deliveries(w.app.delivery.partition(&wallet)),
         ),
     ];
     let limiter: Vec<_> = seen

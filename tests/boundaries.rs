@@ -73,6 +73,7 @@ async fn connect(w: &World, who: &SignedIn) -> ConnectionId {
         },
         &conn,
         None,
+        &[],
     )
     .await
     .unwrap();
@@ -82,13 +83,17 @@ async fn connect(w: &World, who: &SignedIn) -> ConnectionId {
 /// The connection ids queued to be closed (`ws-sender` closes them).
 async fn queued_closes(w: &World) -> Vec<String> {
     let mut raw = w.redis.raw().await;
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(w.app.keys.ws_deliveries())
-        .arg("-")
-        .arg("+")
-        .query_async(&mut raw)
-        .await
-        .unwrap_or_default();
+    let mut entries: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for p in 0..w.app.config.delivery.partitions {
+        let part: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(w.app.keys.ws_deliveries(p))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut raw)
+            .await
+            .unwrap_or_default();
+        entries.extend(part);
+    }
     entries
         .into_iter()
         .filter(|(_, f)| f.contains(&("k".into(), "close".into())))
@@ -572,11 +577,16 @@ async fn announcements_only_from_the_platform(mode: RedisMode) {
         };
         async fn queued(w: &World) -> i64 {
             let mut raw = w.redis.raw().await;
-            redis::cmd("XLEN")
-                .arg(w.app.keys.ws_deliveries())
-                .query_async(&mut raw)
-                .await
-                .unwrap()
+            let mut n = 0;
+            for p in 0..w.app.config.delivery.partitions {
+                let len: i64 = redis::cmd("XLEN")
+                    .arg(w.app.keys.ws_deliveries(p))
+                    .query_async(&mut raw)
+                    .await
+                    .unwrap();
+                n += len;
+            }
+            n
         }
         for (src, account) in [
             ("attacker.app", "111122223333"),

@@ -203,9 +203,7 @@ async fn handlers_survive_arbitrary_input() {
                             event,
                             out
                         );
-                        let out =
-                            paycache::events::websocket(&app.connections, &app.delivery, &event)
-                                .await;
+                        let out = paycache::events::websocket(&app, &event).await;
                         prop_assert!(
                             matches!(out["statusCode"].as_u64(), Some(400 | 401 | 410)),
                             "websocket {}: {}",

@@ -63,6 +63,8 @@ impl Rig {
             &[
                 ("WS_REDELIVER_AFTER_MS", "500"),
                 ("WS_SENDER_BLOCK_MS", "50"),
+                // Aborted senders' partitions are taken over within 1 s.
+                ("WS_PARTITION_LEASE_MS", "1000"),
             ],
         )
         .await;
@@ -74,9 +76,7 @@ impl Rig {
             Box::pin(async move {
                 match function {
                     "authorizer" => Ok(authorize(&*app, &verifier, &event).await),
-                    "ws-connections" => {
-                        Ok(websocket(&app.connections, &app.delivery, &event).await)
-                    }
+                    "ws-connections" => Ok(websocket(&app, &event).await),
                     other => Err(format!("no function {other}")),
                 }
             })
@@ -480,7 +480,7 @@ fn hyper_client() -> hyper_util::client::legacy::Client<
 async fn drain(rig: &Rig, sender: &mut Sender, entries: u64) -> delivery::Report {
     let mut total = delivery::Report::default();
     let deadline = Instant::now() + Duration::from_secs(10);
-    delivery::ensure_group(&rig.app.deliveries).await.unwrap();
+    delivery::ensure_groups(&rig.app.deliveries).await.unwrap();
     while total.entries + total.failed < entries && Instant::now() < deadline {
         let (batch, _) = delivery::fetch(&rig.app.deliveries, sender).await.unwrap();
         let r = delivery::deliver(&rig.app.deliveries, sender, &batch).await;
@@ -577,7 +577,7 @@ async fn a_sender_killed_after_fetching_loses_nothing(mode: RedisMode) {
             ack_on_fetch: broken,
             ..Faults::default()
         };
-        delivery::ensure_group(&rig.app.deliveries).await.unwrap();
+        delivery::ensure_groups(&rig.app.deliveries).await.unwrap();
         rig.invalidate(profile_updated(&user)).await;
         {
             // The first sender fetches… and dies (dropped before sending).
@@ -632,6 +632,7 @@ async fn nobody_connected_costs_no_management_calls(mode: RedisMode) {
         },
         &stale,
         None,
+        &[],
     )
     .await
     .unwrap();
@@ -773,7 +774,10 @@ async fn queue_entries_out_of_order_skip_nothing(mode: RedisMode) {
         write_until_applied(&rig.app, &wallet, 1).await;
         write_until_applied(&rig.app, &wallet, 2).await;
         // Reverse the two queue entries (versions 2 and 3).
-        let stream = rig.app.keys.ws_deliveries();
+        let stream = rig
+            .app
+            .keys
+            .ws_deliveries(rig.app.delivery.partition(&wallet_id));
         let mut raw = rig.w.redis.raw().await;
         let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
             .arg(&stream)

@@ -42,7 +42,7 @@ async fn signed_in(w: &World, user: &str, token_lifetime_secs: i64) -> Signed {
 }
 
 async fn ws(w: &World, event: &Value) -> Value {
-    websocket(&w.app.connections, &w.app.delivery, event).await
+    websocket(&w.app, event).await
 }
 
 async fn connect_ping_disconnect_and_pruning(mode: RedisMode) {
@@ -136,11 +136,16 @@ async fn connect_ping_disconnect_and_pruning(mode: RedisMode) {
             .unwrap(),
         vec![ConnectionId::parse(&b).unwrap()]
     );
-    let everyone: Vec<String> = redis::cmd("HKEYS")
-        .arg(w.app.keys.ws_all())
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    // Read raw, every registry shard.
+    let mut everyone: Vec<String> = Vec::new();
+    for shard in 0..realtime::REGISTRY_SHARDS {
+        let ids: Vec<String> = redis::cmd("HKEYS")
+            .arg(w.app.keys.ws_all(shard))
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        everyone.extend(ids);
+    }
     assert_eq!(everyone, vec![b.clone()]);
     // A ping on a connection that is not registered says so.
     assert_eq!(
@@ -205,7 +210,7 @@ async fn a_connection_lives_no_longer_than_its_sign_in(mode: RedisMode) {
             .is_none()
     );
     let queued: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(w.app.keys.ws_deliveries())
+        .arg(w.app.keys.ws_deliveries(w.app.delivery.partition(&conn)))
         .arg("-")
         .arg("+")
         .query_async(&mut raw)

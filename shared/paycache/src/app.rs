@@ -200,6 +200,7 @@ impl App {
         let delivery = DeliveryQueue {
             keys: keys.clone(),
             durable: durable.clone(),
+            partitions: config.delivery.partitions,
         };
         let balances = Balances {
             keys: keys.clone(),

@@ -3,39 +3,60 @@
 //!
 //! # How a message travels
 //! 1. **Publisher** (the function that made the change): besides its Redis
-//!    Pub/Sub `PUBLISH` (kept for other subscribers), it appends one entry
-//!    to the **delivery stream** `ws_deliveries` (in the durable Redis: it
-//!    must not be evicted). A balance write appends only a *kick* (wallet,
-//!    owner, first version): the messages themselves are in the wallet's
-//!    log, which `apply.lua` writes in version order in the same script that
-//!    publishes them. Other messages (transaction status, notifications,
-//!    announcements) carry their frame, with its `id`.
-//! 2. **`ws-sender`** reads the stream through a consumer group
-//!    (`XREADGROUP`, blocking briefly), a batch at a time in concurrent
-//!    lanes (one per wallet, one for every other message, each in order),
-//!    and for each entry finds the recipients' live connections and posts
-//!    the frame to each through the API Gateway Management API; then
-//!    acknowledges the entry (`XACK`).
+//!    Pub/Sub `PUBLISH` (kept for other subscribers), it appends an entry to
+//!    one of `WS_PARTITIONS` **delivery streams** `ws_deliveries:{d<p>}`
+//!    (in the durable Redis: they must not be evicted), each in its own
+//!    slot. The partition is a hash of the wallet (balances, reconnect
+//!    catch-ups) or of the user (other messages: one entry per recipient),
+//!    so a wallet's or a user's entries always meet in one stream. A
+//!    balance write appends only a *kick* (wallet, owner, first version):
+//!    the messages themselves are in the wallet's log, which `apply.lua`
+//!    writes in version order in the same script that publishes them. An
+//!    announcement is one entry per registry shard (16, spread over the
+//!    partitions), all carrying the same frame.
+//! 2. **`ws-sender`s share the partitions**: each heartbeats into
+//!    `ws_senders`, works out its share (partitions ÷ live senders, rounded
+//!    up) and holds that many **leases** (`ws_lease:{d<p>}`, renewed every
+//!    third of `WS_PARTITION_LEASE_MS`, also while a long delivery runs).
+//!    Only a partition's holder reads it (`XREADGROUP`), so a wallet's
+//!    kicks and catch-ups, and a user's messages, are handled by one sender
+//!    at a time, in stream order. A sender that dies stops renewing; after
+//!    the lease another takes the partition and its pending entries
+//!    (`XAUTOCLAIM`).
+//! 3. A fetched batch is delivered in **lanes** (one per wallet, one per
+//!    user, one per announcement shard, each in order; lanes concurrently)
+//!    with at most `WS_FAN_OUT` posts in flight per sender; entries fully
+//!    handled are acknowledged (`XACK`) per partition.
 //!
 //! # Guarantees
 //! - **At least once.** An entry is acknowledged only after every post for
-//!   it succeeded or found its connection gone. A sender that dies between
-//!   fetching and sending leaves its entries pending; after
-//!   `WS_REDELIVER_AFTER_MS` another sender claims them (`XAUTOCLAIM`) and
-//!   sends them again. Each frame carries an `id` (`balance:<wallet>:<version>`
-//!   for balances, a UUID fixed at publication otherwise) so a client drops
-//!   repeats.
-//! - **Balance versions in order, none skipped.** The wallet's log is
-//!   written by the script that sequences versions; the sender delivers the
-//!   log's entries after the wallet's *delivered* cursor, in order, and
-//!   moves the cursor only after they were sent. Two senders may send the
-//!   same versions twice; each sends them in ascending order, so a client
-//!   that drops repeated ids sees every version once, ascending.
+//!   it succeeded or found its connection gone; otherwise it stays pending
+//!   and is retried after `WS_REDELIVER_AFTER_MS`. Frames carry an `id`
+//!   (`balance:<wallet>:<version>` for balances, a UUID fixed at
+//!   publication otherwise) so a client drops repeats.
+//! - **Balance versions in order, none skipped.** The sender delivers the
+//!   wallet log's entries after the wallet's *delivered* cursor, in order,
+//!   and moves the cursor only past versions that were sent: a failed post
+//!   leaves it before the failed version, which the retry sends again.
+//! - **Announcements resume where they stopped.** Each shard's fan-out
+//!   reads the registry a page (`WS_FANOUT_PAGE`) at a time — never the
+//!   whole set in memory — and checkpoints after every page (the scan
+//!   cursor, and the connections whose post failed) in `ws_fanout:{d<p>}:
+//!   <entry>`, only while the entry is still its own. A retry posts to the
+//!   failed connections only; a takeover resumes at the last checkpoint, so
+//!   a sender's death repeats at most one page.
+//! - **Reconnect without a gap.** `$connect?resume=<wallet>:<version>,…`
+//!   marks the connection as catching up on those wallets and queues a
+//!   catch-up in the wallet's partition: the log's versions after the one
+//!   the client saw, in order; a `resync` frame first when the log no
+//!   longer reaches back that far. Until the catch-up is sent, the wallet's
+//!   new frames skip that connection, so it sees every version once,
+//!   ascending (README → Reconnecting).
 //! - **Gone connections are pruned** the first time a post answers 410.
 //! - **Throttled posts** (429, `LimitExceededException`) are retried with
 //!   exponential backoff and full jitter by the SDK's standard retry
-//!   (`WS_SEND_ATTEMPTS`); still throttled, the entry stays pending and is
-//!   redelivered.
+//!   (`WS_SEND_ATTEMPTS`); still throttled, the entry stays pending (an
+//!   announcement keeps the connection on its retry list).
 //! - **Frames over 32 KB** (API Gateway's WebSocket frame limit) are not
 //!   sent: the client receives `{"id", "channel", "type":
 //!   "message_too_large", "original_type", "bytes", "timestamp"}` instead and
@@ -44,44 +65,63 @@
 //!   first; no live connection means no post.
 //!
 //! # Cost
-//! Publisher: one `XADD` (a balance write sends it after its apply step,
-//! before it marks the outbox row applied). Sender, per entry: one round
-//! trip for the recipients' connections (a balance's log read goes with
-//! it), one post per connection, one `XACK` per batch and, for balances,
-//! one cursor update.
+//! Publisher: one `XADD` (one per recipient user, sent at once; sixteen
+//! for an announcement). Sender, per batch: one round-trip time for the
+//! recipients' liveness (one script per user, sent at once) and one per
+//! partition for the `XACK`; per wallet lane one log read and one cursor
+//! update per 64 versions; per announcement page one `HSCAN`, one read of
+//! the page's distinct sessions (sent at once) and one checkpoint. Posts:
+//! one per live connection. Leases: one heartbeat and one renewal per held
+//! partition every third of the lease.
+//!
+//! # Metrics (EMF, once per run)
+//! `WsFramesSent` (frames posted), `WsFramesPerSecond` (the run's rate
+//! while it had work) and `WsBacklog` (entries waiting in the partitions
+//! it held, at the end of the run).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use redis::AsyncCommands;
 use redis::Script;
 use redis::streams::{
-    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamInfoGroupsReply,
+    StreamReadOptions, StreamReadReply,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
-use std::sync::LazyLock;
 
-use crate::domain::realtime::{self, Connections};
+use crate::domain::realtime::{self, Connections, REGISTRY_SHARDS, fnv1a};
 use crate::infra::aws::{AwsError, error as aws_error, sdk_config};
 use crate::infra::config::DeliveryConfig;
 use crate::infra::connection::{Redis, RedisUnavailable};
 use crate::infra::keys::{ConnectionId, Keyspace, UserId, WalletId};
 use crate::patterns::pubsub;
 
-/// The consumer group every `ws-sender` reads the delivery stream in.
+/// The consumer group every `ws-sender` reads the delivery streams in.
 pub const GROUP: &str = "ws-senders";
 /// API Gateway's WebSocket frame limit.
 pub const FRAME_LIMIT: usize = 32 * 1024;
-/// The delivery stream keeps about this many entries.
+/// Each delivery stream keeps about this many entries.
 const STREAM_MAXLEN: usize = 100_000;
-/// Entries fetched per read.
+/// Entries fetched per read of one partition; also log entries per read.
 const BATCH: usize = 64;
-/// Posts in flight at once for one message (announcements).
-const FAN_OUT: usize = 32;
-/// Lanes (wallets, and the other messages) delivered at once.
-const LANES: usize = 8;
+/// Lanes delivered at once.
+const LANES: usize = 64;
+/// How long an announcement's progress is kept.
+const PROGRESS_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+/// Wallets one reconnect may resume (`$connect?resume=`).
+pub const RESUME_MAX: usize = 16;
+
+static LEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("delivery/lease.lua")));
+static CHECKPOINT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("delivery/checkpoint.lua")));
+static FINISH: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("delivery/finish.lua")));
+static LOG_RANGE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("delivery/log_range.lua")));
 
 static LOG_AFTER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -121,12 +161,20 @@ pub const AWS_CALLS: &[crate::infra::aws::AwsCall] = &[crate::infra::aws::AwsCal
     when_env: None,
 }];
 
-/// The publishing side: appends entries to the delivery stream.
+/// The partition (of `partitions`) that `id` — a wallet, a user or a
+/// connection id — is delivered through (FNV-1a: stable everywhere).
+pub fn partition_of(id: &str, partitions: u16) -> u16 {
+    (fnv1a(id.as_bytes()) % u64::from(partitions.max(1))) as u16
+}
+
+/// The publishing side: appends entries to the delivery streams.
 #[derive(Debug, Clone)]
 pub struct DeliveryQueue {
     pub(crate) keys: Keyspace,
-    /// The durable Redis (the stream must not be evicted).
+    /// The durable Redis (the streams must not be evicted).
     pub(crate) durable: Redis,
+    /// `WS_PARTITIONS`.
+    pub(crate) partitions: u16,
 }
 
 /// Who receives a message.
@@ -136,29 +184,6 @@ pub enum Recipients {
     Users(Vec<UserId>),
     /// Every open connection.
     Everyone,
-}
-
-impl Recipients {
-    fn encode(&self) -> String {
-        match self {
-            Self::Everyone => "*".into(),
-            Self::Users(users) => users
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
-        }
-    }
-
-    fn decode(raw: &str) -> Option<Self> {
-        if raw == "*" {
-            return Some(Self::Everyone);
-        }
-        raw.split(',')
-            .map(|u| UserId::parse(u).ok())
-            .collect::<Option<Vec<_>>>()
-            .map(Self::Users)
-    }
 }
 
 /// `message` as the frame a client receives: its fields plus `id` and
@@ -192,8 +217,17 @@ fn fit(frame: String) -> (String, bool) {
 }
 
 impl DeliveryQueue {
-    async fn append(&self, fields: &[(&str, &str)]) -> Result<(), RedisUnavailable> {
-        let key = self.keys.ws_deliveries();
+    /// The partition of `id` (see [`partition_of`]).
+    pub fn partition(&self, id: &str) -> u16 {
+        partition_of(id, self.partitions)
+    }
+
+    async fn append(
+        &self,
+        partition: u16,
+        fields: &[(&str, &str)],
+    ) -> Result<(), RedisUnavailable> {
+        let key = self.keys.ws_deliveries(partition);
         let k = &key;
         self.durable
             .run(|mut c| async move {
@@ -213,7 +247,7 @@ impl DeliveryQueue {
     }
 
     /// A balance write published versions `from..` of `wallet`: deliver
-    /// them to `owner`.
+    /// them to `owner`. In the wallet's partition.
     pub(crate) async fn balance(
         &self,
         wallet: &WalletId,
@@ -221,25 +255,57 @@ impl DeliveryQueue {
         from: u64,
     ) -> Result<(), RedisUnavailable> {
         let (w, u, f) = (wallet.to_string(), owner.to_string(), from.to_string());
-        self.append(&[("k", "balance"), ("w", &w), ("u", &u), ("f", &f)])
-            .await
+        self.append(
+            self.partition(&w),
+            &[("k", "balance"), ("w", &w), ("u", &u), ("f", &f)],
+        )
+        .await
+    }
+
+    /// A reconnect: send `conn` (of `owner`) the versions of `wallet`
+    /// after `after`. In the wallet's partition, behind the wallet's kicks.
+    pub async fn catch_up(
+        &self,
+        wallet: &WalletId,
+        owner: &UserId,
+        conn: &ConnectionId,
+        after: u64,
+    ) -> Result<(), RedisUnavailable> {
+        let (w, u, a) = (wallet.to_string(), owner.to_string(), after.to_string());
+        self.append(
+            self.partition(&w),
+            &[
+                ("k", "catchup"),
+                ("w", &w),
+                ("u", &u),
+                ("c", conn.as_str()),
+                ("a", &a),
+            ],
+        )
+        .await
     }
 
     /// Close these connections (`DELETE @connections/{id}`) and forget
     /// them: a sign-out, or a `ping` that found its sign-in over.
     pub async fn close(&self, connections: &[ConnectionId]) -> Result<(), RedisUnavailable> {
-        if connections.is_empty() {
+        let Some(first) = connections.first() else {
             return Ok(());
-        }
+        };
         let ids = connections
             .iter()
             .map(ConnectionId::as_str)
             .collect::<Vec<_>>()
             .join(",");
-        self.append(&[("k", "close"), ("c", &ids)]).await
+        self.append(
+            self.partition(first.as_str()),
+            &[("k", "close"), ("c", &ids)],
+        )
+        .await
     }
 
-    /// Deliver `message`, published on `channel`, to `to`.
+    /// Deliver `message`, published on `channel`, to `to`: one entry per
+    /// recipient user (in the user's partition), or one per registry shard
+    /// for everyone — all with the same frame `id`.
     pub async fn message<T: Serialize>(
         &self,
         channel: &str,
@@ -248,13 +314,53 @@ impl DeliveryQueue {
     ) -> Result<(), RedisUnavailable> {
         let id = uuid::Uuid::new_v4().to_string();
         let frame = frame(&id, channel, message).ok_or(RedisUnavailable::Server)?;
-        let to = to.encode();
-        self.append(&[("k", "message"), ("c", channel), ("u", &to), ("m", &frame)])
-            .await
+        let frame = frame.as_str();
+        let names: Vec<String> = match to {
+            Recipients::Users(users) => {
+                let mut distinct: Vec<String> = users.iter().map(ToString::to_string).collect();
+                distinct.sort();
+                distinct.dedup();
+                distinct
+            }
+            Recipients::Everyone => (0..REGISTRY_SHARDS).map(|s| s.to_string()).collect(),
+        };
+        let jobs: Vec<(u16, [(&str, &str); 4])> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| match to {
+                Recipients::Users(_) => (
+                    self.partition(name),
+                    [
+                        ("k", "message"),
+                        ("c", channel),
+                        ("u", name.as_str()),
+                        ("m", frame),
+                    ],
+                ),
+                // Shard i in partition i mod N: announcements spread over
+                // every partition (and so every sender).
+                Recipients::Everyone => (
+                    (i as u16) % self.partitions.max(1),
+                    [
+                        ("k", "announce"),
+                        ("c", channel),
+                        ("s", name.as_str()),
+                        ("m", frame),
+                    ],
+                ),
+            })
+            .collect();
+        let appended =
+            futures_util::future::join_all(jobs.iter().map(|(p, fields)| self.append(*p, fields)))
+                .await;
+        appended
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()
+            .map(|_| ())
     }
 }
 
-/// The sending side: the stream, the registry, the per-wallet logs.
+/// The sending side: the streams, the registry, the per-wallet logs.
 #[derive(Debug, Clone)]
 pub struct Deliveries {
     pub(crate) queue: DeliveryQueue,
@@ -280,6 +386,22 @@ pub struct Faults {
     /// Send to every registered connection, without checking that its
     /// sign-in lives (token not expired, session not ended).
     pub no_sign_in_check: bool,
+    /// Move a wallet's delivered cursor before posting the versions.
+    pub advance_before_post: bool,
+    /// Move a wallet's delivered cursor past a version whose post failed.
+    pub skip_failed_version: bool,
+    /// Announcements keep no progress: a retry or takeover starts again.
+    pub no_checkpoint: bool,
+    /// An announcement with a failed post starts again from the first
+    /// connection.
+    pub resend_all_on_failure: bool,
+    /// A reconnect's catch-up is dropped (the marks are cleared, nothing
+    /// is sent).
+    pub no_catch_up: bool,
+    /// New frames do not wait for a reconnect's catch-up.
+    pub ignore_resume_marks: bool,
+    /// Read every partition, without leases.
+    pub no_leases: bool,
 }
 
 /// The outcome of one post.
@@ -358,11 +480,13 @@ impl Management {
     }
 }
 
-/// One entry of the delivery stream.
+/// One entry of a delivery stream.
 #[derive(Debug, Clone)]
 pub struct Entry {
     /// Its stream id.
     pub id: String,
+    /// The partition it is in.
+    pub partition: u16,
     body: Body,
 }
 
@@ -373,8 +497,18 @@ enum Body {
         owner: UserId,
         from: u64,
     },
+    CatchUp {
+        wallet: WalletId,
+        owner: UserId,
+        conn: ConnectionId,
+        after: u64,
+    },
     Message {
-        to: Recipients,
+        to: Vec<UserId>,
+        frame: String,
+    },
+    Announcement {
+        shard: u16,
         frame: String,
     },
     Close {
@@ -392,7 +526,7 @@ fn field(map: &HashMap<String, redis::Value>, name: &str) -> Option<String> {
 }
 
 impl Entry {
-    fn parse(raw: &StreamId) -> Self {
+    fn parse(raw: &StreamId, partition: u16) -> Self {
         let m = &raw.map;
         let body = match field(m, "k").as_deref() {
             Some("balance") => (|| {
@@ -402,9 +536,29 @@ impl Entry {
                     from: field(m, "f")?.parse().ok()?,
                 })
             })(),
+            Some("catchup") => (|| {
+                Some(Body::CatchUp {
+                    wallet: WalletId::parse(&field(m, "w")?).ok()?,
+                    owner: UserId::parse(&field(m, "u")?).ok()?,
+                    conn: ConnectionId::parse(&field(m, "c")?).ok()?,
+                    after: field(m, "a")?.parse().ok()?,
+                })
+            })(),
             Some("message") => (|| {
+                let to = field(m, "u")?
+                    .split(',')
+                    .map(|u| UserId::parse(u).ok())
+                    .collect::<Option<Vec<_>>>()?;
                 Some(Body::Message {
-                    to: Recipients::decode(&field(m, "u")?)?,
+                    to,
+                    frame: field(m, "m")?,
+                })
+            })(),
+            Some("announce") => (|| {
+                let shard: u16 = field(m, "s")?.parse().ok()?;
+                (shard < REGISTRY_SHARDS).then_some(())?;
+                Some(Body::Announcement {
+                    shard,
                     frame: field(m, "m")?,
                 })
             })(),
@@ -418,6 +572,7 @@ impl Entry {
         };
         Self {
             id: raw.id.clone(),
+            partition,
             body: body.unwrap_or(Body::Malformed),
         }
     }
@@ -441,6 +596,9 @@ pub struct Report {
     /// Connections closed because their sign-in was over (signed out,
     /// session ended, token expired).
     pub closed: u64,
+    /// `resync` frames sent to reconnecting clients whose gap is older
+    /// than the wallet's log.
+    pub resyncs: u64,
 }
 
 impl Report {
@@ -453,17 +611,29 @@ impl Report {
         self.too_large += other.too_large;
         self.failed += other.failed;
         self.closed += other.closed;
+        self.resyncs += other.resyncs;
     }
 }
 
-/// A sender: one consumer of the group.
+/// A sender: one consumer of the group, holding leases on a share of the
+/// partitions.
 #[derive(Debug)]
 pub struct Sender {
     /// Its consumer name (one per execution environment).
     pub consumer: String,
     management: Management,
     faults: Faults,
+    /// Posts in flight at once (`WS_FAN_OUT`).
+    fan_out: usize,
+    /// The partitions it holds.
+    held: Vec<u16>,
+    /// Partitions just taken: their pending entries are taken over first
+    /// (`XAUTOCLAIM` from this cursor, without waiting).
+    fresh: HashMap<u16, String>,
+    /// Partitions whose consumer group is known to exist.
+    grouped: HashSet<u16>,
     last_claim: Option<Instant>,
+    maintained: Option<Instant>,
 }
 
 impl Sender {
@@ -479,14 +649,172 @@ impl Sender {
             consumer: format!("sender-{}", uuid::Uuid::new_v4().simple()),
             management,
             faults,
+            fan_out: 64,
+            held: Vec::new(),
+            fresh: HashMap::new(),
+            grouped: HashSet::new(),
             last_claim: None,
+            maintained: None,
+        }
+    }
+
+    /// Posts in flight at once (`WS_FAN_OUT`; default 64).
+    pub fn with_fan_out(mut self, n: usize) -> Self {
+        self.fan_out = n.max(1);
+        self
+    }
+
+    /// The partitions it holds now.
+    pub fn partitions(&self) -> &[u16] {
+        &self.held
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn lease(
+    deliveries: &Deliveries,
+    consumer: &str,
+    partition: u16,
+    action: &str,
+) -> Result<bool, RedisUnavailable> {
+    let key = deliveries.queue.keys.ws_lease(partition);
+    let ms = millis(deliveries.config.lease);
+    let k = &key;
+    deliveries
+        .queue
+        .durable
+        .run(|mut c| async move {
+            let v: i64 = LEASE
+                .key(k)
+                .arg(consumer)
+                .arg(ms)
+                .arg(action)
+                .invoke_async(&mut c)
+                .await?;
+            Ok(v == 1)
+        })
+        .await
+}
+
+/// Renews the sender's leases (all at once); returns the partitions it
+/// lost (another sender holds them now).
+async fn renew(deliveries: &Deliveries, sender: &Sender) -> Vec<u16> {
+    if sender.faults.no_leases {
+        return Vec::new();
+    }
+    let renewed = futures_util::future::join_all(
+        sender
+            .held
+            .iter()
+            .map(|p| async move { (*p, lease(deliveries, &sender.consumer, *p, "renew").await) }),
+    )
+    .await;
+    renewed
+        .into_iter()
+        // A Redis error keeps the partition: the lease may still hold.
+        .filter(|(_, r)| matches!(r, Ok(false)))
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// Heartbeats, renews, and takes or gives back partitions so that the
+/// sender holds its share: `ceil(partitions / live senders)`.
+async fn maintain(deliveries: &Deliveries, sender: &mut Sender) {
+    let n = deliveries.queue.partitions.max(1);
+    if sender.faults.no_leases {
+        sender.held = (0..n).collect();
+        return;
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+    let expired = now - deliveries.config.lease.as_millis() as i128;
+    let key = deliveries.queue.keys.ws_senders();
+    let (k, me) = (&key, sender.consumer.as_str());
+    let live: Result<u64, RedisUnavailable> = deliveries
+        .queue
+        .durable
+        .run(|mut c| async move {
+            let (_, _, live): (i64, i64, u64) = redis::pipe()
+                .atomic()
+                .zadd(k, me, now as i64)
+                .zrembyscore(k, "-inf", expired as i64)
+                .zcard(k)
+                .query_async(&mut c)
+                .await?;
+            Ok(live)
+        })
+        .await;
+    let Ok(live) = live else {
+        return;
+    };
+    let live = live.max(1);
+    let share = usize::from(n)
+        .div_ceil(usize::try_from(live).unwrap_or(1))
+        .max(1);
+    for lost in renew(deliveries, sender).await {
+        tracing::info!(partition = lost, "partition lease lost to another sender");
+        sender.held.retain(|p| *p != lost);
+        sender.fresh.remove(&lost);
+    }
+    // More than the share: give back the extras (their pending entries go
+    // with the partition: the next holder takes them over at once).
+    while sender.held.len() > share {
+        let Some(p) = sender.held.pop() else { break };
+        sender.fresh.remove(&p);
+        let _ = lease(deliveries, &sender.consumer, p, "release").await;
+    }
+    // Fewer: take free ones, starting at a place of its own so that
+    // senders starting together do not all race for partition 0.
+    let start = partition_of(&sender.consumer, n);
+    for i in 0..n {
+        if sender.held.len() >= share {
+            break;
+        }
+        let p = (start + i) % n;
+        if sender.held.contains(&p) {
+            continue;
+        }
+        if let Ok(true) = lease(deliveries, &sender.consumer, p, "take").await {
+            tracing::info!(partition = p, consumer = %sender.consumer, "partition taken");
+            sender.held.push(p);
+            sender.fresh.insert(p, "0-0".into());
         }
     }
 }
 
-/// Creates the consumer group (and the stream) if they do not exist.
-pub async fn ensure_group(deliveries: &Deliveries) -> Result<(), RedisUnavailable> {
-    let key = deliveries.queue.keys.ws_deliveries();
+/// Gives back every lease and leaves `ws_senders` (the end of a run).
+async fn release_all(deliveries: &Deliveries, sender: &mut Sender) {
+    if !sender.faults.no_leases {
+        let me = sender.consumer.clone();
+        futures_util::future::join_all(
+            sender
+                .held
+                .iter()
+                .map(|p| lease(deliveries, &me, *p, "release")),
+        )
+        .await;
+        let key = deliveries.queue.keys.ws_senders();
+        let (k, me) = (&key, me.as_str());
+        let _ = deliveries
+            .queue
+            .durable
+            .run(|mut c| async move {
+                let _: i64 = c.zrem(k, me).await?;
+                Ok(())
+            })
+            .await;
+    }
+    sender.held.clear();
+    sender.fresh.clear();
+    sender.maintained = None;
+}
+
+/// Creates the consumer group (and the stream) of `partition` if they do
+/// not exist.
+pub async fn ensure_group(deliveries: &Deliveries, partition: u16) -> Result<(), RedisUnavailable> {
+    let key = deliveries.queue.keys.ws_deliveries(partition);
     let k = &key;
     deliveries
         .queue
@@ -502,22 +830,30 @@ pub async fn ensure_group(deliveries: &Deliveries) -> Result<(), RedisUnavailabl
         .await
 }
 
-/// Fetches the next entries: first those another sender fetched and did
-/// not acknowledge within `WS_REDELIVER_AFTER_MS` (checked at most every
-/// half of that), then new ones, waiting up to `WS_SENDER_BLOCK_MS`.
-pub async fn fetch(
+/// Creates every partition's consumer group (see [`ensure_group`]).
+pub async fn ensure_groups(deliveries: &Deliveries) -> Result<(), RedisUnavailable> {
+    for p in 0..deliveries.queue.partitions.max(1) {
+        ensure_group(deliveries, p).await?;
+    }
+    Ok(())
+}
+
+/// Fetches the next entries of one held partition: those of a partition
+/// just taken over first (its pending entries, at once), then — at most
+/// every half of `WS_REDELIVER_AFTER_MS` — entries pending longer than
+/// that (a failed post, a dead sender), then new ones. Blocks (up to
+/// `WS_SENDER_BLOCK_MS`) only when it is the sender's one partition.
+async fn fetch_partition(
     deliveries: &Deliveries,
-    sender: &mut Sender,
-) -> Result<(Vec<Entry>, u64), RedisUnavailable> {
-    let key = deliveries.queue.keys.ws_deliveries();
-    let redeliver = deliveries.config.redeliver_after;
-    let due = sender
-        .last_claim
-        .is_none_or(|at| at.elapsed() >= redeliver / 2);
+    sender: &Sender,
+    partition: u16,
+    claim: Option<(String, u64)>,
+    block: bool,
+) -> Result<(Vec<Entry>, u64, Option<String>), RedisUnavailable> {
+    let key = deliveries.queue.keys.ws_deliveries(partition);
     let (k, me) = (&key, sender.consumer.as_str());
-    if due {
-        sender.last_claim = Some(Instant::now());
-        let idle = u64::try_from(redeliver.as_millis()).unwrap_or(u64::MAX);
+    if let Some((from, idle)) = claim {
+        let f = from.as_str();
         let claimed: StreamAutoClaimReply = deliveries
             .queue
             .durable
@@ -527,32 +863,37 @@ pub async fn fetch(
                     GROUP,
                     me,
                     idle,
-                    "0-0",
+                    f,
                     StreamAutoClaimOptions::default().count(BATCH),
                 )
                 .await
             })
             .await?;
+        let next = (claimed.next_stream_id != "0-0").then(|| claimed.next_stream_id.clone());
         if !claimed.claimed.is_empty() {
             let n = claimed.claimed.len() as u64;
-            tracing::info!(
-                entries = n,
-                "took over deliveries another sender did not finish"
-            );
-            return Ok((claimed.claimed.iter().map(Entry::parse).collect(), n));
+            tracing::info!(partition, entries = n, "took over pending deliveries");
+            let entries = claimed
+                .claimed
+                .iter()
+                .map(|e| Entry::parse(e, partition))
+                .collect();
+            return Ok((entries, n, next));
+        }
+        if next.is_some() {
+            return Ok((Vec::new(), 0, next));
         }
     }
     // The read blocks on the durable Redis: under half its response budget.
-    let block = deliveries
-        .config
-        .block
-        .min(deliveries.queue.durable.response_timeout() / 2)
-        .max(Duration::from_millis(1));
-    let block = usize::try_from(block.as_millis()).unwrap_or(100);
-    let mut options = StreamReadOptions::default()
-        .group(GROUP, me)
-        .count(BATCH)
-        .block(block);
+    let mut options = StreamReadOptions::default().group(GROUP, me).count(BATCH);
+    if block {
+        let block = deliveries
+            .config
+            .block
+            .min(deliveries.queue.durable.response_timeout() / 2)
+            .max(Duration::from_millis(1));
+        options = options.block(usize::try_from(block.as_millis()).unwrap_or(100));
+    }
     if sender.faults.ack_on_fetch {
         options = options.noack();
     }
@@ -566,51 +907,185 @@ pub async fn fetch(
         .map(|r| {
             r.keys
                 .iter()
-                .flat_map(|k| k.ids.iter().map(Entry::parse))
+                .flat_map(|k| k.ids.iter().map(|e| Entry::parse(e, partition)))
                 .collect()
         })
         .unwrap_or_default();
-    Ok((entries, 0))
+    Ok((entries, 0, None))
+}
+
+/// Fetches from every partition the sender holds, all at once (see
+/// [`fetch_partition`]). Returns the entries and how many were taken over.
+pub async fn fetch(
+    deliveries: &Deliveries,
+    sender: &mut Sender,
+) -> Result<(Vec<Entry>, u64), RedisUnavailable> {
+    if sender
+        .maintained
+        .is_none_or(|at| at.elapsed() >= deliveries.config.lease / 3)
+    {
+        maintain(deliveries, sender).await;
+        sender.maintained = Some(Instant::now());
+    }
+    for p in sender.held.clone() {
+        if !sender.grouped.contains(&p) {
+            ensure_group(deliveries, p).await?;
+            sender.grouped.insert(p);
+        }
+    }
+    let redeliver = deliveries.config.redeliver_after;
+    let due = sender
+        .last_claim
+        .is_none_or(|at| at.elapsed() >= redeliver / 2);
+    if due {
+        sender.last_claim = Some(Instant::now());
+    }
+    let block = sender.held.len() == 1;
+    let s: &Sender = sender;
+    let fetched = futures_util::future::join_all(s.held.iter().map(|p| {
+        let claim = match s.fresh.get(p) {
+            Some(from) => Some((from.clone(), 0)),
+            None if due => Some(("0-0".to_owned(), millis(redeliver))),
+            None => None,
+        };
+        async move { (*p, fetch_partition(deliveries, s, *p, claim, block).await) }
+    }))
+    .await;
+    let mut entries = Vec::new();
+    let mut reclaimed = 0;
+    let mut failed = None;
+    for (p, result) in fetched {
+        match result {
+            Ok((e, n, next)) => {
+                entries.extend(e);
+                reclaimed += n;
+                if let Some(cursor) = sender.fresh.get_mut(&p) {
+                    match next {
+                        Some(next) => *cursor = next,
+                        None => {
+                            sender.fresh.remove(&p);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                sender.grouped.remove(&p);
+                failed = Some(e);
+            }
+        }
+    }
+    match failed {
+        Some(e) if entries.is_empty() => Err(e),
+        _ => Ok((entries, reclaimed)),
+    }
 }
 
 /// Who may receive frames in one batch: the live connections of every
 /// user the batch addresses, found in one round-trip time (one script per
-/// user, sent at once: `realtime::live`).
-type LiveRecipients = HashMap<UserId, Vec<ConnectionId>>;
+/// user, sent at once: `realtime::live`), and the reconnects still
+/// catching up.
+struct Found {
+    live: HashMap<UserId, Vec<ConnectionId>>,
+    resuming: HashSet<(ConnectionId, WalletId)>,
+}
+
+/// A lane: entries that must be delivered in order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum LaneKey {
+    Wallet(WalletId),
+    User(UserId),
+    Alone(String),
+    Other,
+}
 
 /// Delivers one lane's entries in order; returns what it did and the ids
-/// fully handled.
+/// fully handled (with their partition).
 async fn deliver_lane(
     deliveries: &Deliveries,
     sender: &Sender,
-    live: Option<&LiveRecipients>,
+    found: Option<&Found>,
     lane: &[&Entry],
-) -> (Report, Vec<String>) {
+) -> (Report, Vec<(u16, String)>) {
     let mut report = Report::default();
     let mut done = Vec::new();
     // Every version a kick in this batch announces was logged before the
     // batch was fetched, so the first read of a wallet's log covers them
-    // all: its other kicks in the batch need no work.
+    // all — unless a catch-up in between let a connection in.
     let mut covered = false;
+    // Connections whose catch-up this lane sent: the wallet's later frames
+    // reach them (the batch's liveness was read before).
+    let mut caught_up: HashSet<ConnectionId> = HashSet::new();
     for entry in lane {
-        let ok = match (&entry.body, live) {
+        let ok = match (&entry.body, found) {
             (Body::Balance { .. }, _) if covered => true,
-            (Body::Balance { .. } | Body::Message { .. }, None) => false,
+            (Body::Balance { .. } | Body::Message { .. } | Body::CatchUp { .. }, None) => false,
             (
                 Body::Balance {
                     wallet,
                     owner,
                     from,
                 },
-                Some(live),
+                Some(found),
             ) => {
-                let conns = live.get(owner).cloned().unwrap_or_default();
+                let conns: Vec<ConnectionId> = found
+                    .live
+                    .get(owner)
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|c| {
+                        sender.faults.ignore_resume_marks
+                            || caught_up.contains(c)
+                            || !found.resuming.contains(&(c.clone(), *wallet))
+                    })
+                    .collect();
                 covered =
                     deliver_balance(deliveries, sender, wallet, conns, *from, &mut report).await;
                 covered
             }
-            (Body::Message { to, frame, .. }, Some(live)) => {
-                deliver_message(deliveries, sender, to, live, frame, &mut report).await
+            (
+                Body::CatchUp {
+                    wallet,
+                    owner,
+                    conn,
+                    after,
+                },
+                Some(found),
+            ) => {
+                let live = found
+                    .live
+                    .get(owner)
+                    .is_some_and(|conns| conns.contains(conn));
+                let sent = if !live {
+                    // Gone, or its sign-in is over: nothing to catch up.
+                    true
+                } else if sender.faults.no_catch_up {
+                    true
+                } else {
+                    catch_up(deliveries, sender, wallet, conn, *after, &mut report).await
+                };
+                if sent && live {
+                    caught_up.insert(conn.clone());
+                    covered = false;
+                    realtime::caught_up(&deliveries.connections, owner, conn, wallet)
+                        .await
+                        .is_ok()
+                } else {
+                    sent
+                }
+            }
+            (Body::Message { to, frame }, Some(found)) => {
+                let mut conns: Vec<ConnectionId> = to
+                    .iter()
+                    .flat_map(|u| found.live.get(u).cloned().unwrap_or_default())
+                    .collect();
+                conns.is_empty()
+                    || post_all(deliveries, sender, &mut conns, frame, &mut report)
+                        .await
+                        .is_empty()
+            }
+            (Body::Announcement { shard, frame }, _) => {
+                fan_out(deliveries, sender, entry, *shard, frame, &mut report).await
             }
             (Body::Close { connections }, _) => {
                 let conns: Vec<(ConnectionId, Option<UserId>)> =
@@ -623,7 +1098,7 @@ async fn deliver_lane(
             }
         };
         if ok {
-            done.push(entry.id.clone());
+            done.push((entry.partition, entry.id.clone()));
         } else {
             report.failed += 1;
         }
@@ -646,7 +1121,7 @@ async fn close_all(
     let ids: Vec<ConnectionId> = conns.iter().map(|(c, _)| c.clone()).collect();
     let results: Vec<Posted> = futures_util::stream::iter(ids)
         .map(|conn| async move { sender.management.close(&conn).await })
-        .buffer_unordered(FAN_OUT)
+        .buffer_unordered(sender.fan_out)
         .collect()
         .await;
     let mut ok = true;
@@ -667,8 +1142,9 @@ async fn close_all(
     ok
 }
 
-/// Delivers `entries` (balances in version order per wallet, the rest in
-/// stream order) and acknowledges those fully handled.
+/// Delivers `entries` (balances in version order per wallet, a user's
+/// messages in stream order, each announcement shard on its own) and
+/// acknowledges those fully handled, per partition.
 ///
 /// The batch's recipients are looked up once, before any post: the live
 /// connections of every user it addresses, each connection's sign-in
@@ -679,23 +1155,23 @@ pub async fn deliver(deliveries: &Deliveries, sender: &Sender, entries: &[Entry]
     let users: Vec<UserId> = entries
         .iter()
         .flat_map(|e| match &e.body {
-            Body::Balance { owner, .. } => vec![*owner],
-            Body::Message {
-                to: Recipients::Users(users),
-                ..
-            } => users.clone(),
+            Body::Balance { owner, .. } | Body::CatchUp { owner, .. } => vec![*owner],
+            Body::Message { to, .. } => to.clone(),
             _ => Vec::new(),
         })
         .collect();
-    let live = if users.is_empty() {
-        Some(HashMap::new())
+    let found = if users.is_empty() {
+        Some(Found {
+            live: HashMap::new(),
+            resuming: HashSet::new(),
+        })
     } else {
-        let found = if sender.faults.no_sign_in_check {
+        let looked_up = if sender.faults.no_sign_in_check {
             realtime::registered(&deliveries.connections, &users).await
         } else {
             realtime::live(&deliveries.connections, &users).await
         };
-        match found {
+        match looked_up {
             Ok(found) => {
                 if !close_all(deliveries, sender, &found.dead, &mut report).await {
                     // Out of the registry already: retried from the stream.
@@ -705,7 +1181,10 @@ pub async fn deliver(deliveries: &Deliveries, sender: &Sender, entries: &[Entry]
                         tracing::warn!(reason = why.as_str(), "could not queue closes");
                     }
                 }
-                Some(found.live)
+                Some(Found {
+                    live: found.live,
+                    resuming: found.resuming,
+                })
             }
             Err(why) => {
                 // Their entries stay pending and are redelivered.
@@ -714,61 +1193,68 @@ pub async fn deliver(deliveries: &Deliveries, sender: &Sender, entries: &[Entry]
             }
         }
     };
-    // Lanes: one per wallet (its versions must go out in order) and one for
-    // every other message (in stream order); lanes run concurrently.
-    let mut lanes: Vec<(Option<WalletId>, Vec<&Entry>)> = vec![(None, Vec::new())];
+    let mut order: Vec<LaneKey> = Vec::new();
+    let mut lanes: HashMap<LaneKey, Vec<&Entry>> = HashMap::new();
     for entry in entries {
-        let wallet = match &entry.body {
-            Body::Balance { wallet, .. } => Some(*wallet),
-            _ => None,
+        let key = match &entry.body {
+            Body::Balance { wallet, .. } | Body::CatchUp { wallet, .. } => LaneKey::Wallet(*wallet),
+            Body::Message { to, .. } if to.len() == 1 => LaneKey::User(to[0]),
+            Body::Announcement { .. } => LaneKey::Alone(entry.id.clone()),
+            _ => LaneKey::Other,
         };
-        match lanes.iter_mut().find(|(w, _)| *w == wallet) {
-            Some((_, lane)) => lane.push(entry),
-            None => lanes.push((wallet, vec![entry])),
+        if !lanes.contains_key(&key) {
+            order.push(key.clone());
         }
+        lanes.entry(key).or_default().push(entry);
     }
-    let mut done = Vec::new();
-    for chunk in lanes.chunks(LANES) {
-        let results = futures_util::future::join_all(
-            chunk
-                .iter()
-                .map(|(_, lane)| deliver_lane(deliveries, sender, live.as_ref(), lane)),
-        )
+    let found = found.as_ref();
+    let results: Vec<(Report, Vec<(u16, String)>)> = futures_util::stream::iter(order)
+        .map(|key| {
+            let lane = lanes.get(&key).cloned().unwrap_or_default();
+            async move { deliver_lane(deliveries, sender, found, &lane).await }
+        })
+        .buffer_unordered(LANES)
+        .collect()
         .await;
-        for (r, d) in results {
-            report.add(&r);
-            done.extend(d);
+    let mut done: HashMap<u16, Vec<String>> = HashMap::new();
+    for (r, d) in results {
+        report.add(&r);
+        for (p, id) in d {
+            done.entry(p).or_default().push(id);
         }
     }
-    if !done.is_empty() && !sender.faults.ack_on_fetch {
-        let key = deliveries.queue.keys.ws_deliveries();
-        let (k, ids) = (&key, &done);
-        let acked = deliveries
-            .queue
-            .durable
-            .run(|mut c| async move {
-                let _: usize = c.xack(k, GROUP, ids).await?;
-                Ok(())
-            })
-            .await;
-        if let Err(why) = acked {
-            // They stay pending and are sent again: at least once.
-            tracing::warn!(reason = why.as_str(), "could not acknowledge deliveries");
-        }
+    report.entries = done.values().map(|d| d.len() as u64).sum();
+    if !sender.faults.ack_on_fetch {
+        futures_util::future::join_all(done.iter().map(|(p, ids)| async move {
+            let key = deliveries.queue.keys.ws_deliveries(*p);
+            let k = &key;
+            let acked = deliveries
+                .queue
+                .durable
+                .run(|mut c| async move {
+                    let _: usize = c.xack(k, GROUP, ids).await?;
+                    Ok(())
+                })
+                .await;
+            if let Err(why) = acked {
+                // They stay pending and are sent again: at least once.
+                tracing::warn!(reason = why.as_str(), "could not acknowledge deliveries");
+            }
+        }))
+        .await;
     }
-    report.entries = done.len() as u64;
     report
 }
 
-/// Posts `frame` to every connection in `to`, concurrently (bounded);
-/// prunes gone ones. True when nothing failed.
+/// Posts `frame` to every connection in `to`, `WS_FAN_OUT` at a time;
+/// prunes gone ones. Returns the connections whose post failed.
 async fn post_all(
     deliveries: &Deliveries,
     sender: &Sender,
     to: &mut Vec<ConnectionId>,
     frame: &str,
     report: &mut Report,
-) -> bool {
+) -> Vec<ConnectionId> {
     let (frame, stubbed) = if sender.faults.no_size_check {
         (frame.to_owned(), false)
     } else {
@@ -783,80 +1269,66 @@ async fn post_all(
             let posted = sender.management.post(&conn, frame).await;
             (conn, posted)
         })
-        .buffer_unordered(FAN_OUT)
+        .buffer_unordered(sender.fan_out)
         .collect()
         .await;
-    let mut ok = true;
+    let mut failed = Vec::new();
+    let mut gone = Vec::new();
     for (conn, posted) in results {
         match posted {
             Posted::Sent => report.sent += 1,
             Posted::Gone => {
                 report.gone += 1;
-                to.retain(|c| c != &conn);
-                if !sender.faults.keep_gone
-                    && let Err(why) =
-                        realtime::disconnect(&deliveries.connections, &conn, None).await
-                {
+                gone.push(conn);
+            }
+            Posted::Failed(e) => {
+                tracing::warn!(connection_id = %conn, error = %e, "post to connection failed");
+                failed.push(conn);
+            }
+        }
+    }
+    if !gone.is_empty() {
+        to.retain(|c| !gone.contains(c));
+        if !sender.faults.keep_gone {
+            let forget: Vec<(ConnectionId, Option<UserId>)> =
+                gone.into_iter().map(|c| (c, None)).collect();
+            // The user's own registry is pruned too: `disconnect` finds the
+            // user in the connection's metadata.
+            for (conn, _) in &forget {
+                if let Err(why) = realtime::disconnect(&deliveries.connections, conn, None).await {
                     tracing::warn!(reason = why.as_str(), "could not prune a gone connection");
                 }
             }
-            Posted::Failed(e) => {
-                ok = false;
-                tracing::warn!(connection_id = %conn, error = %e, "post to connection failed");
-            }
         }
     }
-    ok
+    failed
 }
 
-async fn deliver_message(
-    deliveries: &Deliveries,
-    sender: &Sender,
-    to: &Recipients,
-    live: &LiveRecipients,
-    frame: &str,
-    report: &mut Report,
-) -> bool {
-    match to {
-        Recipients::Users(users) => {
-            let mut conns: Vec<ConnectionId> = users
-                .iter()
-                .flat_map(|u| live.get(u).cloned().unwrap_or_default())
-                .collect();
-            if conns.is_empty() {
-                return true;
-            }
-            post_all(deliveries, sender, &mut conns, frame, report).await
-        }
-        Recipients::Everyone => announce(deliveries, sender, frame, report).await,
-    }
+async fn advance(deliveries: &Deliveries, cursor: &str, to: u64) -> bool {
+    deliveries
+        .connections
+        .redis
+        .run(|mut conn| async move {
+            let _: i64 = ADVANCE.key(cursor).arg(to).invoke_async(&mut conn).await?;
+            Ok(())
+        })
+        .await
+        .is_ok()
 }
 
-/// An announcement: `ws_all` page by page; each page's connections are
-/// checked (token, session) in one round-trip time, the dead ones closed.
-async fn announce(
-    deliveries: &Deliveries,
-    sender: &Sender,
-    frame: &str,
-    report: &mut Report,
-) -> bool {
-    let mut cursor = 0;
-    let mut ok = true;
-    loop {
-        let (next, mut live, dead) =
-            match realtime::everyone_page(&deliveries.connections, cursor, 500).await {
-                Ok(page) => page,
-                Err(_) => return false,
-            };
-        ok &= close_all(deliveries, sender, &dead, report).await;
-        if !live.is_empty() {
-            ok &= post_all(deliveries, sender, &mut live, frame, report).await;
-        }
-        cursor = next;
-        if cursor == 0 {
-            return ok;
-        }
-    }
+/// The frame of one wallet log entry.
+fn log_frame(
+    channel: &str,
+    id: &str,
+    fields: &[(String, String)],
+) -> Option<(u64, Option<String>)> {
+    let version = id.split('-').next().and_then(|v| v.parse::<u64>().ok())?;
+    let message = fields
+        .iter()
+        .find(|(f, _)| f == "m")
+        .and_then(|(_, m)| serde_json::from_str::<Value>(m).ok());
+    let frame = message.and_then(|m| frame(&format!("{channel}:{version}"), channel, &m));
+    Some((version, frame))
 }
 
 async fn deliver_balance(
@@ -892,40 +1364,39 @@ async fn deliver_balance(
         let Ok(entries) = read else {
             return false;
         };
+        if sender.faults.advance_before_post
+            && let Some(last) = entries
+                .last()
+                .and_then(|(id, f)| log_frame(&channel, id, f))
+            && !advance(deliveries, &cursor, last.0).await
+        {
+            return false;
+        }
         let mut delivered = None;
         let mut ok = true;
         for (id, fields) in &entries {
-            let Some(version) = id.split('-').next().and_then(|v| v.parse::<u64>().ok()) else {
+            let Some((version, frame)) = log_frame(&channel, id, fields) else {
                 continue;
             };
-            let message = fields
-                .iter()
-                .find(|(f, _)| f == "m")
-                .and_then(|(_, m)| serde_json::from_str::<Value>(m).ok());
-            let frame = message.and_then(|m| frame(&format!("{channel}:{version}"), &channel, &m));
             if let Some(frame) = frame
                 && !conns.is_empty()
-                && !post_all(deliveries, sender, &mut conns, &frame, report).await
+                && !post_all(deliveries, sender, &mut conns, &frame, report)
+                    .await
+                    .is_empty()
             {
                 ok = false;
+                if sender.faults.skip_failed_version {
+                    delivered = Some(version);
+                }
                 break;
             }
             delivered = Some(version);
         }
-        if let Some(v) = delivered {
-            let c = &cursor;
-            let advanced = deliveries
-                .connections
-                .redis
-                .run(|mut conn| async move {
-                    let _: i64 = ADVANCE.key(c).arg(v).invoke_async(&mut conn).await?;
-                    Ok(())
-                })
-                .await;
-            if advanced.is_err() {
-                // Sent again next time: at least once.
-                return false;
-            }
+        if let Some(v) = delivered
+            && !advance(deliveries, &cursor, v).await
+        {
+            // Sent again next time: at least once.
+            return false;
         }
         // A full batch may have more behind it.
         if !ok || entries.len() < BATCH {
@@ -934,44 +1405,375 @@ async fn deliver_balance(
     }
 }
 
-/// Reads and delivers until `until`. Returns what it did.
-pub async fn run(deliveries: &Deliveries, sender: &mut Sender, until: Instant) -> Report {
-    let mut total = Report::default();
-    let mut grouped = false;
-    let run_started = Instant::now();
-    tracing::debug!(consumer = %sender.consumer, left_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64, "delivery run starts");
-    while Instant::now() < until {
-        if !grouped {
-            match ensure_group(deliveries).await {
-                Ok(()) => grouped = true,
-                Err(why) => {
-                    tracing::warn!(reason = why.as_str(), "delivery stream unavailable");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
+/// A reconnect's catch-up: the wallet log's versions after `after`, in
+/// order, to `conn` only — after a `resync` frame when the log no longer
+/// reaches back to `after + 1`. True when everything was sent (or the
+/// connection is gone).
+async fn catch_up(
+    deliveries: &Deliveries,
+    sender: &Sender,
+    wallet: &WalletId,
+    conn: &ConnectionId,
+    after: u64,
+    report: &mut Report,
+) -> bool {
+    let keys = &deliveries.queue.keys;
+    let (log, published) = (
+        keys.wallet_balance_log(wallet),
+        keys.wallet_balance_published(wallet),
+    );
+    let channel = pubsub::balance(wallet);
+    let mut conns = vec![conn.clone()];
+    let mut from = after;
+    let mut first = true;
+    loop {
+        let (l, p) = (&log, &published);
+        let read = deliveries
+            .connections
+            .redis
+            .run(|mut c| async move {
+                let (oldest, published, entries): (u64, u64, Vec<LogEntry>) = LOG_RANGE
+                    .key(l)
+                    .key(p)
+                    .arg(from)
+                    .arg(BATCH)
+                    .invoke_async(&mut c)
+                    .await?;
+                Ok((oldest, published, entries))
+            })
+            .await;
+        let Ok((oldest, published, entries)) = read else {
+            return false;
+        };
+        if first {
+            first = false;
+            // Missed versions the log no longer holds: the client must read
+            // the balance over HTTP.
+            let gap = if oldest == 0 {
+                published > after
+            } else {
+                oldest > after + 1
+            };
+            if gap {
+                let resync = serde_json::json!({
+                    "type": "resync",
+                    "wallet_id": wallet,
+                    "after_version": after,
+                    "oldest_version": oldest,
+                    "timestamp": pubsub::unix_seconds(time::OffsetDateTime::now_utc()),
+                });
+                let Some(frame) = frame(&format!("resync:{wallet}:{after}"), &channel, &resync)
+                else {
+                    return false;
+                };
+                if !post_all(deliveries, sender, &mut conns, &frame, report)
+                    .await
+                    .is_empty()
+                {
+                    return false;
+                }
+                report.resyncs += 1;
+                if conns.is_empty() {
+                    return true;
                 }
             }
         }
+        for (id, fields) in &entries {
+            let Some((version, frame)) = log_frame(&channel, id, fields) else {
+                continue;
+            };
+            if let Some(frame) = frame
+                && !post_all(deliveries, sender, &mut conns, &frame, report)
+                    .await
+                    .is_empty()
+            {
+                return false;
+            }
+            if conns.is_empty() {
+                return true;
+            }
+            from = version;
+        }
+        if entries.len() < BATCH {
+            return true;
+        }
+    }
+}
+
+/// One announcement's fan-out through registry shard `shard`: page by page
+/// (`WS_FANOUT_PAGE`), each page's sign-ins checked in one round-trip
+/// time, its dead connections closed, the live ones posted to, then a
+/// checkpoint (scan cursor; connections to retry). Starts from the last
+/// checkpoint: the retries first, then the rest of the scan. True when
+/// every connection was handled (the entry is then acknowledged and its
+/// progress dropped, in one step).
+async fn fan_out(
+    deliveries: &Deliveries,
+    sender: &Sender,
+    entry: &Entry,
+    shard: u16,
+    frame: &str,
+    report: &mut Report,
+) -> bool {
+    let keys = &deliveries.queue.keys;
+    let (stream, progress) = (
+        keys.ws_deliveries(entry.partition),
+        keys.ws_fanout(entry.partition, &entry.id),
+    );
+    let retry = format!("{progress}:retry");
+    let (st, pr, rt) = (&stream, &progress, &retry);
+    let page = deliveries.config.page;
+    let faults = sender.faults;
+    let state = if faults.no_checkpoint {
+        Ok((None, Vec::new()))
+    } else {
+        deliveries
+            .queue
+            .durable
+            .run(|mut c| async move {
+                let (cursor, retries): (Option<String>, Vec<String>) = redis::pipe()
+                    .hget(pr, "cursor")
+                    .smembers(rt)
+                    .query_async(&mut c)
+                    .await?;
+                Ok((cursor, retries))
+            })
+            .await
+    };
+    let Ok((cursor, retries)) = state else {
+        return false;
+    };
+    let checkpoint = |cursor: String, failed: Vec<ConnectionId>, retried: Vec<ConnectionId>| async move {
+        if faults.no_checkpoint {
+            return true;
+        }
+        let (me, id) = (sender.consumer.as_str(), entry.id.as_str());
+        let r: Result<i64, RedisUnavailable> = deliveries
+            .queue
+            .durable
+            .run(|mut c| async move {
+                let mut call = CHECKPOINT.prepare_invoke();
+                call.key(st)
+                    .key(pr)
+                    .key(rt)
+                    .arg(GROUP)
+                    .arg(me)
+                    .arg(id)
+                    .arg(&cursor)
+                    .arg(PROGRESS_TTL_MS)
+                    .arg(failed.len());
+                for c in failed.iter().chain(retried.iter()) {
+                    call.arg(c.as_str());
+                }
+                call.invoke_async(&mut c).await
+            })
+            .await;
+        matches!(r, Ok(1))
+    };
+    // The retries: only the connections whose post failed before.
+    let retries: Vec<ConnectionId> = retries
+        .iter()
+        .filter_map(|c| ConnectionId::parse(c).ok())
+        .collect();
+    let mut failed_any = false;
+    if !retries.is_empty() {
+        let (live, dead) = match realtime::entries(&deliveries.connections, shard, &retries).await {
+            Ok(found) => found,
+            Err(_) => return false,
+        };
+        let closed = close_all(deliveries, sender, &dead, report).await;
+        let mut to = live;
+        let failed = post_all(deliveries, sender, &mut to, frame, report).await;
+        failed_any |= !failed.is_empty() || !closed;
+        let settled: Vec<ConnectionId> = retries
+            .iter()
+            .filter(|c| !failed.contains(c))
+            .cloned()
+            .collect();
+        let at = cursor.clone().unwrap_or_else(|| "0".into());
+        if !checkpoint(at, Vec::new(), settled).await {
+            return false;
+        }
+    }
+    // The rest of the scan.
+    let mut at: u64 = match cursor.as_deref() {
+        Some("done") => {
+            return !failed_any && finish(deliveries, sender, st, pr, rt, &entry.id).await;
+        }
+        Some(n) => n.parse().unwrap_or(0),
+        None => 0,
+    };
+    loop {
+        let Ok((next, live, dead)) =
+            realtime::everyone_page(&deliveries.connections, shard, at, page).await
+        else {
+            return false;
+        };
+        let closed = close_all(deliveries, sender, &dead, report).await;
+        let mut to = live;
+        let failed = if to.is_empty() {
+            Vec::new()
+        } else {
+            post_all(deliveries, sender, &mut to, frame, report).await
+        };
+        if !failed.is_empty() && faults.resend_all_on_failure {
+            // The broken variant: the whole shard again, from the start.
+            return false;
+        }
+        failed_any |= !failed.is_empty() || !closed;
+        let mark = if next == 0 {
+            "done".to_owned()
+        } else {
+            next.to_string()
+        };
+        if !checkpoint(mark, failed, Vec::new()).await {
+            // No longer this sender's entry (taken over): stop.
+            return false;
+        }
+        if next == 0 {
+            break;
+        }
+        at = next;
+    }
+    !failed_any && finish(deliveries, sender, st, pr, rt, &entry.id).await
+}
+
+/// Acknowledges a finished announcement shard and drops its progress.
+async fn finish(
+    deliveries: &Deliveries,
+    sender: &Sender,
+    stream: &str,
+    progress: &str,
+    retry: &str,
+    id: &str,
+) -> bool {
+    if sender.faults.no_checkpoint {
+        return true;
+    }
+    let r: Result<i64, RedisUnavailable> = deliveries
+        .queue
+        .durable
+        .run(|mut c| async move {
+            FINISH
+                .key(stream)
+                .key(progress)
+                .key(retry)
+                .arg(GROUP)
+                .arg(id)
+                .invoke_async(&mut c)
+                .await
+        })
+        .await;
+    matches!(r, Ok(1))
+}
+
+/// Delivers `entries`, renewing the sender's leases while it runs (an
+/// announcement may take longer than a lease).
+async fn deliver_renewing(
+    deliveries: &Deliveries,
+    sender: &mut Sender,
+    entries: &[Entry],
+) -> Report {
+    let every = deliveries.config.lease / 3;
+    let mut lost = Vec::new();
+    let report = {
+        let s: &Sender = sender;
+        let work = deliver(deliveries, s, entries);
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                r = &mut work => break r,
+                () = tokio::time::sleep(every) => lost.extend(renew(deliveries, s).await),
+            }
+        }
+    };
+    for p in lost {
+        tracing::warn!(partition = p, "partition lease lost while delivering");
+        sender.held.retain(|h| *h != p);
+        sender.fresh.remove(&p);
+    }
+    report
+}
+
+/// Entries waiting in `partitions` (not yet read, plus read and not yet
+/// acknowledged), from `XINFO GROUPS`.
+pub async fn backlog(deliveries: &Deliveries, partitions: &[u16]) -> u64 {
+    let counts = futures_util::future::join_all(partitions.iter().map(|p| async move {
+        let key = deliveries.queue.keys.ws_deliveries(*p);
+        let k = &key;
+        let groups: Result<StreamInfoGroupsReply, RedisUnavailable> = deliveries
+            .queue
+            .durable
+            .run(|mut c| async move { c.xinfo_groups(k).await })
+            .await;
+        groups.map_or(0, |g| {
+            g.groups
+                .iter()
+                .filter(|g| g.name == GROUP)
+                .map(|g| (g.lag.unwrap_or(0) + g.pending) as u64)
+                .sum()
+        })
+    }))
+    .await;
+    counts.into_iter().sum()
+}
+
+/// Reads and delivers until `until`. Returns what it did.
+pub async fn run(deliveries: &Deliveries, sender: &mut Sender, until: Instant) -> Report {
+    Box::pin(run_until(deliveries, sender, until)).await
+}
+
+async fn run_until(deliveries: &Deliveries, sender: &mut Sender, until: Instant) -> Report {
+    let mut total = Report::default();
+    let run_started = Instant::now();
+    let mut busy = Duration::ZERO;
+    let mut idle = Duration::from_millis(1);
+    tracing::debug!(consumer = %sender.consumer, left_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64, "delivery run starts");
+    while Instant::now() < until {
         let (entries, reclaimed) = match fetch(deliveries, sender).await {
             Ok(e) => e,
             Err(why) => {
-                tracing::warn!(reason = why.as_str(), "could not read the delivery stream");
-                grouped = false;
+                tracing::warn!(reason = why.as_str(), "could not read the delivery streams");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        if entries.is_empty() {
+        if entries.is_empty() && sender.held.is_empty() {
+            // Every partition is held by others: wait for a share.
+            let wait = (deliveries.config.lease / 3)
+                .min(until.saturating_duration_since(Instant::now()))
+                .min(Duration::from_millis(500));
+            tokio::time::sleep(wait).await;
             continue;
         }
+        if entries.is_empty() {
+            if sender.held.len() > 1 {
+                // No blocking read across partitions: back off while idle
+                // (at most 25 ms, the added latency of a quiet sender).
+                tokio::time::sleep(idle).await;
+                idle = (idle * 2).min(Duration::from_millis(25));
+            }
+            continue;
+        }
+        idle = Duration::from_millis(1);
+        let started = Instant::now();
         tracing::debug!(
             entries = entries.len(),
             elapsed_ms = run_started.elapsed().as_millis() as u64,
             "delivering"
         );
-        let r = deliver(deliveries, sender, &entries).await;
+        let r = deliver_renewing(deliveries, sender, &entries).await;
+        busy += started.elapsed();
         tracing::debug!(report = ?r, "delivered");
         total.add(&r);
         total.reclaimed += reclaimed;
     }
+    let waiting = backlog(deliveries, &sender.held).await;
+    release_all(deliveries, sender).await;
+    metrics::counter!("WsFramesSent").increment(total.sent);
+    if !busy.is_zero() {
+        metrics::histogram!("WsFramesPerSecond").record(total.sent as f64 / busy.as_secs_f64());
+    }
+    metrics::histogram!("WsBacklog").record(waiting as f64);
     total
 }

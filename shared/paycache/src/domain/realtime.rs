@@ -12,7 +12,14 @@
 //!   ([`live`]) tells which of a user's connections may still receive
 //!   frames — token not expired, session still there — and takes the
 //!   others out: one round trip per user, however many connections.
-//! - `ws_all` is a hash `connection id → "<user> <sid> <exp>"`.
+//! - `ws_all:{a<s>}` is a hash `connection id → "<user> <sid> <exp>"`,
+//!   in [`REGISTRY_SHARDS`] shards (a connection's shard is a hash of its
+//!   id), each its own slot: an announcement is fanned out shard by shard,
+//!   in parallel, by as many senders as hold the partitions.
+//! - `ws_conn:{user}:resume` holds the connections still catching up
+//!   after a reconnect (`"<connection> <wallet>" → version`, README →
+//!   Reconnecting): until a connection's catch-up is sent, new frames of
+//!   that wallet skip it, so that it receives the missed versions first.
 //! - `ws_meta:{connection}` keeps the design's fields (who, since when,
 //!   last ping, client) plus the session and expiry.
 //!
@@ -41,10 +48,36 @@ use crate::infra::config::TtlConfig;
 use crate::infra::connection::Redis;
 use crate::infra::connection::RedisUnavailable;
 use crate::infra::keys::Keyspace;
-use crate::infra::keys::{ConnectionId, KeyFamily, SessionId, UserId};
+use crate::infra::keys::{ConnectionId, KeyFamily, SessionId, UserId, WalletId};
 
-/// What `live.lua` returns: live ids, dead ids, unknown (id, sid) pairs.
-type LiveScript = (Vec<String>, Vec<String>, Vec<String>);
+/// Shards of `ws_all` (fixed: a connection's shard is a hash of its id,
+/// and changing the count would lose track of registered connections).
+pub const REGISTRY_SHARDS: u16 = 16;
+
+/// How long a reconnect's catch-up mark lasts when no sender gets to it:
+/// after it, new frames reach the connection again even without the
+/// catch-up.
+const RESUME_MARK_MS: u64 = 15 * 60 * 1000;
+
+/// The `ws_all` shard of `conn` (FNV-1a of its id).
+pub fn shard_of(conn: &ConnectionId) -> u16 {
+    (fnv1a(conn.as_str().as_bytes()) % u64::from(REGISTRY_SHARDS)) as u16
+}
+
+/// FNV-1a, 64 bits: stable across processes and releases (partitions and
+/// shards are chosen with it).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// What `live.lua` returns: live ids, dead ids, unknown (id, sid) pairs,
+/// resume marks ("<conn> <wallet>", version pairs).
+type LiveScript = (Vec<String>, Vec<String>, Vec<String>, Vec<String>);
 
 static LIVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("realtime/live.lua")));
 static PING: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("realtime/ping.lua")));
@@ -117,13 +150,17 @@ async fn write_meta(
         .await
 }
 
-/// `$connect`: registers the connection for the sign-in that opened it.
+/// `$connect`: registers the connection for the sign-in that opened it;
+/// with `resume` (wallets and the last version the client saw), marks it
+/// as catching up on those wallets, in the same round trip (README →
+/// Reconnecting).
 #[tracing::instrument(skip_all, fields(user_id = %by.user, connection_id = %conn))]
 pub async fn connect(
     connections: &Connections,
     by: &SignedIn,
     conn: &ConnectionId,
     client_info: Option<&str>,
+    resume: &[(WalletId, u64)],
 ) -> Result<(), RedisUnavailable> {
     let now = OffsetDateTime::now_utc();
     let exp = by.expires_at.unix_timestamp();
@@ -136,15 +173,24 @@ pub async fn connect(
         expires_at: Some(exp),
     };
     let set = connections.keys.ws_connections(&by.user);
-    let all = connections.keys.ws_all();
+    let marks = connections.keys.ws_resume(&by.user);
+    let all = connections.keys.ws_all(shard_of(conn));
     let mine = format!("{} {exp}", by.session);
     let everyone = format!("{} {} {exp}", by.user, by.session);
-    let (s, al, id, ms) = (&set, &all, conn.as_str(), ttl_ms(connections));
+    let (s, r, al, id, ms) = (&set, &marks, &all, conn.as_str(), ttl_ms(connections));
     let (m, e) = (&mine, &everyone);
     let (a, b, c) = tokio::join!(
         write_meta(connections, conn, &meta),
         connections.redis.run(|mut c| async move {
-            let _: () = redis::pipe()
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for (wallet, version) in resume {
+                pipe.hset(r, format!("{id} {wallet}"), *version).ignore();
+            }
+            if !resume.is_empty() {
+                pipe.pexpire(r, RESUME_MARK_MS as i64).ignore();
+            }
+            let _: () = pipe
                 .hset(s, id, m)
                 .ignore()
                 .pexpire(s, ms as i64)
@@ -270,8 +316,28 @@ pub async fn disconnect(
     forget(connections, &[(conn.clone(), user)]).await
 }
 
-/// Removes connections from the registry (`ws_meta`, `ws_all`, and their
-/// user's `ws_conn` when the user is given), all requests at once.
+/// A connection's catch-up on `wallet` was sent: new frames of the
+/// wallet reach it again.
+pub async fn caught_up(
+    connections: &Connections,
+    user: &UserId,
+    conn: &ConnectionId,
+    wallet: &WalletId,
+) -> Result<(), RedisUnavailable> {
+    let key = connections.keys.ws_resume(user);
+    let (k, f) = (&key, format!("{conn} {wallet}"));
+    connections
+        .redis
+        .run(|mut c| async move {
+            let _: i64 = c.hdel(k, &f).await?;
+            Ok(())
+        })
+        .await
+}
+
+/// Removes connections from the registry (`ws_meta`, their `ws_all`
+/// shard, and their user's `ws_conn` when the user is given), all requests
+/// at once.
 pub async fn forget(
     connections: &Connections,
     conns: &[(ConnectionId, Option<UserId>)],
@@ -279,13 +345,25 @@ pub async fn forget(
     if conns.is_empty() {
         return Ok(());
     }
-    let all = connections.keys.ws_all();
-    let ids: Vec<&str> = conns.iter().map(|(c, _)| c.as_str()).collect();
-    let (al, ids) = (&all, &ids);
-    let from_all = connections.redis.run(|mut c| async move {
-        let _: i64 = c.hdel(al, ids).await?;
-        Ok(())
-    });
+    let mut by_shard: HashMap<u16, Vec<&str>> = HashMap::new();
+    for (c, _) in conns {
+        by_shard.entry(shard_of(c)).or_default().push(c.as_str());
+    }
+    let from_all = async {
+        let done = futures_util::future::join_all(by_shard.iter().map(|(shard, ids)| async move {
+            let all = connections.keys.ws_all(*shard);
+            let al = &all;
+            connections
+                .redis
+                .run(|mut c| async move {
+                    let _: i64 = c.hdel(al, ids).await?;
+                    Ok(())
+                })
+                .await
+        }))
+        .await;
+        done.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())
+    };
     let metas = futures_util::future::join_all(conns.iter().map(|(conn, user)| async move {
         let key = connections.keys.ws_meta(conn);
         let set = user.map(|u| connections.keys.ws_connections(&u));
@@ -324,6 +402,9 @@ pub struct Liveness {
     /// Connections whose token expired or session ended: already out of
     /// their user's `ws_conn`; to be closed and forgotten.
     pub dead: Vec<(ConnectionId, Option<UserId>)>,
+    /// Connections still catching up on a wallet after a reconnect: new
+    /// frames of that wallet skip them until their catch-up is sent.
+    pub resuming: HashSet<(ConnectionId, WalletId)>,
 }
 
 /// The live connections of each of `users`, one script per user, all sent
@@ -339,11 +420,19 @@ pub async fn live(
     let now = now_secs();
     let answers = futures_util::future::join_all(distinct.iter().map(|user| async move {
         let set = connections.keys.ws_connections(user);
+        let marks = connections.keys.ws_resume(user);
         let prefix = connections.keys.session_prefix(user);
-        let (s, p) = (&set, &prefix);
+        let (s, r, p) = (&set, &marks, &prefix);
         let found: Result<LiveScript, RedisUnavailable> = connections
             .redis
-            .run(|mut c| async move { LIVE.key(s).arg(p).arg(now).invoke_async(&mut c).await })
+            .run(|mut c| async move {
+                LIVE.key(s)
+                    .key(r)
+                    .arg(p)
+                    .arg(now)
+                    .invoke_async(&mut c)
+                    .await
+            })
             .await;
         (*user, found)
     }))
@@ -351,7 +440,15 @@ pub async fn live(
     let mut out = Liveness::default();
     let mut unknown: Vec<(UserId, SessionId, ConnectionId)> = Vec::new();
     for (user, found) in answers {
-        let (live, dead, missing) = found?;
+        let (live, dead, missing, marks) = found?;
+        for pair in marks.chunks(2) {
+            if let [field, _] = pair
+                && let Some((conn, wallet)) = field.split_once(' ')
+                && let (Ok(conn), Ok(wallet)) = (ConnectionId::parse(conn), WalletId::parse(wallet))
+            {
+                out.resuming.insert((conn, wallet));
+            }
+        }
         let ids = |v: Vec<String>| -> Vec<ConnectionId> {
             v.iter()
                 .filter_map(|c| ConnectionId::parse(c).ok())
@@ -427,15 +524,19 @@ pub async fn connections(
     Ok(found.live.get(user).cloned().unwrap_or_default())
 }
 
-/// One page of `ws_all`: the connections that may receive frames, and the
-/// dead ones (token expired, session ended, or an entry that does not
-/// parse), with the cursor for the next page (0 at the end).
+/// One page of `ws_all` shard `shard` (`HSCAN` from `cursor`): the
+/// connections that may receive frames, and the dead ones (token expired,
+/// session ended, or an entry that does not parse), with the cursor for
+/// the next page (0 at the end). One round trip for the page, one for the
+/// distinct sessions it names (sent at once), and one PostgreSQL query
+/// only for sessions Redis no longer holds.
 pub async fn everyone_page(
     connections: &Connections,
+    shard: u16,
     cursor: u64,
     count: usize,
 ) -> Result<(u64, Vec<ConnectionId>, Vec<(ConnectionId, Option<UserId>)>), RedisUnavailable> {
-    let all = connections.keys.ws_all();
+    let all = connections.keys.ws_all(shard);
     let al = &all;
     let (next, page): (u64, Vec<(String, String)>) = connections
         .redis
@@ -449,10 +550,48 @@ pub async fn everyone_page(
                 .await
         })
         .await?;
+    let (live, dead) = judge(connections, page).await?;
+    Ok((next, live, dead))
+}
+
+/// These connections of `ws_all` shard `shard`, judged as a page is (see
+/// [`everyone_page`]): an announcement's retries. One `HMGET`.
+pub async fn entries(
+    connections: &Connections,
+    shard: u16,
+    ids: &[ConnectionId],
+) -> Result<(Vec<ConnectionId>, Vec<(ConnectionId, Option<UserId>)>), RedisUnavailable> {
+    if ids.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let all = connections.keys.ws_all(shard);
+    let al = &all;
+    let names: Vec<&str> = ids.iter().map(ConnectionId::as_str).collect();
+    let n = &names;
+    let values: Vec<Option<String>> = connections
+        .redis
+        .run(|mut c| async move { redis::cmd("HMGET").arg(al).arg(n).query_async(&mut c).await })
+        .await?;
+    let found: Vec<(String, String)> = ids
+        .iter()
+        .zip(values)
+        // Not registered any more: nothing to send (it disconnected).
+        .filter_map(|(id, v)| v.map(|v| (id.as_str().to_owned(), v)))
+        .collect();
+    judge(connections, found).await
+}
+
+/// Which registry entries (`id → "<user> <sid> <exp>"`) may receive
+/// frames, and which are dead: each distinct session read once, all at
+/// once; those Redis does not hold asked of PostgreSQL (one query).
+async fn judge(
+    connections: &Connections,
+    entries: Vec<(String, String)>,
+) -> Result<(Vec<ConnectionId>, Vec<(ConnectionId, Option<UserId>)>), RedisUnavailable> {
     let now = now_secs();
     let mut candidates = Vec::new();
     let mut dead = Vec::new();
-    for (id, value) in page {
+    for (id, value) in entries {
         let Ok(conn) = ConnectionId::parse(&id) else {
             continue;
         };
@@ -520,7 +659,7 @@ pub async fn everyone_page(
             dead.push((conn, Some(user)));
         }
     }
-    Ok((next, live, dead))
+    Ok((live, dead))
 }
 
 /// Every live connection (announcements), page by page through `ws_all`;
@@ -528,15 +667,17 @@ pub async fn everyone_page(
 pub async fn all_connections(
     connections: &Connections,
 ) -> Result<Vec<ConnectionId>, RedisUnavailable> {
-    let mut cursor = 0;
     let mut ids = Vec::new();
-    loop {
-        let (next, live, dead) = everyone_page(connections, cursor, 500).await?;
-        ids.extend(live);
-        forget(connections, &dead).await?;
-        cursor = next;
-        if cursor == 0 {
-            break;
+    for shard in 0..REGISTRY_SHARDS {
+        let mut cursor = 0;
+        loop {
+            let (next, live, dead) = everyone_page(connections, shard, cursor, 500).await?;
+            ids.extend(live);
+            forget(connections, &dead).await?;
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
         }
     }
     ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));

@@ -23,10 +23,9 @@ use serde_json::{Value, json};
 use crate::app::App;
 use crate::domain::audit::{self, AuditLog};
 use crate::domain::balance::{self, Balances};
-use crate::domain::delivery::DeliveryQueue;
 use crate::domain::health::Health;
 use crate::domain::invalidation::{self, Invalidation, InvalidationError};
-use crate::domain::realtime::{Connections, Ping, SignedIn};
+use crate::domain::realtime::{Ping, SignedIn};
 use crate::domain::sessions::{self, Sessions};
 use crate::domain::warming::Warmer;
 use crate::infra::config::AnnouncementTrust;
@@ -315,7 +314,8 @@ pub async fn emit_metrics(
 /// is a malformed connection id (400). A `ping` whose sign-in is over
 /// (session ended, token expired) is answered 410 and its connection is
 /// taken out of the registry and queued to be closed.
-pub async fn websocket(connections: &Connections, queue: &DeliveryQueue, event: &Value) -> Value {
+pub async fn websocket(app: &App, event: &Value) -> Value {
+    let (connections, queue) = (&app.connections, &app.delivery);
     let status = |code: u16, body: Value| json!({"statusCode": code, "body": body.to_string()});
     let Ok(request) = ApiGatewayWebsocketProxyRequest::deserialize(event) else {
         return status(400, json!({"error": "not a WebSocket API event"}));
@@ -358,9 +358,52 @@ pub async fn websocket(connections: &Connections, queue: &DeliveryQueue, event: 
                 .headers
                 .get(http::header::USER_AGENT)
                 .and_then(|v| v.to_str().ok());
-            crate::domain::realtime::connect(connections, &by, &conn, client)
-                .await
-                .map(|_| 200)
+            let resume = match request.query_string_parameters.first("resume") {
+                None => Vec::new(),
+                Some(raw) => match parse_resume(raw) {
+                    Ok(r) => r,
+                    Err(why) => return status(400, json!({"error": why})),
+                },
+            };
+            // Only the user's own wallets: each one's owner, through the
+            // cache (one round-trip time for all on hits).
+            let owners = futures_util::future::join_all(
+                resume
+                    .iter()
+                    .map(|(w, _)| crate::domain::balance::get_balance(&app.balances, w)),
+            )
+            .await;
+            for owned in owners {
+                match owned {
+                    Ok(b) if b.value.as_ref().and_then(|b| b.owner) == Some(by.user) => {}
+                    Ok(_) => {
+                        return status(
+                            404,
+                            json!({"error": "a wallet to resume does not exist or is not yours"}),
+                        );
+                    }
+                    Err(_) => {
+                        return status(503, json!({"error": "the wallets could not be read"}));
+                    }
+                }
+            }
+            match crate::domain::realtime::connect(connections, &by, &conn, client, &resume).await {
+                Ok(()) => {
+                    // Queued behind the wallet's kicks; a failure leaves the
+                    // mark, which lapses (README → Reconnecting).
+                    for (wallet, after) in &resume {
+                        if let Err(why) = queue.catch_up(wallet, &by.user, &conn, *after).await {
+                            tracing::warn!(reason = why.as_str(), "could not queue a catch-up");
+                            return status(
+                                503,
+                                json!({"error": "the catch-up could not be queued"}),
+                            );
+                        }
+                    }
+                    Ok(200)
+                }
+                Err(e) => Err(e),
+            }
         }
         "$disconnect" => crate::domain::realtime::disconnect(connections, &conn, user.as_ref())
             .await
@@ -393,6 +436,34 @@ pub async fn websocket(connections: &Connections, queue: &DeliveryQueue, event: 
             )
         }
     }
+}
+
+/// `$connect`'s `resume` parameter: `<wallet_id>:<version>` pairs,
+/// comma-separated, at most [`RESUME_MAX`](crate::domain::delivery::RESUME_MAX),
+/// each wallet once (the version is the last the client saw; `balance:`
+/// before the wallet — a frame's `channel` — is accepted too).
+pub fn parse_resume(raw: &str) -> Result<Vec<(WalletId, u64)>, String> {
+    let mut out: Vec<(WalletId, u64)> = Vec::new();
+    for part in raw.split(',') {
+        let part = part.strip_prefix("balance:").unwrap_or(part);
+        let parsed = part
+            .rsplit_once(':')
+            .and_then(|(w, v)| Some((WalletId::parse(w).ok()?, v.parse::<u64>().ok()?)));
+        let Some((wallet, version)) = parsed else {
+            return Err("resume must be <wallet_id>:<version>[,<wallet_id>:<version>…]".into());
+        };
+        if out.iter().any(|(w, _)| *w == wallet) {
+            return Err("resume names a wallet twice".into());
+        }
+        out.push((wallet, version));
+        if out.len() > crate::domain::delivery::RESUME_MAX {
+            return Err(format!(
+                "resume names more than {} wallets",
+                crate::domain::delivery::RESUME_MAX
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// The invocation's deadline (`Context::deadline`) as an `Instant`, or
@@ -506,7 +577,7 @@ pub async fn handle_sender(
         let management =
             delivery::Management::new(endpoint, config.send_attempts, app.config.secrets_timeout)
                 .await;
-        *guard = Some(delivery::Sender::new(management));
+        *guard = Some(delivery::Sender::new(management).with_fan_out(config.fan_out));
     }
     let Some(sender) = guard.as_mut() else {
         return Ok(json!({"status": "failed"}));
@@ -523,7 +594,7 @@ pub async fn handle_sender(
 
 /// `ws-connections`' handler (see [`websocket`]).
 pub async fn handle_websocket(app: &App, _: &(), event: Value, _: Context) -> Answer {
-    Ok(websocket(&app.connections, &app.delivery, &event).await)
+    Ok(websocket(app, &event).await)
 }
 
 /// The whole `main` of an event-driven function, as [`crate::http_function!`] is

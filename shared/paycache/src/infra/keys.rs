@@ -443,14 +443,46 @@ impl Keyspace {
         format!("{}:delivered", self.wallet_balance(id).as_str())
     }
 
-    /// `ws_deliveries` — the delivery stream `ws-sender` reads (one key).
-    pub fn ws_deliveries(&self) -> String {
-        format!("{}:ws_deliveries", self.prefix)
+    /// `ws_deliveries:{d<p>}` — delivery partition `p`'s stream, which
+    /// `ws-sender` reads: each partition in its own slot (`{d<p>}`), so
+    /// partitions spread over the cluster's shards.
+    pub fn ws_deliveries(&self, partition: u16) -> String {
+        format!("{}:ws_deliveries:{{d{partition}}}", self.prefix)
     }
 
-    /// `ws_all` — every registered connection id (announcements).
-    pub fn ws_all(&self) -> String {
-        format!("{}:ws_all", self.prefix)
+    /// `ws_lease:{d<p>}` — which sender holds partition `p` (a value with
+    /// a TTL, renewed while the sender runs); same slot as the partition.
+    pub fn ws_lease(&self, partition: u16) -> String {
+        format!("{}:ws_lease:{{d{partition}}}", self.prefix)
+    }
+
+    /// `ws_senders` — a sorted set of live senders (score: last heartbeat,
+    /// Unix milliseconds), from which each sender works out its share of
+    /// the partitions.
+    pub fn ws_senders(&self) -> String {
+        format!("{}:ws_senders", self.prefix)
+    }
+
+    /// `ws_fanout:{d<p>}:<entry>` — an announcement's progress (a hash:
+    /// the registry shard's scan cursor, `done` when the scan ended); with
+    /// `…:retry`, the connections whose post failed. Same slot as the
+    /// partition the entry is in.
+    pub fn ws_fanout(&self, partition: u16, entry: &str) -> String {
+        format!("{}:ws_fanout:{{d{partition}}}:{entry}", self.prefix)
+    }
+
+    /// `ws_all:{a<s>}` — registry shard `s` of every connection
+    /// (`connection id → "<user> <sid> <exp>"`), for announcements: 16
+    /// shards, each its own slot, fanned out in parallel.
+    pub fn ws_all(&self, shard: u16) -> String {
+        format!("{}:ws_all:{{a{shard}}}", self.prefix)
+    }
+
+    /// `ws_conn:{user_id}:resume` — connections catching up after a
+    /// reconnect (`"<connection> <wallet>" → version`); same slot as the
+    /// user's connections, so the liveness script reads it too.
+    pub fn ws_resume(&self, user: &UserId) -> String {
+        format!("{}:resume", self.ws_connections(user).as_str())
     }
 
     /// `session:{user_id}:<session_id>`. The design tags a session by its

@@ -5,10 +5,13 @@
 -- (evicted, idled out) are returned for PostgreSQL to decide.
 --
 -- KEYS[1]  ws_conn:{<user>} (hash: connection id -> "<sid> <token exp>")
+-- KEYS[2]  ws_conn:{<user>}:resume (hash: "<connection> <wallet>" ->
+--          version: connections still catching up after a reconnect)
 -- ARGV[1]  session:{<user>}: (what precedes a sid in a session key)
 -- ARGV[2]  now, Unix seconds
 --
--- Returns {live ids, dead ids, {id, sid, id, sid, ...} unknown}. One
+-- Returns {live ids, dead ids, {id, sid, id, sid, ...} unknown, the resume
+-- marks as HGETALL gives them}. One
 -- script, however many connections: the sessions carry the user's hash
 -- tag too.
 local live, dead, unknown = {}, {}, {}
@@ -27,4 +30,4 @@ for i = 1, #conns, 2 do
     redis.call('HDEL', KEYS[1], conns[i])
   end
 end
-return {live, dead, unknown}
+return {live, dead, unknown, redis.call('HGETALL', KEYS[2])}

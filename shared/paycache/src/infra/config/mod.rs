@@ -307,6 +307,22 @@ pub struct DeliveryConfig {
     /// `WS_SEND_ATTEMPTS`: attempts of one post, retrying throttled ones
     /// with exponential backoff and full jitter (the SDK's standard retry).
     pub send_attempts: u32,
+    /// `WS_PARTITIONS` (1–256, default 8): delivery streams, each in its
+    /// own slot; a wallet's kicks and a user's messages always go to the
+    /// same one. Lowering it strands what the dropped partitions hold:
+    /// drain first (README → Real-time delivery).
+    pub partitions: u16,
+    /// `WS_PARTITION_LEASE_MS` (1000–60000, default 10000): how long a
+    /// sender's hold on a partition lasts without renewal; a dead sender's
+    /// partitions are taken over after it.
+    pub lease: Duration,
+    /// `WS_FAN_OUT` (1–1024, default 64): posts in flight at once per
+    /// sender (API Gateway's account limit is 10,000 requests per second
+    /// across every API: README → Real-time delivery).
+    pub fan_out: usize,
+    /// `WS_FANOUT_PAGE` (10–5000, default 500): registry entries an
+    /// announcement reads, checks and posts per checkpoint.
+    pub page: usize,
 }
 
 impl Config {
@@ -584,6 +600,10 @@ fn delivery_config(env: &Env<'_>) -> Result<DeliveryConfig, ConfigError> {
         block: env.millis("WS_SENDER_BLOCK_MS", 100, 1, 10_000)?,
         run_for: Duration::from_secs(env.number("WS_SENDER_RUN_SECS", 0, 0, 900)?),
         send_attempts: env.number("WS_SEND_ATTEMPTS", 5, 1, 10)?,
+        partitions: env.number("WS_PARTITIONS", 8, 1, 256)?,
+        lease: env.millis("WS_PARTITION_LEASE_MS", 10_000, 1_000, 60_000)?,
+        fan_out: env.number("WS_FAN_OUT", 64, 1, 1024)?,
+        page: env.number("WS_FANOUT_PAGE", 500, 10, 5000)?,
     })
 }
 
