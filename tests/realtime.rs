@@ -58,16 +58,18 @@ struct Rig {
 
 impl Rig {
     async fn new(mode: RedisMode) -> Self {
-        let w = World::new(
-            mode,
-            &[
-                ("WS_REDELIVER_AFTER_MS", "500"),
-                ("WS_SENDER_BLOCK_MS", "50"),
-                // Aborted senders' partitions are taken over within 1 s.
-                ("WS_PARTITION_LEASE_MS", "1000"),
-            ],
-        )
-        .await;
+        Self::with(mode, &[]).await
+    }
+
+    async fn with(mode: RedisMode, extra: &[(&str, &str)]) -> Self {
+        let mut env = vec![
+            ("WS_REDELIVER_AFTER_MS", "500"),
+            ("WS_SENDER_BLOCK_MS", "50"),
+            // Aborted senders' partitions are taken over within 1 s.
+            ("WS_PARTITION_LEASE_MS", "1000"),
+        ];
+        env.extend_from_slice(extra);
+        let w = World::new(mode, &env).await;
         let app = Arc::new(w.another_environment());
         let verifier = Arc::new(verifier());
         let (a, v) = (app.clone(), verifier.clone());
@@ -128,9 +130,49 @@ impl Rig {
     }
 
     async fn connect(&self, token: &str) -> Ws {
-        let url = format!("{}?token={token}", self.gateway.ws_url());
+        self.connect_with(token, "").await
+    }
+
+    /// Connects with more query parameters (`&resume=…`).
+    async fn connect_with(&self, token: &str, query: &str) -> Ws {
+        let url = format!("{}?token={token}{query}", self.gateway.ws_url());
         let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         ws
+    }
+
+    /// A test control of the gateway (`/_gateway/…`).
+    async fn control(&self, path: &str) {
+        http_post(&format!(
+            "{}/_gateway/{path}",
+            self.gateway.management_url()
+        ))
+        .await;
+    }
+
+    /// The gateway's `/_gateway/stats`.
+    async fn stats(&self) -> Value {
+        let url = format!("{}/_gateway/stats", self.gateway.management_url());
+        let req = http::Request::get(url)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let r = hyper_client().request(req).await.unwrap();
+        let body = http_body_util::BodyExt::collect(r.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    /// Waits (up to 5 s) until the gateway holds `n` posts.
+    async fn until_held(&self, n: u64) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.stats().await["held"].as_u64() == Some(n) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
     }
 
     /// Runs a sender in the background until `stop` is dropped.
@@ -442,9 +484,23 @@ async fn gone_connections_are_pruned(mode: RedisMode) {
             drain(&rig, &mut sender, 1).await;
             calls.push(rig.gateway.management_calls() - before);
         }
-        let registered = realtime::connections(&rig.app.connections, &uid)
+        // Read raw (the helper filters dead connections itself): the
+        // user's registry and the connection's `ws_all` shard.
+        let mut raw = rig.w.redis.raw().await;
+        let mut registered: Vec<String> = redis::cmd("HKEYS")
+            .arg(rig.app.keys.ws_connections(&uid).as_str())
+            .query_async(&mut raw)
             .await
             .unwrap();
+        let conn = ConnectionId::parse(&ids[0]).unwrap();
+        let in_all: bool = redis::cmd("HEXISTS")
+            .arg(rig.app.keys.ws_all(realtime::shard_of(&conn)))
+            .arg(&ids[0])
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(in_all, broken, "ws_all");
+        registered.retain(|c| c == &ids[0]);
         if broken {
             assert_eq!(
                 registered.len(),
@@ -834,3 +890,556 @@ async fn management_client(endpoint: &str) -> aws_sdk_apigatewaymanagement::Clie
         .build();
     aws_sdk_apigatewaymanagement::Client::from_conf(config)
 }
+
+/// The connection id the gateway gave the only open socket.
+async fn only_connection(rig: &Rig) -> String {
+    let ids = rig.gateway.connection_ids().await;
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    ids[0].clone()
+}
+
+/// Balance frames' versions until `wait` passes without one (repeats,
+/// same `id`, dropped as a client drops them).
+async fn versions(ws: &mut Ws, wait: Duration) -> Vec<u64> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    while let Some(f) = next_frame(ws, wait).await {
+        if f["type"] == "balance_update" && seen.insert(f["id"].as_str().unwrap().to_owned()) {
+            out.push(f["version"].as_u64().unwrap());
+        }
+    }
+    out
+}
+
+/// A sender killed while a **balance** post is in flight (the gateway
+/// holds it; the sender is aborted; the held post is then dropped, as a
+/// dead process's would be): the next sender takes the partition over and
+/// the version arrives. The broken variant moves the wallet's delivered
+/// cursor before posting, and the version is lost.
+async fn a_sender_killed_mid_balance_post_loses_no_version(mode: RedisMode) {
+    for broken in [false, true] {
+        let rig = Rig::new(mode).await;
+        let wallet_id = random_uuid();
+        insert_wallet(&rig.w.db, 1, &wallet_id, "USD", 10_000).await;
+        let wallet = WalletId::parse(&wallet_id).unwrap();
+        let token = rig.token(1).await;
+        let mut ws = rig.connect(&token).await;
+        let id = only_connection(&rig).await;
+        rig.control(&format!("hold/{id}")).await;
+        let doomed = rig.spawn_sender(
+            rig.sender(
+                5,
+                Faults {
+                    advance_before_post: broken,
+                    ..Faults::default()
+                },
+            )
+            .await,
+        );
+        let version = write_until_applied(&rig.app, &wallet, 777).await;
+        assert!(rig.until_held(1).await, "the post is in flight");
+        doomed.abort();
+        let _ = doomed.await;
+        rig.control(&format!("release/{id}")).await;
+        let survivor = rig.spawn_sender(rig.sender(5, Faults::default()).await);
+        let got = versions(&mut ws, Duration::from_secs(4)).await;
+        survivor.abort();
+        if broken {
+            assert!(got.is_empty(), "the cursor moved first: lost ({got:?})");
+        } else {
+            assert_eq!(got, [version], "taken over and delivered");
+        }
+    }
+}
+both_modes!(a_sender_killed_mid_balance_post_loses_no_version);
+
+/// A balance post that fails (throttled past the sender's one attempt):
+/// the wallet's cursor stays before the failed version and the retry
+/// sends it. The broken variant moves the cursor past it, and the retry
+/// skips it — the next version arrives, the failed one never does.
+async fn a_failed_balance_post_is_sent_again(mode: RedisMode) {
+    for broken in [false, true] {
+        let rig = Rig::new(mode).await;
+        let wallet_id = random_uuid();
+        insert_wallet(&rig.w.db, 1, &wallet_id, "USD", 10_000).await;
+        let wallet = WalletId::parse(&wallet_id).unwrap();
+        let token = rig.token(1).await;
+        let mut ws = rig.connect(&token).await;
+        let id = only_connection(&rig).await;
+        rig.control(&format!("throttle/{id}?count=1")).await;
+        let sender = rig.spawn_sender(
+            rig.sender(
+                1,
+                Faults {
+                    skip_failed_version: broken,
+                    ..Faults::default()
+                },
+            )
+            .await,
+        );
+        let first = write_until_applied(&rig.app, &wallet, 1_001).await;
+        // The retry (after WS_REDELIVER_AFTER_MS) and a later version.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let second = write_until_applied(&rig.app, &wallet, 1_002).await;
+        let got = versions(&mut ws, Duration::from_secs(3)).await;
+        sender.abort();
+        assert_eq!(
+            rig.stats().await["statuses"]["429"],
+            1,
+            "the first post failed"
+        );
+        if broken {
+            assert_eq!(got, [second], "the failed version was skipped");
+        } else {
+            assert_eq!(got, [first, second], "retried, in order");
+        }
+    }
+}
+both_modes!(a_failed_balance_post_is_sent_again);
+
+/// A frame of exactly 32,768 bytes (API Gateway's limit) arrives intact;
+/// one byte more is replaced by the `message_too_large` notice. The broken
+/// variant sends it as is: the gateway answers 413 (counted in its stats)
+/// and nothing arrives.
+async fn frames_at_the_limit_arrive_and_over_it_become_a_notice(mode: RedisMode) {
+    for broken in [false, true] {
+        let rig = Rig::new(mode).await;
+        let user = insert_user(&rig.w.db, 1).await;
+        let uid = UserId::parse(&user).unwrap();
+        let token = rig.token(1).await;
+        let mut ws = rig.connect(&token).await;
+        let mut sender = rig
+            .sender(
+                5,
+                Faults {
+                    no_size_check: broken,
+                    ..Faults::default()
+                },
+            )
+            .await;
+        let to = delivery::Recipients::Users(vec![uid]);
+        // {"channel":"notifications:<user>","id":"<uuid>","pad":"…","type":"t"}
+        let empty = delivery::frame(
+            &random_uuid(),
+            &format!("notifications:{user}"),
+            &json!({"type": "t", "pad": ""}),
+        )
+        .unwrap()
+        .len();
+        for extra in [0, 1] {
+            let pad = "x".repeat(delivery::FRAME_LIMIT - empty + extra);
+            rig.app
+                .delivery
+                .message(
+                    &format!("notifications:{user}"),
+                    &to,
+                    &json!({"type": "t", "pad": pad}),
+                )
+                .await
+                .unwrap();
+        }
+        let report = drain(&rig, &mut sender, 2).await;
+        let at_limit = next_frame(&mut ws, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(at_limit["type"], "t");
+        assert_eq!(
+            at_limit.to_string().len(),
+            delivery::FRAME_LIMIT,
+            "32,768 bytes, intact"
+        );
+        let over = next_frame(&mut ws, Duration::from_millis(500)).await;
+        let refused = rig.stats().await["statuses"]["413"].as_u64().unwrap_or(0);
+        if broken {
+            assert!(over.is_none(), "{over:?}");
+            assert_eq!(refused, 1, "API Gateway refuses it: 413");
+            assert_eq!(report.failed, 1, "{report:?}");
+        } else {
+            let f = over.unwrap();
+            assert_eq!(f["type"], "message_too_large", "{f}");
+            assert_eq!(f["bytes"], delivery::FRAME_LIMIT + 1);
+            assert_eq!(refused, 0);
+            assert_eq!(report.too_large, 1, "{report:?}");
+        }
+    }
+}
+both_modes!(frames_at_the_limit_arrive_and_over_it_become_a_notice);
+
+/// Two senders at once, one user's messages in quick succession, each
+/// post held until the next message was published: the user's partition
+/// is leased to one sender, so the connection receives them in publication
+/// order. The broken variant (no leases: both senders read the partition)
+/// hands consecutive messages to different senders, whose held posts are
+/// released together — the order is lost in some round.
+async fn two_senders_keep_each_connections_order(mode: RedisMode) {
+    for broken in [false, true] {
+        let rig = Rig::new(mode).await;
+        let user = insert_user(&rig.w.db, 1).await;
+        let uid = UserId::parse(&user).unwrap();
+        let token = rig.token(1).await;
+        let mut ws = rig.connect(&token).await;
+        let id = only_connection(&rig).await;
+        let faults = Faults {
+            no_leases: broken,
+            ..Faults::default()
+        };
+        let a = rig.spawn_sender(rig.sender(5, faults).await);
+        let b = rig.spawn_sender(rig.sender(5, faults).await);
+        // Both senders have taken their share.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let to = delivery::Recipients::Users(vec![uid]);
+        let mut inversions = 0;
+        for round in 0..8 {
+            rig.control(&format!("hold/{id}")).await;
+            for k in 0..2 {
+                rig.app
+                    .delivery
+                    .message(
+                        &format!("notifications:{user}"),
+                        &to,
+                        &json!({"type": "n", "seq": round * 2 + k}),
+                    )
+                    .await
+                    .unwrap();
+                // The first is held before the second is published; the
+                // second reaches the gateway only if another sender read it.
+                if k == 0 {
+                    assert!(rig.until_held(1).await);
+                } else {
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                }
+            }
+            rig.control(&format!("release/{id}?deliver=1")).await;
+            let mut seqs = Vec::new();
+            while seqs.len() < 2 {
+                let Some(f) = next_frame(&mut ws, Duration::from_secs(5)).await else {
+                    break;
+                };
+                seqs.push(f["seq"].as_u64().unwrap());
+            }
+            assert_eq!(seqs.len(), 2, "round {round}: {seqs:?}");
+            if seqs[0] > seqs[1] {
+                inversions += 1;
+            }
+        }
+        a.abort();
+        b.abort();
+        if broken {
+            assert!(inversions > 0, "without leases the order is lost");
+        } else {
+            assert_eq!(inversions, 0, "one sender per partition: in order");
+        }
+    }
+}
+both_modes!(two_senders_keep_each_connections_order);
+
+/// `n` registered connections (`sink…` ids: the gateway accepts and counts
+/// their posts) of one signed-in user, all in registry shard 0.
+async fn sinks(rig: &Rig, n: usize) -> Vec<String> {
+    let user = seed_user_id(1);
+    let signed = rig.w.sign_in(&user, &[]).await;
+    let by = realtime::SignedIn {
+        user: UserId::parse(&user).unwrap(),
+        session: paycache::keys::SessionId::parse(&signed.session).unwrap(),
+        expires_at: OffsetDateTime::now_utc() + time::Duration::hours(1),
+    };
+    let mut ids = Vec::new();
+    let mut k = 0u32;
+    while ids.len() < n {
+        k += 1;
+        let id = format!("sink{k:06}=");
+        let conn = ConnectionId::parse(&id).unwrap();
+        if realtime::shard_of(&conn) != 0 {
+            continue;
+        }
+        realtime::connect(&rig.app.connections, &by, &conn, None, &[])
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    ids
+}
+
+/// Posts per sink id so far.
+async fn sink_counts(rig: &Rig) -> HashMap<String, u64> {
+    let stats = rig.stats().await;
+    stats["sink"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn announce_event() -> Value {
+    json!({"detail-type": "SystemAnnouncement", "source": "payments.operations",
+           "detail": {"message": "maintenance at 02:00"}})
+}
+
+/// An announcement to 400 connections, read 20 at a time and posted 4 at
+/// a time with 5 ms per post: the sender is killed half-way, and the next
+/// one resumes at the last checkpoint — every connection receives it, and
+/// no more than a page and the posts in flight twice. The broken variant
+/// keeps no checkpoint: the next sender starts again from the first
+/// connection, and about half of them receive it twice.
+async fn an_announcement_resumes_where_a_dead_sender_stopped(mode: RedisMode) {
+    for broken in [false, true] {
+        let rig = Rig::with(mode, &[("WS_FANOUT_PAGE", "20"), ("WS_FAN_OUT", "4")]).await;
+        insert_user(&rig.w.db, 1).await;
+        let ids = sinks(&rig, 400).await;
+        rig.control("latency?ms=5").await;
+        let faults = Faults {
+            no_checkpoint: broken,
+            ..Faults::default()
+        };
+        let doomed = rig.spawn_sender(rig.sender(5, faults).await.with_fan_out(4));
+        rig.invalidate(announce_event()).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while sink_counts(&rig).await.len() < 200 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        doomed.abort();
+        let _ = doomed.await;
+        let survivor = rig.spawn_sender(rig.sender(5, faults).await.with_fan_out(4));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sink_counts(&rig).await.len() < ids.len() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        survivor.abort();
+        let counts = sink_counts(&rig).await;
+        assert_eq!(counts.len(), ids.len(), "every connection received it");
+        let twice: u64 = counts.values().map(|n| n - 1).sum();
+        if broken {
+            assert!(
+                twice >= 150,
+                "no checkpoint: sent again from the start ({twice})"
+            );
+        } else {
+            // One page (HSCAN's COUNT is a hint: a few more) and the posts
+            // in flight.
+            assert!(twice <= 40, "at most about a page twice: {twice}");
+        }
+    }
+}
+both_modes!(an_announcement_resumes_where_a_dead_sender_stopped);
+
+/// An announcement whose post to one connection fails (throttled past the
+/// sender's single attempt): the retry posts to that connection only. The
+/// broken variant starts the whole shard again: every other connection
+/// receives it twice.
+async fn an_announcement_retries_only_the_failed_post(mode: RedisMode) {
+    for broken in [false, true] {
+        let rig = Rig::with(mode, &[("WS_FANOUT_PAGE", "20")]).await;
+        insert_user(&rig.w.db, 1).await;
+        let ids = sinks(&rig, 150).await;
+        // The connection to fail: one the scan reaches last (so that the
+        // broken variant has sent every page before it once already).
+        let mut raw = rig.w.redis.raw().await;
+        let (mut cursor, mut last) = (0u64, Vec::new());
+        loop {
+            let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+                .arg(rig.app.keys.ws_all(0))
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(20)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            if !page.is_empty() {
+                last = page;
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        let failing = &last.last().unwrap().0;
+        rig.control(&format!("throttle/{failing}?count=1")).await;
+        let sender = rig.spawn_sender(
+            rig.sender(
+                1,
+                Faults {
+                    resend_all_on_failure: broken,
+                    ..Faults::default()
+                },
+            )
+            .await,
+        );
+        rig.invalidate(announce_event()).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while sink_counts(&rig).await.len() < ids.len() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The retry has happened (WS_REDELIVER_AFTER_MS 500 ms).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        sender.abort();
+        let counts = sink_counts(&rig).await;
+        assert_eq!(counts.len(), ids.len(), "every connection received it");
+        let posts: u64 = counts.values().sum();
+        if broken {
+            assert!(
+                posts >= 2 * ids.len() as u64 - 25,
+                "sent again to all: {posts}"
+            );
+        } else {
+            assert_eq!(posts, ids.len() as u64, "each connection once");
+            assert_eq!(rig.stats().await["statuses"]["429"], 1);
+        }
+    }
+}
+both_modes!(an_announcement_retries_only_the_failed_post);
+
+/// A client that reconnects with the last version it saw receives what it
+/// missed from the wallet's log, in order, then new versions; one whose
+/// gap is older than the log first receives a `resync` frame. The broken
+/// variant drops the catch-up: the missed versions never arrive.
+async fn a_reconnect_catches_up_without_a_gap(mode: RedisMode) {
+    for broken in [false, true] {
+        let rig = Rig::new(mode).await;
+        let wallet_id = random_uuid();
+        insert_wallet(&rig.w.db, 1, &wallet_id, "USD", 10_000).await;
+        let wallet = WalletId::parse(&wallet_id).unwrap();
+        let token = rig.token(1).await;
+        let sender = rig.spawn_sender(
+            rig.sender(
+                5,
+                Faults {
+                    no_catch_up: broken,
+                    ..Faults::default()
+                },
+            )
+            .await,
+        );
+        let mut ws = rig.connect(&token).await;
+        let mut written = Vec::new();
+        for k in 0..3 {
+            written.push(write_until_applied(&rig.app, &wallet, 100 + k).await);
+        }
+        assert_eq!(versions(&mut ws, Duration::from_secs(2)).await, written);
+        let seen = *written.last().unwrap();
+        futures_util::SinkExt::close(&mut ws).await.unwrap();
+        drop(ws);
+        // Away: three more versions.
+        let mut missed = Vec::new();
+        for k in 0..3 {
+            missed.push(write_until_applied(&rig.app, &wallet, 200 + k).await);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut back = rig
+            .connect_with(&token, &format!("&resume={wallet_id}:{seen}"))
+            .await;
+        let after = write_until_applied(&rig.app, &wallet, 300).await;
+        let got = versions(&mut back, Duration::from_secs(2)).await;
+        if broken {
+            assert_eq!(got, [after], "the catch-up dropped: a gap");
+        } else {
+            let mut want = missed.clone();
+            want.push(after);
+            assert_eq!(got, want, "what was missed, in order, then new versions");
+        }
+        // A gap older than the log: a resync frame first.
+        if !broken {
+            let mut raw = rig.w.redis.raw().await;
+            let _: i64 = redis::cmd("XTRIM")
+                .arg(rig.app.keys.wallet_balance_log(&wallet))
+                .arg("MAXLEN")
+                .arg(1)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            let mut old = rig
+                .connect_with(&token, &format!("&resume=balance:{wallet_id}:1"))
+                .await;
+            let first = next_frame(&mut old, Duration::from_secs(3)).await.unwrap();
+            assert_eq!(first["type"], "resync", "{first}");
+            assert_eq!(first["wallet_id"], wallet_id);
+            assert_eq!(first["after_version"], 1);
+            assert_eq!(first["oldest_version"], after);
+            assert_eq!(first["channel"], format!("balance:{wallet_id}"));
+            let next = next_frame(&mut old, Duration::from_secs(3)).await.unwrap();
+            assert_eq!(next["version"], after, "then what the log holds");
+        }
+        sender.abort();
+    }
+}
+both_modes!(a_reconnect_catches_up_without_a_gap);
+
+/// A reconnect's catch-up and a new version queued before it: the new
+/// version's kick is read first (it was queued before the `$connect`), but
+/// the connection is still catching up on the wallet, so the kick skips it
+/// and the catch-up sends everything in order. The broken variant ignores
+/// the catch-up marks: the new version reaches the connection before the
+/// versions it missed.
+async fn new_frames_wait_for_a_reconnects_catch_up(mode: RedisMode) {
+    for broken in [false, true] {
+        let rig = Rig::new(mode).await;
+        let wallet_id = random_uuid();
+        insert_wallet(&rig.w.db, 1, &wallet_id, "USD", 10_000).await;
+        let wallet = WalletId::parse(&wallet_id).unwrap();
+        let token = rig.token(1).await;
+        let seen = load_balance(&rig.app.db, &wallet)
+            .await
+            .unwrap()
+            .unwrap()
+            .version;
+        let mut sender = rig
+            .sender(
+                5,
+                Faults {
+                    ignore_resume_marks: broken,
+                    ..Faults::default()
+                },
+            )
+            .await;
+        // Missed while away (delivered to nobody: the cursor moves on).
+        let missed = [
+            write_until_applied(&rig.app, &wallet, 11).await,
+            write_until_applied(&rig.app, &wallet, 12).await,
+        ];
+        drain(&rig, &mut sender, 2).await;
+        // A new version queued, then the reconnect.
+        let new = write_until_applied(&rig.app, &wallet, 13).await;
+        let mut ws = rig
+            .connect_with(&token, &format!("&resume={wallet_id}:{seen}"))
+            .await;
+        drain(&rig, &mut sender, 2).await;
+        let got = versions(&mut ws, Duration::from_millis(800)).await;
+        if broken {
+            assert_eq!(got.first(), Some(&new), "the new version first: {got:?}");
+        } else {
+            assert_eq!(got, [missed[0], missed[1], new], "in order");
+        }
+    }
+}
+both_modes!(new_frames_wait_for_a_reconnects_catch_up);
+
+/// Senders share the partitions: two hold four each (disjoint), and when
+/// one stops renewing (dead), the other takes its four after the lease.
+async fn senders_share_the_partitions_and_take_over_a_dead_ones(mode: RedisMode) {
+    let rig = Rig::new(mode).await;
+    let mut a = rig.sender(5, Faults::default()).await;
+    let mut b = rig.sender(5, Faults::default()).await;
+    let until = |at: Instant| Instant::now() < at;
+    let end = Instant::now() + Duration::from_millis(1500);
+    while until(end) {
+        delivery::fetch(&rig.app.deliveries, &mut a).await.unwrap();
+        delivery::fetch(&rig.app.deliveries, &mut b).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (pa, pb): (HashSet<u16>, HashSet<u16>) = (
+        a.partitions().iter().copied().collect(),
+        b.partitions().iter().copied().collect(),
+    );
+    assert_eq!((pa.len(), pb.len()), (4, 4), "{pa:?} {pb:?}");
+    assert!(pa.is_disjoint(&pb), "{pa:?} {pb:?}");
+    // b dies (no release): a takes its partitions after the lease (1 s).
+    drop(b);
+    let end = Instant::now() + Duration::from_millis(2500);
+    while until(end) && a.partitions().len() < 8 {
+        delivery::fetch(&rig.app.deliveries, &mut a).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(a.partitions().len(), 8, "{:?}", a.partitions());
+}
+both_modes!(senders_share_the_partitions_and_take_over_a_dead_ones);

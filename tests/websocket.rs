@@ -320,6 +320,75 @@ async fn refusals(mode: RedisMode) {
 }
 both_modes!(refusals);
 
+/// `$connect?resume=`: a malformed value, a wallet named twice or more than
+/// 16 wallets are refused (400), a wallet that is not the user's (or does
+/// not exist) is 404 — and a refused `$connect` registers nothing and
+/// queues no catch-up. The user's own wallet is accepted.
+async fn resume_refusals(mode: RedisMode) {
+    let w = World::new(mode, &[]).await;
+    let user = test_support::insert_user(&w.db, 1).await;
+    let mine = random_uuid();
+    test_support::insert_wallet(&w.db, 1, &mine, "USD", 100).await;
+    test_support::insert_user(&w.db, 2).await;
+    let theirs = random_uuid();
+    test_support::insert_wallet(&w.db, 2, &theirs, "USD", 100).await;
+    let by = signed_in(&w, &user, 3600).await;
+    let uid = UserId::parse(&user).unwrap();
+    let many: Vec<String> = (0..17).map(|_| format!("{}:1", random_uuid())).collect();
+    let with = |resume: &str| {
+        let mut e = ws_event("$connect", "connr1", Some(&by));
+        e["queryStringParameters"] = json!({"token": "t", "resume": resume});
+        e
+    };
+    for (resume, status) in [
+        ("", 400),
+        ("not-a-wallet:1", 400),
+        (&format!("{mine}"), 400),
+        (&format!("{mine}:-1"), 400),
+        (&format!("{mine}:1.5"), 400),
+        (&format!("{mine}:1,{mine}:2"), 400),
+        (&many.join(","), 400),
+        (&format!("{theirs}:1"), 404),
+        (&format!("{}:1", random_uuid()), 404),
+        (&format!("{mine}:1,{theirs}:1"), 404),
+    ] {
+        let r = ws(&w, &with(resume)).await;
+        assert_eq!(r["statusCode"], status, "{resume}: {r}");
+        assert!(
+            realtime::connections(&w.app.connections, &uid)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{resume}: nothing registered"
+        );
+    }
+    let mut raw = w.redis.raw().await;
+    let mut queued = 0;
+    for p in 0..w.app.config.delivery.partitions {
+        let n: i64 = redis::cmd("XLEN")
+            .arg(w.app.keys.ws_deliveries(p))
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        queued += n;
+    }
+    assert_eq!(queued, 0, "no catch-up queued");
+    let r = ws(&w, &with(&format!("balance:{mine}:1"))).await;
+    assert_eq!(r["statusCode"], 200, "{r}");
+    let p = w.app.delivery.partition(&mine);
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(w.app.keys.ws_deliveries(p))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(entries[0].1.contains(&("k".into(), "catchup".into())));
+    assert!(entries[0].1.contains(&("a".into(), "1".into())));
+}
+both_modes!(resume_refusals);
+
 /// The `system:announcements` helper reaches a subscriber with the contract's
 /// message shape.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

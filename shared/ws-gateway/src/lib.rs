@@ -26,8 +26,12 @@
 //!   (API Gateway's `$disconnect` is best effort); `POST
 //!   /_gateway/hold/{id}` makes posts to that connection wait until `POST
 //!   /_gateway/release/{id}`, which answers them 503 without delivering
-//!   (a sender killed while posting: its post never happened);
-//!   `GET /_gateway/stats` counts management calls and held posts.
+//!   (a sender killed while posting: its post never happened), or with
+//!   `?deliver=1` delivers them; `POST /_gateway/latency?ms=&throttle_every=`
+//!   adds latency to every post and answers every n-th with 429; posts to
+//!   ids starting `sink` are accepted without a socket and counted (load
+//!   tests, benchmarks); `GET /_gateway/stats` counts management calls,
+//!   held posts, answers by status and sink posts per id.
 //!
 //! The functions are invoked through an [`Invoke`]: over HTTP, the Lambda
 //! Invoke API that `cargo lambda watch` serves ([`lambda_invoker`]); in
@@ -136,6 +140,18 @@ struct Gateway {
     /// by them).
     held_ports: Mutex<Vec<u16>>,
     posts: AtomicU64,
+    /// Held posts to deliver (not drop) when released.
+    deliver_held: Mutex<std::collections::HashSet<String>>,
+    /// Posts to `sink…` ids (no socket: accepted and counted, for load
+    /// tests and benchmarks), per id.
+    sink: Mutex<HashMap<String, u32>>,
+    /// Added to every post (`/_gateway/latency?ms=`), as the Management
+    /// API's own latency.
+    latency_ms: AtomicU64,
+    /// Every `n`-th post answers 429 (`/_gateway/latency?throttle_every=`).
+    throttle_every: AtomicU64,
+    /// Answers to posts, by status code.
+    statuses: Mutex<std::collections::BTreeMap<u16, u64>>,
 }
 
 /// A running gateway.
@@ -193,6 +209,11 @@ pub fn serve(listener: TcpListener, invoke: Invoke, options: Options) -> std::io
         held: AtomicU64::new(0),
         held_ports: Mutex::new(Vec::new()),
         posts: AtomicU64::new(0),
+        deliver_held: Mutex::new(std::collections::HashSet::new()),
+        sink: Mutex::new(HashMap::new()),
+        latency_ms: AtomicU64::new(0),
+        throttle_every: AtomicU64::new(0),
+        statuses: Mutex::new(std::collections::BTreeMap::new()),
     });
     let mut app = Router::new().route("/", get(upgrade)).route(
         "/@connections/{id}",
@@ -207,6 +228,7 @@ pub fn serve(listener: TcpListener, invoke: Invoke, options: Options) -> std::io
             .route("/_gateway/forget/{id}", post(forget))
             .route("/_gateway/hold/{id}", post(hold))
             .route("/_gateway/release/{id}", post(release))
+            .route("/_gateway/latency", post(latency))
             .route("/_gateway/stats", get(stats));
     }
     let app = app.fallback(get(upgrade)).with_state(state.clone());
@@ -553,10 +575,38 @@ async fn signed(
 async fn post_to_connection(
     State(gw): State<Arc<Gateway>>,
     Path(id): Path<String>,
+    peer: axum::extract::ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    let n = gw.posts.fetch_add(1, Ordering::SeqCst) + 1;
+    let latency = gw.latency_ms.load(Ordering::SeqCst);
+    if latency > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
+    }
+    let every = gw.throttle_every.load(Ordering::SeqCst);
+    let answer = if every > 0 && n % every == 0 {
+        error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "LimitExceededException",
+            "Rate exceeded",
+        )
+    } else {
+        post_answer(&gw, id, peer, body).await
+    };
+    *gw.statuses
+        .lock()
+        .await
+        .entry(answer.status().as_u16())
+        .or_default() += 1;
+    answer
+}
+
+async fn post_answer(
+    gw: &Arc<Gateway>,
+    id: String,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
     body: Bytes,
 ) -> Response {
-    gw.posts.fetch_add(1, Ordering::SeqCst);
     if body.len() > FRAME_LIMIT {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -572,11 +622,13 @@ async fn post_to_connection(
         }
         gw.held_ports.lock().await.retain(|p| *p != peer.port());
         gw.held.fetch_sub(1, Ordering::SeqCst);
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailableException",
-            "held and dropped",
-        );
+        if !gw.deliver_held.lock().await.contains(&id) {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailableException",
+                "held and dropped",
+            );
+        }
     }
     {
         let mut throttled = gw.throttled.lock().await;
@@ -590,6 +642,10 @@ async fn post_to_connection(
                 "Rate exceeded",
             );
         }
+    }
+    if id.starts_with("sink") {
+        *gw.sink.lock().await.entry(id).or_default() += 1;
+        return StatusCode::OK.into_response();
     }
     let connections = gw.connections.lock().await;
     let Some(conn) = connections.get(&id) else {
@@ -653,8 +709,35 @@ async fn hold(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> StatusC
     StatusCode::NO_CONTENT
 }
 
-async fn release(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> StatusCode {
+/// Releases the connection's held posts: dropped (503) by default, or
+/// delivered with `?deliver=1`.
+async fn release(
+    State(gw): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> StatusCode {
+    if q.get("deliver").is_some_and(|d| d == "1") {
+        gw.deliver_held.lock().await.insert(id.clone());
+    } else {
+        gw.deliver_held.lock().await.remove(&id);
+    }
     gw.holding.lock().await.remove(&id);
+    StatusCode::NO_CONTENT
+}
+
+/// `?ms=`: latency added to every post; `?throttle_every=`: every n-th
+/// post answers 429 (0: none).
+async fn latency(
+    State(gw): State<Arc<Gateway>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> StatusCode {
+    let number = |k: &str| q.get(k).and_then(|v| v.parse::<u64>().ok());
+    if let Some(ms) = number("ms") {
+        gw.latency_ms.store(ms, Ordering::SeqCst);
+    }
+    if let Some(n) = number("throttle_every") {
+        gw.throttle_every.store(n, Ordering::SeqCst);
+    }
     StatusCode::NO_CONTENT
 }
 
@@ -665,5 +748,7 @@ async fn stats(State(gw): State<Arc<Gateway>>) -> axum::Json<Value> {
         "held": gw.held.load(Ordering::SeqCst),
         "held_ports": *gw.held_ports.lock().await,
         "connections": ids,
+        "statuses": *gw.statuses.lock().await,
+        "sink": *gw.sink.lock().await,
     }))
 }

@@ -188,7 +188,7 @@ pub enum Recipients {
 
 /// `message` as the frame a client receives: its fields plus `id` and
 /// `channel` (CONTRACT → Real-time messages).
-pub(crate) fn frame<T: Serialize>(id: &str, channel: &str, message: &T) -> Option<String> {
+pub fn frame<T: Serialize>(id: &str, channel: &str, message: &T) -> Option<String> {
     let mut map = match serde_json::to_value(message).ok()? {
         Value::Object(map) => map,
         _ => return None,
@@ -1618,6 +1618,7 @@ async fn fan_out(
         };
         if !failed.is_empty() && faults.resend_all_on_failure {
             // The broken variant: the whole shard again, from the start.
+            let _ = checkpoint("0".to_owned(), Vec::new(), Vec::new()).await;
             return false;
         }
         failed_any |= !failed.is_empty() || !closed;
