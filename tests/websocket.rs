@@ -343,7 +343,7 @@ async fn resume_refusals(mode: RedisMode) {
     for (resume, status) in [
         ("", 400),
         ("not-a-wallet:1", 400),
-        (&format!("{mine}"), 400),
+        (&mine.clone(), 400),
         (&format!("{mine}:-1"), 400),
         (&format!("{mine}:1.5"), 400),
         (&format!("{mine}:1,{mine}:2"), 400),
