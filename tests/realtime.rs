@@ -151,7 +151,12 @@ impl Rig {
 
     /// The gateway's `/_gateway/stats`.
     async fn stats(&self) -> Value {
-        let url = format!("{}/_gateway/stats", self.gateway.management_url());
+        self.stats_of("stats").await
+    }
+
+    /// A `/_gateway/…` read.
+    async fn stats_of(&self, path: &str) -> Value {
+        let url = format!("{}/_gateway/{path}", self.gateway.management_url());
         let req = http::Request::get(url)
             .body(http_body_util::Full::new(bytes::Bytes::new()))
             .unwrap();
@@ -1160,7 +1165,7 @@ async fn sinks(rig: &Rig, n: usize) -> Vec<String> {
 
 /// Posts per sink id so far.
 async fn sink_counts(rig: &Rig) -> HashMap<String, u64> {
-    let stats = rig.stats().await;
+    let stats = rig.stats_of("stats?sink=1").await;
     stats["sink"]
         .as_object()
         .map(|m| {
@@ -1233,28 +1238,10 @@ async fn an_announcement_retries_only_the_failed_post(mode: RedisMode) {
         let rig = Rig::with(mode, &[("WS_FANOUT_PAGE", "20")]).await;
         insert_user(&rig.w.db, 1).await;
         let ids = sinks(&rig, 150).await;
-        // The connection to fail: one the scan reaches last (so that the
-        // broken variant has sent every page before it once already).
-        let mut raw = rig.w.redis.raw().await;
-        let (mut cursor, mut last) = (0u64, Vec::new());
-        loop {
-            let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
-                .arg(rig.app.keys.ws_all(0))
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(20)
-                .query_async(&mut raw)
-                .await
-                .unwrap();
-            if !page.is_empty() {
-                last = page;
-            }
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
-        let failing = &last.last().unwrap().0;
+        // The connection to fail: the one the shard's pages reach last
+        // (in id order), so that the broken variant has sent every page
+        // before it once already.
+        let failing = ids.iter().max().unwrap();
         rig.control(&format!("throttle/{failing}?count=1")).await;
         let sender = rig.spawn_sender(
             rig.sender(

@@ -406,6 +406,33 @@ def check_trust(translated):
     return problems
 
 
+def check_delivery(template):
+    """Real-time delivery: every function agrees on WS_PARTITIONS (a
+    publisher and the sender that disagree put entries where no sender
+    reads); the Senders parameter enables exactly that many ws-sender
+    schedules, for each of its values."""
+    problems = []
+    for senders in ["1", "2", "3", "4"]:
+        params = dict(SAMPLE, Senders=senders)
+        translated = translate(template, params)
+        r = Resolver(translated, params)
+        parts = set()
+        for k, fn in functions(translated).items():
+            env = r.value(fn["Properties"].get("Environment", {}).get("Variables", {}))
+            parts.add(str(env.get("WS_PARTITIONS")))
+        if len(parts) != 1 or "None" in parts:
+            problems.append(f"Senders={senders}: the functions' WS_PARTITIONS differ: {sorted(parts)}")
+        sender = next(k for k, fn in functions(translated).items() if code_name(fn) == "ws-sender")
+        enabled = 0
+        for k, v in translated["Resources"].items():
+            if v["Type"] == "AWS::Scheduler::Schedule" and sender in json.dumps(v["Properties"]["Target"]["Arn"]):
+                if r.value(v["Properties"].get("State", "ENABLED")) == "ENABLED":
+                    enabled += 1
+        if enabled != int(senders):
+            problems.append(f"Senders={senders}: {enabled} ws-sender schedules enabled")
+    return problems
+
+
 def edit(template, path, value=None, delete=False):
     t = copy.deepcopy(template)
     node = t
@@ -439,6 +466,9 @@ def main():
     problems = check_trust(translated)
     step("trust: every function's resource policy names its caller's source (SourceArn)", not problems, problems)
 
+    problems = check_delivery(template)
+    step("delivery: one WS_PARTITIONS everywhere; Senders enables that many ws-sender schedules", not problems, problems)
+
     # Broken variants: each edit must be caught by the check it breaks.
     res = "Resources"
     broken_init = edit(template, [res, "AuthorizerFunction", "Properties", "Environment", "Variables"],
@@ -470,6 +500,11 @@ def main():
     step("broken dead letters (a rule's queue given by Arn: no policy) is caught", check_names(translate(dlq)))
     no_config = edit(template, [res, "CacheInvalidatorFunction", "Properties", "EventInvokeConfig"], delete=True)
     step("broken async (the invalidator without an EventInvokeConfig) is caught", check_names(translate(no_config)))
+
+    own_partitions = edit(template, [res, "BalanceWriteFunction", "Properties", "Environment", "Variables", "WS_PARTITIONS"], "4")
+    step("broken delivery (balance-write with its own WS_PARTITIONS) is caught", check_delivery(own_partitions))
+    always_on = edit(template, [res, "WsSenderFunction", "Properties", "Events", "EveryMinute3", "Properties", "State"], delete=True)
+    step("broken delivery (a sender schedule enabled whatever Senders says) is caught", check_delivery(always_on))
 
     open_ws = edit(template, [res, "WebSocketInvokesConnections", "Properties", "SourceArn"], delete=True)
     step("broken trust (a permission for API Gateway without SourceArn) is caught",

@@ -287,6 +287,39 @@ async def main():
          ok is not None and stats()["management_calls"] - before == 1, stats()["management_calls"] - before)
     await sentinel.close()
 
+    # Reconnecting without a gap: versions written while the client was
+    # away arrive on reconnect (resume=<wallet>:<last version seen>), in
+    # order, before new ones.
+    wallet = next(iter(WALLETS))
+    c = await connect(token)
+    status, body = http("GET", f"http://127.0.0.1:{PORT}/wallets/{wallet}/balance", token)
+    version = body["version"]
+
+    def put(v, k):
+        status, answer = http("PUT", f"http://127.0.0.1:{PORT}/wallets/{wallet}/balance", ledgers[k % 4],
+                              {"balance": f"{500 + k}.00", "currency": WALLETS[wallet], "expected_version": v})
+        return answer["version"] if status == 200 else None
+
+    seen = put(version, 0)
+    got = await c.wait_for(lambda f: f.get("type") == "balance_update" and f.get("version") == seen)
+    await c.close()
+    missed = []
+    v = seen
+    for k in range(1, 4):
+        v = put(v, k)
+        missed.append(v)
+    back = await connect(f"{token}&resume={wallet}:{seen}")
+    newer = put(v, 4)
+    await back.wait_for(lambda f: f.get("type") == "balance_update" and f.get("version") == newer)
+    order, ids = [], set()
+    for _, f in back.frames:
+        if f.get("type") == "balance_update" and f["id"] not in ids:
+            ids.add(f["id"])
+            order.append(f["version"])
+    step("a reconnect (resume) receives the versions it missed, in order, then new ones",
+         got is not None and order == missed + [newer], (seen, missed, newer, order))
+    await back.close()
+
     return step.summary("realtime")
 
 

@@ -31,7 +31,7 @@
 //!   adds latency to every post and answers every n-th with 429; posts to
 //!   ids starting `sink` are accepted without a socket and counted (load
 //!   tests, benchmarks); `GET /_gateway/stats` counts management calls,
-//!   held posts, answers by status and sink posts per id.
+//!   held posts, answers by status and sink posts (per id with `?sink=1`).
 //!
 //! The functions are invoked through an [`Invoke`]: over HTTP, the Lambda
 //! Invoke API that `cargo lambda watch` serves ([`lambda_invoker`]); in
@@ -741,14 +741,25 @@ async fn latency(
     StatusCode::NO_CONTENT
 }
 
-async fn stats(State(gw): State<Arc<Gateway>>) -> axum::Json<Value> {
+/// `?sink=1` adds the posts per sink id (large: ask for it once, not in a
+/// polling loop).
+async fn stats(
+    State(gw): State<Arc<Gateway>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> axum::Json<Value> {
     let ids: Vec<String> = gw.connections.lock().await.keys().cloned().collect();
-    axum::Json(json!({
+    let sink = gw.sink.lock().await;
+    let mut answer = json!({
         "management_calls": gw.posts.load(Ordering::SeqCst),
         "held": gw.held.load(Ordering::SeqCst),
         "held_ports": *gw.held_ports.lock().await,
         "connections": ids,
         "statuses": *gw.statuses.lock().await,
-        "sink": *gw.sink.lock().await,
-    }))
+        "sink_posts": sink.values().map(|n| u64::from(*n)).sum::<u64>(),
+        "sink_connections": sink.len(),
+    });
+    if q.get("sink").is_some_and(|v| v == "1") {
+        answer["sink"] = json!(*sink);
+    }
+    axum::Json(answer)
 }

@@ -69,7 +69,7 @@
 //! for an announcement). Sender, per batch: one round-trip time for the
 //! recipients' liveness (one script per user, sent at once) and one per
 //! partition for the `XACK`; per wallet lane one log read and one cursor
-//! update per 64 versions; per announcement page one `HSCAN`, one read of
+//! update per 64 versions; per announcement page one script (ids and entries), one read of
 //! the page's distinct sessions (sent at once) and one checkpoint. Posts:
 //! one per live connection. Leases: one heartbeat and one renewal per held
 //! partition every third of the lease.
@@ -623,8 +623,9 @@ pub struct Sender {
     pub consumer: String,
     management: Management,
     faults: Faults,
-    /// Posts in flight at once (`WS_FAN_OUT`).
+    /// Posts in flight at once (`WS_FAN_OUT`), across every lane.
     fan_out: usize,
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
     /// The partitions it holds.
     held: Vec<u16>,
     /// Partitions just taken: their pending entries are taken over first
@@ -634,6 +635,10 @@ pub struct Sender {
     grouped: HashSet<u16>,
     last_claim: Option<Instant>,
     maintained: Option<Instant>,
+    /// The end of the current run: an announcement stops paging at it
+    /// (its checkpoint is exact, so the next holder resumes without
+    /// repeating a connection).
+    until: Option<Instant>,
 }
 
 impl Sender {
@@ -650,18 +655,28 @@ impl Sender {
             management,
             faults,
             fan_out: 64,
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(64)),
             held: Vec::new(),
             fresh: HashMap::new(),
             grouped: HashSet::new(),
             last_claim: None,
             maintained: None,
+            until: None,
         }
     }
 
     /// Posts in flight at once (`WS_FAN_OUT`; default 64).
     pub fn with_fan_out(mut self, n: usize) -> Self {
         self.fan_out = n.max(1);
+        self.permits = std::sync::Arc::new(tokio::sync::Semaphore::new(self.fan_out));
         self
+    }
+
+    /// One Management API call, within the sender's `WS_FAN_OUT`.
+    async fn call<F: std::future::Future<Output = Posted>>(&self, call: F) -> Posted {
+        // The semaphore is never closed: a permit always comes.
+        let _permit = self.permits.acquire().await.ok();
+        call.await
     }
 
     /// The partitions it holds now.
@@ -1120,7 +1135,7 @@ async fn close_all(
     }
     let ids: Vec<ConnectionId> = conns.iter().map(|(c, _)| c.clone()).collect();
     let results: Vec<Posted> = futures_util::stream::iter(ids)
-        .map(|conn| async move { sender.management.close(&conn).await })
+        .map(|conn| async move { sender.call(sender.management.close(&conn)).await })
         .buffer_unordered(sender.fan_out)
         .collect()
         .await;
@@ -1266,7 +1281,7 @@ async fn post_all(
     let frame = frame.as_str();
     let results: Vec<(ConnectionId, Posted)> = futures_util::stream::iter(to.iter().cloned())
         .map(|conn| async move {
-            let posted = sender.management.post(&conn, frame).await;
+            let posted = sender.call(sender.management.post(&conn, frame)).await;
             (conn, posted)
         })
         .buffer_unordered(sender.fan_out)
@@ -1503,7 +1518,7 @@ async fn catch_up(
 /// One announcement's fan-out through registry shard `shard`: page by page
 /// (`WS_FANOUT_PAGE`), each page's sign-ins checked in one round-trip
 /// time, its dead connections closed, the live ones posted to, then a
-/// checkpoint (scan cursor; connections to retry). Starts from the last
+/// checkpoint (the last id done; connections to retry). Starts from the last
 /// checkpoint: the retries first, then the rest of the scan. True when
 /// every connection was handled (the entry is then acknowledged and its
 /// progress dropped, in one step).
@@ -1590,22 +1605,28 @@ async fn fan_out(
             .filter(|c| !failed.contains(c))
             .cloned()
             .collect();
-        let at = cursor.clone().unwrap_or_else(|| "0".into());
+        let at = cursor.clone().unwrap_or_default();
         if !checkpoint(at, Vec::new(), settled).await {
             return false;
         }
     }
     // The rest of the scan.
-    let mut at: u64 = match cursor.as_deref() {
-        Some("done") => {
+    // The cursor: the last connection id done ("" before the first;
+    // `done` — not a valid connection id — after the last page).
+    let mut at: String = match cursor {
+        Some(c) if c == "done" => {
             return !failed_any && finish(deliveries, sender, st, pr, rt, &entry.id).await;
         }
-        Some(n) => n.parse().unwrap_or(0),
-        None => 0,
+        Some(c) => c,
+        None => String::new(),
     };
     loop {
+        if sender.until.is_some_and(|u| Instant::now() >= u) {
+            // The run is over: the next holder resumes at this checkpoint.
+            return false;
+        }
         let Ok((next, live, dead)) =
-            realtime::everyone_page(&deliveries.connections, shard, at, page).await
+            realtime::everyone_page(&deliveries.connections, shard, &at, page).await
         else {
             return false;
         };
@@ -1618,23 +1639,19 @@ async fn fan_out(
         };
         if !failed.is_empty() && faults.resend_all_on_failure {
             // The broken variant: the whole shard again, from the start.
-            let _ = checkpoint("0".to_owned(), Vec::new(), Vec::new()).await;
+            let _ = checkpoint(String::new(), Vec::new(), Vec::new()).await;
             return false;
         }
         failed_any |= !failed.is_empty() || !closed;
-        let mark = if next == 0 {
-            "done".to_owned()
-        } else {
-            next.to_string()
-        };
+        let mark = next.clone().unwrap_or_else(|| "done".to_owned());
         if !checkpoint(mark, failed, Vec::new()).await {
             // No longer this sender's entry (taken over): stop.
             return false;
         }
-        if next == 0 {
-            break;
+        match next {
+            Some(n) => at = n,
+            None => break,
         }
-        at = next;
     }
     !failed_any && finish(deliveries, sender, st, pr, rt, &entry.id).await
 }
@@ -1729,6 +1746,7 @@ async fn run_until(deliveries: &Deliveries, sender: &mut Sender, until: Instant)
     let run_started = Instant::now();
     let mut busy = Duration::ZERO;
     let mut idle = Duration::from_millis(1);
+    sender.until = Some(until);
     tracing::debug!(consumer = %sender.consumer, left_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64, "delivery run starts");
     while Instant::now() < until {
         let (entries, reclaimed) = match fetch(deliveries, sender).await {
@@ -1771,6 +1789,7 @@ async fn run_until(deliveries: &Deliveries, sender: &mut Sender, until: Instant)
     }
     let waiting = backlog(deliveries, &sender.held).await;
     release_all(deliveries, sender).await;
+    sender.until = None;
     metrics::counter!("WsFramesSent").increment(total.sent);
     if !busy.is_zero() {
         metrics::histogram!("WsFramesPerSecond").record(total.sent as f64 / busy.as_secs_f64());

@@ -12,8 +12,9 @@
 //!   ([`live`]) tells which of a user's connections may still receive
 //!   frames — token not expired, session still there — and takes the
 //!   others out: one round trip per user, however many connections.
-//! - `ws_all:{a<s>}` is a hash `connection id → "<user> <sid> <exp>"`,
-//!   in [`REGISTRY_SHARDS`] shards (a connection's shard is a hash of its
+//! - `ws_all:{a<s>}` is a hash `connection id → "<user> <sid> <exp>"`
+//!   (with `ws_all:{a<s>}:ids`, the ids in a sorted set, for paging in id
+//!   order with an exact cursor), in [`REGISTRY_SHARDS`] shards (a connection's shard is a hash of its
 //!   id), each its own slot: an announcement is fanned out shard by shard,
 //!   in parallel, by as many senders as hold the partitions.
 //! - `ws_conn:{user}:resume` holds the connections still catching up
@@ -81,6 +82,7 @@ type LiveScript = (Vec<String>, Vec<String>, Vec<String>, Vec<String>);
 
 static LIVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("realtime/live.lua")));
 static PING: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("realtime/ping.lua")));
+static PAGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("realtime/page.lua")));
 
 /// What the connection registry uses: Redis, the registry's TTL, and the
 /// sessions (a connection lives while its session does).
@@ -175,6 +177,8 @@ pub async fn connect(
     let set = connections.keys.ws_connections(&by.user);
     let marks = connections.keys.ws_resume(&by.user);
     let all = connections.keys.ws_all(shard_of(conn));
+    let index = connections.keys.ws_all_ids(shard_of(conn));
+    let ix = &index;
     let mine = format!("{} {exp}", by.session);
     let everyone = format!("{} {} {exp}", by.user, by.session);
     let (s, r, al, id, ms) = (&set, &marks, &all, conn.as_str(), ttl_ms(connections));
@@ -200,7 +204,14 @@ pub async fn connect(
             Ok(())
         }),
         connections.redis.run(|mut c| async move {
-            let _: i64 = c.hset(al, id, e).await?;
+            let _: () = redis::pipe()
+                .atomic()
+                .hset(al, id, e)
+                .ignore()
+                .zadd(ix, id, 0)
+                .ignore()
+                .query_async(&mut c)
+                .await?;
             Ok(())
         })
     );
@@ -352,11 +363,19 @@ pub async fn forget(
     let from_all = async {
         let done = futures_util::future::join_all(by_shard.iter().map(|(shard, ids)| async move {
             let all = connections.keys.ws_all(*shard);
-            let al = &all;
+            let index = connections.keys.ws_all_ids(*shard);
+            let (al, ix) = (&all, &index);
             connections
                 .redis
                 .run(|mut c| async move {
-                    let _: i64 = c.hdel(al, ids).await?;
+                    let _: () = redis::pipe()
+                        .atomic()
+                        .hdel(al, ids)
+                        .ignore()
+                        .zrem(ix, ids)
+                        .ignore()
+                        .query_async(&mut c)
+                        .await?;
                     Ok(())
                 })
                 .await
@@ -524,32 +543,54 @@ pub async fn connections(
     Ok(found.live.get(user).cloned().unwrap_or_default())
 }
 
-/// One page of `ws_all` shard `shard` (`HSCAN` from `cursor`): the
-/// connections that may receive frames, and the dead ones (token expired,
-/// session ended, or an entry that does not parse), with the cursor for
-/// the next page (0 at the end). One round trip for the page, one for the
-/// distinct sessions it names (sent at once), and one PostgreSQL query
-/// only for sessions Redis no longer holds.
+/// One page of `ws_all` shard `shard`, in connection-id order after
+/// `after` (`""` for the first page; `realtime/page.lua`): the connections
+/// that may receive frames, and the dead ones (token expired, session
+/// ended, or an entry that is gone or does not parse), with the last id of
+/// the page (`None` at the shard's end). One round trip for the page, one
+/// for the distinct sessions it names (sent at once), and one PostgreSQL
+/// query only for sessions Redis no longer holds.
 pub async fn everyone_page(
     connections: &Connections,
     shard: u16,
-    cursor: u64,
+    after: &str,
     count: usize,
-) -> Result<(u64, Vec<ConnectionId>, Vec<(ConnectionId, Option<UserId>)>), RedisUnavailable> {
-    let all = connections.keys.ws_all(shard);
-    let al = &all;
-    let (next, page): (u64, Vec<(String, String)>) = connections
+) -> Result<
+    (
+        Option<String>,
+        Vec<ConnectionId>,
+        Vec<(ConnectionId, Option<UserId>)>,
+    ),
+    RedisUnavailable,
+> {
+    let (all, index) = (
+        connections.keys.ws_all(shard),
+        connections.keys.ws_all_ids(shard),
+    );
+    let (al, ix) = (&all, &index);
+    let flat: Vec<String> = connections
         .redis
         .run(|mut c| async move {
-            redis::cmd("HSCAN")
-                .arg(al)
-                .arg(cursor)
-                .arg("COUNT")
+            PAGE.key(al)
+                .key(ix)
+                .arg(after)
                 .arg(count)
-                .query_async(&mut c)
+                .invoke_async(&mut c)
                 .await
         })
         .await?;
+    let page: Vec<(String, String)> = flat
+        .chunks(2)
+        .filter_map(|p| match p {
+            [id, value] => Some((id.clone(), value.clone())),
+            _ => None,
+        })
+        .collect();
+    let next = if page.len() < count {
+        None
+    } else {
+        page.last().map(|(id, _)| id.clone())
+    };
     let (live, dead) = judge(connections, page).await?;
     Ok((next, live, dead))
 }
@@ -669,14 +710,14 @@ pub async fn all_connections(
 ) -> Result<Vec<ConnectionId>, RedisUnavailable> {
     let mut ids = Vec::new();
     for shard in 0..REGISTRY_SHARDS {
-        let mut cursor = 0;
+        let mut after = String::new();
         loop {
-            let (next, live, dead) = everyone_page(connections, shard, cursor, 500).await?;
+            let (next, live, dead) = everyone_page(connections, shard, &after, 500).await?;
             ids.extend(live);
             forget(connections, &dead).await?;
-            cursor = next;
-            if cursor == 0 {
-                break;
+            match next {
+                Some(n) => after = n,
+                None => break,
             }
         }
     }

@@ -464,7 +464,8 @@ impl Keyspace {
     }
 
     /// `ws_fanout:{d<p>}:<entry>` — an announcement's progress (a hash:
-    /// the registry shard's scan cursor, `done` when the scan ended); with
+    /// the last connection id done in the registry shard, `done` at its
+    /// end); with
     /// `…:retry`, the connections whose post failed. Same slot as the
     /// partition the entry is in.
     pub fn ws_fanout(&self, partition: u16, entry: &str) -> String {
@@ -476,6 +477,12 @@ impl Keyspace {
     /// shards, each its own slot, fanned out in parallel.
     pub fn ws_all(&self, shard: u16) -> String {
         format!("{}:ws_all:{{a{shard}}}", self.prefix)
+    }
+
+    /// `ws_all:{a<s>}:ids` — shard `s`'s connection ids in a sorted set
+    /// (every score 0), paged in id order by announcements; same slot.
+    pub fn ws_all_ids(&self, shard: u16) -> String {
+        format!("{}:ids", self.ws_all(shard))
     }
 
     /// `ws_conn:{user_id}:resume` — connections catching up after a

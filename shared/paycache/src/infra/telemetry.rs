@@ -21,6 +21,9 @@
 //! | `RedisError` | Count | a Redis call failed or timed out |
 //! | `RateLimitDenied` | Count | a rate-limit check denied |
 //! | `Latency` | Milliseconds | the invocation, end to end |
+//! | `WsFramesSent` | Count | `ws-sender`: frames posted in the run |
+//! | `WsFramesPerSecond` | Count/Second | `ws-sender`: the run's posting rate while it had work |
+//! | `WsBacklog` | Count | `ws-sender`: entries waiting (unread or unacknowledged) in the partitions it held, at the end of the run |
 
 use std::time::Instant;
 
@@ -54,10 +57,13 @@ fn describe() {
         "CacheBypass",
         "RedisError",
         "RateLimitDenied",
+        "WsFramesSent",
     ] {
         describe_counter!(name, Unit::Count, "");
     }
     describe_histogram!("Latency", Unit::Milliseconds, "");
+    describe_histogram!("WsFramesPerSecond", Unit::CountPerSecond, "");
+    describe_histogram!("WsBacklog", Unit::Count, "");
 }
 
 /// Records the invocation's latency and writes the EMF line.

@@ -8,7 +8,8 @@
 -- ARGV[1]  the consumer group
 -- ARGV[2]  this sender (consumer)
 -- ARGV[3]  the entry id
--- ARGV[4]  the scan cursor to resume from ("done" when the scan ended)
+-- ARGV[4]  the last connection id done ("" before the first; "done" when
+--          the shard's end was reached)
 -- ARGV[5]  the progress keys' TTL, milliseconds
 -- ARGV[6]  n: how many connections follow whose post failed (to retry)
 -- ARGV[7 .. 6+n]  those connections; ARGV[7+n ..] connections retried
