@@ -145,6 +145,11 @@ struct Gateway {
     /// Posts to `sink…` ids (no socket: accepted and counted, for load
     /// tests and benchmarks), per id.
     sink: Mutex<HashMap<String, u32>>,
+    /// Posts to sink ids, and distinct sink ids (kept as counters: stats
+    /// are polled, and summing a large map under its lock would stall the
+    /// posts).
+    sink_posts: AtomicU64,
+    sink_connections: AtomicU64,
     /// Added to every post (`/_gateway/latency?ms=`), as the Management
     /// API's own latency.
     latency_ms: AtomicU64,
@@ -211,6 +216,8 @@ pub fn serve(listener: TcpListener, invoke: Invoke, options: Options) -> std::io
         posts: AtomicU64::new(0),
         deliver_held: Mutex::new(std::collections::HashSet::new()),
         sink: Mutex::new(HashMap::new()),
+        sink_posts: AtomicU64::new(0),
+        sink_connections: AtomicU64::new(0),
         latency_ms: AtomicU64::new(0),
         throttle_every: AtomicU64::new(0),
         statuses: Mutex::new(std::collections::BTreeMap::new()),
@@ -644,7 +651,16 @@ async fn post_answer(
         }
     }
     if id.starts_with("sink") {
-        *gw.sink.lock().await.entry(id).or_default() += 1;
+        let n = {
+            let mut sink = gw.sink.lock().await;
+            let n = sink.entry(id).or_default();
+            *n += 1;
+            *n
+        };
+        gw.sink_posts.fetch_add(1, Ordering::SeqCst);
+        if n == 1 {
+            gw.sink_connections.fetch_add(1, Ordering::SeqCst);
+        }
         return StatusCode::OK.into_response();
     }
     let connections = gw.connections.lock().await;
@@ -748,18 +764,17 @@ async fn stats(
     Query(q): Query<HashMap<String, String>>,
 ) -> axum::Json<Value> {
     let ids: Vec<String> = gw.connections.lock().await.keys().cloned().collect();
-    let sink = gw.sink.lock().await;
     let mut answer = json!({
         "management_calls": gw.posts.load(Ordering::SeqCst),
         "held": gw.held.load(Ordering::SeqCst),
         "held_ports": *gw.held_ports.lock().await,
         "connections": ids,
         "statuses": *gw.statuses.lock().await,
-        "sink_posts": sink.values().map(|n| u64::from(*n)).sum::<u64>(),
-        "sink_connections": sink.len(),
+        "sink_posts": gw.sink_posts.load(Ordering::SeqCst),
+        "sink_connections": gw.sink_connections.load(Ordering::SeqCst),
     });
     if q.get("sink").is_some_and(|v| v == "1") {
-        answer["sink"] = json!(*sink);
+        answer["sink"] = json!(*gw.sink.lock().await);
     }
     axum::Json(answer)
 }

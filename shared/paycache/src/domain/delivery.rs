@@ -80,7 +80,7 @@
 //! it held, at the end of the run).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -625,7 +625,7 @@ pub struct Sender {
     faults: Faults,
     /// Posts in flight at once (`WS_FAN_OUT`), across every lane.
     fan_out: usize,
-    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    permits: Arc<tokio::sync::Semaphore>,
     /// The partitions it holds.
     held: Vec<u16>,
     /// Partitions just taken: their pending entries are taken over first
@@ -655,7 +655,7 @@ impl Sender {
             management,
             faults,
             fan_out: 64,
-            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(64)),
+            permits: Arc::new(tokio::sync::Semaphore::new(64)),
             held: Vec::new(),
             fresh: HashMap::new(),
             grouped: HashSet::new(),
@@ -668,20 +668,46 @@ impl Sender {
     /// Posts in flight at once (`WS_FAN_OUT`; default 64).
     pub fn with_fan_out(mut self, n: usize) -> Self {
         self.fan_out = n.max(1);
-        self.permits = std::sync::Arc::new(tokio::sync::Semaphore::new(self.fan_out));
+        self.permits = Arc::new(tokio::sync::Semaphore::new(self.fan_out));
         self
     }
 
-    /// One Management API call, within the sender's `WS_FAN_OUT`.
-    async fn call<F: std::future::Future<Output = Posted>>(&self, call: F) -> Posted {
-        // The semaphore is never closed: a permit always comes.
-        let _permit = self.permits.acquire().await.ok();
-        call.await
+    /// One Management API call (`close`: `DeleteConnection`, otherwise
+    /// `PostToConnection` of `frame`), within the sender's `WS_FAN_OUT`. A
+    /// task of its own: the SDK's signing and HTTP work spreads over the
+    /// runtime's threads (a sender given more than one vCPU uses them).
+    async fn call(&self, conn: ConnectionId, frame: Option<Arc<str>>) -> Posted {
+        let (management, permits) = (self.management.clone(), self.permits.clone());
+        let task = tokio::spawn(async move {
+            // The semaphore is never closed: a permit always comes.
+            let _permit = permits.acquire_owned().await.ok();
+            match frame {
+                Some(frame) => management.post(&conn, &frame).await,
+                None => management.close(&conn).await,
+            }
+        });
+        // A sender stopped (its future dropped) stops its calls too, as a
+        // process that dies does.
+        let mut task = AbortOnDrop(task);
+        (&mut task.0)
+            .await
+            .unwrap_or(Posted::Failed(AwsError::Body {
+                service: "API Gateway Management API",
+            }))
     }
 
     /// The partitions it holds now.
     pub fn partitions(&self) -> &[u16] {
         &self.held
+    }
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -1135,7 +1161,7 @@ async fn close_all(
     }
     let ids: Vec<ConnectionId> = conns.iter().map(|(c, _)| c.clone()).collect();
     let results: Vec<Posted> = futures_util::stream::iter(ids)
-        .map(|conn| async move { sender.call(sender.management.close(&conn)).await })
+        .map(|conn| sender.call(conn, None))
         .buffer_unordered(sender.fan_out)
         .collect()
         .await;
@@ -1278,11 +1304,14 @@ async fn post_all(
     if stubbed {
         report.too_large += 1;
     }
-    let frame = frame.as_str();
+    let frame: Arc<str> = Arc::from(frame);
     let results: Vec<(ConnectionId, Posted)> = futures_util::stream::iter(to.iter().cloned())
-        .map(|conn| async move {
-            let posted = sender.call(sender.management.post(&conn, frame)).await;
-            (conn, posted)
+        .map(|conn| {
+            let frame = frame.clone();
+            async move {
+                let posted = sender.call(conn.clone(), Some(frame)).await;
+                (conn, posted)
+            }
         })
         .buffer_unordered(sender.fan_out)
         .collect()
@@ -1625,9 +1654,17 @@ async fn fan_out(
             // The run is over: the next holder resumes at this checkpoint.
             return false;
         }
-        let Ok((next, live, dead)) =
-            realtime::everyone_page(&deliveries.connections, shard, &at, page).await
-        else {
+        // A page read that fails (a timeout under load) is tried again
+        // twice, 100 ms apart, before the entry is left to the redelivery.
+        let mut read = realtime::everyone_page(&deliveries.connections, shard, &at, page).await;
+        for _ in 0..2 {
+            if read.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            read = realtime::everyone_page(&deliveries.connections, shard, &at, page).await;
+        }
+        let Ok((next, live, dead)) = read else {
             return false;
         };
         let closed = close_all(deliveries, sender, &dead, report).await;

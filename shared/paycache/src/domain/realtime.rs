@@ -666,7 +666,9 @@ async fn judge(
             // Some(true): held; Some(false): ended; None: missing.
             ((user, sid), v.map(|v| v.map(|v| v != sessions::TOMBSTONE)))
         })
-        .buffer_unordered(256)
+        // Bounded: sixteen announcement shards paging at once must not pile
+        // thousands of reads onto one connection (they time out).
+        .buffer_unordered(64)
         .collect::<Vec<_>>()
         .await
         .into_iter()
