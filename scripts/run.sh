@@ -69,8 +69,16 @@ else
   log "using DATABASE_URL from the environment"
 fi
 
+# What a person waits for is said before it starts, and cargo's own
+# progress shows (a cold build takes minutes on a small machine).
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+log "building the development tool, paycache-dev (cargo's progress follows)"
+cargo build -p paycache-dev
+DEV="$TARGET/debug/paycache-dev"
+log "checking Redis and PostgreSQL"
+"$DEV" check || die "fix the connection above (make run uses REDIS_URL and DATABASE_URL when set)"
 log "applying migrations and loading seed data"
-cargo run --quiet -p paycache-dev -- migrate-and-seed
+"$DEV" migrate-and-seed
 
 # The local development key (never deployed: deployed, API Gateway's JWT
 # authorizer verifies tokens against the issuer's JWKS).
@@ -101,6 +109,10 @@ if [ -z "${AWS_ACCESS_KEY_ID:-}" ] || [ -z "${AWS_SECRET_ACCESS_KEY:-}" ]; then
   export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
 fi
 
+# The functions' metric lines (EMF JSON, one per invocation) go to a file
+# instead of the terminal, where they would interleave with this script's
+# output and the functions' logs.
+export PAYCACHE_METRICS_FILE="$STACK/metrics.emf"
 ENV_FILE="$STACK/functions.env"
 {
   echo "REDIS_URL='$REDIS_URL'"
@@ -109,17 +121,17 @@ ENV_FILE="$STACK/functions.env"
   # single-quoted: RATE_LIMIT_POLICIES is JSON).
   while IFS='=' read -r name value; do
     printf "%s='%s'\n" "$name" "$value"
-  done < <(env | grep -E '^(REDIS_|CACHE_|DATABASE_|BALANCE_|AUDIT_|RATE_LIMIT_|AUTH_|WS_|AWS_REGION=|AWS_ACCESS_KEY_ID=|AWS_SECRET_ACCESS_KEY=|RUST_LOG=)' | grep -vE '^(REDIS_URL|DATABASE_URL)=' || true)
+  done < <(env | grep -E '^(REDIS_|CACHE_|DATABASE_|BALANCE_|AUDIT_|RATE_LIMIT_|AUTH_|WS_|PAYCACHE_METRICS_FILE=|AWS_REGION=|AWS_ACCESS_KEY_ID=|AWS_SECRET_ACCESS_KEY=|RUST_LOG=)' | grep -vE '^(REDIS_URL|DATABASE_URL)=' || true)
 } >"$ENV_FILE"
 chmod 600 "$ENV_FILE"
 
 # Every function is built before anything is served: the first request is
 # fast, and a compile error stops here with the error.
-log "building the functions"
-cargo build --quiet --bins
+log "building every function and the WebSocket gateway (cargo's progress follows)"
+cargo build --bins
 
-USER_TOKEN=$(cargo run --quiet -p paycache-dev -- login --user 2)
-LEDGER_TOKEN=$(cargo run --quiet -p paycache-dev -- service-token --client ledger --scope wallets.balance.write)
+USER_TOKEN=$("$DEV" login --user 2)
+LEDGER_TOKEN=$("$DEV" service-token --client ledger --scope wallets.balance.write)
 B="http://127.0.0.1:$PORT"
 cat >&2 <<BANNER
 ==> serving on $B
@@ -151,15 +163,18 @@ cat >&2 <<BANNER
     set -a; . $ENV_FILE; set +a
     cargo run -q -p paycache-dev -- login --user <n> [--permission profiles.read.any]
     cargo run -q -p paycache-dev -- service-token --client ledger --scope wallets.balance.write
+
+    The functions' metric lines (CloudWatch EMF, one per invocation): tail -f $PAYCACHE_METRICS_FILE
 BANNER
 cargo lambda watch --quiet -A 127.0.0.1 -P "$PORT" --concurrency "$CONCURRENCY" --env-file "$ENV_FILE" &
 WATCH_PID=$!
+log "waiting for cargo lambda watch to listen on $PORT"
 for _ in $(seq 1 600); do
   port_in_use "$PORT" && break
   kill -0 "$WATCH_PID" 2>/dev/null || die "cargo lambda watch exited"
   sleep 0.5
 done
-cargo run --quiet -p paycache-ws-gateway -- --port "$WS_PORT" --lambda "$B" --keep-running ws-sender &
+"$TARGET/debug/paycache-ws-gateway" --port "$WS_PORT" --lambda "$B" --keep-running ws-sender &
 GATEWAY_PID=$!
 log "WebSocket gateway on ws://127.0.0.1:$WS_PORT/?token=<access token>"
 wait "$WATCH_PID"

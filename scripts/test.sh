@@ -55,13 +55,15 @@ unset AWS_PROFILE AWS_SESSION_TOKEN
 
 log "cargo fmt --check"
 cargo fmt --all --check
-log "cargo clippy"
-cargo clippy --workspace --all-targets --quiet -- -D warnings
+log "cargo clippy (cargo's progress follows; a cold build takes several minutes)"
+cargo clippy --workspace --all-targets -- -D warnings
 # Everything the tests log goes to files (shared/test-support/src/logs.rs),
 # and every test's own output is kept (--nocapture): the secrets check below
 # reads all of it. The console gets the summary lines; a failure, its story.
 export PAYCACHE_TEST_LOG_DIR="$STACK/logs"
 cp "$ROOT/tests/secrets.txt" "$STACK/secrets.run"
+log "building the tests (cargo's progress follows)"
+cargo test --workspace --all-targets --no-run
 log "cargo test (output in $STACK/test-output.log, logs in $PAYCACHE_TEST_LOG_DIR)"
 set +e
 cargo test --workspace --all-targets -- --nocapture >"$STACK/test-output.log" 2>&1
@@ -72,6 +74,8 @@ if [ "$rc" != 0 ]; then
   grep -E -B2 -A25 "panicked at|^error(\[|:)" "$STACK/test-output.log" | head -400 >&2
   die "cargo test failed (exit $rc); the whole output is in $STACK/test-output.log"
 fi
+log "documentation: links and anchors in README.md and docs/"
+python3 "$ROOT/scripts/check-docs.py"
 log "deployment contract: template.yaml (SAM-translated) against the code"
 python3 "$ROOT/tests/deploy/contract.py" 2>&1 | tee "$STACK/contract-output.log"
 [ "${PIPESTATUS[0]}" = 0 ] || die "the deployment contract failed"

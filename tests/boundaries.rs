@@ -106,7 +106,7 @@ async fn queued_closes(w: &World) -> Vec<String> {
         .collect()
 }
 
-/// What each sign-out form ends (README → Authentication): "session" ends
+/// What each sign-out form ends (docs/security.md): "session" ends
 /// this sign-in and its sockets, the user's other sign-in goes on; "all"
 /// ends every sign-in and every socket of the user, and nobody else's.
 /// Broken variant through the same check: an "all" that ends only the

@@ -74,14 +74,14 @@ async fn a_primary_killed_under_load() {
 }
 
 /// The broken variant through the same load and bound: a client that
-/// stays away from Redis for 8 s once its breaker opens (the tests above
+/// stays away from Redis for 20 s once its breaker opens (the tests above
 /// use 250 ms) recovers too late, and the bound catches it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_breaker_breaks_the_bound() {
     let late = under_load(Disruption::Kill, SLOW_BREAKER).await;
     assert!(
         !late.is_empty(),
-        "with an 8 s breaker cooldown the errors should outlast the bound"
+        "with a 20 s breaker cooldown the errors should outlast the bound"
     );
 }
 
@@ -89,7 +89,7 @@ async fn a_slow_breaker_breaks_the_bound() {
 /// within moments of the cluster's own failover (which takes 3.3–4.8 s
 /// after a kill with a 2 s node timeout on this machine).
 const BREAKER: &str = "250";
-const SLOW_BREAKER: &str = "8000";
+const SLOW_BREAKER: &str = "20000";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_planned_failover_under_load() {
@@ -367,8 +367,9 @@ async fn under_load(disruption: Disruption, cooldown_ms: &str) -> Vec<(Duration,
     // The cluster's own failover takes the node timeout (2 s) plus its
     // election, and on a loaded 2-core machine that varies by seconds: the
     // bound is on the client, so it counts from the promotion. Errors stop
-    // within 3 s of it (the broken variant's 8 s breaker keeps them up for
-    // 4–5 s after it); a promotion later than 10 s after the kill fails
+    // within 3 s of it (the broken variant's 20 s breaker keeps them up to
+    // the end of the run, whenever the promotion came); a promotion later
+    // than 10 s after the kill fails
     // the test on its own.
     let promoted_by = promoted_at.unwrap_or(killed_at);
     assert!(

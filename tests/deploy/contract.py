@@ -393,7 +393,7 @@ def check_trust(translated):
     (AWS::Lambda::Permission) names a service principal and the source it
     acts for (SourceArn) - API Gateway's API, the user pool, the rule, the
     schedule's role. The HTTP functions trust API Gateway's claims because
-    of this (README -> Security)."""
+    of this (docs/security.md)."""
     problems = []
     for k, v in translated["Resources"].items():
         if v["Type"] != "AWS::Lambda::Permission":

@@ -201,7 +201,7 @@ async def main():
     if latencies:
         p50, p99 = pct(latencies, 50), pct(latencies, 99)
         # A measurement, not an assertion (a shared, noisy machine): the
-        # README reports it against the 250 ms target.
+        # docs/realtime.md reports it against the 250 ms target.
         print(f"latency write 200 → frame: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(latencies):.1f} ms "
               f"over {len(latencies)} deliveries ({len(t200)} writes × 2 connections); "
               f"PUT sent → frame: p50 {pct(from_sent, 50):.1f} ms, p99 {pct(from_sent, 99):.1f} ms", flush=True)

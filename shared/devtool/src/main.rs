@@ -11,6 +11,9 @@
 //!   permissions are its scopes, `paycache/<permission>`).
 //! - `token --user <n> --session-id <id>`: a token for a session that
 //!   exists (one the sign-in trigger created: the end-to-end journey).
+//! - `check`: connects to `REDIS_URL` and `DATABASE_URL` and says what is
+//!   wrong in words (a refused password, an unreachable host, TLS),
+//!   without printing either URL or a secret; `make run` runs it first.
 //! - `init-check <function>`: runs that function's initialisation against
 //!   the environment; `aws-calls`: the AWS operations the code can make
 //!   (JSON). The deployment contract test (`tests/deploy/contract.py`) runs
@@ -44,13 +47,14 @@ async fn main() -> ExitCode {
         "service-token" => service_token(&args[1..]),
         "init-check" => init_check(&args[1..]).await,
         "aws-calls" => aws_calls(),
+        "check" => check().await,
         "token" => token(&args[1..]),
         _ => Err(
             "usage: paycache-dev migrate | seed | migrate-and-seed\n       \
              paycache-dev login --user <n | user id> [--permission <p>]... [--expires-in <secs>] [--session-id <id>]\n       \
              paycache-dev service-token --client <id> [--scope <permission>]... [--expires-in <secs>]\n       \
              paycache-dev token --user <n | user id> --session-id <id> [--expires-in <secs>]\n       \
-             paycache-dev init-check <function> [--names-only] | aws-calls"
+             paycache-dev init-check <function> [--names-only] | aws-calls | check"
                 .to_owned(),
         ),
     };
@@ -60,6 +64,24 @@ async fn main() -> ExitCode {
             eprintln!("paycache-dev: {why}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// `check`: Redis and PostgreSQL, each reached once.
+async fn check() -> Result<(), String> {
+    let config = paycache::config::Config::from_lookup(|name| {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    })
+    .map_err(|e| e.to_string())?;
+    let redis = paycache::connection::Redis::new(&config.redis, config.breaker)
+        .map_err(|e| format!("Redis: {e}"))?;
+    let db = Db::new(&config.database).map_err(|e| e.to_string())?;
+    let (r, d) = tokio::join!(redis.diagnose(), db.diagnose());
+    match (r, d) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(r), Ok(())) => Err(r),
+        (Ok(()), Err(d)) => Err(d),
+        (Err(r), Err(d)) => Err(format!("{r}\npaycache-dev: {d}")),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The cache-hit path of `get_or_load` next to the raw `GET` round trip it
 //! is built on, on the same throwaway `redis-server`, in the same run.
 //!
-//! `make bench` runs it; the README reports the ratio. The target is a hit
+//! `make bench` runs it; docs/operations.md reports the ratio. The target is a hit
 //! within 1.25x of a raw GET: everything the cache adds (breaker check,
 //! timeout, envelope and JSON decoding) must be small next to one round trip.
 #![allow(clippy::unwrap_used, reason = "benchmark set-up")]

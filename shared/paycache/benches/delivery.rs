@@ -1,4 +1,4 @@
-//! Real-time delivery throughput (README → Budgets): the sender against
+//! Real-time delivery throughput (docs/operations.md → Budgets): the sender against
 //! the local gateway with an injected Management API latency (25 ms per
 //! post) and injected 429s (every 200th post), for
 //!

@@ -1,6 +1,6 @@
 //! Every cache operation next to the raw round trip it is built on, on the
 //! same throwaway `redis-server` and PostgreSQL, in the same run: the
-//! README's round-trip table reports each median and its ratio to a raw
+//! docs/architecture.md's round-trip table reports each median and its ratio to a raw
 //! `GET`. `make bench` runs it.
 #![allow(clippy::unwrap_used, reason = "benchmark set-up")]
 

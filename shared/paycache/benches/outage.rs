@@ -1,6 +1,6 @@
 //! What a Redis outage costs a signed-in caller, and what sign-in costs
 //! with its PostgreSQL write — each next to its baseline in the same run
-//! (README → Budgets):
+//! (docs/operations.md → Budgets):
 //!
 //! - with Redis stopped and the circuit breaker open: a signed-in,
 //!   rate-limited profile read through the route (the session checked in

@@ -304,7 +304,7 @@ impl App {
         if std::env::var_os("AUTH_REVOCATION_FAIL_OPEN").is_some() {
             tracing::warn!(
                 "AUTH_REVOCATION_FAIL_OPEN has no effect any more: when Redis cannot check a \
-                 session or a revocation, PostgreSQL does (README -> Sessions)"
+                 session or a revocation, PostgreSQL does (docs/security.md -> Authentication, sessions and authorization)"
             );
         }
         if config.verify_in_function && verifier.is_none() {

@@ -1,5 +1,5 @@
 //! Real-time delivery: what the design publishes reaches the recipients'
-//! open WebSocket connections (README → Real-time delivery).
+//! open WebSocket connections (docs/realtime.md → Real-time delivery).
 //!
 //! # How a message travels
 //! 1. **Publisher** (the function that made the change): besides its Redis
@@ -51,7 +51,7 @@
 //!   the client saw, in order; a `resync` frame first when the log no
 //!   longer reaches back that far. Until the catch-up is sent, the wallet's
 //!   new frames skip that connection, so it sees every version once,
-//!   ascending (README → Reconnecting).
+//!   ascending (docs/realtime.md → Reconnecting without a gap).
 //! - **Gone connections are pruned** the first time a post answers 410.
 //! - **Throttled posts** (429, `LimitExceededException`) are retried with
 //!   exponential backoff and full jitter by the SDK's standard retry
@@ -740,19 +740,27 @@ async fn lease(
         .await
 }
 
-/// Renews the sender's leases (all at once); returns the partitions it
-/// lost (another sender holds them now).
+/// Renews the sender's leases and its heartbeat (all at once); returns the
+/// partitions it lost (another sender holds them now).
 async fn renew(deliveries: &Deliveries, sender: &Sender) -> Vec<u16> {
     if sender.faults.no_leases {
         return Vec::new();
     }
-    let renewed = futures_util::future::join_all(
-        sender
-            .held
-            .iter()
-            .map(|p| async move { (*p, lease(deliveries, &sender.consumer, *p, "renew").await) }),
-    )
-    .await;
+    // The heartbeat too: a sender busy with a long announcement still
+    // counts as live when the others work out their share.
+    let key = deliveries.queue.keys.ws_senders();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+    let (k, me) = (&key, sender.consumer.as_str());
+    let (renewed, _) =
+        tokio::join!(
+            futures_util::future::join_all(sender.held.iter().map(|p| async move {
+                (*p, lease(deliveries, &sender.consumer, *p, "renew").await)
+            }),),
+            deliveries.queue.durable.run(|mut c| async move {
+                let _: i64 = c.zadd(k, me, now as i64).await?;
+                Ok(())
+            })
+        );
     renewed
         .into_iter()
         // A Redis error keeps the partition: the lease may still hold.
@@ -818,7 +826,7 @@ async fn maintain(deliveries: &Deliveries, sender: &mut Sender) {
             continue;
         }
         if let Ok(true) = lease(deliveries, &sender.consumer, p, "take").await {
-            tracing::info!(partition = p, consumer = %sender.consumer, "partition taken");
+            tracing::debug!(partition = p, consumer = %sender.consumer, "partition taken");
             sender.held.push(p);
             sender.fresh.insert(p, "0-0".into());
         }

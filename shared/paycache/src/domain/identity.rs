@@ -35,7 +35,7 @@ use crate::infra::keys::{ClientId, Jti, SessionId, UserId};
 /// identifier in the template's Cognito user pool, `paycache`).
 pub const SCOPE_PREFIX: &str = "paycache/";
 
-/// The permission names (README → Authorization; `openapi.yaml`).
+/// The permission names (docs/security.md; `openapi.yaml`).
 pub mod permissions {
     /// Read any user's profile (support staff).
     pub const PROFILES_READ_ANY: &str = "profiles.read.any";

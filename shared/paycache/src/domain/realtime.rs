@@ -18,7 +18,7 @@
 //!   id), each its own slot: an announcement is fanned out shard by shard,
 //!   in parallel, by as many senders as hold the partitions.
 //! - `ws_conn:{user}:resume` holds the connections still catching up
-//!   after a reconnect (`"<connection> <wallet>" → version`, README →
+//!   after a reconnect (`"<connection> <wallet>" → version`, docs/realtime.md →
 //!   Reconnecting): until a connection's catch-up is sent, new frames of
 //!   that wallet skip it, so that it receives the missed versions first.
 //! - `ws_meta:{connection}` keeps the design's fields (who, since when,
@@ -154,7 +154,7 @@ async fn write_meta(
 
 /// `$connect`: registers the connection for the sign-in that opened it;
 /// with `resume` (wallets and the last version the client saw), marks it
-/// as catching up on those wallets, in the same round trip (README →
+/// as catching up on those wallets, in the same round trip (docs/realtime.md →
 /// Reconnecting).
 #[tracing::instrument(skip_all, fields(user_id = %by.user, connection_id = %conn))]
 pub async fn connect(

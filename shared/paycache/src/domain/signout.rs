@@ -3,7 +3,7 @@
 //! refresh token of the user (each refresh would otherwise run the sign-in
 //! trigger again and create a new session). Configured by
 //! `COGNITO_USER_POOL_ID` (the template sets it with `UserPool=create`);
-//! without it, logout ends the session and the token only, and the README
+//! without it, logout ends the session and the token only, and docs/security.md
 //! says so.
 //!
 //! The user's Cognito username is their `sub` (the template's pool signs

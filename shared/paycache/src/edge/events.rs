@@ -390,7 +390,7 @@ pub async fn websocket(app: &App, event: &Value) -> Value {
             match crate::domain::realtime::connect(connections, &by, &conn, client, &resume).await {
                 Ok(()) => {
                     // Queued behind the wallet's kicks; a failure leaves the
-                    // mark, which lapses (README → Reconnecting).
+                    // mark, which lapses (docs/realtime.md → Reconnecting without a gap).
                     for (wallet, after) in &resume {
                         if let Err(why) = queue.catch_up(wallet, &by.user, &conn, *after).await {
                             tracing::warn!(reason = why.as_str(), "could not queue a catch-up");
@@ -545,7 +545,7 @@ pub fn sender_state(
 /// 5 s before the invocation's deadline (or for `WS_SENDER_RUN_SECS`, or
 /// the event's `detail.run_secs`, whichever ends first).
 /// Scheduled every minute with a longer timeout, so that one invocation
-/// always reads (README → Real-time delivery).
+/// always reads (docs/realtime.md → Real-time delivery).
 pub async fn handle_sender(
     app: &App,
     state: &tokio::sync::Mutex<Option<crate::domain::delivery::Sender>>,

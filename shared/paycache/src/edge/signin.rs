@@ -30,7 +30,7 @@
 //!   (profile) belongs to the platform's user service, keyed by that same
 //!   id — created when the platform creates the user (it creates them:
 //!   self sign-up is off by default), or by a Post Confirmation trigger for
-//!   a pool that allows sign-up (README -> Deploying).
+//!   a pool that allows sign-up (docs/deploying.md -> Deploying).
 
 use aws_lambda_events::event::cognito::{
     CognitoAccessTokenGenerationV2, CognitoEventUserPoolsPreTokenGenV2,

@@ -455,6 +455,34 @@ impl Redis {
         }
     }
 
+    /// Connects to the configured endpoint and sends `PING`, and says in
+    /// words what went wrong — the password refused, the host unreachable,
+    /// the TLS handshake — naming `host:port`, never the URL or the token
+    /// (`paycache-dev check`, which `make run` runs before anything else).
+    pub async fn diagnose(&self) -> Result<(), String> {
+        let Some((host, port)) = self.seed_address() else {
+            return Err("REDIS_URL: not a redis:// or rediss:// URL".into());
+        };
+        let at = format!("{host}:{port}");
+        let client = self
+            .node_client(&host, port)
+            .map_err(|e| format!("Redis at {at}: {e}"))?;
+        let wait = self.inner.connect_timeout.max(Duration::from_secs(2));
+        let connected = tokio::time::timeout(wait, async {
+            let mut c = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        })
+        .await;
+        match connected {
+            Ok(Ok(_)) => Ok(()),
+            Err(_) => Err(format!(
+                "no answer from Redis at {at} within {} ms (is it running, and is that its address?)",
+                wait.as_millis()
+            )),
+            Ok(Err(e)) => Err(describe_failure(&at, &e)),
+        }
+    }
+
     /// `SET key value PX ttl_ms` — one round trip; for the JSON entries
     /// (sessions, blacklist, risk scores, connection metadata) written whole.
     pub async fn set_px(
@@ -580,6 +608,48 @@ impl Redis {
 
 /// `WRONGPASS`, `NOAUTH` or a failed handshake: the token is not (or no
 /// longer) accepted.
+/// A connection failure in words, without the error's own text where it
+/// could carry more than a kind (the URL is never part of it).
+fn describe_failure(at: &str, err: &RedisError) -> String {
+    let chain = crate::infra::telemetry::ErrorChain(err).to_string();
+    let lower = chain.to_lowercase();
+    if is_auth_refusal(err) {
+        format!(
+            "Redis at {at} refused the password (AUTH failed): check the token (REDIS_AUTH_TOKEN, its secret, or the URL's password)"
+        )
+    } else if matches!(err.code(), Some("NOAUTH")) || lower.contains("noauth") {
+        format!("Redis at {at} requires a password and none was given")
+    } else if lower.contains("connection refused") {
+        format!("Redis at {at} is unreachable: connection refused (nothing listens there)")
+    } else if lower.contains("certificate")
+        || lower.contains("tls")
+        || lower.contains("handshake")
+        || lower.contains("invalidcertificate")
+    {
+        format!(
+            "the TLS handshake with Redis at {at} failed ({}): check REDIS_CA_CERT and that the host name matches the certificate",
+            tls_reason(&lower)
+        )
+    } else if err.is_io_error() {
+        format!("Redis at {at} is unreachable ({:?})", err.kind())
+    } else {
+        format!("Redis at {at} answered an error ({:?})", err.kind())
+    }
+}
+
+/// The TLS failure's kind, from rustls' wording.
+fn tls_reason(lower: &str) -> &'static str {
+    if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
+        "the certificate's issuer is not trusted"
+    } else if lower.contains("notvalidforname") || lower.contains("not valid for name") {
+        "the certificate is not valid for this host name"
+    } else if lower.contains("expired") {
+        "the certificate has expired"
+    } else {
+        "the server's certificate or TLS settings"
+    }
+}
+
 fn is_auth_refusal(err: &RedisError) -> bool {
     err.kind() == redis::ErrorKind::AuthenticationFailed
         || matches!(err.code(), Some("WRONGPASS" | "NOAUTH"))

@@ -137,6 +137,34 @@ impl Db {
         })
     }
 
+    /// Opens a connection and says in words what went wrong — the password
+    /// refused, the host unreachable, TLS — never printing the URL or the
+    /// password (`paycache-dev check`).
+    pub async fn diagnose(&self) -> Result<(), String> {
+        let e = match self.pool.get().await {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        let chain = crate::infra::telemetry::ErrorChain(&e).to_string();
+        let lower = chain.to_lowercase();
+        Err(if lower.contains("password authentication failed") {
+            "PostgreSQL refused the password (password authentication failed): check DATABASE_URL's password or DATABASE_SECRET_ARN".to_owned()
+        } else if lower.contains("no password") || lower.contains("password missing") {
+            "PostgreSQL asks for a password and DATABASE_URL gives none".to_owned()
+        } else if lower.contains("connection refused") {
+            "PostgreSQL is unreachable: connection refused (nothing listens at DATABASE_URL's host and port)".to_owned()
+        } else if let Some(hint) = crate::infra::sslmode::hint(self.sslmode, &chain) {
+            format!("the TLS connection to PostgreSQL failed: {hint}")
+        } else if lower.contains("does not exist") {
+            "PostgreSQL: the database or user in DATABASE_URL does not exist".to_owned()
+        } else if lower.contains("timed out") || lower.contains("timeout") {
+            "no answer from PostgreSQL in time (is DATABASE_URL's host right?)".to_owned()
+        } else {
+            "PostgreSQL could not be reached (run with RUST_LOG=warn for the driver's error)"
+                .to_owned()
+        })
+    }
+
     /// Applies pending migrations under an advisory lock, so concurrent
     /// callers (parallel tests, two deploy steps) apply each one once.
     pub async fn migrate(&self) -> Result<usize, DbError> {

@@ -66,11 +66,26 @@ fn describe() {
     describe_histogram!("WsBacklog", Unit::Count, "");
 }
 
-/// Records the invocation's latency and writes the EMF line.
+/// Records the invocation's latency and writes the EMF line: to stdout
+/// (Lambda's log pipeline turns it into metrics), or appended to the file
+/// `PAYCACHE_METRICS_FILE` names — `make run` sets it, so that the lines
+/// do not interleave with what a person reads in the terminal.
 pub fn finish(collector: Option<&'static Collector>, started: Instant) {
     metrics::histogram!("Latency").record(started.elapsed().as_secs_f64() * 1000.0);
-    if let Some(c) = collector {
-        flush_to(c, std::io::stdout());
+    let Some(c) = collector else {
+        return;
+    };
+    let file = std::env::var_os("PAYCACHE_METRICS_FILE").and_then(|path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok()
+    });
+    match file {
+        // One write per line: concurrent processes append whole lines.
+        Some(f) => flush_to(c, std::io::LineWriter::new(f)),
+        None => flush_to(c, std::io::stdout()),
     }
 }
 

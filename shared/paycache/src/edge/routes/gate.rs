@@ -149,7 +149,7 @@ const CLAIMS_LEEWAY_SECS: i64 = 5;
 ///
 /// Claims in `requestContext.authorizer.jwt` are trusted because only API
 /// Gateway can invoke the HTTP functions (their resource policies name the
-/// API as the only source: README → Security). With
+/// API as the only source: docs/security.md). With
 /// `AUTH_VERIFY_IN_FUNCTION=true` the function does not rest on that
 /// alone: the bearer token must also verify here against the configured
 /// keys and name the same principal and `jti` as the claims.

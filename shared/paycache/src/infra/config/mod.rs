@@ -1,6 +1,6 @@
 //! Configuration, read from environment variables once at start-up.
 //!
-//! Every variable is listed in the README's configuration table. Parsing is
+//! Every variable is listed in docs/configuration.md. Parsing is
 //! strict: a value that is present but malformed fails initialisation with a
 //! message naming the variable, because a Lambda that starts with a silently
 //! defaulted timeout or TTL is worse than one that does not start.
@@ -227,7 +227,7 @@ pub struct RateLimitConfig {
 }
 
 #[derive(Debug, Clone)]
-/// The whole configuration, read once from the environment (README → Configuration).
+/// The whole configuration, read once from the environment (docs/configuration.md → Configuration).
 pub struct Config {
     /// The cache Redis.
     pub redis: RedisConfig,
@@ -276,7 +276,7 @@ pub struct Config {
 /// Who may announce to every open connection: a `SystemAnnouncement`
 /// event is acted on only with this `source` (and, when set, from this
 /// account). The template's rule matches the same, so this is the second
-/// of two checks; neither authenticates the publisher (README → Security).
+/// of two checks; neither authenticates the publisher (docs/security.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnnouncementTrust {
     /// `ANNOUNCEMENT_SOURCE` (default `payments.operations`).
@@ -286,7 +286,7 @@ pub struct AnnouncementTrust {
     pub account: Option<String>,
 }
 
-/// Real-time delivery (`ws-sender`; README → Real-time delivery).
+/// Real-time delivery (`ws-sender`; docs/realtime.md → Real-time delivery).
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
     /// `WS_MANAGEMENT_ENDPOINT`: the WebSocket API's management endpoint
@@ -310,7 +310,7 @@ pub struct DeliveryConfig {
     /// `WS_PARTITIONS` (1–256, default 8): delivery streams, each in its
     /// own slot; a wallet's kicks and a user's messages always go to the
     /// same one. Lowering it strands what the dropped partitions hold:
-    /// drain first (README → Real-time delivery).
+    /// drain first (docs/realtime.md → Real-time delivery).
     pub partitions: u16,
     /// `WS_PARTITION_LEASE_MS` (1000–60000, default 10000): how long a
     /// sender's hold on a partition lasts without renewal; a dead sender's
@@ -318,7 +318,7 @@ pub struct DeliveryConfig {
     pub lease: Duration,
     /// `WS_FAN_OUT` (1–1024, default 64): posts in flight at once per
     /// sender (API Gateway's account limit is 10,000 requests per second
-    /// across every API: README → Real-time delivery).
+    /// across every API: docs/realtime.md → Real-time delivery).
     pub fan_out: usize,
     /// `WS_FANOUT_PAGE` (10–5000, default 500): registry entries an
     /// announcement reads, checks and posts per checkpoint.
