@@ -97,7 +97,15 @@ fi
 if bash "$ROOT/scripts/check-secrets.sh" "$STACK/secrets.run" "$STACK/empty.log" >/dev/null 2>&1; then
   die "the secrets check accepted an empty log"
 fi
-bash "$ROOT/scripts/check-secrets.sh" "$STACK/secrets.run" \
-  "$STACK/test-output.log" "$STACK/test-logs.log" "$STACK/e2e-output.log" "$STACK/watch.log" \
+# Every output of the run: the tests' (printed and logged), the e2e's
+# (paycache-dev's stderr included), the functions' under cargo lambda watch,
+# both gateways', schemathesis's — and any other log the run left.
+logs=("$STACK/test-output.log" "$STACK/test-logs.log" "$STACK/e2e-output.log" "$STACK/watch.log"
+      "$STACK/gateway.log" "$STACK/gateway-plain.log" "$STACK/schemathesis.log")
+for f in "$STACK"/*.log; do
+  case " ${logs[*]} $planted $STACK/empty.log " in *" $f "*) continue ;; esac
+  [ -s "$f" ] && logs+=("$f")
+done
+bash "$ROOT/scripts/check-secrets.sh" "$STACK/secrets.run" "${logs[@]}" \
   || die "a secret appeared in the output (or a log is missing)"
 tail -n 1 "$STACK/e2e-output.log"

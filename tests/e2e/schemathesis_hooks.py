@@ -13,7 +13,13 @@ non-ASCII header values as their UTF-8 bytes (HTTP client libraries send
 Latin-1) and replaces bytes that are not UTF-8 in a body with U+FFFD: the
 function still sees non-ASCII headers and bodies that are not valid JSON,
 and must answer them with a 4xx problem document."""
+import os
+
 import schemathesis
+
+# Where each answer's status is appended (scripts/e2e.sh counts the ones
+# that passed the gate).
+STATUS_FILE = os.environ.get("SCHEMATHESIS_STATUS_FILE")
 
 
 def _as_utf8_wire(value):
@@ -29,3 +35,10 @@ def before_call(ctx, case, kwargs):
             case.headers[name] = _as_utf8_wire(case.headers[name])
     if isinstance(case.body, (bytes, bytearray)):
         case.body = bytes(case.body).decode("utf-8", errors="replace").encode("utf-8")
+
+
+@schemathesis.hook
+def after_call(ctx, case, response):
+    if STATUS_FILE:
+        with open(STATUS_FILE, "a") as f:
+            f.write(f"{response.status_code}\n")
