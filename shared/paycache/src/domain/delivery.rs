@@ -17,7 +17,9 @@
 //! 2. **`ws-sender`s share the partitions**: each heartbeats into
 //!    `ws_senders`, works out its share (partitions ÷ live senders, rounded
 //!    up) and holds that many **leases** (`ws_lease:{d<p>}`, renewed every
-//!    third of `WS_PARTITION_LEASE_MS`, also while a long delivery runs).
+//!    third of `WS_PARTITION_LEASE_MS`, also while a long delivery runs;
+//!    given back at the end of a run, and a sender short of its share
+//!    looks every 200 ms, so the overlapping next run takes them at once).
 //!    Only a partition's holder reads it (`XREADGROUP`), so a wallet's
 //!    kicks and catch-ups, and a user's messages, are handled by one sender
 //!    at a time, in stream order. A sender that dies stops renewing; after
@@ -635,6 +637,10 @@ pub struct Sender {
     grouped: HashSet<u16>,
     last_claim: Option<Instant>,
     maintained: Option<Instant>,
+    /// It held fewer partitions than its share at the last maintenance:
+    /// it looks again every 200 ms (a run that ends gives its partitions
+    /// back; the overlapping next run takes them within moments).
+    short: bool,
     /// The end of the current run: an announcement stops paging at it
     /// (its checkpoint is exact, so the next holder resumes without
     /// repeating a connection).
@@ -661,6 +667,7 @@ impl Sender {
             grouped: HashSet::new(),
             last_claim: None,
             maintained: None,
+            short: false,
             until: None,
         }
     }
@@ -831,6 +838,7 @@ async fn maintain(deliveries: &Deliveries, sender: &mut Sender) {
             sender.fresh.insert(p, "0-0".into());
         }
     }
+    sender.short = sender.held.len() < share;
 }
 
 /// Gives back every lease and leaves `ws_senders` (the end of a run).
@@ -969,10 +977,12 @@ pub async fn fetch(
     deliveries: &Deliveries,
     sender: &mut Sender,
 ) -> Result<(Vec<Entry>, u64), RedisUnavailable> {
-    if sender
-        .maintained
-        .is_none_or(|at| at.elapsed() >= deliveries.config.lease / 3)
-    {
+    let every = if sender.short {
+        Duration::from_millis(200).min(deliveries.config.lease / 3)
+    } else {
+        deliveries.config.lease / 3
+    };
+    if sender.maintained.is_none_or(|at| at.elapsed() >= every) {
         maintain(deliveries, sender).await;
         sender.maintained = Some(Instant::now());
     }
