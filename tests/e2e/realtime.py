@@ -291,6 +291,10 @@ async def main():
     # away arrive on reconnect (resume=<wallet>:<last version seen>), in
     # order, before new ones.
     wallet = next(iter(WALLETS))
+    # A sender is running for the whole step (after the kill above, the
+    # gateway's own loop starts its next run only at its run timeout).
+    threading.Thread(target=invoke, args=("ws-sender", event("Scheduled Event", {"run_secs": 25})),
+                     daemon=True).start()
     c = await connect(token)
     status, body = http("GET", f"http://127.0.0.1:{PORT}/wallets/{wallet}/balance", token)
     version = body["version"]
