@@ -73,14 +73,7 @@ async fn sink_connections(b: &Bench) -> u64 {
 }
 
 async fn sink_counts(gw: &paycache_ws_gateway::Handle) -> HashMap<String, u64> {
-    let url = format!("{}/_gateway/stats?sink=1", gw.management_url());
-    let out = tokio::process::Command::new("curl")
-        .args(["-s", &url])
-        .output()
-        .await
-        .unwrap();
-    let stats: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    stats["sink"]
+    stats(gw, "?sink=1").await["sink"]
         .as_object()
         .map(|m| {
             m.iter()

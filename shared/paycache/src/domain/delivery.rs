@@ -747,9 +747,9 @@ async fn lease(
         .await
 }
 
-/// Renews the sender's leases and its heartbeat (all at once); returns the
-/// partitions it lost (another sender holds them now).
-async fn renew(deliveries: &Deliveries, sender: &Sender) -> Vec<u16> {
+/// Renews the sender's leases and, with `heartbeat`, its heartbeat (all at
+/// once); returns the partitions it lost (another sender holds them now).
+async fn renew(deliveries: &Deliveries, sender: &Sender, heartbeat: bool) -> Vec<u16> {
     if sender.faults.no_leases {
         return Vec::new();
     }
@@ -763,10 +763,18 @@ async fn renew(deliveries: &Deliveries, sender: &Sender) -> Vec<u16> {
             futures_util::future::join_all(sender.held.iter().map(|p| async move {
                 (*p, lease(deliveries, &sender.consumer, *p, "renew").await)
             }),),
-            deliveries.queue.durable.run(|mut c| async move {
-                let _: i64 = c.zadd(k, me, now as i64).await?;
-                Ok(())
-            })
+            async {
+                if heartbeat {
+                    let _ = deliveries
+                        .queue
+                        .durable
+                        .run(|mut c| async move {
+                            let _: i64 = c.zadd(k, me, now as i64).await?;
+                            Ok(())
+                        })
+                        .await;
+                }
+            }
         );
     renewed
         .into_iter()
@@ -809,7 +817,8 @@ async fn maintain(deliveries: &Deliveries, sender: &mut Sender) {
     let share = usize::from(n)
         .div_ceil(usize::try_from(live).unwrap_or(1))
         .max(1);
-    for lost in renew(deliveries, sender).await {
+    // The heartbeat went with the count above.
+    for lost in renew(deliveries, sender, false).await {
         tracing::info!(partition = lost, "partition lease lost to another sender");
         sender.held.retain(|p| *p != lost);
         sender.fresh.remove(&lost);
@@ -1039,15 +1048,6 @@ pub async fn fetch(
     }
 }
 
-/// Who may receive frames in one batch: the live connections of every
-/// user the batch addresses, found in one round-trip time (one script per
-/// user, sent at once: `realtime::live`), and the reconnects still
-/// catching up.
-struct Found {
-    live: HashMap<UserId, Vec<ConnectionId>>,
-    resuming: HashSet<(ConnectionId, WalletId)>,
-}
-
 /// A lane: entries that must be delivered in order.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum LaneKey {
@@ -1062,7 +1062,10 @@ enum LaneKey {
 async fn deliver_lane(
     deliveries: &Deliveries,
     sender: &Sender,
-    found: Option<&Found>,
+    // Who may receive frames in the batch: the live connections of every
+    // user it addresses, found in one round-trip time (`realtime::live`),
+    // and the reconnects still catching up.
+    found: Option<&realtime::Liveness>,
     lane: &[&Entry],
 ) -> (Report, Vec<(u16, String)>) {
     let mut report = Report::default();
@@ -1220,10 +1223,7 @@ pub async fn deliver(deliveries: &Deliveries, sender: &Sender, entries: &[Entry]
         })
         .collect();
     let found = if users.is_empty() {
-        Some(Found {
-            live: HashMap::new(),
-            resuming: HashSet::new(),
-        })
+        Some(realtime::Liveness::default())
     } else {
         let looked_up = if sender.faults.no_sign_in_check {
             realtime::registered(&deliveries.connections, &users).await
@@ -1240,10 +1240,7 @@ pub async fn deliver(deliveries: &Deliveries, sender: &Sender, entries: &[Entry]
                         tracing::warn!(reason = why.as_str(), "could not queue closes");
                     }
                 }
-                Some(Found {
-                    live: found.live,
-                    resuming: found.resuming,
-                })
+                Some(found)
             }
             Err(why) => {
                 // Their entries stay pending and are redelivered.
@@ -1756,7 +1753,7 @@ async fn deliver_renewing(
         loop {
             tokio::select! {
                 r = &mut work => break r,
-                () = tokio::time::sleep(every) => lost.extend(renew(deliveries, s).await),
+                () = tokio::time::sleep(every) => lost.extend(renew(deliveries, s, true).await),
             }
         }
     };
