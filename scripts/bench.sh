@@ -8,7 +8,7 @@ ensure_postgres
 ensure_moto_server
 STACK="$ROOT/.stack/bench"
 cleanup() { set +e; stop_redis "$STACK/redis"; stop_moto "$STACK/moto"; [ -n "${PG_DIR:-}" ] && stop_postgres "$PG_DIR"; }
-trap cleanup EXIT INT TERM
+on_exit cleanup
 rm -rf "$STACK"; mkdir -p "$STACK"
 REDIS_PORT=$(free_port)
 start_redis "$STACK/redis" "$REDIS_PORT"

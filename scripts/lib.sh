@@ -10,6 +10,35 @@ export PATH="$HOME/.local/bin:$HOME/.cargo/bin:$PATH"
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# on_exit FUNCTION: run FUNCTION when the script ends, however it ends. An
+# interrupt (Ctrl-C) or a kill ends the script: a trap that only cleans up on
+# INT or TERM lets bash resume the script after it (a killed `make test` would
+# start its servers again and carry on). Bash runs a trap only once the
+# foreground command returns, so long steps run through `in_background`.
+# scripts/check-traps.sh tests this, and that the old form fails it.
+on_exit() {
+  trap "$1" EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+
+# in_background CMD...: run CMD as a child and wait for it: `wait` returns at
+# once when a signal arrives, so INT or TERM ends the script without waiting
+# for CMD; the child is killed with the rest of the script's jobs.
+in_background() {
+  "$@" &
+  local pid=$!
+  wait "$pid"
+}
+
+# kill_jobs: end the script's background children (an interrupted step's).
+kill_jobs() {
+  local pids
+  pids=$(jobs -pr)
+  [ -n "$pids" ] && kill $pids 2>/dev/null
+  return 0
+}
+
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"
   elif command -v sudo >/dev/null 2>&1; then sudo "$@"
@@ -104,6 +133,16 @@ ensure_schemathesis() {
     log "pip install schemathesis (property-based API tests against openapi.yaml)"
     python3 -m pip install --quiet 'schemathesis>=4.1,<5' \
       || python3 -m pip install --quiet --user --break-system-packages 'schemathesis>=4.1,<5'
+    hash -r
+  fi
+}
+
+ensure_openapi_validator() {
+  if ! command -v openapi-spec-validator >/dev/null 2>&1; then
+    ensure_python
+    log "pip install openapi-spec-validator (the reference validator for openapi.yaml)"
+    python3 -m pip install --quiet 'openapi-spec-validator>=0.7,<0.9' \
+      || python3 -m pip install --quiet --user --break-system-packages 'openapi-spec-validator>=0.7,<0.9'
     hash -r
   fi
 }

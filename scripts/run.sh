@@ -36,8 +36,7 @@ cleanup() {
   [ "$STARTED_REDIS" = 1 ] && { log "stopping Redis"; stop_redis "$STACK/redis"; }
   [ -n "$STARTED_PG" ] && { log "stopping PostgreSQL"; stop_postgres "$STARTED_PG"; }
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+on_exit cleanup
 
 if [ -z "${REDIS_URL:-}" ]; then
   ensure_redis

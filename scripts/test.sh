@@ -12,12 +12,14 @@ ensure_moto_server
 ensure_schemathesis
 ensure_python_websockets
 ensure_sam_translator
+ensure_openapi_validator
 check_disk 8
 
 STACK="$ROOT/.stack/test"
 cleanup() {
   local rc=$?
   set +e
+  kill_jobs
   [ "$rc" != 0 ] && disk_report
   [ -n "${E2E_PID:-}" ] && kill "$E2E_PID" 2>/dev/null
   stop_redis "$STACK/redis"
@@ -26,7 +28,7 @@ cleanup() {
   stop_moto "$STACK/moto"
   [ -n "${PG_DIR:-}" ] && stop_postgres "$PG_DIR"
 }
-trap cleanup EXIT INT TERM
+on_exit cleanup
 # Leftovers of an interrupted run.
 if [ -d "$STACK" ]; then
   stop_redis "$STACK/redis"; stop_redis "$STACK/e2e-redis"; stop_cluster "$STACK/cluster"; stop_moto "$STACK/moto"
@@ -53,6 +55,8 @@ export AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT" AWS_REGION=us-east-1 \
   AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
 unset AWS_PROFILE AWS_SESSION_TOKEN
 
+log "scripts: an interrupt or a kill ends them"
+bash "$ROOT/scripts/check-traps.sh"
 log "cargo fmt --check"
 cargo fmt --all --check
 log "cargo clippy (cargo's progress follows; a cold build takes several minutes)"
@@ -66,7 +70,7 @@ log "building the tests (cargo's progress follows)"
 cargo test --workspace --all-targets --no-run
 log "cargo test (output in $STACK/test-output.log, logs in $PAYCACHE_TEST_LOG_DIR)"
 set +e
-cargo test --workspace --all-targets -- --nocapture >"$STACK/test-output.log" 2>&1
+in_background cargo test --workspace --all-targets -- --nocapture >"$STACK/test-output.log" 2>&1
 rc=$?
 set -e
 grep -E '^(test result:|error(\[|:))|^test .* FAILED$' "$STACK/test-output.log" || true
@@ -74,13 +78,31 @@ if [ "$rc" != 0 ]; then
   grep -E -B2 -A25 "panicked at|^error(\[|:)" "$STACK/test-output.log" | head -400 >&2
   die "cargo test failed (exit $rc); the whole output is in $STACK/test-output.log"
 fi
+log "openapi.yaml: the reference validator (openapi-spec-validator)"
+openapi-spec-validator "$ROOT/openapi.yaml"
+# The validator must catch the defect it was brought in for: a flow mapping
+# whose description holds a comma (\"rounded up.\" became a key).
+sed 's/description: "Whole seconds, rounded up." }/description: Whole seconds, rounded up. }/' \
+  "$ROOT/openapi.yaml" >"$STACK/openapi-broken.yaml"
+cmp -s "$ROOT/openapi.yaml" "$STACK/openapi-broken.yaml" && die "the openapi broken variant did not change the document"
+if openapi-spec-validator "$STACK/openapi-broken.yaml" >/dev/null 2>&1; then
+  die "openapi-spec-validator accepted the broken variant"
+fi
 log "documentation: links and anchors in README.md and docs/"
 python3 "$ROOT/scripts/check-docs.py"
 log "deployment contract: template.yaml (SAM-translated) against the code"
 python3 "$ROOT/tests/deploy/contract.py" 2>&1 | tee "$STACK/contract-output.log"
 [ "${PIPESTATUS[0]}" = 0 ] || die "the deployment contract failed"
 log "end-to-end: cargo lambda watch + cargo lambda invoke"
-PG_PORT=$PG_PORT PG_DIR=$PG_DIR bash "$ROOT/scripts/e2e.sh" 2>&1 | tee "$STACK/e2e-output.log"
+: >"$STACK/e2e-output.log"
+tail -n +1 -f "$STACK/e2e-output.log" &
+TAIL_PID=$!
+set +e
+PG_PORT=$PG_PORT PG_DIR=$PG_DIR in_background bash "$ROOT/scripts/e2e.sh" >"$STACK/e2e-output.log" 2>&1
+rc=$?
+set -e
+sleep 0.5; kill "$TAIL_PID" 2>/dev/null || true
+[ "$rc" = 0 ] || die "the end-to-end run failed (exit $rc); its output is in $STACK/e2e-output.log"
 
 # Secrets never reach logs or errors: none of the tests' secret values, nor
 # the e2e run's (a Redis token and a database password from the local

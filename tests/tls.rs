@@ -563,6 +563,21 @@ async fn postgres_sslmode_means_what_it_means_to_libpq() {
         pg_session(&at("127.0.0.1", " sslmode=verify-ca"), Some(&ca)).await,
         Some(true)
     );
+    // require with a root CA configured verifies the chain, as libpq's
+    // does (as verify-ca: the host name is not compared) …
+    assert_eq!(
+        pg_session(&at("127.0.0.1", " sslmode=require"), Some(&ca)).await,
+        Some(true)
+    );
+    // … and so refuses a certificate the CA did not sign, which require
+    // without a CA (above) accepts.
+    let (session, logs) = test_support::logs::capture(pg_session(
+        &at("localhost", " sslmode=require"),
+        Some(&dir.path().join("other-ca.pem")),
+    ))
+    .await;
+    assert_eq!(session, None, "require with a root CA must verify the chain");
+    assert!(logs.contains("UnknownIssuer"), "{logs}");
     // disable: plain text even though the server offers TLS.
     assert_eq!(
         pg_session(&at("localhost", " sslmode=disable"), None).await,
@@ -647,6 +662,16 @@ async fn postgres_sslmode_means_what_it_means_to_libpq() {
         test_support::logs::capture(pg_session(&format!("{plain} sslmode=require"), None)).await;
     assert_eq!(session, None);
     assert!(logs.contains("does not offer TLS"), "{logs}");
+    // verify-ca and verify-full to a server without TLS refuse likewise.
+    for mode in ["verify-ca", "verify-full"] {
+        let (session, logs) = test_support::logs::capture(pg_session(
+            &format!("{plain} sslmode={mode}"),
+            Some(&ca),
+        ))
+        .await;
+        assert_eq!(session, None, "{mode} to a server without TLS");
+        assert!(logs.contains("does not offer TLS"), "{mode}: {logs}");
+    }
     // The broken variant the test must tell apart: that same server without
     // `require` is reachable in plain text.
     assert_eq!(pg_session(&plain, None).await, Some(false));

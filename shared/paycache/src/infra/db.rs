@@ -78,6 +78,8 @@ impl Db {
     pub fn new(config: &DatabaseConfig) -> Result<Self, DbError> {
         let (conninfo, sslmode) =
             crate::infra::sslmode::split(config.url.expose()).ok_or(DbError::InvalidUrl)?;
+        // libpq: `require` with a root CA file verifies the chain.
+        let sslmode = sslmode.with_root_ca(config.ca_cert.is_some());
         let mut pg =
             tokio_postgres::Config::from_str(&conninfo).map_err(|_| DbError::InvalidUrl)?;
         pg.ssl_mode(sslmode.driver());

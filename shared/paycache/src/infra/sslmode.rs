@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `disable` | never | — |
 //! | `allow`, `prefer` (the default) | when the server offers it | no |
-//! | `require` | always (refuses a server without TLS) | no |
+//! | `require` | always (refuses a server without TLS) | no; with `DATABASE_CA_CERT` set, as `verify-ca` |
 //! | `verify-ca` | always | chain to the system roots or `DATABASE_CA_CERT` |
 //! | `verify-full` | always | chain, and the host name |
 //!
@@ -15,6 +15,12 @@
 //! mode; either way neither is verified.) tokio-postgres knows only
 //! `disable`, `prefer` and `require`, so the mode is read here and removed
 //! from what the driver parses.
+//!
+//! `require` with a root CA configured verifies the chain, as libpq does:
+//! "if a root CA file exists, the behavior of `sslmode=require` will be the
+//! same as that of `verify-ca`" (PostgreSQL documentation, libpq → SSL
+//! Support → Client Verification of Server Certificates). Here the root CA
+//! file is `DATABASE_CA_CERT` ([`SslMode::with_root_ca`]).
 
 use std::sync::Arc;
 
@@ -62,6 +68,15 @@ impl SslMode {
     }
 
     /// Whether the server's certificate is checked at all.
+    /// The mode in effect once a root CA file is (or is not) configured:
+    /// libpq's `require` becomes `verify-ca` when one is.
+    pub fn with_root_ca(self, root_ca_configured: bool) -> Self {
+        match self {
+            Self::Require if root_ca_configured => Self::VerifyCa,
+            other => other,
+        }
+    }
+
     pub fn verifies(self) -> bool {
         matches!(self, Self::VerifyCa | Self::VerifyFull)
     }
@@ -230,7 +245,7 @@ pub(crate) fn hint(mode: SslMode, error_text: &str) -> Option<&'static str> {
             if mode == SslMode::VerifyFull && error_text.contains("NotValidForName") {
                 "certificate verify failed: the certificate does not name this host; connect with the name it carries, or use sslmode=verify-ca"
             } else {
-                "certificate verify failed (self-signed, or signed by a CA not trusted here); use sslmode=verify-full with DATABASE_CA_CERT set to the CA that signed it, or sslmode=prefer / require (encrypted, not verified)"
+                "certificate verify failed (self-signed, or signed by a CA not trusted here); use sslmode=verify-full with DATABASE_CA_CERT set to the CA that signed it, or sslmode=prefer / require without DATABASE_CA_CERT (encrypted, not verified)"
             },
         );
     }
@@ -245,6 +260,14 @@ pub(crate) fn hint(mode: SslMode, error_text: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn require_with_a_root_ca_is_verify_ca() {
+        assert_eq!(SslMode::Require.with_root_ca(true), SslMode::VerifyCa);
+        assert_eq!(SslMode::Require.with_root_ca(false), SslMode::Require);
+        assert_eq!(SslMode::Prefer.with_root_ca(true), SslMode::Prefer);
+        assert_eq!(SslMode::VerifyFull.with_root_ca(true), SslMode::VerifyFull);
+    }
 
     #[test]
     fn sslmode_is_read_from_either_form_and_removed() {
