@@ -16,6 +16,7 @@ probe() {
   set -m
   bash -c "
     source '$ROOT/scripts/lib.sh'
+    set +e  # what follows the interrupted step decides, not errexit
     cleanup() { kill_jobs; echo cleanup >>'$out'; }
     $setup
     echo started >>'$out'
@@ -37,8 +38,17 @@ probe() {
   tr '\n' ' ' <"$out"
 }
 
+# A signal ignored when a shell starts cannot be trapped (bash's manual),
+# and a background job of a non-interactive shell starts with SIGINT ignored
+# (CI may run us so): then only TERM can be checked.
+signals="TERM INT"
+if bash -c 'trap -p INT' | grep -q "''"; then
+  echo "check-traps: SIGINT is ignored in this environment; checking TERM only"
+  signals="TERM"
+fi
+
 fails=0
-for sig in TERM INT; do
+for sig in $signals; do
   got=$(probe 'on_exit cleanup' "$sig")
   if [ "$got" != "started cleanup " ]; then
     echo "check-traps: on_exit, $sig: expected 'started cleanup', got '$got'" >&2
@@ -53,5 +63,5 @@ if [ "$got" = "started cleanup " ]; then
   echo "check-traps: the check did not catch the resuming trap ('$got')" >&2
   fails=1
 fi
-[ "$fails" = 0 ] && echo "check-traps: INT and TERM end the script (and the resuming form is caught)"
+[ "$fails" = 0 ] && echo "check-traps: $signals end the script (and the resuming form is caught)"
 exit "$fails"
