@@ -576,7 +576,10 @@ async fn postgres_sslmode_means_what_it_means_to_libpq() {
         Some(&dir.path().join("other-ca.pem")),
     ))
     .await;
-    assert_eq!(session, None, "require with a root CA must verify the chain");
+    assert_eq!(
+        session, None,
+        "require with a root CA must verify the chain"
+    );
     assert!(logs.contains("UnknownIssuer"), "{logs}");
     // disable: plain text even though the server offers TLS.
     assert_eq!(
@@ -664,11 +667,9 @@ async fn postgres_sslmode_means_what_it_means_to_libpq() {
     assert!(logs.contains("does not offer TLS"), "{logs}");
     // verify-ca and verify-full to a server without TLS refuse likewise.
     for mode in ["verify-ca", "verify-full"] {
-        let (session, logs) = test_support::logs::capture(pg_session(
-            &format!("{plain} sslmode={mode}"),
-            Some(&ca),
-        ))
-        .await;
+        let (session, logs) =
+            test_support::logs::capture(pg_session(&format!("{plain} sslmode={mode}"), Some(&ca)))
+                .await;
         assert_eq!(session, None, "{mode} to a server without TLS");
         assert!(logs.contains("does not offer TLS"), "{mode}: {logs}");
     }
