@@ -521,70 +521,247 @@ async fn refused_when_verifying_itself(mode: RedisMode) {
 }
 both_modes!(refused_when_verifying_itself);
 
-/// An authenticated, rate-limited cache hit costs one round-trip time: the
-/// blacklist, session, rate-limit and cache requests all leave before the
-/// first reply returns. A proxy holds Redis's first reply until four
-/// commands have arrived and counts them (MONITOR names them); the broken
-/// variant — the same checks one after another, as the Lambda authorizer
-/// and then the route made them — has sent fewer when its first reply
-/// comes, through the same proxy and count.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_authenticated_hit_is_one_round_trip_time() {
-    use test_support::{CommandMonitor, HoldingProxy, RedisServer, TestRedis};
-    let server = RedisServer::start();
-    let port = server.port;
-    let proxy = HoldingProxy::start(port);
-    let url = format!("redis://127.0.0.1:{}", proxy.port);
+/// A Redis of `mode` reached only through one [`HoldingProxy`] (a proxy
+/// per node in cluster mode: the nodes announce the proxies' ports), with
+/// `MONITOR` on every primary.
+struct HeldRedis {
+    world: World,
+    proxy: test_support::HoldingProxy,
+    primaries: Vec<u16>,
+}
+
+async fn held_redis(mode: RedisMode) -> HeldRedis {
+    use test_support::{HoldingProxy, RedisCluster, RedisServer, TestRedis};
+    let (redis, proxy, primaries) = match mode {
+        RedisMode::Standalone => {
+            let server = RedisServer::start();
+            let proxy = HoldingProxy::start(server.port);
+            let port = server.port;
+            (TestRedis::Standalone(server), proxy, vec![port])
+        }
+        RedisMode::Cluster => {
+            let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+                .await
+                .unwrap();
+            let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+            let proxy = HoldingProxy::start_many(&ports);
+            let cluster = tokio::task::spawn_blocking({
+                let proxies = proxy.ports.clone();
+                move || {
+                    cluster.announce_ports(&proxies);
+                    cluster
+                }
+            })
+            .await
+            .unwrap();
+            let primaries = (0..cluster.nodes.len())
+                .filter(|&i| cluster.role(i) == "master")
+                .map(|i| cluster.nodes[i].port)
+                .collect();
+            (TestRedis::Cluster(cluster), proxy, primaries)
+        }
+    };
     // Replies may be held for up to 2 s: a response timeout above that, and
     // no breaker opening, so that holding changes no outcome.
-    let w = World::with_redis(
-        TestRedis::Standalone(server),
+    let world = World::with_redis(
+        redis,
         &[
-            ("REDIS_URL", &url),
+            ("REDIS_URL", &proxy.urls()),
             ("REDIS_RESPONSE_TIMEOUT_MS", "10000"),
             ("RATE_LIMIT_TIMEOUT_MS", "10000"),
         ],
     )
     .await;
+    HeldRedis {
+        world,
+        proxy,
+        primaries,
+    }
+}
+
+impl HeldRedis {
+    fn monitor(&self) -> Vec<test_support::CommandMonitor> {
+        self.primaries
+            .iter()
+            .map(|&p| test_support::CommandMonitor::start(p))
+            .collect()
+    }
+
+    /// How many commands had left when the first reply came back, holding
+    /// that reply until `expected` had (or 2 s passed).
+    async fn sent_before_first_reply<T>(
+        &self,
+        expected: usize,
+        work: impl std::future::Future<Output = T>,
+    ) -> (usize, T) {
+        self.proxy.arm(expected, std::time::Duration::from_secs(2));
+        let out = work.await;
+        let sent = self.proxy.sent_before_first_reply().unwrap();
+        // Printed for a failure's story: which reply was held.
+        println!("held reply: {} ({sent} sent)", self.proxy.held_reply());
+        (sent, out)
+    }
+}
+
+fn sorted_commands(monitors: &[test_support::CommandMonitor]) -> Vec<String> {
+    let mut all: Vec<String> = monitors.iter().flat_map(|m| m.commands()).collect();
+    all.sort();
+    all
+}
+
+/// An authenticated, rate-limited cache hit costs one round-trip time: the
+/// blacklist, session, rate-limit and cache requests all leave before the
+/// first reply returns — for a profile and for a balance, and the balance
+/// write's gate (the revocation check and the rate limit) before the write
+/// starts; in both Redis modes (in cluster mode the requests go to several
+/// nodes, each behind its own proxy, counted together). A proxy holds
+/// Redis's first reply until the expected number of commands has arrived
+/// and counts them (MONITOR names them); the broken variants — the same
+/// checks one after another, as the Lambda authorizer and then the route
+/// made them, and the balance read after the gate — have sent fewer when
+/// their first reply comes, through the same proxy and count.
+async fn one_round_trip_time(mode: RedisMode) {
+    let held = held_redis(mode).await;
+    let w = &held.world;
     let me = seed_user_id(1);
     test_support::insert_user(&w.db, 1).await;
+    let wallet = random_uuid();
+    insert_wallet(&w.db, 1, &wallet, "USD", 4200).await;
     let user = w.sign_in(&me, &[]).await;
-    // Scripts loaded, the profile cached.
+    // Scripts loaded on every node the requests reach, the profile and the
+    // balance cached.
     for _ in 0..2 {
         let r = Box::pin(profile_read::handle(&w.app, user.on(profile(&me)))).await;
         assert_eq!(r.status(), StatusCode::OK);
+        let r = Box::pin(balance::handle(
+            &w.app,
+            user.on(wallet_req("GET", &wallet, None)),
+        ))
+        .await;
+        assert_eq!(r.status(), StatusCode::OK);
     }
 
-    let monitor = CommandMonitor::start(port);
-    proxy.arm(4, std::time::Duration::from_secs(2));
-    let hit = Box::pin(profile_read::handle(&w.app, user.on(profile(&me)))).await;
+    // The profile hit.
+    let monitors = held.monitor();
+    let (sent, hit) = held
+        .sent_before_first_reply(
+            4,
+            Box::pin(profile_read::handle(&w.app, user.on(profile(&me)))),
+        )
+        .await;
     assert_eq!(hit.status(), StatusCode::OK);
     assert_eq!(hit.headers()["cache-status"], "paycache; hit");
-    assert_eq!(proxy.sent_before_first_reply(), Some(4));
-    let mut commands = monitor.commands();
-    commands.sort();
-    assert_eq!(commands, vec!["evalsha", "exists", "get", "getex"]);
+    assert_eq!(sent, 4, "profile: the gate and the read together");
+    assert_eq!(
+        sorted_commands(&monitors),
+        vec!["evalsha", "exists", "get", "getex"]
+    );
+    drop(monitors);
 
-    // The broken variant: session and blacklist, then the rate limit, then
-    // the read.
-    proxy.arm(4, std::time::Duration::from_secs(2));
+    // The balance hit.
+    let monitors = held.monitor();
+    let (sent, hit) = held
+        .sent_before_first_reply(
+            4,
+            Box::pin(balance::handle(
+                &w.app,
+                user.on(wallet_req("GET", &wallet, None)),
+            )),
+        )
+        .await;
+    assert_eq!(hit.status(), StatusCode::OK);
+    assert_eq!(hit.headers()["cache-status"], "paycache; hit");
+    assert_eq!(sent, 4, "balance: the gate and the read together");
+    assert_eq!(
+        sorted_commands(&monitors),
+        vec!["evalsha", "exists", "get", "getex"]
+    );
+    drop(monitors);
+
+    // The balance write's gate: a service's revocation check and its rate
+    // limit together, then the write.
+    let version = paycache::balance::load_balance(
+        &w.app.db,
+        &paycache::keys::WalletId::parse(&wallet).unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .version;
+    let put = as_service(
+        wallet_req(
+            "PUT",
+            &wallet,
+            Some(json!({"balance": "43.00", "currency": "USD", "expected_version": version})),
+        ),
+        &["wallets.balance.write"],
+    );
+    let (sent, written) = held
+        .sent_before_first_reply(2, Box::pin(balance::handle(&w.app, put)))
+        .await;
+    assert_eq!(written.status(), StatusCode::OK);
+    assert_eq!(sent, 2, "the write's gate: both checks together");
+
+    // The broken variants, through the same proxy and count. The profile's:
+    // session and blacklist, then the rate limit, then the read.
     let sid = paycache::keys::SessionId::parse(&user.session).unwrap();
     let jti = paycache::keys::Jti::parse(&user.jti).unwrap();
     let uid = paycache::keys::UserId::parse(&me).unwrap();
-    let state = paycache::sessions::check(&w.app.sessions, &uid, &sid, &jti).await;
-    assert!(
-        matches!(state.session, Ok(paycache::sessions::Held::Session(_)))
-            && state.revoked == Ok(false)
-    );
-    let endpoint = paycache::keys::Endpoint::parse("users.profile.read").unwrap();
-    assert!(w.app.limiter.check(&uid, &endpoint, 1).await.allowed);
-    let read = Box::pin(paycache::profile::get_profile(&w.app.profiles, &uid))
-        .await
-        .unwrap();
-    assert!(read.status.is_hit());
-    let sent = proxy.sent_before_first_reply().unwrap();
+    let profile_policy = paycache::keys::Endpoint::parse("users.profile.read").unwrap();
+    let (sent, ()) = held
+        .sent_before_first_reply(4, async {
+            let state = paycache::sessions::check(&w.app.sessions, &uid, &sid, &jti).await;
+            assert!(
+                matches!(state.session, Ok(paycache::sessions::Held::Session(_)))
+                    && state.revoked == Ok(false)
+            );
+            assert!(w.app.limiter.check(&uid, &profile_policy, 1).await.allowed);
+            let read = Box::pin(paycache::profile::get_profile(&w.app.profiles, &uid))
+                .await
+                .unwrap();
+            assert!(read.status.is_hit());
+        })
+        .await;
     assert!(
         sent < 4,
         "one after another: {sent} sent before the first reply"
     );
+    // The balance's: the whole gate, then the read.
+    let balance_policy = paycache::keys::Endpoint::parse("wallets.balance.read").unwrap();
+    let wallet_id = paycache::keys::WalletId::parse(&wallet).unwrap();
+    let (sent, ()) = held
+        .sent_before_first_reply(4, async {
+            let (state, limit) = tokio::join!(
+                paycache::sessions::check(&w.app.sessions, &uid, &sid, &jti),
+                w.app.limiter.check(&uid, &balance_policy, 1)
+            );
+            assert!(state.revoked == Ok(false) && limit.allowed);
+            let read = Box::pin(paycache::balance::get_balance(&w.app.balances, &wallet_id))
+                .await
+                .unwrap();
+            assert!(read.status.is_hit());
+        })
+        .await;
+    assert!(
+        sent < 4,
+        "the read after the gate: {sent} sent before the first reply"
+    );
+    // The write's: the revocation check, then the rate limit.
+    let service =
+        paycache::keys::RateSubject::Service(paycache::keys::ClientId::parse("svc-held").unwrap());
+    let write_policy = paycache::keys::Endpoint::parse("wallets.balance.write").unwrap();
+    let (sent, ()) = held
+        .sent_before_first_reply(2, async {
+            assert_eq!(
+                paycache::sessions::is_revoked(&w.app.sessions, &jti).await,
+                Ok(false)
+            );
+            assert!(w.app.limiter.check(service, &write_policy, 1).await.allowed);
+        })
+        .await;
+    assert!(
+        sent < 2,
+        "one after another: {sent} sent before the first reply"
+    );
 }
+both_modes!(one_round_trip_time);

@@ -20,6 +20,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use paycache::config::{Config, RedisMode};
@@ -700,6 +701,49 @@ impl RedisCluster {
             .expect("a primary serves every slot")
     }
 
+    /// Every node tells clients to reach it at `ports[i]` (a proxy in
+    /// front of it: `cluster-announce-port`; the cluster bus keeps its own
+    /// port), so a cluster client's every connection goes through them.
+    /// Waits until every node's `CLUSTER SLOTS` names only those ports.
+    pub fn announce_ports(&self, ports: &[u16]) {
+        assert_eq!(ports.len(), self.nodes.len());
+        for (node, port) in self.nodes.iter().zip(ports) {
+            let set = redis_cli(
+                node.port,
+                &["CONFIG", "SET", "cluster-announce-port", &port.to_string()],
+            );
+            assert!(
+                set.is_some_and(|o| o.contains("OK")),
+                "cluster-announce-port"
+            );
+        }
+        let wanted: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let all = self.nodes.iter().all(|n| {
+                let Some(out) = redis_cli(n.port, &["CLUSTER", "SLOTS"]) else {
+                    return false;
+                };
+                // Flattened: … ip, port, id … — the line after an address.
+                let lines: Vec<&str> = out.lines().map(str::trim).collect();
+                let named: std::collections::BTreeSet<u16> = lines
+                    .windows(2)
+                    .filter(|w| w[0] == "127.0.0.1")
+                    .filter_map(|w| w[1].parse().ok())
+                    .collect();
+                named == wanted
+            });
+            if all {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "the nodes did not announce the proxies' ports"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Whether node `index` is a replica of the primary on `primary_port`.
     pub fn replicates(&self, index: usize, primary_port: u16) -> bool {
         redis_cli(self.nodes[index].port, &["INFO", "replication"]).is_some_and(|o| {
@@ -742,7 +786,10 @@ pub fn standalone_redis(
 /// waits for each reply before sending the next command can only have sent
 /// one — whatever the timing — so "sent together" is a count, not a clock.
 pub struct HoldingProxy {
+    /// The first proxy's port (the only one of [`HoldingProxy::start`]).
     pub port: u16,
+    /// One port per upstream, in the order given.
+    pub ports: Vec<u16>,
     state: std::sync::Arc<(std::sync::Mutex<HoldState>, std::sync::Condvar)>,
 }
 
@@ -751,27 +798,57 @@ struct HoldState {
     armed: Option<(usize, Duration)>,
     sent: usize,
     seen_before_reply: Option<usize>,
+    /// The start of the reply that was held (for a failure's message).
+    held: String,
 }
 
 impl HoldingProxy {
     pub fn start(upstream: u16) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
+        Self::start_many(&[upstream])
+    }
+
+    /// A proxy in front of each of `upstreams` (a cluster's nodes), all
+    /// sharing one hold: the first reply from any of them waits until the
+    /// armed number of commands has arrived across all of them.
+    pub fn start_many(upstreams: &[u16]) -> Self {
         let state: std::sync::Arc<(std::sync::Mutex<HoldState>, std::sync::Condvar)> =
             Default::default();
-        let st = state.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming().map_while(Result::ok) {
-                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
-                    continue;
-                };
-                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let (up, down) = (st.clone(), st.clone());
-                std::thread::spawn(move || forward_commands(client, server, &up));
-                std::thread::spawn(move || forward_replies(s2, c2, &down));
-            }
-        });
-        Self { port, state }
+        let mut ports = Vec::new();
+        for &upstream in upstreams {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            ports.push(listener.local_addr().unwrap().port());
+            let st = state.clone();
+            std::thread::spawn(move || {
+                for client in listener.incoming().map_while(Result::ok) {
+                    let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                        continue;
+                    };
+                    let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                    let (up, down) = (st.clone(), st.clone());
+                    // A replica's link to its primary also comes through
+                    // (it uses the announced port): not a client's; its
+                    // commands are not counted, its stream never held.
+                    let replication = std::sync::Arc::new(AtomicBool::new(false));
+                    let r2 = replication.clone();
+                    std::thread::spawn(move || forward_commands(client, server, &up, &replication));
+                    std::thread::spawn(move || forward_replies(s2, c2, &down, &r2));
+                }
+            });
+        }
+        Self {
+            port: ports[0],
+            ports,
+            state,
+        }
+    }
+
+    /// `redis://` URLs of the proxies, comma-separated (`REDIS_URL`).
+    pub fn urls(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// From now on, hold the first reply until `expected` commands arrived.
@@ -781,6 +858,11 @@ impl HoldingProxy {
             armed: Some((expected, patience)),
             ..HoldState::default()
         };
+    }
+
+    /// The start of the reply that was held, escaped (for diagnosis).
+    pub fn held_reply(&self) -> String {
+        self.state.0.lock().unwrap().held.clone()
     }
 
     /// Commands the client had sent when it got its first reply after
@@ -795,6 +877,7 @@ fn forward_commands(
     mut from: std::net::TcpStream,
     mut to: std::net::TcpStream,
     state: &(std::sync::Mutex<HoldState>, std::sync::Condvar),
+    replication: &AtomicBool,
 ) {
     use std::io::{Read, Write};
     let mut pending: Vec<u8> = Vec::new();
@@ -807,10 +890,14 @@ fn forward_commands(
         pending.extend_from_slice(&buf[..n]);
         let mut complete = 0;
         while let Some(len) = resp_command_len(&pending) {
+            let name = resp_command_name(&pending[..len]);
+            if ["psync", "sync", "replconf"].contains(&name.as_str()) {
+                replication.store(true, Ordering::SeqCst);
+            }
             pending.drain(..len);
             complete += 1;
         }
-        if complete > 0 {
+        if complete > 0 && !replication.load(Ordering::SeqCst) {
             let mut s = state.0.lock().unwrap();
             s.sent += complete;
             state.1.notify_all();
@@ -825,6 +912,7 @@ fn forward_replies(
     mut from: std::net::TcpStream,
     mut to: std::net::TcpStream,
     state: &(std::sync::Mutex<HoldState>, std::sync::Condvar),
+    replication: &AtomicBool,
 ) {
     use std::io::{Read, Write};
     let mut buf = [0u8; 16 * 1024];
@@ -833,7 +921,7 @@ fn forward_replies(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        {
+        if !replication.load(Ordering::SeqCst) {
             let mut s = state.0.lock().unwrap();
             if let Some((expected, patience)) = s.armed.take() {
                 let until = std::time::Instant::now() + patience;
@@ -842,12 +930,25 @@ fn forward_replies(
                     s = state.1.wait_timeout(s, left).unwrap().0;
                 }
                 s.seen_before_reply = Some(s.sent);
+                s.held = String::from_utf8_lossy(&buf[..n.min(80)])
+                    .escape_debug()
+                    .to_string();
             }
         }
         if to.write_all(&buf[..n]).is_err() {
             return;
         }
     }
+}
+
+/// The lower-case name of the complete RESP command `b` (its first bulk
+/// string).
+fn resp_command_name(b: &[u8]) -> String {
+    let text = String::from_utf8_lossy(b);
+    text.split("\r\n")
+        .nth(2)
+        .unwrap_or_default()
+        .to_ascii_lowercase()
 }
 
 /// The byte length of the first complete RESP command in `b`, if any.

@@ -67,7 +67,6 @@ impl SslMode {
         }
     }
 
-    /// Whether the server's certificate is checked at all.
     /// The mode in effect once a root CA file is (or is not) configured:
     /// libpq's `require` becomes `verify-ca` when one is.
     pub fn with_root_ca(self, root_ca_configured: bool) -> Self {
@@ -77,6 +76,7 @@ impl SslMode {
         }
     }
 
+    /// Whether the server's certificate is checked at all.
     pub fn verifies(self) -> bool {
         matches!(self, Self::VerifyCa | Self::VerifyFull)
     }
