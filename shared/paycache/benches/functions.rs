@@ -224,6 +224,8 @@ fn serve(
 
 struct Env {
     vars: Vec<(String, String)>,
+    /// The signed-in user's session id.
+    session: String,
     _redis: RedisServer,
 }
 
@@ -286,11 +288,42 @@ fn environment() -> Env {
         ("AWS_LAMBDA_LOG_GROUP_NAME".into(), "bench".into()),
         ("RUST_LOG".into(), "error".into()),
     ];
+    // A signed-in user's session (what the sign-in makes), for the
+    // signed-in hit: its token names it (`sid`).
+    let _runtime = rt.enter();
+    let app = paycache::App::new(
+        paycache::Config::from_lookup(|name| {
+            vars.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v): &(String, String)| v.clone())
+        })
+        .unwrap(),
+    )
+    .unwrap();
+    let session = rt.block_on(async {
+        let session = paycache::sessions::Session {
+            user_id: paycache::keys::UserId::parse(SIGNED_IN_USER).unwrap(),
+            email: "bench@example.test".into(),
+            roles: vec!["customer".into()],
+            permissions: Vec::new(),
+            last_activity: time::OffsetDateTime::now_utc(),
+            ip_address: None,
+            device_info: None,
+        };
+        paycache::sessions::create(&app.sessions, &session)
+            .await
+            .unwrap()
+            .to_string()
+    });
     Env {
         vars,
+        session,
         _redis: redis,
     }
 }
+
+/// The signed-in user of the benchmark (seed user 1).
+const SIGNED_IN_USER: &str = "00000000-0000-4000-8000-000000000001";
 
 fn spawn(program: &PathBuf, name: &str, env: &Env, port: u16) -> Child {
     Command::new(program)
@@ -413,6 +446,7 @@ fn bench(c: &mut Criterion) {
                     .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?))),
                 )
                 .collect(),
+            session: env.session.clone(),
             _redis: RedisServer::start(),
         };
         for (label, d) in [("", Some(&dir)), (" (before)", before.as_ref())] {
@@ -528,14 +562,44 @@ fn hit_invocations(env: &Env, dir: &std::path::Path) {
         e["pathParameters"]["user_id"] = id.into();
         vec![serde_json::to_vec(&e).unwrap(); n]
     };
-    type Load = (&'static str, &'static str, Vec<Vec<u8>>);
-    let loads: Vec<Load> = vec![
+    type Load = (String, PathBuf, Vec<Vec<u8>>);
+    // A signed-in user reading their own profile: the session and the
+    // blacklist checked, the rate limit, the read — four commands, one
+    // round-trip time.
+    let signed_in = {
+        let mut e = event("profile-read.json");
+        let id = SIGNED_IN_USER;
+        e["rawPath"] = format!("/users/{id}/profile").into();
+        e["requestContext"]["http"]["path"] = format!("/users/{id}/profile").into();
+        e["pathParameters"]["user_id"] = id.into();
+        e["requestContext"]["authorizer"]["jwt"] = serde_json::json!({
+            "claims": {
+                "sub": id,
+                "sid": env.session,
+                "client_id": "paycache-web",
+                "token_use": "access",
+                "iss": "https://auth.paycache.test",
+                "exp": "4102444800",
+                "iat": "1795600000",
+                "jti": "bench-signed-in",
+            },
+            "scopes": null,
+        });
+        vec![serde_json::to_vec(&e).unwrap(); N]
+    };
+    let mut loads: Vec<Load> = [
         (
             "floor: one Redis GET",
             "examples/floor",
             repeated("profile-read.json", N),
         ),
+        (
+            "floor, current-thread runtime",
+            "examples/floor",
+            repeated("profile-read.json", N),
+        ),
         ("profile-read (hit)", "profile-read", one_user(N)),
+        ("profile-read, signed in", "profile-read", signed_in),
         (
             "balance-write GET (hit)",
             "balance-write",
@@ -556,19 +620,41 @@ fn hit_invocations(env: &Env, dir: &std::path::Path) {
             "session-logout",
             repeated("session-logout.json", N),
         ),
-    ];
+    ]
+    .into_iter()
+    .map(|(label, program, events): (&str, &str, Vec<Vec<u8>>)| {
+        (label.to_owned(), dir.join(program), events)
+    })
+    .collect();
+    // PAYCACHE_BIN_DIR_BEFORE: the two profile hits of the functions built
+    // from another commit, in the same rounds.
+    if let Some(before) = std::env::var_os("PAYCACHE_BIN_DIR_BEFORE").map(PathBuf::from) {
+        let again: Vec<Load> = loads
+            .iter()
+            .filter(|(label, _, _)| label.starts_with("profile-read"))
+            .map(|(label, _, events)| {
+                (
+                    format!("{label} (before)"),
+                    before.join("profile-read"),
+                    events.clone(),
+                )
+            })
+            .collect();
+        loads.extend(again);
+    }
     let mut all: Vec<Vec<Duration>> = vec![Vec::new(); loads.len()];
     for _round in 0..3 {
         for (i, (label, program, events)) in loads.iter().enumerate() {
-            let name = program.rsplit('/').next().unwrap();
-            let extra: &[(&str, &str)] = if *program == "examples/floor" {
+            let name = program.file_name().unwrap().to_str().unwrap();
+            let extra: &[(&str, &str)] = if label.contains("current-thread") {
+                &[("FLOOR_KEY", "bench-floor"), ("FLOOR_CURRENT_THREAD", "1")]
+            } else if name == "floor" {
                 &[("FLOOR_KEY", "bench-floor")]
             } else {
                 &[]
             };
             let warmup = if events.len() < N { WARMUP / 5 } else { WARMUP };
-            let mut t =
-                invocation_times(&dir.join(program), name, env, extra, events.clone(), warmup);
+            let mut t = invocation_times(program, name, env, extra, events.clone(), warmup);
             assert!(!t.is_empty(), "{label}: no invocation answered");
             all[i].append(&mut t);
         }
@@ -581,17 +667,19 @@ fn hit_invocations(env: &Env, dir: &std::path::Path) {
         })
         .collect();
     let floor_median = medians[0].0;
+    let single_median = medians[1].0;
     println!("\nwarm invocation time, event handed out -> response received (3 rounds):");
     println!(
-        "  {:<26} {:>10} {:>10} {:>14}",
-        "function", "median", "p90", "median/floor"
+        "  {:<34} {:>10} {:>10} {:>8} {:>16}",
+        "function", "median", "p90", "/floor", "/current-thread"
     );
     for ((label, _, _), (median, p90)) in loads.iter().zip(&medians) {
         println!(
-            "  {label:<26} {:>8.1} µs {:>8.1} µs {:>13.2}×",
+            "  {label:<34} {:>7.1} µs {:>7.1} µs {:>7.2}× {:>15.2}×",
             median.as_secs_f64() * 1e6,
             p90.as_secs_f64() * 1e6,
-            median.as_secs_f64() / floor_median.as_secs_f64()
+            median.as_secs_f64() / floor_median.as_secs_f64(),
+            median.as_secs_f64() / single_median.as_secs_f64()
         );
     }
 }

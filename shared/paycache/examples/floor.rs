@@ -7,8 +7,19 @@
 
 use lambda_http::{Body, Error, Request, Response, run, service_fn};
 
-#[tokio::main]
-async fn main() -> Result<(), Error> {
+/// `#[tokio::main]`'s runtime (multi-threaded), or with
+/// `FLOOR_CURRENT_THREAD` set the single-threaded one the HTTP functions
+/// use: the benchmark reports the functions against both floors.
+fn main() -> Result<(), Error> {
+    let mut runtime = if std::env::var_os("FLOOR_CURRENT_THREAD").is_some() {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    runtime.enable_all().build()?.block_on(serve())
+}
+
+async fn serve() -> Result<(), Error> {
     let client = redis::Client::open(std::env::var("REDIS_URL")?)?;
     let conn = redis::aio::ConnectionManager::new(client).await?;
     let key = std::env::var("FLOOR_KEY").unwrap_or_else(|_| "floor".to_owned());

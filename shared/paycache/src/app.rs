@@ -341,13 +341,22 @@ pub fn init_logging() {
 /// from the environment, then `handler(&app, request)` per invocation with
 /// its EMF line written after it.
 ///
+/// On tokio's single-threaded runtime: Lambda hands an execution
+/// environment one request at a time, and the request's Redis requests and
+/// their replies then wake tasks on the same thread, never another core's
+/// (`#[tokio::main]`'s default, multi-threaded, measured a signed-in
+/// profile hit at 1.26× the floor; this runtime at 0.80×, and 1.0× a floor
+/// on the same runtime: docs/operations.md). Event functions keep the
+/// multi-threaded runtime: `ws-sender` signs posts concurrently, on every
+/// core it is given.
+///
 /// ```ignore
 /// paycache::http_function!("profile-read", paycache::routes::profile_read::handle);
 /// ```
 #[macro_export]
 macro_rules! http_function {
     ($name:literal, $handler:path) => {
-        #[tokio::main]
+        #[tokio::main(flavor = "current_thread")]
         async fn main() -> Result<(), lambda_http::Error> {
             $crate::app::init_logging();
             let metrics = $crate::infra::telemetry::init($name);
