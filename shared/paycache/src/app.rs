@@ -344,11 +344,11 @@ pub fn init_logging() {
 /// On tokio's single-threaded runtime: Lambda hands an execution
 /// environment one request at a time, and the request's Redis requests and
 /// their replies then wake tasks on the same thread, never another core's
-/// (`#[tokio::main]`'s default, multi-threaded, measured a signed-in
-/// profile hit at 1.26× the floor; this runtime at 0.80×, and 1.0× a floor
-/// on the same runtime: docs/operations.md). Event functions keep the
-/// multi-threaded runtime: `ws-sender` signs posts concurrently, on every
-/// core it is given.
+/// (a signed-in profile hit: 295 µs on `#[tokio::main]`'s default,
+/// multi-threaded, 1.31× the floor; 179 µs on this one, 0.80× the floor —
+/// and 1.63× a floor on this same runtime; docs/operations.md). Event
+/// functions keep the multi-threaded runtime: `ws-sender` signs posts
+/// concurrently, on every core it is given.
 ///
 /// ```ignore
 /// paycache::http_function!("profile-read", paycache::routes::profile_read::handle);
