@@ -601,6 +601,26 @@ impl HeldRedis {
         println!("held reply: {} ({sent} sent)", self.proxy.held_reply());
         (sent, out)
     }
+
+    /// A signed-in cache hit: a 200 from the cache, its four commands (the
+    /// session, the blacklist, the rate limit, the read) all sent before
+    /// the first reply.
+    async fn hit_in_one_round_trip_time(
+        &self,
+        what: &str,
+        request: impl std::future::Future<Output = Response<Body>>,
+    ) {
+        let monitors = self.monitor();
+        let (sent, hit) = self.sent_before_first_reply(4, request).await;
+        assert_eq!(hit.status(), StatusCode::OK, "{what}");
+        assert_eq!(hit.headers()["cache-status"], "paycache; hit", "{what}");
+        assert_eq!(sent, 4, "{what}: the gate and the read together");
+        assert_eq!(
+            sorted_commands(&monitors),
+            vec!["evalsha", "exists", "get", "getex"],
+            "{what}"
+        );
+    }
 }
 
 fn sorted_commands(monitors: &[test_support::CommandMonitor]) -> Vec<String> {
@@ -641,42 +661,20 @@ async fn one_round_trip_time(mode: RedisMode) {
         assert_eq!(r.status(), StatusCode::OK);
     }
 
-    // The profile hit.
-    let monitors = held.monitor();
-    let (sent, hit) = held
-        .sent_before_first_reply(
-            4,
-            Box::pin(profile_read::handle(&w.app, user.on(profile(&me)))),
-        )
-        .await;
-    assert_eq!(hit.status(), StatusCode::OK);
-    assert_eq!(hit.headers()["cache-status"], "paycache; hit");
-    assert_eq!(sent, 4, "profile: the gate and the read together");
-    assert_eq!(
-        sorted_commands(&monitors),
-        vec!["evalsha", "exists", "get", "getex"]
-    );
-    drop(monitors);
-
-    // The balance hit.
-    let monitors = held.monitor();
-    let (sent, hit) = held
-        .sent_before_first_reply(
-            4,
-            Box::pin(balance::handle(
-                &w.app,
-                user.on(wallet_req("GET", &wallet, None)),
-            )),
-        )
-        .await;
-    assert_eq!(hit.status(), StatusCode::OK);
-    assert_eq!(hit.headers()["cache-status"], "paycache; hit");
-    assert_eq!(sent, 4, "balance: the gate and the read together");
-    assert_eq!(
-        sorted_commands(&monitors),
-        vec!["evalsha", "exists", "get", "getex"]
-    );
-    drop(monitors);
+    // The profile hit and the balance hit.
+    held.hit_in_one_round_trip_time(
+        "profile",
+        Box::pin(profile_read::handle(&w.app, user.on(profile(&me)))),
+    )
+    .await;
+    held.hit_in_one_round_trip_time(
+        "balance",
+        Box::pin(balance::handle(
+            &w.app,
+            user.on(wallet_req("GET", &wallet, None)),
+        )),
+    )
+    .await;
 
     // The balance write's gate: a service's revocation check and its rate
     // limit together, then the write.

@@ -556,10 +556,7 @@ fn hit_invocations(env: &Env, dir: &std::path::Path) {
         .unwrap();
     let one_user = |n: usize| {
         let mut e = event("profile-read.json");
-        let id = "00000000-0000-4000-8000-000000000001";
-        e["rawPath"] = format!("/users/{id}/profile").into();
-        e["requestContext"]["http"]["path"] = format!("/users/{id}/profile").into();
-        e["pathParameters"]["user_id"] = id.into();
+        for_user(&mut e, SIGNED_IN_USER);
         vec![serde_json::to_vec(&e).unwrap(); n]
     };
     type Load = (String, PathBuf, Vec<Vec<u8>>);
@@ -569,9 +566,7 @@ fn hit_invocations(env: &Env, dir: &std::path::Path) {
     let signed_in = {
         let mut e = event("profile-read.json");
         let id = SIGNED_IN_USER;
-        e["rawPath"] = format!("/users/{id}/profile").into();
-        e["requestContext"]["http"]["path"] = format!("/users/{id}/profile").into();
-        e["pathParameters"]["user_id"] = id.into();
+        for_user(&mut e, id);
         e["requestContext"]["authorizer"]["jwt"] = serde_json::json!({
             "claims": {
                 "sub": id,
@@ -753,12 +748,17 @@ fn profile_events(n: usize) -> Vec<Vec<u8>> {
         .map(|i| {
             let id = format!("00000000-0000-4000-8000-{:012x}", i % 2000 + 1);
             let mut e = template.clone();
-            e["rawPath"] = format!("/users/{id}/profile").into();
-            e["requestContext"]["http"]["path"] = format!("/users/{id}/profile").into();
-            e["pathParameters"]["user_id"] = id.into();
+            for_user(&mut e, &id);
             serde_json::to_vec(&e).unwrap()
         })
         .collect()
+}
+
+/// A profile-read event for user `id`'s profile.
+fn for_user(e: &mut serde_json::Value, id: &str) {
+    e["rawPath"] = format!("/users/{id}/profile").into();
+    e["requestContext"]["http"]["path"] = format!("/users/{id}/profile").into();
+    e["pathParameters"]["user_id"] = id.into();
 }
 
 fn repeated(file: &str, n: usize) -> Vec<Vec<u8>> {
