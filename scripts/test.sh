@@ -68,9 +68,24 @@ export PAYCACHE_TEST_LOG_DIR="$STACK/logs"
 cp "$ROOT/tests/secrets.txt" "$STACK/secrets.run"
 log "building the tests (cargo's progress follows)"
 cargo test --workspace --all-targets --no-run
+# Every later build — `cargo run -p paycache-dev` (deployment contract,
+# e2e), `cargo lambda watch`'s `cargo run --bin <function>` — selects fewer
+# packages than the test build; with one feature set for the whole
+# workspace (shared/workspace-hack) it reuses every compiled dependency.
+# A dependency compiled again fails here, with what to run.
+log "the functions and tools, built one package at a time, reuse the tests' dependencies"
+python3 "$ROOT/scripts/check-rebuilds.py" --self-test
+cargo build -p paycache-dev --message-format=json-render-diagnostics \
+  | python3 "$ROOT/scripts/check-rebuilds.py" "cargo build -p paycache-dev"
+cargo build --bin profile-read --message-format=json-render-diagnostics \
+  | python3 "$ROOT/scripts/check-rebuilds.py" "cargo build --bin profile-read (as cargo lambda watch builds it)"
+cargo build --workspace --bins --message-format=json-render-diagnostics \
+  | python3 "$ROOT/scripts/check-rebuilds.py" "cargo build --workspace --bins"
+# Six test threads on two cores: most tests wait on servers, timers and
+# timeouts, not on the CPU (docs/operations.md → Build time).
 log "cargo test (output in $STACK/test-output.log, logs in $PAYCACHE_TEST_LOG_DIR)"
 set +e
-in_background cargo test --workspace --all-targets -- --nocapture >"$STACK/test-output.log" 2>&1
+in_background cargo test --workspace --all-targets -- --nocapture --test-threads "${TEST_THREADS:-6}" >"$STACK/test-output.log" 2>&1
 rc=$?
 set -e
 grep -E '^(test result:|error(\[|:))|^test .* FAILED$' "$STACK/test-output.log" || true

@@ -3,7 +3,8 @@
 //! 5xx for bad input, and every 4xx is a problem document.
 #![allow(clippy::unwrap_used, reason = "tests")]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 use lambda_http::{Body, Request, RequestExt};
 use paycache::config::RedisMode;
@@ -190,7 +191,7 @@ async fn handlers_survive_arbitrary_input() {
                         check(&r, "logout")?;
                         // EventBridge and WebSocket handlers, any JSON at all:
                         // refused (not retried: no error) and nothing changed.
-                        let before = keys(&app).await;
+                        let before = Snapshot::take(&app).await;
                         let out =
                             paycache::events::cache_invalidation(&app.invalidation, &event).await;
                         let status = out.as_ref().map(|v| v["status"].clone());
@@ -213,18 +214,30 @@ async fn handlers_survive_arbitrary_input() {
                         let error =
                             serde_json::from_str::<Value>(out["body"].as_str().unwrap_or(""));
                         prop_assert!(error.is_ok_and(|b| b["error"].is_string()), "{}", out);
-                        prop_assert_eq!(&keys(&app).await, &before, "{}", event);
+                        let after = Snapshot::take(&app).await;
+                        prop_assert!(
+                            before.unchanged(&after).is_ok(),
+                            "{}: {:?}",
+                            event,
+                            before.unchanged(&after)
+                        );
                         let out = paycache::events::cache_warm(
                             &app.warmer,
                             &json!({"user_ids": event}),
-                            std::time::Instant::now() + std::time::Duration::from_secs(5),
+                            Instant::now() + Duration::from_secs(5),
                         )
                         .await;
                         if valid_user_ids(&event) {
                             prop_assert_eq!(&out["status"], "ok", "{}", out);
                         } else {
                             prop_assert_eq!(&out["status"], "rejected", "{}", out);
-                            prop_assert_eq!(&keys(&app).await, &before, "{}", event);
+                            let after = Snapshot::take(&app).await;
+                            prop_assert!(
+                                before.unchanged(&after).is_ok(),
+                                "{}: {:?}",
+                                event,
+                                before.unchanged(&after)
+                            );
                         }
                         Ok(())
                     })
@@ -236,14 +249,116 @@ async fn handlers_survive_arbitrary_input() {
     .unwrap();
 }
 
-/// The keys under the app's prefix (a standalone Redis).
-async fn keys(app: &paycache::App) -> Vec<String> {
-    let pattern = format!("{}:*", app.keys.prefix());
-    let mut found: Vec<String> = app
-        .redis
-        .run(|mut c| async move { redis::cmd("KEYS").arg(&pattern).query_async(&mut c).await })
-        .await
-        .unwrap();
-    found.sort();
-    found
+/// The keys under the app's prefix (a standalone Redis), each with the
+/// earliest moment its time to live can run out (`None`: it has none), and
+/// the moment by which the key listing had been read.
+struct Snapshot {
+    listed_by: Instant,
+    keys: BTreeMap<String, Option<Instant>>,
+}
+
+impl Snapshot {
+    async fn take(app: &paycache::App) -> Snapshot {
+        let pattern = format!("{}:*", app.keys.prefix());
+        let found: Vec<String> = app
+            .redis
+            .run(|mut c| {
+                let pattern = pattern.clone();
+                async move { redis::cmd("KEYS").arg(&pattern).query_async(&mut c).await }
+            })
+            .await
+            .unwrap();
+        let listed_by = Instant::now();
+        let mut keys = BTreeMap::new();
+        for key in found {
+            let asked = Instant::now();
+            let ttl: i64 = app
+                .redis
+                .run(|mut c| {
+                    let key = key.clone();
+                    async move { redis::cmd("PTTL").arg(&key).query_async(&mut c).await }
+                })
+                .await
+                .unwrap();
+            // -2: it expired after the listing; -1: no time to live.
+            // Otherwise it cannot run out before `asked` + the TTL.
+            match ttl {
+                -2 => {}
+                -1 => {
+                    keys.insert(key, None);
+                }
+                ms => {
+                    let ms = u64::try_from(ms).unwrap();
+                    keys.insert(key, Some(asked + Duration::from_millis(ms)));
+                }
+            }
+        }
+        Snapshot { listed_by, keys }
+    }
+
+    /// Nothing written or deleted between `self` and `later`: no key
+    /// appeared, and every key that is gone had a time to live that had
+    /// run out by the time `later` listed the keys (rate-limit state
+    /// expires on its own, and a slow machine can take longer than its
+    /// TTL between two snapshots).
+    fn unchanged(&self, later: &Snapshot) -> Result<(), String> {
+        let appeared: Vec<&String> = later
+            .keys
+            .keys()
+            .filter(|k| !self.keys.contains_key(*k))
+            .collect();
+        if !appeared.is_empty() {
+            return Err(format!("keys appeared: {appeared:?}"));
+        }
+        let deleted: Vec<&String> = self
+            .keys
+            .iter()
+            .filter(|(k, deadline)| {
+                !later.keys.contains_key(*k)
+                    && !deadline.is_some_and(|d| d <= later.listed_by + Duration::from_millis(2))
+            })
+            .map(|(k, _)| k)
+            .collect();
+        if deleted.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "keys deleted before their time to live ran out: {deleted:?}"
+            ))
+        }
+    }
+}
+
+/// The comparison must still see a write or a deletion; only a time to live
+/// running out is not a change.
+#[test]
+fn a_snapshot_sees_writes_and_deletions_but_not_expiry() {
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let snap = |ms: u64, keys: &[(&str, Option<u64>)]| Snapshot {
+        listed_by: at(ms),
+        keys: keys
+            .iter()
+            .map(|(k, d)| (k.to_string(), d.map(at)))
+            .collect(),
+    };
+    let profile = "p:user_profile:{1}";
+    let limit = "p:rate_limit:{svc:a}:x:gcra";
+    let before = snap(0, &[(profile, None), (limit, Some(40))]);
+    // The rate-limit key ran out 40 ms in: no change.
+    assert!(before.unchanged(&snap(100, &[(profile, None)])).is_ok());
+    // …but gone 10 ms in, it was deleted.
+    assert!(before.unchanged(&snap(10, &[(profile, None)])).is_err());
+    // A key without a time to live, gone: deleted.
+    assert!(before.unchanged(&snap(100, &[(limit, Some(140))])).is_err());
+    // A new key: written.
+    let written = snap(
+        1,
+        &[
+            (profile, None),
+            (limit, Some(40)),
+            ("p:blacklist:{j}", Some(900)),
+        ],
+    );
+    assert!(before.unchanged(&written).is_err());
 }
