@@ -476,14 +476,23 @@ both_modes!(readers_never_see_an_older_version);
 
 /// The design's write-through — update the database, then SET the cache —
 /// through the same writers, readers, pauses and check: it serves stale
-/// reads. This is what makes the test above able to fail.
+/// reads. This is what makes the test above able to fail. The race is
+/// timing: on a loaded machine one round of 200 writes once served none
+/// (0 stale in 2,303 reads), so up to five rounds, and the first with a
+/// stale read ends it.
 async fn update_then_set_is_caught(mode: RedisMode) {
     let w = World::new(mode, &[]).await;
-    let (reads, stale) = stale_reads_under_concurrency(&w, Writer::UpdateThenSet, 200).await;
-    assert!(reads > 100, "the readers must actually have read: {reads}");
-    assert!(
-        stale > 0,
-        "the update-then-SET writer should have served stale reads ({reads} reads)"
+    let mut rounds = Vec::new();
+    for _ in 0..5 {
+        let (reads, stale) = stale_reads_under_concurrency(&w, Writer::UpdateThenSet, 200).await;
+        assert!(reads > 100, "the readers must actually have read: {reads}");
+        rounds.push((reads, stale));
+        if stale > 0 {
+            return;
+        }
+    }
+    panic!(
+        "the update-then-SET writer should have served stale reads ((reads, stale) per round: {rounds:?})"
     );
 }
 both_modes!(update_then_set_is_caught);

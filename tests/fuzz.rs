@@ -249,6 +249,12 @@ async fn handlers_survive_arbitrary_input() {
     .unwrap();
 }
 
+/// How much earlier than `PTTL` promised a key may be gone: Redis reads
+/// its clock once per command or event-loop pass, and on a loaded server
+/// (twelve test threads) a `PTTL` overstated what was left by more than a
+/// few milliseconds. A deletion in a key's last second goes unseen.
+const EXPIRY_SLACK: Duration = Duration::from_secs(1);
+
 /// The keys under the app's prefix (a standalone Redis), each with the
 /// earliest moment its time to live can run out (`None`: it has none), and
 /// the moment by which the key listing had been read.
@@ -298,9 +304,9 @@ impl Snapshot {
 
     /// Nothing written or deleted between `self` and `later`: no key
     /// appeared, and every key that is gone had a time to live that had
-    /// run out by the time `later` listed the keys (rate-limit state
-    /// expires on its own, and a slow machine can take longer than its
-    /// TTL between two snapshots).
+    /// run out, give or take [`EXPIRY_SLACK`], by the time `later` listed
+    /// the keys (rate-limit state expires on its own, and a slow machine
+    /// can take longer than its TTL between two snapshots).
     fn unchanged(&self, later: &Snapshot) -> Result<(), String> {
         let appeared: Vec<&String> = later
             .keys
@@ -315,7 +321,7 @@ impl Snapshot {
             .iter()
             .filter(|(k, deadline)| {
                 !later.keys.contains_key(*k)
-                    && !deadline.is_some_and(|d| d <= later.listed_by + Duration::from_millis(2))
+                    && !deadline.is_some_and(|d| d <= later.listed_by + EXPIRY_SLACK)
             })
             .map(|(k, _)| k)
             .collect();
@@ -344,13 +350,17 @@ fn a_snapshot_sees_writes_and_deletions_but_not_expiry() {
     };
     let profile = "p:user_profile:{1}";
     let limit = "p:rate_limit:{svc:a}:x:gcra";
-    let before = snap(0, &[(profile, None), (limit, Some(40))]);
-    // The rate-limit key ran out 40 ms in: no change.
-    assert!(before.unchanged(&snap(100, &[(profile, None)])).is_ok());
-    // …but gone 10 ms in, it was deleted.
-    assert!(before.unchanged(&snap(10, &[(profile, None)])).is_err());
+    let before = snap(0, &[(profile, None), (limit, Some(4_000))]);
+    // The rate-limit key ran out 4 s in: no change.
+    assert!(before.unchanged(&snap(4_100, &[(profile, None)])).is_ok());
+    // …but gone 100 ms in, it was deleted.
+    assert!(before.unchanged(&snap(100, &[(profile, None)])).is_err());
     // A key without a time to live, gone: deleted.
-    assert!(before.unchanged(&snap(100, &[(limit, Some(140))])).is_err());
+    assert!(
+        before
+            .unchanged(&snap(100, &[(limit, Some(4_000))]))
+            .is_err()
+    );
     // A new key: written.
     let written = snap(
         1,
