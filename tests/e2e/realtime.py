@@ -110,18 +110,24 @@ def writer(wallet, currency, tokens, start, t200, tsent, errors):
 
 
 def pid_with_local_port(port):
-    """The process that owns the TCP socket bound to 127.0.0.1:`port`
-    (from /proc: the socket's inode, then the process holding it)."""
+    """The process that owns the TCP connection from 127.0.0.1:`port` to the
+    gateway (from /proc: the socket's inode, then the process holding it).
+    Both ends are matched: a local port number alone also matched another
+    program's socket on the machine (a CI run killed nothing, having found
+    RabbitMQ's beam.smp)."""
+    local = f"0100007F:{port:04X}"
+    remote = f"0100007F:{int(GW):04X}"
     inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            rows = open(table).read().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            cols = row.split()
-            if int(cols[1].split(":")[1], 16) == port:
-                inodes.add(cols[9])
+    try:
+        rows = open("/proc/net/tcp").read().splitlines()[1:]
+    except OSError:
+        rows = []
+    for row in rows:
+        cols = row.split()
+        if cols[1] == local and cols[2] == remote:
+            inodes.add(cols[9])
+    if not inodes:
+        return None
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             for fd in os.listdir(f"/proc/{pid}/fd"):
