@@ -332,9 +332,61 @@ impl App {
 }
 
 /// Logging for a function binary: JSON or text as Lambda's log format says
-/// (`AWS_LAMBDA_LOG_FORMAT`), level from `AWS_LAMBDA_LOG_LEVEL` / `RUST_LOG`.
+/// (`AWS_LAMBDA_LOG_FORMAT`), level from `AWS_LAMBDA_LOG_LEVEL` / `RUST_LOG`
+/// ([`log_filter`]). What `lambda_runtime::tracing::init_default_subscriber`
+/// sets up (no time, no target, stdout), with tracing-subscriber's
+/// `Targets` filter instead of its `EnvFilter`: `EnvFilter` matches field
+/// values with regular expressions, which links the regex crates' Unicode
+/// tables — half a megabyte — into every bootstrap once any crate in the
+/// workspace (the tests' criterion and proptest) turns those tables on.
 pub fn init_logging() {
-    lambda_http::tracing::init_default_subscriber();
+    let filter = log_filter(
+        std::env::var("AWS_LAMBDA_LOG_LEVEL").ok().as_deref(),
+        std::env::var("RUST_LOG").ok().as_deref(),
+    );
+    let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let fmt = tracing_subscriber::fmt()
+        .with_target(false)
+        .without_time()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::TRACE);
+    use tracing_subscriber::layer::SubscriberExt;
+    // A second subscriber (a test, a benchmark) keeps the first.
+    let _ = if json {
+        tracing::subscriber::set_global_default(fmt.json().finish().with(filter))
+    } else {
+        tracing::subscriber::set_global_default(fmt.finish().with(filter))
+    };
+}
+
+/// The functions' log filter: Lambda's log level (`AWS_LAMBDA_LOG_LEVEL`:
+/// `TRACE` … `ERROR`, `FATAL` as `ERROR`) when it is set, else `RUST_LOG`'s
+/// directives (`info`, `paycache=debug,warn`: target prefixes and levels;
+/// `EnvFilter`'s span and field directives are not supported), else — and
+/// for anything unreadable — `info`.
+pub fn log_filter(
+    lambda_level: Option<&str>,
+    rust_log: Option<&str>,
+) -> tracing_subscriber::filter::Targets {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    let info = || Targets::new().with_default(LevelFilter::INFO);
+    if let Some(level) = lambda_level.filter(|l| !l.trim().is_empty()) {
+        let level = if level.trim().eq_ignore_ascii_case("fatal") {
+            "error"
+        } else {
+            level.trim()
+        };
+        return level
+            .parse::<LevelFilter>()
+            .map_or_else(|_| info(), |l| Targets::new().with_default(l));
+    }
+    match rust_log
+        .filter(|l| !l.trim().is_empty())
+        .map(str::parse::<Targets>)
+    {
+        Some(Ok(t)) if t.default_level().is_some() => t,
+        Some(Ok(t)) => t.with_default(LevelFilter::INFO),
+        _ => info(),
+    }
 }
 
 /// The whole `main` of an HTTP function: logging, metrics, `App` built once
@@ -373,4 +425,41 @@ macro_rules! http_function {
             .await
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+    use tracing::Level;
+
+    fn on(f: &tracing_subscriber::filter::Targets, target: &str, level: Level) -> bool {
+        f.would_enable(target, &level)
+    }
+
+    #[test]
+    fn the_log_filter_reads_lambda_then_rust_log_then_defaults_to_info() {
+        // Nothing set, empty or unreadable: info.
+        for (lambda, rust) in [
+            (None, None),
+            (Some(""), Some(" ")),
+            (Some("loud"), None),
+            (None, Some("a=b=c")),
+        ] {
+            let f = log_filter(lambda, rust);
+            assert!(on(&f, "paycache", Level::INFO), "{lambda:?} {rust:?}");
+            assert!(!on(&f, "paycache", Level::DEBUG), "{lambda:?} {rust:?}");
+        }
+        // Lambda's level wins over RUST_LOG; FATAL is error.
+        let f = log_filter(Some("DEBUG"), Some("warn"));
+        assert!(on(&f, "hyper", Level::DEBUG) && !on(&f, "hyper", Level::TRACE));
+        let f = log_filter(Some("FATAL"), None);
+        assert!(on(&f, "paycache", Level::ERROR) && !on(&f, "paycache", Level::WARN));
+        // RUST_LOG's directives: per target, the rest at its default or info.
+        let f = log_filter(None, Some("paycache=debug,warn"));
+        assert!(on(&f, "paycache::app", Level::DEBUG));
+        assert!(!on(&f, "hyper", Level::INFO) && on(&f, "hyper", Level::WARN));
+        let f = log_filter(None, Some("paycache=trace"));
+        assert!(on(&f, "paycache", Level::TRACE) && on(&f, "redis", Level::INFO));
+        assert!(!on(&f, "redis", Level::DEBUG));
+    }
 }
