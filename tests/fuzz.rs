@@ -275,19 +275,26 @@ impl Snapshot {
             .await
             .unwrap();
         let listed_by = Instant::now();
-        let mut keys = BTreeMap::new();
-        for key in found {
-            let asked = Instant::now();
-            let ttl: i64 = app
-                .redis
+        // Every key's PTTL in one round trip, sent after `listed_by` (none
+        // for no keys: an empty pipeline is not a request).
+        let ttls: Vec<i64> = if found.is_empty() {
+            Vec::new()
+        } else {
+            app.redis
                 .run(|mut c| {
-                    let key = key.clone();
-                    async move { redis::cmd("PTTL").arg(&key).query_async(&mut c).await }
+                    let mut pipe = redis::pipe();
+                    for key in &found {
+                        pipe.cmd("PTTL").arg(key);
+                    }
+                    async move { pipe.query_async(&mut c).await }
                 })
                 .await
-                .unwrap();
+                .unwrap()
+        };
+        let mut keys = BTreeMap::new();
+        for (key, ttl) in found.into_iter().zip(ttls) {
             // -2: it expired after the listing; -1: no time to live.
-            // Otherwise it cannot run out before `asked` + the TTL.
+            // Otherwise it cannot run out before `listed_by` + the TTL.
             match ttl {
                 -2 => {}
                 -1 => {
@@ -295,7 +302,7 @@ impl Snapshot {
                 }
                 ms => {
                     let ms = u64::try_from(ms).unwrap();
-                    keys.insert(key, Some(asked + Duration::from_millis(ms)));
+                    keys.insert(key, Some(listed_by + Duration::from_millis(ms)));
                 }
             }
         }
