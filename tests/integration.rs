@@ -18,6 +18,7 @@ mod profile_read;
 mod rate_limit;
 mod realtime;
 mod resilience;
+mod rig;
 mod secrets;
 mod signin;
 mod tls;

@@ -11,220 +11,23 @@
 #![allow(clippy::unwrap_used, reason = "tests")]
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use paycache::App;
-use paycache::auth::{AuthConfig, Verifier, authorize};
 use paycache::balance::{BalanceWrite, WriteOutcome, load_balance, write_balance};
 use paycache::config::RedisMode;
-use paycache::delivery::{self, Faults, Management, Sender};
-use paycache::events::{cache_invalidation, websocket};
+use paycache::delivery::{self, Faults, Sender};
 use paycache::keys::{ConnectionId, UserId, WalletId};
 use paycache::money::Currency;
 use paycache::realtime;
-use paycache_tests::{World, both_modes};
+use paycache_tests::both_modes;
 use serde_json::{Value, json};
 use test_support::{insert_transaction, insert_user, insert_wallet, random_uuid, seed_user_id};
 use time::OffsetDateTime;
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-const KEY: &[u8] = include_bytes!("fixtures/jwt-test-key.pem");
-const JWKS: &str = include_str!("fixtures/jwks.json");
-const ISS: &str = "https://auth.paycache.test";
-const AUD: &str = "paycache-web";
-
-fn verifier() -> Verifier {
-    let vars: HashMap<&str, String> = [
-        ("AUTH_ISSUER", ISS.to_owned()),
-        ("AUTH_AUDIENCE", AUD.to_owned()),
-        ("AUTH_JWKS", JWKS.to_owned()),
-    ]
-    .into_iter()
-    .collect();
-    Verifier::new(AuthConfig::from_lookup(|k| vars.get(k).cloned()).unwrap()).unwrap()
-}
-
-struct Rig {
-    w: World,
-    app: Arc<App>,
-    gateway: paycache_ws_gateway::Handle,
-}
-
-impl Rig {
-    async fn new(mode: RedisMode) -> Self {
-        Self::with(mode, &[]).await
-    }
-
-    async fn with(mode: RedisMode, extra: &[(&str, &str)]) -> Self {
-        let mut env = vec![
-            ("WS_REDELIVER_AFTER_MS", "500"),
-            ("WS_SENDER_BLOCK_MS", "50"),
-            // Aborted senders' partitions are taken over within 1 s.
-            ("WS_PARTITION_LEASE_MS", "1000"),
-        ];
-        env.extend_from_slice(extra);
-        let w = World::new(mode, &env).await;
-        let app = Arc::new(w.another_environment());
-        let verifier = Arc::new(verifier());
-        let (a, v) = (app.clone(), verifier.clone());
-        let invoke: paycache_ws_gateway::Invoke = Arc::new(move |function, event| {
-            let (app, verifier) = (a.clone(), v.clone());
-            Box::pin(async move {
-                match function {
-                    "authorizer" => Ok(authorize(&*app, &verifier, &event).await),
-                    "ws-connections" => Ok(websocket(&app, &event).await),
-                    other => Err(format!("no function {other}")),
-                }
-            })
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let gateway = paycache_ws_gateway::serve(
-            listener,
-            invoke,
-            paycache_ws_gateway::Options {
-                management: paycache_ws_gateway::sigv4::Expected::from_env(),
-                test_controls: true,
-                unchecked: false,
-            },
-        )
-        .unwrap();
-        Self { w, app, gateway }
-    }
-
-    async fn sender(&self, attempts: u32, faults: Faults) -> Sender {
-        let m = Management::new(
-            &self.gateway.management_url(),
-            attempts,
-            Duration::from_secs(5),
-        )
-        .await;
-        Sender::with_faults(m, faults)
-    }
-
-    /// Signs user `n` in and returns their access token.
-    async fn token(&self, n: u64) -> String {
-        self.token_for(n, 600).await.0
-    }
-
-    /// Signs user `n` in: an access token valid `lifetime_secs`, and the
-    /// sign-in.
-    async fn token_for(&self, n: u64, lifetime_secs: i64) -> (String, paycache_tests::SignedIn) {
-        let user = seed_user_id(n);
-        let signed = self.w.sign_in(&user, &[]).await;
-        let now = OffsetDateTime::now_utc().unix_timestamp();
-        let claims = json!({"sub": user, "sid": signed.session, "jti": signed.jti, "iss": ISS,
-                            "client_id": AUD, "token_use": "access",
-                            "iat": now, "nbf": now - 10, "exp": now + lifetime_secs});
-        let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some("test-key-1".into());
-        (
-            encode(&header, &claims, &EncodingKey::from_rsa_pem(KEY).unwrap()).unwrap(),
-            signed,
-        )
-    }
-
-    async fn connect(&self, token: &str) -> Ws {
-        self.connect_with(token, "").await
-    }
-
-    /// Connects with more query parameters (`&resume=…`).
-    async fn connect_with(&self, token: &str, query: &str) -> Ws {
-        let url = format!("{}?token={token}{query}", self.gateway.ws_url());
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        ws
-    }
-
-    /// A test control of the gateway (`/_gateway/…`).
-    async fn control(&self, path: &str) {
-        http_post(&format!(
-            "{}/_gateway/{path}",
-            self.gateway.management_url()
-        ))
-        .await;
-    }
-
-    /// The gateway's `/_gateway/stats`.
-    async fn stats(&self) -> Value {
-        self.stats_of("stats").await
-    }
-
-    /// A `/_gateway/…` read.
-    async fn stats_of(&self, path: &str) -> Value {
-        let url = format!("{}/_gateway/{path}", self.gateway.management_url());
-        let req = http::Request::get(url)
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .unwrap();
-        let r = hyper_client().request(req).await.unwrap();
-        let body = http_body_util::BodyExt::collect(r.into_body())
-            .await
-            .unwrap()
-            .to_bytes();
-        serde_json::from_slice(&body).unwrap()
-    }
-
-    /// Waits (up to 5 s) until the gateway holds `n` posts.
-    async fn until_held(&self, n: u64) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if self.stats().await["held"].as_u64() == Some(n) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        false
-    }
-
-    /// Runs a sender in the background until `stop` is dropped.
-    fn spawn_sender(&self, mut sender: Sender) -> tokio::task::JoinHandle<delivery::Report> {
-        let app = self.app.clone();
-        tokio::spawn(async move {
-            delivery::run(
-                &app.deliveries,
-                &mut sender,
-                Instant::now() + Duration::from_secs(120),
-            )
-            .await
-        })
-    }
-
-    async fn invalidate(&self, event: Value) {
-        let r = cache_invalidation(&self.app.invalidation, &event)
-            .await
-            .unwrap();
-        assert_eq!(r["status"], "ok", "{r}");
-    }
-}
-
-/// The next text frame within `wait`, parsed.
-async fn next_frame(ws: &mut Ws, wait: Duration) -> Option<Value> {
-    let deadline = Instant::now() + wait;
-    loop {
-        let left = deadline.checked_duration_since(Instant::now())?;
-        match tokio::time::timeout(left, ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => return serde_json::from_str(&t).ok(),
-            Ok(Some(Ok(_))) => continue,
-            _ => return None,
-        }
-    }
-}
-
-/// Frames until one satisfies `want` (returned) or `wait` passes (None).
-async fn frame_where(ws: &mut Ws, wait: Duration, want: impl Fn(&Value) -> bool) -> Option<Value> {
-    let deadline = Instant::now() + wait;
-    loop {
-        let left = deadline.checked_duration_since(Instant::now())?;
-        let f = next_frame(ws, left).await?;
-        if want(&f) {
-            return Some(f);
-        }
-    }
-}
+use crate::rig::{Rig, Ws, frame_where, http_post, hyper_client, next_frame};
 
 fn profile_updated(user: &str) -> Value {
     json!({"detail-type": "UserProfileUpdated", "source": "paycache.test", "detail": {"user_id": user}})
@@ -520,22 +323,6 @@ async fn gone_connections_are_pruned(mode: RedisMode) {
     }
 }
 both_modes!(gone_connections_are_pruned);
-
-async fn http_post(url: &str) {
-    let client = hyper_client();
-    let req = http::Request::post(url)
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    let r = client.request(req).await.unwrap();
-    assert!(r.status().is_success(), "{url}: {}", r.status());
-}
-
-fn hyper_client() -> hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    http_body_util::Full<bytes::Bytes>,
-> {
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
-}
 
 /// Fetches and delivers until `entries` entries were handled.
 async fn drain(rig: &Rig, sender: &mut Sender, entries: u64) -> delivery::Report {
@@ -1163,6 +950,11 @@ async fn sinks(rig: &Rig, n: usize) -> Vec<String> {
     ids
 }
 
+/// Sinks are many connections of one sign-in: past the limits a person
+/// meets (`WS_MAX_CONNECTIONS_PER_*`).
+const MANY: (&str, &str) = ("WS_MAX_CONNECTIONS_PER_SESSION", "1000");
+const MANY_USER: (&str, &str) = ("WS_MAX_CONNECTIONS_PER_USER", "1000");
+
 /// Posts per sink id so far.
 async fn sink_counts(rig: &Rig) -> HashMap<String, u64> {
     let stats = rig.stats_of("stats?sink=1").await;
@@ -1189,7 +981,16 @@ fn announce_event() -> Value {
 /// connection, and about half of them receive it twice.
 async fn an_announcement_resumes_where_a_dead_sender_stopped(mode: RedisMode) {
     for broken in [false, true] {
-        let rig = Rig::with(mode, &[("WS_FANOUT_PAGE", "20"), ("WS_FAN_OUT", "4")]).await;
+        let rig = Rig::with(
+            mode,
+            &[
+                ("WS_FANOUT_PAGE", "20"),
+                ("WS_FAN_OUT", "4"),
+                MANY,
+                MANY_USER,
+            ],
+        )
+        .await;
         insert_user(&rig.w.db, 1).await;
         let ids = sinks(&rig, 400).await;
         rig.control("latency?ms=5").await;
@@ -1235,7 +1036,7 @@ both_modes!(an_announcement_resumes_where_a_dead_sender_stopped);
 /// receives it twice.
 async fn an_announcement_retries_only_the_failed_post(mode: RedisMode) {
     for broken in [false, true] {
-        let rig = Rig::with(mode, &[("WS_FANOUT_PAGE", "20")]).await;
+        let rig = Rig::with(mode, &[("WS_FANOUT_PAGE", "20"), MANY, MANY_USER]).await;
         insert_user(&rig.w.db, 1).await;
         let ids = sinks(&rig, 150).await;
         // The connection to fail: the one the shard's pages reach last

@@ -226,6 +226,8 @@ impl App {
             db: db.clone(),
             session_ttl: config.ttl.session_data,
             activity_sync: config.session_activity_sync,
+            queue: delivery.clone(),
+            recovery: Default::default(),
             faults: Default::default(),
             index_ttl: config
                 .ttl
@@ -237,6 +239,7 @@ impl App {
             redis: redis.clone(),
             ttl: config.ttl,
             sessions: sessions.clone(),
+            limits: config.delivery.limits,
         };
         let deliveries = Deliveries {
             queue: delivery.clone(),

@@ -95,19 +95,21 @@ use redis::streams::{
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::domain::realtime::{self, Connections, REGISTRY_SHARDS, fnv1a};
+use crate::domain::realtime::{self, Connections};
+use crate::domain::sessions;
 use crate::infra::aws::{AwsError, error as aws_error, sdk_config};
 use crate::infra::config::DeliveryConfig;
-use crate::infra::connection::{Redis, RedisUnavailable};
-use crate::infra::keys::{ConnectionId, Keyspace, UserId, WalletId};
+use crate::infra::connection::RedisUnavailable;
+use crate::infra::keys::{ConnectionId, REGISTRY_SHARDS, UserId, WalletId};
 use crate::patterns::pubsub;
+
+pub use crate::domain::delivery_queue::{CloseReason, DeliveryQueue, Recipients, frame};
+pub use crate::infra::keys::partition_of;
 
 /// The consumer group every `ws-sender` reads the delivery streams in.
 pub const GROUP: &str = "ws-senders";
 /// API Gateway's WebSocket frame limit.
 pub const FRAME_LIMIT: usize = 32 * 1024;
-/// Each delivery stream keeps about this many entries.
-const STREAM_MAXLEN: usize = 100_000;
 /// Entries fetched per read of one partition; also log entries per read.
 const BATCH: usize = 64;
 /// Lanes delivered at once.
@@ -163,43 +165,6 @@ pub const AWS_CALLS: &[crate::infra::aws::AwsCall] = &[crate::infra::aws::AwsCal
     when_env: None,
 }];
 
-/// The partition (of `partitions`) that `id` — a wallet, a user or a
-/// connection id — is delivered through (FNV-1a: stable everywhere).
-pub fn partition_of(id: &str, partitions: u16) -> u16 {
-    (fnv1a(id.as_bytes()) % u64::from(partitions.max(1))) as u16
-}
-
-/// The publishing side: appends entries to the delivery streams.
-#[derive(Debug, Clone)]
-pub struct DeliveryQueue {
-    pub(crate) keys: Keyspace,
-    /// The durable Redis (the streams must not be evicted).
-    pub(crate) durable: Redis,
-    /// `WS_PARTITIONS`.
-    pub(crate) partitions: u16,
-}
-
-/// Who receives a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Recipients {
-    /// Every open connection of these users.
-    Users(Vec<UserId>),
-    /// Every open connection.
-    Everyone,
-}
-
-/// `message` as the frame a client receives: its fields plus `id` and
-/// `channel` (CONTRACT → Real-time messages).
-pub fn frame<T: Serialize>(id: &str, channel: &str, message: &T) -> Option<String> {
-    let mut map = match serde_json::to_value(message).ok()? {
-        Value::Object(map) => map,
-        _ => return None,
-    };
-    map.insert("id".into(), Value::String(id.to_owned()));
-    map.insert("channel".into(), Value::String(channel.to_owned()));
-    serde_json::to_string(&map).ok()
-}
-
 /// A frame over [`FRAME_LIMIT`] replaced by what the client can act on.
 fn fit(frame: String) -> (String, bool) {
     if frame.len() <= FRAME_LIMIT {
@@ -216,150 +181,6 @@ fn fit(frame: String) -> (String, bool) {
         "timestamp": pubsub::unix_seconds(time::OffsetDateTime::now_utc()),
     });
     (stub.to_string(), true)
-}
-
-impl DeliveryQueue {
-    /// The partition of `id` (see [`partition_of`]).
-    pub fn partition(&self, id: &str) -> u16 {
-        partition_of(id, self.partitions)
-    }
-
-    async fn append(
-        &self,
-        partition: u16,
-        fields: &[(&str, &str)],
-    ) -> Result<(), RedisUnavailable> {
-        let key = self.keys.ws_deliveries(partition);
-        let k = &key;
-        self.durable
-            .run(|mut c| async move {
-                let mut cmd = redis::cmd("XADD");
-                cmd.arg(k)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(STREAM_MAXLEN)
-                    .arg("*");
-                for (f, v) in fields {
-                    cmd.arg(*f).arg(*v);
-                }
-                let _: String = cmd.query_async(&mut c).await?;
-                Ok(())
-            })
-            .await
-    }
-
-    /// A balance write published versions `from..` of `wallet`: deliver
-    /// them to `owner`. In the wallet's partition.
-    pub(crate) async fn balance(
-        &self,
-        wallet: &WalletId,
-        owner: &UserId,
-        from: u64,
-    ) -> Result<(), RedisUnavailable> {
-        let (w, u, f) = (wallet.to_string(), owner.to_string(), from.to_string());
-        self.append(
-            self.partition(&w),
-            &[("k", "balance"), ("w", &w), ("u", &u), ("f", &f)],
-        )
-        .await
-    }
-
-    /// A reconnect: send `conn` (of `owner`) the versions of `wallet`
-    /// after `after`. In the wallet's partition, behind the wallet's kicks.
-    pub async fn catch_up(
-        &self,
-        wallet: &WalletId,
-        owner: &UserId,
-        conn: &ConnectionId,
-        after: u64,
-    ) -> Result<(), RedisUnavailable> {
-        let (w, u, a) = (wallet.to_string(), owner.to_string(), after.to_string());
-        self.append(
-            self.partition(&w),
-            &[
-                ("k", "catchup"),
-                ("w", &w),
-                ("u", &u),
-                ("c", conn.as_str()),
-                ("a", &a),
-            ],
-        )
-        .await
-    }
-
-    /// Close these connections (`DELETE @connections/{id}`) and forget
-    /// them: a sign-out, or a `ping` that found its sign-in over.
-    pub async fn close(&self, connections: &[ConnectionId]) -> Result<(), RedisUnavailable> {
-        let Some(first) = connections.first() else {
-            return Ok(());
-        };
-        let ids = connections
-            .iter()
-            .map(ConnectionId::as_str)
-            .collect::<Vec<_>>()
-            .join(",");
-        self.append(
-            self.partition(first.as_str()),
-            &[("k", "close"), ("c", &ids)],
-        )
-        .await
-    }
-
-    /// Deliver `message`, published on `channel`, to `to`: one entry per
-    /// recipient user (in the user's partition), or one per registry shard
-    /// for everyone — all with the same frame `id`.
-    pub async fn message<T: Serialize>(
-        &self,
-        channel: &str,
-        to: &Recipients,
-        message: &T,
-    ) -> Result<(), RedisUnavailable> {
-        let id = uuid::Uuid::new_v4().to_string();
-        let frame = frame(&id, channel, message).ok_or(RedisUnavailable::Server)?;
-        let frame = frame.as_str();
-        let names: Vec<String> = match to {
-            Recipients::Users(users) => {
-                let mut distinct: Vec<String> = users.iter().map(ToString::to_string).collect();
-                distinct.sort();
-                distinct.dedup();
-                distinct
-            }
-            Recipients::Everyone => (0..REGISTRY_SHARDS).map(|s| s.to_string()).collect(),
-        };
-        let jobs: Vec<(u16, [(&str, &str); 4])> = names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| match to {
-                Recipients::Users(_) => (
-                    self.partition(name),
-                    [
-                        ("k", "message"),
-                        ("c", channel),
-                        ("u", name.as_str()),
-                        ("m", frame),
-                    ],
-                ),
-                // Shard i in partition i mod N: announcements spread over
-                // every partition (and so every sender).
-                Recipients::Everyone => (
-                    (i as u16) % self.partitions.max(1),
-                    [
-                        ("k", "announce"),
-                        ("c", channel),
-                        ("s", name.as_str()),
-                        ("m", frame),
-                    ],
-                ),
-            })
-            .collect();
-        let appended =
-            futures_util::future::join_all(jobs.iter().map(|(p, fields)| self.append(*p, fields)))
-                .await;
-        appended
-            .into_iter()
-            .collect::<Result<Vec<()>, _>>()
-            .map(|_| ())
-    }
 }
 
 /// The sending side: the streams, the registry, the per-wallet logs.
@@ -515,6 +336,8 @@ enum Body {
     },
     Close {
         connections: Vec<ConnectionId>,
+        /// Told in a last frame before the close (a limit it went past).
+        reason: Option<CloseReason>,
     },
     Malformed,
 }
@@ -569,6 +392,7 @@ impl Entry {
                     .split(',')
                     .filter_map(|c| ConnectionId::parse(c).ok())
                     .collect(),
+                reason: field(m, "r").and_then(|r| CloseReason::parse(&r)),
             }),
             _ => None,
         };
@@ -1149,7 +973,16 @@ async fn deliver_lane(
             (Body::Announcement { shard, frame }, _) => {
                 fan_out(deliveries, sender, entry, *shard, frame, &mut report).await
             }
-            (Body::Close { connections }, _) => {
+            (
+                Body::Close {
+                    connections,
+                    reason,
+                },
+                _,
+            ) => {
+                if let Some(reason) = reason {
+                    tell_closing(sender, &entry.id, connections, *reason, &mut report).await;
+                }
                 let conns: Vec<(ConnectionId, Option<UserId>)> =
                     connections.iter().map(|c| (c.clone(), None)).collect();
                 close_all(deliveries, sender, &conns, &mut report).await
@@ -1166,6 +999,33 @@ async fn deliver_lane(
         }
     }
     (report, done)
+}
+
+/// Posts each connection about to be closed its last frame: why
+/// (`"type": "closing"`). Best effort: a failed post does not keep the
+/// connection open (the close follows whatever happens).
+async fn tell_closing(
+    sender: &Sender,
+    entry: &str,
+    connections: &[ConnectionId],
+    reason: CloseReason,
+    report: &mut Report,
+) {
+    let notice = serde_json::json!({
+        "type": "closing",
+        "reason": reason.as_str(),
+        "timestamp": pubsub::unix_seconds(time::OffsetDateTime::now_utc()),
+    });
+    let Some(text) = frame(&format!("closing:{entry}"), "connection", &notice) else {
+        return;
+    };
+    let text: Arc<str> = Arc::from(text);
+    let results: Vec<Posted> = futures_util::stream::iter(connections.iter().cloned())
+        .map(|conn| sender.call(conn, Some(text.clone())))
+        .buffer_unordered(sender.fan_out)
+        .collect()
+        .await;
+    report.sent += results.iter().filter(|p| **p == Posted::Sent).count() as u64;
 }
 
 /// Closes connections whose sign-in is over (`DELETE @connections`) and
@@ -1788,9 +1648,33 @@ pub async fn backlog(deliveries: &Deliveries, partitions: &[u16]) -> u64 {
     counts.into_iter().sum()
 }
 
-/// Reads and delivers until `until`. Returns what it did.
+/// Reads and delivers until `until`, and sweeps sign-outs made while
+/// Redis was unreachable into it every [`sessions::SWEEP_EVERY`] (the
+/// sender runs all the time: docs/security.md → A sign-out during a Redis
+/// outage). Returns what it delivered.
 pub async fn run(deliveries: &Deliveries, sender: &mut Sender, until: Instant) -> Report {
-    Box::pin(run_until(deliveries, sender, until)).await
+    let running: std::pin::Pin<Box<dyn std::future::Future<Output = Report> + Send + '_>> =
+        Box::pin(run_until(deliveries, sender, until));
+    let sweeping: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> =
+        Box::pin(sweep_until(&deliveries.connections.sessions, until));
+    let (report, ()) = tokio::join!(running, sweeping);
+    report
+}
+
+/// [`sessions::apply_pending`] every [`sessions::SWEEP_EVERY`] until
+/// `until` (one PostgreSQL query each time when nothing is pending).
+async fn sweep_until(sessions: &sessions::Sessions, until: Instant) {
+    while Instant::now() < until {
+        match sessions::apply_pending(sessions).await {
+            Ok(r) if r.sessions + r.tokens > 0 => {
+                tracing::info!(report = ?r, "pending sign-outs applied to Redis");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not sweep pending sign-outs"),
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        tokio::time::sleep(sessions::SWEEP_EVERY.min(left)).await;
+    }
 }
 
 async fn run_until(deliveries: &Deliveries, sender: &mut Sender, until: Instant) -> Report {

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod balance;
 pub mod cloudwatch;
 pub mod delivery;
+pub mod delivery_queue;
 pub mod fraud;
 pub mod health;
 pub mod identity;

@@ -45,35 +45,32 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::domain::sessions::{self, Sessions};
-use crate::infra::config::TtlConfig;
+use crate::infra::config::{ConnectionLimits, TtlConfig};
 use crate::infra::connection::Redis;
 use crate::infra::connection::RedisUnavailable;
 use crate::infra::keys::Keyspace;
 use crate::infra::keys::{ConnectionId, KeyFamily, SessionId, UserId, WalletId};
 
-/// Shards of `ws_all` (fixed: a connection's shard is a hash of its id,
-/// and changing the count would lose track of registered connections).
-pub const REGISTRY_SHARDS: u16 = 16;
+pub use crate::infra::keys::{REGISTRY_SHARDS, shard_of};
 
 /// How long a reconnect's catch-up mark lasts when no sender gets to it:
 /// after it, new frames reach the connection again even without the
 /// catch-up.
 const RESUME_MARK_MS: u64 = 15 * 60 * 1000;
 
-/// The `ws_all` shard of `conn` (FNV-1a of its id).
-pub fn shard_of(conn: &ConnectionId) -> u16 {
-    (fnv1a(conn.as_str().as_bytes()) % u64::from(REGISTRY_SHARDS)) as u16
-}
-
-/// FNV-1a, 64 bits: stable across processes and releases (partitions and
-/// shards are chosen with it).
-pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+/// The registry's liveness checks read sessions in Redis: in an execution
+/// environment that saw Redis fail, only after it told Redis of the
+/// sign-outs made meanwhile (`sessions::recovered`); until then they do
+/// not answer (entries stay pending, a `ping` is answered 503).
+async fn trusted(connections: &Connections) -> Result<(), RedisUnavailable> {
+    if sessions::recovered(&connections.sessions).await {
+        Ok(())
+    } else {
+        tracing::warn!(
+            "the registry's sessions may predate sign-outs made during an outage: not answering until they are applied"
+        );
+        Err(RedisUnavailable::Connection)
     }
-    h
 }
 
 /// What `live.lua` returns: live ids, dead ids, unknown (id, sid) pairs,
@@ -81,6 +78,8 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
 type LiveScript = (Vec<String>, Vec<String>, Vec<String>, Vec<String>);
 
 static LIVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("realtime/live.lua")));
+static CONNECT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("realtime/connect.lua")));
 static PING: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("realtime/ping.lua")));
 static PAGE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("realtime/page.lua")));
 
@@ -92,6 +91,7 @@ pub struct Connections {
     pub(crate) redis: Redis,
     pub(crate) ttl: TtlConfig,
     pub(crate) sessions: Sessions,
+    pub(crate) limits: ConnectionLimits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,10 +152,28 @@ async fn write_meta(
         .await
 }
 
-/// `$connect`: registers the connection for the sign-in that opened it;
+/// Why `$connect` was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectRefused {
+    /// The sign-in already has `WS_MAX_CONNECTIONS_PER_SESSION` open.
+    #[error("this sign-in has the most connections allowed open")]
+    SessionLimit,
+    /// The user already has `WS_MAX_CONNECTIONS_PER_USER` open.
+    #[error("this user has the most connections allowed open")]
+    UserLimit,
+    /// Redis could not register it.
+    #[error(transparent)]
+    Unavailable(#[from] RedisUnavailable),
+}
+
+/// `$connect`: registers the connection for the sign-in that opened it —
+/// unless the sign-in or the user already has the most connections open
+/// (`WS_MAX_CONNECTIONS_PER_SESSION`, `WS_MAX_CONNECTIONS_PER_USER`);
 /// with `resume` (wallets and the last version the client saw), marks it
-/// as catching up on those wallets, in the same round trip (docs/realtime.md →
-/// Reconnecting).
+/// as catching up on those wallets (docs/realtime.md → Reconnecting). One
+/// round-trip time: the user's registry script (limits, registration,
+/// marks), the metadata and the `ws_all` shard are sent at once; a refused
+/// connection's metadata and shard entry are taken back (one more).
 #[tracing::instrument(skip_all, fields(user_id = %by.user, connection_id = %conn))]
 pub async fn connect(
     connections: &Connections,
@@ -163,7 +181,7 @@ pub async fn connect(
     conn: &ConnectionId,
     client_info: Option<&str>,
     resume: &[(WalletId, u64)],
-) -> Result<(), RedisUnavailable> {
+) -> Result<(), ConnectRefused> {
     let now = OffsetDateTime::now_utc();
     let exp = by.expires_at.unix_timestamp();
     let meta = ConnectionMeta {
@@ -182,26 +200,25 @@ pub async fn connect(
     let mine = format!("{} {exp}", by.session);
     let everyone = format!("{} {} {exp}", by.user, by.session);
     let (s, r, al, id, ms) = (&set, &marks, &all, conn.as_str(), ttl_ms(connections));
-    let (m, e) = (&mine, &everyone);
+    let (m, e, limits) = (&mine, &everyone, connections.limits);
     let (a, b, c) = tokio::join!(
         write_meta(connections, conn, &meta),
         connections.redis.run(|mut c| async move {
-            let mut pipe = redis::pipe();
-            pipe.atomic();
+            let mut script = CONNECT.key(s);
+            script
+                .key(r)
+                .arg(id)
+                .arg(m)
+                .arg(ms)
+                .arg(now.unix_timestamp())
+                .arg(limits.per_session)
+                .arg(limits.per_user)
+                .arg(RESUME_MARK_MS);
             for (wallet, version) in resume {
-                pipe.hset(r, format!("{id} {wallet}"), *version).ignore();
+                script.arg(format!("{id} {wallet}")).arg(*version);
             }
-            if !resume.is_empty() {
-                pipe.pexpire(r, RESUME_MARK_MS as i64).ignore();
-            }
-            let _: () = pipe
-                .hset(s, id, m)
-                .ignore()
-                .pexpire(s, ms as i64)
-                .ignore()
-                .query_async(&mut c)
-                .await?;
-            Ok(())
+            let v: i64 = script.invoke_async(&mut c).await?;
+            Ok(v)
         }),
         connections.redis.run(|mut c| async move {
             let _: () = redis::pipe()
@@ -215,7 +232,24 @@ pub async fn connect(
             Ok(())
         })
     );
-    a.and(b).and(c)
+    let refused = match b {
+        Ok(1) => None,
+        Ok(-1) => Some(ConnectRefused::SessionLimit),
+        Ok(_) => Some(ConnectRefused::UserLimit),
+        Err(why) => Some(ConnectRefused::Unavailable(why)),
+    };
+    if let Some(why) = refused {
+        // Not registered for its user: nothing of it may stay anywhere.
+        if let Err(e) = forget(connections, &[(conn.clone(), None)]).await {
+            tracing::warn!(
+                reason = e.as_str(),
+                "could not take back a refused connection's entries"
+            );
+        }
+        return Err(why);
+    }
+    a.and(c)?;
+    Ok(())
 }
 
 /// The connection's metadata, if it is still registered.
@@ -242,6 +276,9 @@ pub enum Ping {
     /// Its token expired or its session ended: taken out of the registry,
     /// to be closed.
     Ended,
+    /// It pinged more often than `WS_PINGS_PER_MINUTE`: taken out of the
+    /// registry, to be closed.
+    TooMany,
 }
 
 /// `ping`: refreshes `last_ping` and the registry's TTLs while the sign-in
@@ -252,27 +289,33 @@ pub async fn ping(
     connections: &Connections,
     conn: &ConnectionId,
 ) -> Result<Ping, RedisUnavailable> {
+    trusted(connections).await?;
     let Some(mut m) = meta(connections, conn).await? else {
         return Ok(Ping::Unknown);
     };
     m.last_ping = OffsetDateTime::now_utc();
     let set = connections.keys.ws_connections(&m.user_id);
+    let counter = connections.keys.ws_pings(&m.user_id, conn);
     let prefix = connections.keys.session_prefix(&m.user_id);
-    let (s, p, id, ms, now) = (
+    let (s, k, p, id, ms, now) = (
         &set,
+        &counter,
         &prefix,
         conn.as_str(),
         ttl_ms(connections),
         now_secs(),
     );
+    let most = connections.limits.pings_per_minute;
     let (alive, refreshed) = tokio::join!(
         connections.redis.run(|mut c| async move {
             let v: i64 = PING
                 .key(s)
+                .key(k)
                 .arg(p)
                 .arg(id)
                 .arg(now)
                 .arg(ms)
+                .arg(most)
                 .invoke_async(&mut c)
                 .await?;
             Ok(v)
@@ -280,6 +323,10 @@ pub async fn ping(
         write_meta(connections, conn, &m)
     );
     let alive = match alive? {
+        -2 => {
+            forget(connections, &[(conn.clone(), Some(m.user_id))]).await?;
+            return Ok(Ping::TooMany);
+        }
         // Redis does not hold the session: PostgreSQL decides (and a live
         // one is put back).
         2 => {
@@ -433,6 +480,7 @@ pub async fn live(
     connections: &Connections,
     users: &[UserId],
 ) -> Result<Liveness, RedisUnavailable> {
+    trusted(connections).await?;
     let mut distinct: Vec<UserId> = users.to_vec();
     distinct.sort_by_key(|u| u.to_string());
     distinct.dedup();
@@ -629,6 +677,7 @@ async fn judge(
     connections: &Connections,
     entries: Vec<(String, String)>,
 ) -> Result<(Vec<ConnectionId>, Vec<(ConnectionId, Option<UserId>)>), RedisUnavailable> {
+    trusted(connections).await?;
     let now = now_secs();
     let mut candidates = Vec::new();
     let mut dead = Vec::new();

@@ -49,14 +49,35 @@
 //! session may outlive its timeout by at most `SESSION_ACTIVITY_SYNC_SECS`
 //! when Redis no longer holds it** (an outage or an eviction).
 //!
-//! # A sign-out while Redis is down
+//! # A sign-out while Redis is down, and after
 //! It is recorded in PostgreSQL (so the fallback refuses the token at
-//! once) and marked pending; the minute sweep ([`apply_pending`], run by
-//! `audit-flush`) writes the tombstones and blacklist entries into Redis.
-//! Until that sweep has run after Redis is back — at most about a minute —
-//! Redis may still hold a session ended during the outage.
+//! once) and marked **pending**: Redis, when it answers again, may still
+//! hold the session and no blacklist entry, and must not be trusted until
+//! it has been told. Three things tell it ([`apply_pending`], the
+//! **sweep**, which writes the tombstones and blacklist entries and
+//! queues the close of the sockets it takes out of the registry):
+//! 1. **An execution environment that saw Redis fail** (any call failed
+//!    for want of Redis since its last sweep, or it marked a sign-out
+//!    pending itself) does not trust Redis's session or blacklist answer
+//!    until it has swept: its next check sweeps first ([`recovered`]); until
+//!    a sweep completes, PostgreSQL decides. So an environment that saw the
+//!    outage never admits, from Redis, a token signed out during it.
+//! 2. **`ws-sender`**, which runs all the time (every minute, until its
+//!    deadline), sweeps every [`SWEEP_EVERY`]: an environment that did not
+//!    see the outage — idle during it, or on the other side of a partition
+//!    that hid it — may admit such a token from Redis until then (docs/
+//!    security.md → A sign-out during a Redis outage).
+//! 3. `audit-flush`, every minute: the backstop.
+//!
+//! The sign-out itself insists on reaching Redis ([`Redis::run_insisting`]:
+//! past an open breaker, and again on a fresh connection), so that an
+//! environment whose connection broke during an outage does not make the
+//! sign-outs after it pending ones.
+//!
+//! [`Redis::run_insisting`]: crate::infra::connection::Redis::run_insisting
 
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::AsyncCommands;
@@ -64,6 +85,7 @@ use redis::Script;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::domain::delivery_queue::DeliveryQueue;
 use crate::domain::identity::{Denied, Principal};
 use crate::infra::connection::Redis;
 use crate::infra::connection::RedisUnavailable;
@@ -92,6 +114,94 @@ static SIGN_IN: LazyLock<Script> =
 static END: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("sessions/end.lua")));
 static TOUCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("sessions/touch.lua")));
 
+/// How often `ws-sender` sweeps pending sign-outs into Redis (see the
+/// module documentation): the bound on how long an execution environment
+/// that did not see an outage may still admit a token signed out during
+/// it, once Redis is reachable from the sender.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Pending sign-outs read and applied per page of a sweep.
+const SWEEP_PAGE: i64 = 500;
+
+/// An execution environment's state of recovery from Redis outages.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// What [`outage_marks`] was when the last complete sweep began.
+    swept: AtomicU64,
+    /// Sign-outs this environment marked pending (they count as a failure
+    /// seen: a sweep that began before the mark did not apply it).
+    marked: AtomicU64,
+    /// One sweep at a time.
+    sweeping: tokio::sync::Mutex<()>,
+}
+
+/// Everything this environment saw that may have left Redis behind
+/// PostgreSQL: its Redis calls that failed, and its own pending marks.
+fn outage_marks(sessions: &Sessions) -> u64 {
+    sessions
+        .redis
+        .failures()
+        .wrapping_add(sessions.durable.failures())
+        .wrapping_add(sessions.recovery.marked.load(Ordering::Acquire))
+}
+
+/// Whether Redis's session and blacklist answers may be trusted in this
+/// execution environment: yes, unless it saw Redis fail (or marked a
+/// sign-out pending) since its last complete sweep — then it sweeps now
+/// ([`apply_pending`], one PostgreSQL query when nothing is pending) and
+/// answers whether the sweep completed. While the breaker is cooling down
+/// nothing is tried (no): PostgreSQL decides. Costs three atomic loads
+/// when nothing failed (and no allocation: the sweep's future, large and
+/// deep, is boxed and made only when needed).
+pub async fn recovered(sessions: &Sessions) -> bool {
+    match recovering(sessions) {
+        None => true,
+        Some(sweep) => sweep.await,
+    }
+}
+
+/// A boxed future that decides [`recovered`] — `None` when nothing was
+/// seen to fail (the common path, without a future to nest: the routes'
+/// futures are near the compiler's layout depth).
+fn recovering(
+    sessions: &Sessions,
+) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>> {
+    if outage_marks(sessions) == sessions.recovery.swept.load(Ordering::Acquire) {
+        return None;
+    }
+    Some(Box::pin(recover(sessions)))
+}
+
+async fn recover(sessions: &Sessions) -> bool {
+    let recovery = &sessions.recovery;
+    if sessions.redis.breaker().denies() || sessions.durable.breaker().denies() {
+        return false;
+    }
+    let _one = recovery.sweeping.lock().await;
+    let seen = outage_marks(sessions);
+    if seen == recovery.swept.load(Ordering::Acquire) {
+        return true;
+    }
+    match apply_pending(sessions).await {
+        Ok(report) if report.complete => {
+            recovery.swept.store(seen, Ordering::Release);
+            if report.sessions + report.tokens > 0 {
+                tracing::info!(
+                    sessions = report.sessions,
+                    tokens = report.tokens,
+                    "Redis told of sign-outs made while this environment could not reach it"
+                );
+            }
+            true
+        }
+        Ok(_) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not sweep pending sign-outs: PostgreSQL decides");
+            false
+        }
+    }
+}
+
 /// What sessions and revocation use: the cache Redis for sessions and
 /// their index, the durable one for blacklist entries, PostgreSQL for
 /// both's source of truth, and the timings.
@@ -104,6 +214,11 @@ pub struct Sessions {
     pub(crate) session_ttl: Duration,
     pub(crate) index_ttl: Duration,
     pub(crate) activity_sync: Duration,
+    /// Where the close of the sockets a sign-out ends is queued.
+    pub(crate) queue: DeliveryQueue,
+    /// This execution environment's recovery from Redis outages (shared
+    /// by every clone: one per environment).
+    pub(crate) recovery: Arc<Recovery>,
     /// Deliberately broken variants, for the tests that prove the
     /// fallback (each runs the same check with one of these).
     #[doc(hidden)]
@@ -340,7 +455,12 @@ pub struct Ended {
 /// Ends one session of `user`, or all of them: in PostgreSQL first (the
 /// source of truth; its failure fails the sign-out), then in Redis — one
 /// script that replaces the sessions with tombstones and takes the
-/// connections they opened out of the user's registry. Idempotent.
+/// connections they opened out of the user's registry — and queues those
+/// connections' close for `ws-sender`. Idempotent. When Redis cannot be
+/// told (after insisting: [`Redis::run_insisting`]), the ending is marked
+/// pending for the sweep (module documentation).
+///
+/// [`Redis::run_insisting`]: crate::infra::connection::Redis::run_insisting
 #[tracing::instrument(skip_all, fields(user_id = %user))]
 pub async fn end(
     sessions: &Sessions,
@@ -358,20 +478,48 @@ pub async fn end(
     {
         ended.push(s.clone());
     }
-    match end_in_redis(sessions, user, ending, &ended).await {
-        Ok(e) => Ok(e),
+    match end_in_redis(sessions, user, ending, &ended, Insist::Yes).await {
+        Ok(e) => {
+            queue_closes(sessions, &e.connections).await;
+            Ok(e)
+        }
         Err(why) => {
             tracing::warn!(
                 reason = why.as_str(),
                 "sign-out recorded in PostgreSQL; Redis is told by the next sweep"
             );
-            store::mark_pending(&sessions.db, &ended, None).await?;
+            mark_pending(sessions, &ended, None).await?;
             Ok(Ended {
                 sessions: ended,
                 connections: Vec::new(),
                 pending: true,
             })
         }
+    }
+}
+
+/// Marks endings or a revocation pending, and this environment as one
+/// that must sweep before it trusts Redis again.
+async fn mark_pending(
+    sessions: &Sessions,
+    ended: &[SessionId],
+    jti: Option<&Jti>,
+) -> Result<(), SessionError> {
+    sessions.recovery.marked.fetch_add(1, Ordering::AcqRel);
+    store::mark_pending(&sessions.db, ended, jti).await?;
+    Ok(())
+}
+
+/// Queues the close of connections a sign-out took out of the registry
+/// (they receive nothing more already; `ws-sender` closes them, retrying
+/// until it succeeds). Not queued, they close at their next `ping`.
+async fn queue_closes(sessions: &Sessions, connections: &[ConnectionId]) {
+    if let Err(why) = sessions.queue.close(connections).await {
+        tracing::warn!(
+            reason = why.as_str(),
+            connections = connections.len(),
+            "could not queue the close of signed-out connections; they receive nothing and close at their next ping"
+        );
     }
 }
 
@@ -382,6 +530,7 @@ async fn end_in_redis(
     user: &UserId,
     ending: &Ending,
     also: &[SessionId],
+    insist: Insist,
 ) -> Result<Ended, RedisUnavailable> {
     let (index, registry) = (
         sessions.keys.user_sessions(user),
@@ -395,19 +544,20 @@ async fn end_in_redis(
     let ids: Vec<&str> = also.iter().map(SessionId::as_str).collect();
     let ttl = millis(TOMBSTONE_TTL);
     let (i, r, p, ids) = (&index, &registry, &prefix, &ids);
-    let (ended, closed): (Vec<String>, Vec<String>) = sessions
-        .redis
-        .run(|mut c| async move {
-            END.key(i)
-                .key(r)
-                .arg(p)
-                .arg(mode)
-                .arg(ttl)
-                .arg(ids)
-                .invoke_async(&mut c)
-                .await
-        })
-        .await?;
+    let script = |mut c: crate::infra::connection::RedisConnection| async move {
+        END.key(i)
+            .key(r)
+            .arg(p)
+            .arg(mode)
+            .arg(ttl)
+            .arg(ids)
+            .invoke_async::<(Vec<String>, Vec<String>)>(&mut c)
+            .await
+    };
+    let (ended, closed) = match insist {
+        Insist::Yes => sessions.redis.run_insisting(script).await?,
+        Insist::No => sessions.redis.run(script).await?,
+    };
     Ok(Ended {
         sessions: ended
             .iter()
@@ -463,12 +613,14 @@ pub async fn blacklist(
     };
     let reason: String = reason.chars().take(64).collect();
     store::revoke(&sessions.db, jti, &who, &reason, until).await?;
-    if let Err(why) = blacklist_in_redis(sessions, jti, principal, until, &reason).await {
+    if let Err(why) =
+        blacklist_in_redis(sessions, jti, principal, until, &reason, Insist::Yes).await
+    {
         tracing::warn!(
             reason = why.as_str(),
             "revocation recorded in PostgreSQL; Redis is told by the next sweep"
         );
-        store::mark_pending(&sessions.db, &[], Some(jti)).await?;
+        mark_pending(sessions, &[], Some(jti)).await?;
     }
     Ok(())
 }
@@ -479,6 +631,7 @@ async fn blacklist_in_redis(
     principal: &Principal,
     until: OffsetDateTime,
     reason: &str,
+    insist: Insist,
 ) -> Result<(), RedisUnavailable> {
     let now = OffsetDateTime::now_utc();
     let (user_id, client_id) = match principal {
@@ -496,7 +649,28 @@ async fn blacklist_in_redis(
     let ms = u64::try_from((until - now).whole_milliseconds())
         .unwrap_or(u64::MAX)
         .max(1);
-    sessions.durable.set_px(key.as_str(), json, ms).await
+    let (k, j) = (key.as_str(), json.as_str());
+    let set = |mut c: crate::infra::connection::RedisConnection| async move {
+        redis::cmd("SET")
+            .arg(k)
+            .arg(j)
+            .arg("PX")
+            .arg(ms)
+            .query_async::<()>(&mut c)
+            .await
+    };
+    match insist {
+        Insist::Yes => sessions.durable.run_insisting(set).await,
+        Insist::No => sessions.durable.run(set).await,
+    }
+}
+
+/// Whether a write to Redis insists (a sign-out: past an open breaker,
+/// and again on a fresh connection) or not (the sweep, which runs again).
+#[derive(Debug, Clone, Copy)]
+enum Insist {
+    Yes,
+    No,
 }
 
 /// What Redis holds under a session's key.
@@ -617,7 +791,18 @@ pub async fn authenticate(
     jti: &Jti,
     token_expires_at: OffsetDateTime,
 ) -> Result<Session, Denied> {
-    match check(sessions, user, session, jti).await.verdict(user) {
+    let trusted = match recovering(sessions) {
+        None => true,
+        Some(sweep) => sweep.await,
+    };
+    let verdict = if trusted {
+        check(sessions, user, session, jti).await.verdict(user)
+    } else {
+        // Redis may not know of sign-outs made while this environment
+        // could not reach it.
+        Verdict::Unknown(RedisUnavailable::Connection)
+    };
+    match verdict {
         Verdict::Valid(_) if sessions.faults.always_database => {
             from_database(sessions, user, session, jti).await?
         }
@@ -759,7 +944,18 @@ pub fn sync_activity(sessions: &Sessions, id: &SessionId, session: &Session) {
 /// read): the durable Redis, or PostgreSQL when Redis cannot answer.
 /// `Err(RevocationUnavailable)` when neither can.
 pub async fn is_revoked(sessions: &Sessions, jti: &Jti) -> Result<bool, Denied> {
-    match is_blacklisted(sessions, jti).await {
+    let trusted = match recovering(sessions) {
+        None => true,
+        Some(sweep) => sweep.await,
+    };
+    let answer = if trusted {
+        is_blacklisted(sessions, jti).await
+    } else {
+        // Redis may not know of revocations made while this environment
+        // could not reach it.
+        Err(RedisUnavailable::Server)
+    };
+    match answer {
         Ok(b) => Ok(b),
         Err(_) if sessions.faults.no_fallback => Err(Denied::RevocationUnavailable),
         Err(why) => {
@@ -820,63 +1016,96 @@ pub struct SweepReport {
     pub sessions: u64,
     /// Tokens revoked while Redis was unavailable, now blacklisted there.
     pub tokens: u64,
-    /// Revocations past any verifier's leeway, deleted.
-    pub expired: u64,
+    /// Connections those sessions had opened, taken out of the registry
+    /// and queued to be closed.
+    pub connections: u64,
+    /// Everything pending was applied (nothing failed).
+    pub complete: bool,
 }
 
 /// Applies to Redis the sign-outs and revocations recorded while it was
-/// unavailable, and deletes revocations no verifier could need (run every
-/// minute by `audit-flush`).
+/// unavailable — every one pending, page by page — and queues the close
+/// of the connections their sessions had opened. Run by an execution environment that saw Redis
+/// fail ([`recovered`]), by `ws-sender` every [`SWEEP_EVERY`] and by
+/// `audit-flush` every minute. One PostgreSQL query when nothing is
+/// pending; otherwise per page one query, one script per user (sent at
+/// once), one `SET` per token and one update.
 pub async fn apply_pending(sessions: &Sessions) -> Result<SweepReport, SessionError> {
-    let pending = store::pending(&sessions.db, 500).await?;
-    let mut done_sessions = Vec::new();
-    let mut by_user: Vec<(UserId, Vec<SessionId>)> = Vec::new();
-    for (user, sid) in pending.sessions {
-        match by_user.iter_mut().find(|(u, _)| *u == user) {
-            Some((_, list)) => list.push(sid),
-            None => by_user.push((user, vec![sid])),
-        }
-    }
-    for (user, ids) in &by_user {
-        // Each listed session ended; `One` per id keeps other sessions of
-        // the user (signed in since) untouched.
-        let mut ok = true;
-        for id in ids {
-            if end_in_redis(
-                sessions,
-                user,
-                &Ending::One(id.clone()),
-                std::slice::from_ref(id),
-            )
-            .await
-            .is_err()
-            {
-                ok = false;
-                break;
+    let mut report = SweepReport {
+        complete: true,
+        ..SweepReport::default()
+    };
+    loop {
+        let pending = store::pending(&sessions.db, SWEEP_PAGE).await?;
+        let full = pending.sessions.len() as i64 >= SWEEP_PAGE
+            || pending.tokens.len() as i64 >= SWEEP_PAGE;
+        let mut by_user: Vec<(UserId, Vec<SessionId>)> = Vec::new();
+        for (user, sid) in pending.sessions {
+            match by_user.iter_mut().find(|(u, _)| *u == user) {
+                Some((_, list)) => list.push(sid),
+                None => by_user.push((user, vec![sid])),
             }
         }
-        if ok {
-            done_sessions.extend(ids.iter().cloned());
+        let ended = futures_util::future::join_all(by_user.iter().map(|(user, ids)| async move {
+            // `One` per id keeps the user's other sessions (signed in
+            // since) untouched.
+            let mut closed = Vec::new();
+            for id in ids {
+                let e = end_in_redis(
+                    sessions,
+                    user,
+                    &Ending::One(id.clone()),
+                    std::slice::from_ref(id),
+                    Insist::No,
+                )
+                .await?;
+                closed.extend(e.connections);
+            }
+            Ok::<_, RedisUnavailable>(closed)
+        }))
+        .await;
+        let mut done_sessions = Vec::new();
+        let mut closed = Vec::new();
+        for ((_, ids), result) in by_user.iter().zip(ended) {
+            match result {
+                Ok(c) => {
+                    done_sessions.extend(ids.iter().cloned());
+                    closed.extend(c);
+                }
+                Err(_) => report.complete = false,
+            }
+        }
+        queue_closes(sessions, &closed).await;
+        let revoked =
+            futures_util::future::join_all(pending.tokens.iter().map(|(jti, until)| async move {
+                let principal = Principal::Service {
+                    client: ClientId::parse("revoked").map_err(|_| RedisUnavailable::Server)?,
+                };
+                blacklist_in_redis(sessions, jti, &principal, *until, "logout", Insist::No).await
+            }))
+            .await;
+        let mut done_tokens = Vec::new();
+        for ((jti, _), result) in pending.tokens.iter().zip(revoked) {
+            match result {
+                Ok(()) => done_tokens.push(jti.clone()),
+                Err(_) => report.complete = false,
+            }
+        }
+        store::applied(&sessions.db, &done_sessions, &done_tokens).await?;
+        report.sessions += done_sessions.len() as u64;
+        report.tokens += done_tokens.len() as u64;
+        report.connections += closed.len() as u64;
+        // A page with failures stops the sweep (the next one retries it).
+        if !full || !report.complete {
+            return Ok(report);
         }
     }
-    let mut done_tokens = Vec::new();
-    for (jti, until) in pending.tokens {
-        let principal = Principal::Service {
-            client: ClientId::parse("revoked").map_err(|_| RedisUnavailable::Server)?,
-        };
-        if blacklist_in_redis(sessions, &jti, &principal, until, "logout")
-            .await
-            .is_ok()
-        {
-            done_tokens.push(jti);
-        }
-    }
-    let expired = store::applied(&sessions.db, &done_sessions, &done_tokens).await?;
-    Ok(SweepReport {
-        sessions: done_sessions.len() as u64,
-        tokens: done_tokens.len() as u64,
-        expired,
-    })
+}
+
+/// Deletes the revocations no verifier could need any more (past their
+/// token's `exp` plus [`REVOCATION_GRACE`]); `audit-flush`, every minute.
+pub async fn delete_expired_revocations(sessions: &Sessions) -> Result<u64, SessionError> {
+    Ok(store::delete_expired(&sessions.db).await?)
 }
 
 /// The remaining lifetime of a blacklist entry (tests and operations).

@@ -23,9 +23,10 @@ use serde_json::{Value, json};
 use crate::app::App;
 use crate::domain::audit::{self, AuditLog};
 use crate::domain::balance::{self, Balances};
+use crate::domain::delivery_queue::CloseReason;
 use crate::domain::health::Health;
 use crate::domain::invalidation::{self, Invalidation, InvalidationError};
-use crate::domain::realtime::{Ping, SignedIn};
+use crate::domain::realtime::{ConnectRefused, Ping, SignedIn};
 use crate::domain::sessions::{self, Sessions};
 use crate::domain::warming::Warmer;
 use crate::infra::config::AnnouncementTrust;
@@ -199,12 +200,21 @@ pub async fn audit_flush(
             0
         }
     };
-    // Sign-outs and revocations recorded while Redis was unavailable.
+    // Sign-outs and revocations recorded while Redis was unavailable (the
+    // backstop: ws-sender sweeps every second), and revocations no verifier
+    // needs any more.
     let signed_out = match sessions::apply_pending(sessions).await {
         Ok(report) => serde_json::to_value(report).unwrap_or(Value::Null),
         Err(e) => {
             errors.push(format!("sessions: {e}"));
             Value::Null
+        }
+    };
+    let expired = match sessions::delete_expired_revocations(sessions).await {
+        Ok(n) => n,
+        Err(e) => {
+            errors.push(format!("revocations: {e}"));
+            0
         }
     };
     let summary = json!({
@@ -213,6 +223,7 @@ pub async fn audit_flush(
         "outbox": outbox,
         "reconciled": reconciled,
         "sessions": signed_out,
+        "expired_revocations": expired,
         "errors": errors,
         "duration_ms": started.elapsed().as_millis() as u64,
     });
@@ -311,9 +322,12 @@ pub async fn emit_metrics(
 /// `ping` routes. The sign-in (user, session, token expiry) comes from the
 /// authorizer's context (WebSocket authorizers put it in
 /// `requestContext.authorizer`); `$connect` without it is refused (401), so
-/// is a malformed connection id (400). A `ping` whose sign-in is over
-/// (session ended, token expired) is answered 410 and its connection is
-/// taken out of the registry and queued to be closed.
+/// is a malformed connection id (400), and so is one more connection than
+/// the sign-in or the user may have open (429, `WS_MAX_CONNECTIONS_PER_*`).
+/// A `ping` whose sign-in is over (session ended, token expired) is
+/// answered 410, one past `WS_PINGS_PER_MINUTE` 429; either way its
+/// connection is taken out of the registry and queued to be closed (the
+/// latter after a last frame saying why).
 pub async fn websocket(app: &App, event: &Value) -> Value {
     let (connections, queue) = (&app.connections, &app.delivery);
     let status = |code: u16, body: Value| json!({"statusCode": code, "body": body.to_string()});
@@ -388,6 +402,17 @@ pub async fn websocket(app: &App, event: &Value) -> Value {
                 }
             }
             match crate::domain::realtime::connect(connections, &by, &conn, client, &resume).await {
+                Err(ConnectRefused::Unavailable(why)) => Err(why),
+                Err(limit) => {
+                    tracing::info!(reason = %limit, "connection refused");
+                    return status(
+                        429,
+                        json!({"error": limit.to_string(), "reason": match limit {
+                            ConnectRefused::SessionLimit => "connections_per_session",
+                            _ => "connections_per_user",
+                        }}),
+                    );
+                }
                 Ok(()) => {
                     // Queued behind the wallet's kicks; a failure leaves the
                     // mark, which lapses (docs/realtime.md → Reconnecting without a gap).
@@ -402,7 +427,6 @@ pub async fn websocket(app: &App, event: &Value) -> Value {
                     }
                     Ok(200)
                 }
-                Err(e) => Err(e),
             }
         }
         "$disconnect" => crate::domain::realtime::disconnect(connections, &conn, user.as_ref())
@@ -417,6 +441,16 @@ pub async fn websocket(app: &App, event: &Value) -> Value {
                 }
                 Ok(410)
             }
+            Ok(Ping::TooMany) => {
+                tracing::info!("connection closed: too many pings");
+                if let Err(why) = queue
+                    .close_telling(std::slice::from_ref(&conn), CloseReason::TooManyPings)
+                    .await
+                {
+                    tracing::warn!(reason = why.as_str(), "could not queue the close");
+                }
+                Ok(429)
+            }
             Err(e) => Err(e),
         },
         _ => Ok(400),
@@ -426,6 +460,10 @@ pub async fn websocket(app: &App, event: &Value) -> Value {
         Ok(410) => status(
             410,
             json!({"error": "the connection is not registered (expired, or its sign-in is over)"}),
+        ),
+        Ok(429) => status(
+            429,
+            json!({"error": "too many pings: the connection is closed", "reason": "too_many_pings"}),
         ),
         Ok(_) => status(400, json!({"error": "unknown route"})),
         Err(why) => {

@@ -87,6 +87,14 @@ impl Breaker {
         self.state().open_until.is_some()
     }
 
+    /// Whether a call now would be refused without trying Redis: open and
+    /// still cooling down, or its one probe already under way.
+    pub fn denies(&self) -> bool {
+        let s = self.state();
+        s.open_until
+            .is_some_and(|until| s.probe_in_flight || Instant::now() < until)
+    }
+
     /// How long it stays open.
     pub fn cooldown(&self) -> Duration {
         self.config.cooldown

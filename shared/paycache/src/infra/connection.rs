@@ -73,6 +73,15 @@ pub enum RedisSetupError {
     CaCert,
 }
 
+/// Whether a call asks the circuit breaker first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BreakerUse {
+    /// Refused at once while the breaker is open ([`Redis::run`]).
+    Respected,
+    /// Tried anyway ([`Redis::run_insisting`]).
+    Ignored,
+}
+
 /// A connection handle, cheap to clone; what commands and scripts run on.
 #[derive(Clone)]
 pub enum RedisConnection {
@@ -163,6 +172,11 @@ struct Inner {
     connect_timeout: Duration,
     response_timeout: Duration,
     breaker: Breaker,
+    /// Calls that failed for want of Redis (connection, timeout, breaker
+    /// opening), ever: how an execution environment knows it saw an
+    /// outage (`crate::domain::sessions` recovers from one before it
+    /// trusts Redis again).
+    failures: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Redis {
@@ -280,6 +294,7 @@ impl Redis {
                 connect_timeout: config.connect_timeout,
                 response_timeout: config.response_timeout,
                 breaker: Breaker::new(breaker),
+                failures: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -388,6 +403,14 @@ impl Redis {
     /// Its circuit breaker.
     pub fn breaker(&self) -> &Breaker {
         &self.inner.breaker
+    }
+
+    /// How many calls have failed for want of Redis (a connection failure
+    /// or a timeout; not a script's error) since this handle was built.
+    pub fn failures(&self) -> u64 {
+        self.inner
+            .failures
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// `REDIS_RESPONSE_TIMEOUT_MS`.
@@ -522,13 +545,50 @@ impl Redis {
 
     /// Runs `op` on a connection, within the response timeout (the connect
     /// timeout as well, the first time), under the circuit breaker.
-    pub async fn run<T, F, Fut>(&self, op: F) -> Result<T, RedisUnavailable>
+    ///
+    /// A plain function returning [`Redis::call`]'s future, not an `async
+    /// fn` around it: every Redis call of a route is nested inside this
+    /// future, and the routes' futures are near the compiler's layout depth.
+    pub fn run<T, F, Fut>(&self, op: F) -> impl Future<Output = Result<T, RedisUnavailable>>
+    where
+        F: FnOnce(RedisConnection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        self.call(op, BreakerUse::Respected)
+    }
+
+    /// For the few writes that must reach Redis whenever it can be reached
+    /// — a sign-out's tombstones and blacklist entry, whose absence would
+    /// let Redis admit a signed-out token: tries even while the breaker is
+    /// open (a sign-out is rare; the breaker saves the hot path's time, not
+    /// this), and once more after a connection failure or a timeout, on a
+    /// fresh connection — an execution environment whose connection broke
+    /// during an outage fails its first call after Redis is back, and
+    /// must not turn the sign-out into a pending one for that. Its success
+    /// closes the breaker. At most twice the response timeout.
+    pub async fn run_insisting<T, F, Fut>(&self, op: F) -> Result<T, RedisUnavailable>
+    where
+        F: Fn(RedisConnection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        match self.call(&op, BreakerUse::Ignored).await {
+            Err(RedisUnavailable::Connection | RedisUnavailable::Timeout) => {
+                self.drop_cluster_connection();
+                self.call(&op, BreakerUse::Ignored).await
+            }
+            other => other,
+        }
+    }
+
+    /// One call, its outcome recorded in the breaker; refused at once while
+    /// the breaker denies calls, unless `breaker_use` says to ignore it.
+    async fn call<T, F, Fut>(&self, op: F, breaker_use: BreakerUse) -> Result<T, RedisUnavailable>
     where
         F: FnOnce(RedisConnection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
         let breaker = &self.inner.breaker;
-        if breaker.permit() == Permit::Denied {
+        if breaker_use == BreakerUse::Respected && breaker.permit() == Permit::Denied {
             return Err(RedisUnavailable::BreakerOpen);
         }
         let generation = self.generation();
@@ -594,6 +654,9 @@ impl Redis {
     /// failover; the connection built at the next probe reads the topology
     /// afresh from the seed nodes.
     fn record_failure(&self) {
+        self.inner
+            .failures
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.inner.breaker.record_failure();
         let generation = self.generation();
         if self.inner.breaker.is_open()
@@ -601,6 +664,17 @@ impl Redis {
             && let Ok(mut slot) = connection.try_lock()
         {
             tracing::warn!("dropping the cluster connection to rediscover the topology");
+            *slot = None;
+        }
+    }
+
+    /// Drops the cluster connection (if no call holds its lock), so that
+    /// the next call builds a fresh one from the seed nodes.
+    fn drop_cluster_connection(&self) {
+        let generation = self.generation();
+        if let Backend::Cluster { connection, .. } = &generation.backend
+            && let Ok(mut slot) = connection.try_lock()
+        {
             *slot = None;
         }
     }

@@ -485,6 +485,18 @@ impl Keyspace {
         format!("{}:ids", self.ws_all(shard))
     }
 
+    /// `ws_conn:{user_id}:pings:<connection>` — the connection's pings in
+    /// the current minute (a counter that lapses a minute after the
+    /// first); same slot as the user's connections, so the `ping` script
+    /// counts it in the same step.
+    pub fn ws_pings(&self, user: &UserId, conn: &ConnectionId) -> String {
+        format!(
+            "{}:pings:{}",
+            self.ws_connections(user).as_str(),
+            conn.as_str()
+        )
+    }
+
     /// `ws_conn:{user_id}:resume` — connections catching up after a
     /// reconnect (`"<connection> <wallet>" → version`); same slot as the
     /// user's connections, so the liveness script reads it too.
@@ -596,6 +608,33 @@ impl Keyspace {
     pub fn audit_buffer(&self, service: &ServiceName) -> CacheKey {
         self.key(KeyFamily::AuditBuffer, service, None)
     }
+}
+
+/// Shards of `ws_all` (fixed: a connection's shard is a hash of its id,
+/// and changing the count would lose track of registered connections).
+pub const REGISTRY_SHARDS: u16 = 16;
+
+/// The `ws_all` shard ([`Keyspace::ws_all`]) of `conn` (FNV-1a of its id).
+pub fn shard_of(conn: &ConnectionId) -> u16 {
+    (fnv1a(conn.as_str().as_bytes()) % u64::from(REGISTRY_SHARDS)) as u16
+}
+
+/// The delivery partition ([`Keyspace::ws_deliveries`], of `partitions`)
+/// that `id` — a wallet, a user or a connection id — is delivered
+/// through: a wallet's or a user's entries always meet in one stream.
+pub fn partition_of(id: &str, partitions: u16) -> u16 {
+    (fnv1a(id.as_bytes()) % u64::from(partitions.max(1))) as u16
+}
+
+/// FNV-1a, 64 bits: stable across processes and releases (partitions and
+/// shards are chosen with it).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 /// The part of a key Redis Cluster hashes: the text between the first `{`

@@ -94,6 +94,10 @@ pub(crate) struct Ticket {
     cost: u64,
     request_id: String,
     limit: u64,
+    /// The window the check charged (its start, server milliseconds;
+    /// `fixed_window` and `sliding_window`): a refund undoes the unit there
+    /// and never in a later window.
+    charged: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -252,7 +256,7 @@ impl RateLimiter {
                     }
                     _ => {}
                 }
-                let r: (i64, i64, i64, i64) = inv.invoke_async(&mut c).await?;
+                let r: (i64, i64, i64, i64, i64) = inv.invoke_async(&mut c).await?;
                 Ok(r)
             }),
         )
@@ -260,7 +264,7 @@ impl RateLimiter {
         .unwrap_or(Err(RedisUnavailable::Timeout));
 
         match outcome {
-            Ok((allowed, remaining, reset, retry)) => {
+            Ok((allowed, remaining, reset, retry, charged)) => {
                 let (remaining, reset, retry) = (nonneg(remaining), nonneg(reset), nonneg(retry));
                 if allowed == 1 {
                     let mut d = decision(true, remaining, reset, 0, DecisionSource::Redis);
@@ -271,6 +275,7 @@ impl RateLimiter {
                         cost,
                         request_id: request_id.clone(),
                         limit: policy.spec.limit,
+                        charged: nonneg(charged),
                     });
                     d
                 } else {
@@ -301,7 +306,10 @@ impl RateLimiter {
     /// One round trip, on the refusal path only; nothing for a decision
     /// that consumed nothing (denied, or decided without Redis). Between
     /// the check and the refund the units are held: at most the refused
-    /// requests in flight at that moment.
+    /// requests in flight at that moment. The unit is given back in the
+    /// window it was charged in, never a later one (`refund.lua`): a
+    /// request charged just before a boundary and refused just after it
+    /// cannot make room in the new window.
     pub async fn refund(&self, decision: &RateLimitDecision) {
         let Some(t) = &decision.ticket else {
             return;
@@ -316,6 +324,7 @@ impl RateLimiter {
                     .arg(t.cost)
                     .arg(&t.request_id)
                     .arg(t.limit)
+                    .arg(t.charged)
                     .invoke_async(&mut c)
                     .await?;
                 Ok(n)

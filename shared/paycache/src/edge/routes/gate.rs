@@ -152,7 +152,8 @@ const CLAIMS_LEEWAY_SECS: i64 = 5;
 /// API as the only source: docs/security.md). With
 /// `AUTH_VERIFY_IN_FUNCTION=true` the function does not rest on that
 /// alone: the bearer token must also verify here against the configured
-/// keys and name the same principal and `jti` as the claims.
+/// keys and name the same caller as the claims — principal, `jti`, `exp`
+/// and scopes — else 401 (logged: `ClaimsMismatch`).
 pub async fn identify(req: &Request, gate: Gate<'_>) -> Result<Caller, Denied> {
     if let Some(RequestContext::ApiGatewayV2(ctx)) = req.request_context_ref()
         && let Some(jwt) = ctx.authorizer.as_ref().and_then(|a| a.jwt.as_ref())
@@ -171,7 +172,11 @@ pub async fn identify(req: &Request, gate: Gate<'_>) -> Result<Caller, Denied> {
                 .verifier
                 .ok_or(Denied::UnknownKey)?
                 .verify_token(token)?;
-            if verified.principal != caller.principal || verified.jti != caller.jti {
+            // The whole caller, scopes included: a service's permissions
+            // are its token's scopes, so hand-made claims naming a genuine
+            // token's `jti` must not lend it other scopes (or a later
+            // `exp`). A user's permissions come from the session.
+            if verified != caller {
                 return Err(Denied::ClaimsMismatch);
             }
         }

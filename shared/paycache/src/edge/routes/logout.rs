@@ -23,14 +23,14 @@
 //! (the user's keys share a slot), the blacklist entry, and — for `all`,
 //! when a user pool is configured — the identity provider's sign-out; then
 //! one `XADD` asking `ws-sender` to close the connections
-//! (`DELETE @connections`; its closes are retried until they succeed).
+//! (`DELETE @connections`; its closes are retried until they succeed),
+//! queued by `crate::domain::sessions::end`.
 
 use http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
 use serde_json::{Value, json};
 
 use crate::app::App;
-use crate::domain::delivery::DeliveryQueue;
 use crate::domain::identity::Principal;
 use crate::domain::sessions::{self, Ended, Ending};
 use crate::domain::signout::IssuerSignOut;
@@ -46,8 +46,6 @@ pub struct Deps<'a> {
     pub gate: Gate<'a>,
     /// The user pool to sign the user out of, when configured.
     pub signout: Option<&'a IssuerSignOut>,
-    /// Where closes of WebSocket connections are queued for `ws-sender`.
-    pub queue: &'a DeliveryQueue,
 }
 
 impl<'a> From<&'a App> for Deps<'a> {
@@ -55,7 +53,6 @@ impl<'a> From<&'a App> for Deps<'a> {
         Self {
             gate: Gate::from(app),
             signout: app.signout.as_ref(),
-            queue: &app.delivery,
         }
     }
 }
@@ -166,15 +163,6 @@ pub async fn handle<'a>(deps: impl Into<Deps<'a>>, req: Request) -> Response<Bod
                 .into_response(&rid);
         }
     };
-    // The connections are out of the registry (nothing more is sent to
-    // them); closing them is `ws-sender`'s, retried until it succeeds.
-    if let Err(why) = deps.queue.close(&ended.connections).await {
-        tracing::warn!(
-            reason = why.as_str(),
-            connections = ended.connections.len(),
-            "logout: could not queue the connections' close; they receive nothing and close at their next ping"
-        );
-    }
     tracing::info!(principal = ?c.principal, scope = scope.as_str(),
         sessions = ended.sessions.len(), connections = ended.connections.len(), "logged out");
     with_decision(

@@ -323,6 +323,34 @@ pub struct DeliveryConfig {
     /// `WS_FANOUT_PAGE` (10–5000, default 500): registry entries an
     /// announcement reads, checks and posts per checkpoint.
     pub page: usize,
+    /// `WS_CATCH_UP_MAX` (1–10000, default 100): the most versions a
+    /// reconnect's catch-up sends; a client that missed more receives
+    /// `resync` and reads the balance over HTTP.
+    pub catch_up_max: u64,
+    /// `WS_CATCH_UP_SLICE_MS` (10–10000, default 250): what one lane's
+    /// catch-ups may take of a batch; the rest continue in a later batch,
+    /// behind the frames that arrived meanwhile (docs/realtime.md →
+    /// Limits).
+    pub catch_up_slice: Duration,
+    /// What one sign-in and one connection may use.
+    pub limits: ConnectionLimits,
+}
+
+/// Limits a person never meets and a script always does
+/// (docs/realtime.md → Limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// `WS_MAX_CONNECTIONS_PER_SESSION` (1–1000, default 8): open
+    /// connections of one sign-in (a browser's tabs); one more is refused
+    /// at `$connect` (429).
+    pub per_session: u32,
+    /// `WS_MAX_CONNECTIONS_PER_USER` (1–10000, default 16): open
+    /// connections of one user, every sign-in together (their devices).
+    pub per_user: u32,
+    /// `WS_PINGS_PER_MINUTE` (1–10000, default 10): pings one connection
+    /// may send in a minute (a client pings at most every few minutes);
+    /// the next closes it.
+    pub pings_per_minute: u32,
 }
 
 impl Config {
@@ -604,6 +632,13 @@ fn delivery_config(env: &Env<'_>) -> Result<DeliveryConfig, ConfigError> {
         lease: env.millis("WS_PARTITION_LEASE_MS", 10_000, 1_000, 60_000)?,
         fan_out: env.number("WS_FAN_OUT", 64, 1, 1024)?,
         page: env.number("WS_FANOUT_PAGE", 500, 10, 5000)?,
+        catch_up_max: env.number("WS_CATCH_UP_MAX", 100, 1, 10_000)?,
+        catch_up_slice: env.millis("WS_CATCH_UP_SLICE_MS", 250, 10, 10_000)?,
+        limits: ConnectionLimits {
+            per_session: env.number("WS_MAX_CONNECTIONS_PER_SESSION", 8, 1, 1000)?,
+            per_user: env.number("WS_MAX_CONNECTIONS_PER_USER", 16, 1, 10_000)?,
+            pings_per_minute: env.number("WS_PINGS_PER_MINUTE", 10, 1, 10_000)?,
+        },
     })
 }
 

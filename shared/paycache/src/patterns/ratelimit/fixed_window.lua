@@ -5,7 +5,8 @@
 -- KEYS[1]  rate_limit:{<user>}:<endpoint>
 -- ARGV[1]  limit, ARGV[2] window in ms, ARGV[3] cost
 --
--- Returns {allowed 0|1, remaining, reset_after_ms, retry_after_ms}.
+-- Returns {allowed 0|1, remaining, reset_after_ms, retry_after_ms, the
+-- window's start (server ms: what a refund must name to undo this unit)}.
 -- The key always gets an expiry (PEXPIREAT at the window's end) in the same
 -- script that writes it, so there is no INCR-then-EXPIRE gap.
 local t = redis.call('TIME')
@@ -19,9 +20,9 @@ if tonumber(h[1]) == start then
   count = tonumber(h[2]) or 0
 end
 if count + cost > limit then
-  return {0, math.max(limit - count, 0), reset, reset}
+  return {0, math.max(limit - count, 0), reset, reset, start}
 end
 count = count + cost
 redis.call('HSET', KEYS[1], 'start', string.format('%.0f', start), 'count', count, 'limit', limit)
 redis.call('PEXPIREAT', KEYS[1], string.format('%.0f', start + window))
-return {1, limit - count, reset, 0}
+return {1, limit - count, reset, 0, start}

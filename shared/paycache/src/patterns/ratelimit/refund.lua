@@ -4,18 +4,22 @@
 --
 -- KEYS[1]  the key the check used
 -- ARGV[1]  algorithm, ARGV[2] window in ms, ARGV[3] cost, ARGV[4] the
---          check's request id (sliding_log), ARGV[5] limit (gcra)
+--          check's request id (sliding_log), ARGV[5] limit (gcra),
+--          ARGV[6] the start of the window the check charged (server ms;
+--          fixed_window, sliding_window)
 --
--- Each algorithm undoes exactly its own record, and only while it is
--- still the one in force (a window that has rolled over kept nothing to
--- undo). Returns 1 when something was given back.
+-- Each algorithm undoes exactly its own record, in the window it was
+-- charged in and never a later one: a refund that arrives after the
+-- window rolled over gives back nothing of the new window's (the unit
+-- charged before the boundary is then gone, or counted only as the
+-- sliding window's previous window, where it is undone). Returns 1 when
+-- something was given back.
 local t = redis.call('TIME')
 local algorithm, window, cost = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 if algorithm == 'fixed_window' then
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local start = now - (now % window)
+  local charged = tonumber(ARGV[6])
   local h = redis.call('HMGET', KEYS[1], 'start', 'count')
-  if tonumber(h[1]) ~= start or tonumber(h[2]) == nil then
+  if tonumber(h[1]) ~= charged or tonumber(h[2]) == nil then
     return 0
   end
   redis.call('HSET', KEYS[1], 'count', math.max(tonumber(h[2]) - cost, 0))
@@ -27,17 +31,20 @@ elseif algorithm == 'sliding_log' then
   end
   return math.min(redis.call('ZREM', KEYS[1], unpack(members)), 1)
 elseif algorithm == 'sliding_window' then
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local start = now - (now % window)
+  local charged = tonumber(ARGV[6])
   local h = redis.call('HMGET', KEYS[1], 'start', 'cur', 'prev')
   local s = tonumber(h[1])
-  -- `cur` is the count of window `s` until the next check rolls it into
-  -- `prev`: the current window's, or the one just ended.
-  if s ~= start and s ~= start - window then
-    return 0
+  -- The unit is in `cur` while the hash's window is the one it was
+  -- charged in (whatever the clock says: the next check rolls it), in
+  -- `prev` once a check in the next window rolled it, gone after that.
+  if s == charged then
+    redis.call('HSET', KEYS[1], 'cur', math.max((tonumber(h[2]) or 0) - cost, 0))
+    return 1
+  elseif s == charged + window then
+    redis.call('HSET', KEYS[1], 'prev', math.max((tonumber(h[3]) or 0) - cost, 0))
+    return 1
   end
-  redis.call('HSET', KEYS[1], 'cur', math.max((tonumber(h[2]) or 0) - cost, 0))
-  return 1
+  return 0
 elseif algorithm == 'gcra' then
   local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
   local tat = tonumber(redis.call('GET', KEYS[1]) or '0')

@@ -5,7 +5,8 @@
 -- KEYS[1]  sliding:{<user>}:<endpoint>
 -- ARGV[1]  limit, ARGV[2] window in ms, ARGV[3] cost, ARGV[4] request id
 --
--- Returns {allowed 0|1, remaining, reset_after_ms, retry_after_ms}.
+-- Returns {allowed 0|1, remaining, reset_after_ms, retry_after_ms, 0} (no
+-- window: a refund names the unit by the request id or undoes one interval).
 -- Scores are server microseconds; one member per unit of cost.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -22,7 +23,7 @@ local function until_expiry(rank)
 end
 if count + cost > limit then
   -- Admission needs the (count + cost - limit) oldest units to expire.
-  return {0, math.max(limit - count, 0), until_expiry(0), until_expiry(count + cost - limit - 1)}
+  return {0, math.max(limit - count, 0), until_expiry(0), until_expiry(count + cost - limit - 1), 0}
 end
 local args = {}
 local stamp = string.format('%.0f', now)
@@ -32,4 +33,4 @@ for i = 1, cost do
 end
 redis.call('ZADD', KEYS[1], unpack(args))
 redis.call('PEXPIRE', KEYS[1], window_ms)
-return {1, limit - count - cost, until_expiry(0), 0}
+return {1, limit - count - cost, until_expiry(0), 0, 0}

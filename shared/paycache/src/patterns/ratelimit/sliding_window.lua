@@ -5,7 +5,9 @@
 -- KEYS[1]  rate_limit:{<user>}:<endpoint>:swc — hash {start, cur, prev}
 -- ARGV[1]  limit, ARGV[2] window in ms, ARGV[3] cost
 --
--- Returns {allowed 0|1, remaining, reset_after_ms, retry_after_ms}.
+-- Returns {allowed 0|1, remaining, reset_after_ms, retry_after_ms, the
+-- current window's start (server ms: what a refund must name to undo this
+-- unit)}.
 -- Memory is constant per key; the price is accuracy (see the Rust module).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -27,10 +29,10 @@ if estimate + cost > limit then
   if prev > 0 and limit - cur - cost >= 0 then
     retry = math.ceil(window * (1 - (limit - cur - cost) / prev)) - elapsed
   end
-  return {0, math.max(math.floor(limit - estimate), 0), window - elapsed, math.max(retry, 1)}
+  return {0, math.max(math.floor(limit - estimate), 0), window - elapsed, math.max(retry, 1), start}
 end
 cur = cur + cost
 redis.call('HSET', KEYS[1], 'start', string.format('%.0f', start), 'cur', cur, 'prev', prev)
 -- The counter is needed as `prev` through the next window.
 redis.call('PEXPIREAT', KEYS[1], string.format('%.0f', start + 2 * window))
-return {1, math.max(math.floor(limit - estimate - cost), 0), window - elapsed, 0}
+return {1, math.max(math.floor(limit - estimate - cost), 0), window - elapsed, 0, start}
