@@ -661,6 +661,97 @@ async fn claims_are_checked_against_the_token_when_asked(mode: RedisMode) {
 }
 both_modes!(claims_are_checked_against_the_token_when_asked);
 
+/// With `AUTH_VERIFY_IN_FUNCTION`, a service's permissions are its token's
+/// scopes (issue 28): a genuine token of the limits gateway (scope
+/// `ratelimit.check`) under hand-made claims that name the same client and
+/// `jti` but the ledger's scope cannot set a balance (401, logged
+/// `ClaimsMismatch`), nor can claims that move its `exp`; the same token
+/// under its own claims is let in and refused for want of the permission
+/// (404: the wallet is not its to see) — the check is the scopes, not the
+/// token. The broken variant, the
+/// comparison before (principal and `jti` only), is the trusting
+/// configuration's answer: without `AUTH_VERIFY_IN_FUNCTION` the forged
+/// scopes write the balance (200).
+async fn a_services_scopes_are_its_tokens(mode: RedisMode) {
+    for verify in [true, false] {
+        let mut extra = paycache_tests::auth_env();
+        extra.retain(|(k, _)| k != "AUTH_AUDIENCE");
+        extra.push(("AUTH_AUDIENCE".into(), "paycache-web,limits-gateway".into()));
+        if verify {
+            extra.push(("AUTH_VERIFY_IN_FUNCTION".into(), "true".into()));
+        }
+        let pairs: Vec<(&str, &str)> = extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let w = World::new(mode, &pairs).await;
+        let mut app = w.app.clone();
+        let vars: HashMap<String, String> = extra.iter().cloned().collect();
+        app.verifier = Some(std::sync::Arc::new(
+            paycache::auth::Verifier::new(
+                paycache::auth::AuthConfig::from_lookup(|k| vars.get(k).cloned()).unwrap(),
+            )
+            .unwrap(),
+        ));
+        let wallet = random_uuid();
+        insert_wallet(&w.db, 3, &wallet, "USD", 1000).await;
+        let jti = paycache_tests::token_id();
+        let exp = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+        let token =
+            paycache_tests::service_token("limits-gateway", &jti, &["ratelimit.check"], exp);
+        let put = |scopes: &[&str], exp: i64| {
+            let req = paycache_tests::as_client_token(
+                wallet_req(
+                    "PUT",
+                    &wallet,
+                    Some(json!({"balance": "99.00", "currency": "USD", "expected_version": 1})),
+                ),
+                "limits-gateway",
+                &jti,
+                scopes,
+            );
+            let mut req = paycache_tests::with_claim_values(req, &[("exp", exp.to_string())]);
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            req
+        };
+        let own = balance::handle(&app, put(&["ratelimit.check"], exp)).await;
+        let forged = balance::handle(&app, put(&["wallets.balance.write"], exp)).await;
+        let later = balance::handle(&app, put(&["ratelimit.check"], exp + 86_400)).await;
+        if verify {
+            // Let in (not 401), and the wallet is not its to see.
+            assert_eq!(own.status(), StatusCode::NOT_FOUND, "{}", body(&own));
+            assert_eq!(
+                forged.status(),
+                StatusCode::UNAUTHORIZED,
+                "{}",
+                body(&forged)
+            );
+            assert_eq!(later.status(), StatusCode::UNAUTHORIZED, "{}", body(&later));
+        } else {
+            assert_eq!(
+                forged.status(),
+                StatusCode::OK,
+                "the broken variant trusts the claims' scopes: {}",
+                body(&forged)
+            );
+        }
+        // Nothing was written when refused.
+        let version: i64 =
+            w.db.client()
+                .await
+                .query_one(
+                    "SELECT version FROM wallets WHERE wallet_id = $1::text::uuid",
+                    &[&wallet],
+                )
+                .await
+                .unwrap()
+                .get(0);
+        assert_eq!(version, if verify { 1 } else { 2 });
+    }
+}
+both_modes!(a_services_scopes_are_its_tokens);
+
 /// Balance audit events name the actor: the principal, the token's `jti`
 /// and the request id. The broken variant, a write that does not carry its
 /// actor, fails the same check.

@@ -164,7 +164,7 @@ pub const ALL_PERMISSIONS: [&str; 4] = [
     "ratelimit.check",
 ];
 
-fn token_id() -> String {
+pub fn token_id() -> String {
     format!("{:032x}", fastrand::u128(..))
 }
 
@@ -205,6 +205,16 @@ pub fn as_client(
     client: &str,
     permissions: &[&str],
 ) -> lambda_http::Request {
+    as_client_token(req, client, &token_id(), permissions)
+}
+
+/// [`as_client`] with the token `jti` (the same token on every request).
+pub fn as_client_token(
+    req: lambda_http::Request,
+    client: &str,
+    jti: &str,
+    permissions: &[&str],
+) -> lambda_http::Request {
     let scopes: Vec<String> = permissions
         .iter()
         .map(|p| format!("paycache/{p}"))
@@ -213,7 +223,7 @@ pub fn as_client(
         ("sub", client.to_owned()),
         ("client_id", client.to_owned()),
         ("token_use", "access".to_owned()),
-        ("jti", token_id()),
+        ("jti", jti.to_owned()),
         ("exp", in_an_hour()),
         ("iss", "https://auth.paycache.test".to_owned()),
         ("scope", scopes.join(" ")),
@@ -331,6 +341,29 @@ pub fn token_for(who: &SignedIn) -> String {
         "sub": who.user, "sid": who.session, "jti": who.jti, "iss": TEST_ISSUER,
         "client_id": "paycache-web", "token_use": "access",
         "iat": now, "nbf": now - 10, "exp": now + 3600,
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("test-key-1".into());
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(TEST_KEY).unwrap(),
+    )
+    .unwrap()
+}
+
+/// A signed service access token (RS256, the test key, client credentials)
+/// with these scopes (`paycache/<permission>`) and `exp`.
+pub fn service_token(client: &str, jti: &str, permissions: &[&str], exp: i64) -> String {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let scopes: Vec<String> = permissions
+        .iter()
+        .map(|p| format!("paycache/{p}"))
+        .collect();
+    let claims = serde_json::json!({
+        "sub": client, "client_id": client, "jti": jti, "iss": TEST_ISSUER,
+        "token_use": "access", "scope": scopes.join(" "),
+        "iat": now, "nbf": now - 10, "exp": exp,
     });
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     header.kid = Some("test-key-1".into());

@@ -632,3 +632,180 @@ async fn routes_enforce_per_caller(mode: RedisMode) {
     );
 }
 both_modes!(routes_enforce_per_caller);
+
+/// The refund script before issue 28: it undid a unit in whatever window
+/// was current when the refund arrived (the broken variant of the exact
+/// refund, run against the same keys).
+const REFUND_IN_THE_CURRENT_WINDOW: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window, cost = tonumber(ARGV[2]), tonumber(ARGV[3])
+local start = now - (now % window)
+if ARGV[1] == 'gcra' then
+  local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if tat <= us then return 0 end
+  local new_tat = math.max(tat - (window * 1000 / tonumber(ARGV[4])) * cost, us)
+  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - us) / 1000) + 1)
+  return 1
+end
+if ARGV[1] == 'fixed_window' then
+  local h = redis.call('HMGET', KEYS[1], 'start', 'count')
+  if tonumber(h[1]) ~= start or tonumber(h[2]) == nil then return 0 end
+  redis.call('HSET', KEYS[1], 'count', math.max(tonumber(h[2]) - cost, 0))
+  return 1
+end
+local h = redis.call('HMGET', KEYS[1], 'start', 'cur', 'prev')
+local s = tonumber(h[1])
+if s ~= start and s ~= start - window then return 0 end
+redis.call('HSET', KEYS[1], 'cur', math.max((tonumber(h[2]) or 0) - cost, 0))
+return 1
+";
+
+/// Sleeps until the next `window_ms` window of the server's clock has
+/// begun (plus 50 ms); returns that window's start.
+async fn into_the_next_window(w: &World, window_ms: u64) -> u64 {
+    let mut raw = w.redis.raw().await;
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut raw).await.unwrap();
+    let now = secs * 1000 + micros / 1000;
+    let next = now - now % window_ms + window_ms;
+    tokio::time::sleep(Duration::from_millis(next - now + 50)).await;
+    next
+}
+
+/// A hash field of a rate-limit key, read raw.
+async fn field(w: &World, key: &str, name: &str) -> Option<u64> {
+    let mut raw = w.redis.raw().await;
+    let v: Option<String> = redis::cmd("HGET")
+        .arg(key)
+        .arg(name)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    v.and_then(|v| v.parse().ok())
+}
+
+/// Refunds are exact across a window boundary (issue 28): a request charged
+/// in one window and refused (refunded) after the next began gives back
+/// nothing of the new window's units — `fixed_window`: the new window still
+/// admits exactly its limit; `sliding_window`: the unit comes off the
+/// previous window's count, never the current one's. The broken variant —
+/// the refund that undid a unit of whatever window was current — run on the
+/// same keys, admits one more than the limit in the new window (and takes
+/// the unit off the current count), which the same checks see. `gcra`: a
+/// refund after the unit drained gives back nothing of a later admission;
+/// `sliding_log`: its units only, by request id (already exact).
+async fn refunds_stay_in_the_window_they_were_charged_in(mode: RedisMode) {
+    const WINDOW_MS: u64 = 2000;
+    let p = policies(&[
+        ("fw", Algorithm::FixedWindow, 3, 2, None, "closed"),
+        ("sw", Algorithm::SlidingWindow, 3, 2, None, "closed"),
+        ("gc", Algorithm::Gcra, 2, 2, Some(1), "closed"),
+    ]);
+    for broken in [false, true] {
+        let w = World::new(mode, &[("RATE_LIMIT_POLICIES", &p)]).await;
+        let limiter = &w.app.limiter;
+        let refund = |key: String, algorithm: &'static str| {
+            let w = &w;
+            async move {
+                let mut raw = w.redis.raw().await;
+                let n: i64 = redis::Script::new(REFUND_IN_THE_CURRENT_WINDOW)
+                    .key(key)
+                    .arg(algorithm)
+                    .arg(WINDOW_MS)
+                    .arg(1)
+                    .arg(2)
+                    .invoke_async(&mut raw)
+                    .await
+                    .unwrap();
+                n
+            }
+        };
+
+        // fixed_window: charged in W1 …
+        let user = new_user();
+        let key = w
+            .app
+            .keys
+            .rate_limit(&(&user).into(), &ep("fw"), false)
+            .to_string();
+        let early = limiter.check(&user, &ep("fw"), 1).await;
+        assert!(early.allowed);
+        // … W2 fills to its limit …
+        into_the_next_window(&w, WINDOW_MS).await;
+        for _ in 0..3 {
+            assert!(limiter.check(&user, &ep("fw"), 1).await.allowed);
+        }
+        // … then the W1 request is refused and refunded.
+        if broken {
+            assert_eq!(refund(key.clone(), "fixed_window").await, 1);
+        } else {
+            limiter.refund(&early).await;
+        }
+        let fourth = limiter.check(&user, &ep("fw"), 1).await;
+        assert_eq!(
+            fourth.allowed, broken,
+            "fixed_window: a fourth request in a window of 3 (broken variant: {broken})"
+        );
+        assert_eq!(field(&w, &key, "count").await, Some(3));
+
+        // sliding_window: charged in W1, W2 rolls it into `prev` …
+        let user = new_user();
+        let key = format!(
+            "{}:swc",
+            w.app.keys.rate_limit(&(&user).into(), &ep("sw"), false)
+        );
+        let early = limiter.check(&user, &ep("sw"), 1).await;
+        assert!(early.allowed);
+        into_the_next_window(&w, WINDOW_MS).await;
+        assert!(limiter.check(&user, &ep("sw"), 1).await.allowed);
+        assert_eq!(field(&w, &key, "prev").await, Some(1));
+        assert_eq!(field(&w, &key, "cur").await, Some(1));
+        if broken {
+            assert_eq!(refund(key.clone(), "sliding_window").await, 1);
+        } else {
+            limiter.refund(&early).await;
+        }
+        // … the refund takes it off W1's count, never W2's.
+        let (prev, cur) = (field(&w, &key, "prev").await, field(&w, &key, "cur").await);
+        if broken {
+            assert_eq!((prev, cur), (Some(1), Some(0)), "the broken refund");
+        } else {
+            assert_eq!((prev, cur), (Some(0), Some(1)), "sliding_window");
+        }
+
+        // gcra (2 per 2 s: one unit per second, burst 1): an admission
+        // whose unit has drained, refunded after a later admission, gives
+        // back nothing of the later one.
+        let user = new_user();
+        let key = format!(
+            "{}:gcra",
+            w.app.keys.rate_limit(&(&user).into(), &ep("gc"), false)
+        );
+        let early = limiter.check(&user, &ep("gc"), 1).await;
+        assert!(early.allowed);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(limiter.check(&user, &ep("gc"), 1).await.allowed);
+        if broken {
+            assert_eq!(refund(key.clone(), "gcra").await, 1);
+        } else {
+            limiter.refund(&early).await;
+        }
+        assert_eq!(
+            limiter.check(&user, &ep("gc"), 1).await.allowed,
+            broken,
+            "gcra: the later unit is still there (broken variant: {broken})"
+        );
+        if broken {
+            continue;
+        }
+        // A refund while the unit is still in the bucket gives it back.
+        let user = new_user();
+        let d = limiter.check(&user, &ep("gc"), 1).await;
+        assert!(d.allowed);
+        assert!(!limiter.check(&user, &ep("gc"), 1).await.allowed);
+        limiter.refund(&d).await;
+        assert!(limiter.check(&user, &ep("gc"), 1).await.allowed);
+    }
+}
+both_modes!(refunds_stay_in_the_window_they_were_charged_in);

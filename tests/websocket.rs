@@ -419,3 +419,166 @@ async fn announcements_reach_subscribers() {
     assert_eq!(m["message"], "maintenance at 03:00 UTC");
     assert!(m["timestamp"].as_f64().unwrap() > 1.7e9);
 }
+
+/// The delivery stream entries that close `conn`, with their fields.
+async fn close_entries(w: &World, conn: &str) -> Vec<Vec<(String, String)>> {
+    let mut raw = w.redis.raw().await;
+    let queued: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(w.app.keys.ws_deliveries(w.app.delivery.partition(conn)))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    queued
+        .into_iter()
+        .map(|(_, f)| f)
+        .filter(|f| {
+            f.contains(&("k".into(), "close".into()))
+                && f.iter()
+                    .any(|(k, v)| k == "c" && v.split(',').any(|c| c == conn))
+        })
+        .collect()
+}
+
+/// Limits a person never meets and a script always does (issue 28): one
+/// sign-in may hold `WS_MAX_CONNECTIONS_PER_SESSION` open connections and
+/// one user `WS_MAX_CONNECTIONS_PER_USER`; the next `$connect` is refused
+/// (429, the limit named) and leaves nothing behind; closing one makes
+/// room. Connections of an expired token do not count. The broken variant
+/// — limits a script never meets (1,000) — accepts every connection, which
+/// the same check sees.
+async fn connections_past_the_limits_are_refused(mode: RedisMode) {
+    for broken in [false, true] {
+        let limits: &[(&str, &str)] = if broken {
+            &[
+                ("WS_MAX_CONNECTIONS_PER_SESSION", "1000"),
+                ("WS_MAX_CONNECTIONS_PER_USER", "1000"),
+            ]
+        } else {
+            &[
+                ("WS_MAX_CONNECTIONS_PER_SESSION", "3"),
+                ("WS_MAX_CONNECTIONS_PER_USER", "5"),
+            ]
+        };
+        let w = World::new(mode, limits).await;
+        let user = random_uuid();
+        let uid = UserId::parse(&user).unwrap();
+        let one = signed_in(&w, &user, 3600).await;
+        let conn = |i: usize| format!("lim{i}{}", &random_uuid()[..8]);
+        let mut statuses = Vec::new();
+        let mut opened = Vec::new();
+        for i in 0..4 {
+            let c = conn(i);
+            let r = ws(&w, &ws_event("$connect", &c, Some(&one))).await;
+            statuses.push(r["statusCode"].as_u64().unwrap());
+            if r["statusCode"] == 200 {
+                opened.push(c);
+            } else {
+                let body: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+                assert_eq!(body["reason"], "connections_per_session", "{body}");
+                // Refused: nothing of it stays in the registry.
+                assert!(
+                    realtime::meta(&w.app.connections, &ConnectionId::parse(&c).unwrap())
+                        .await
+                        .unwrap()
+                        .is_none()
+                );
+            }
+        }
+        if broken {
+            assert_eq!(statuses, [200; 4], "the broken variant accepts them all");
+            continue;
+        }
+        assert_eq!(statuses, [200, 200, 200, 429], "per sign-in");
+        // A second sign-in of the same user: two more, then the user's
+        // limit (5) refuses.
+        let two = signed_in(&w, &user, 3600).await;
+        let mut second = Vec::new();
+        for i in 0..3 {
+            let r = ws(&w, &ws_event("$connect", &conn(10 + i), Some(&two))).await;
+            second.push(r["statusCode"].as_u64().unwrap());
+            if r["statusCode"] == 429 {
+                let body: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+                assert_eq!(body["reason"], "connections_per_user", "{body}");
+            }
+        }
+        assert_eq!(second, [200, 200, 429], "per user");
+        assert_eq!(
+            realtime::connections(&w.app.connections, &uid)
+                .await
+                .unwrap()
+                .len(),
+            5
+        );
+        // Closing one makes room for one.
+        let r = ws(&w, &ws_event("$disconnect", &opened[0], Some(&one))).await;
+        assert_eq!(r["statusCode"], 200);
+        let r = ws(&w, &ws_event("$connect", &conn(20), Some(&one))).await;
+        assert_eq!(r["statusCode"], 200, "{r}");
+        // A connection whose token expired does not count: a sign-in whose
+        // token has run out cannot hold places.
+        let w2 = World::new(mode, limits).await;
+        let expired = signed_in(&w2, &user, -1).await;
+        for i in 0..3 {
+            let r = ws(&w2, &ws_event("$connect", &conn(30 + i), Some(&expired))).await;
+            assert_eq!(r["statusCode"], 200, "{r}");
+        }
+        let fresh = Signed {
+            exp: time::OffsetDateTime::now_utc().unix_timestamp() + 3600,
+            ..expired
+        };
+        let r = ws(&w2, &ws_event("$connect", &conn(40), Some(&fresh))).await;
+        assert_eq!(
+            r["statusCode"], 200,
+            "expired connections are not counted: {r}"
+        );
+    }
+}
+both_modes!(connections_past_the_limits_are_refused);
+
+/// A connection that pings more often than `WS_PINGS_PER_MINUTE` is
+/// closed: the ping past the limit answers 429, the connection leaves the
+/// registry, and its close is queued with the reason the client is told
+/// in a last frame (`too_many_pings`). The pings before it are answered
+/// 200. The broken variant — a limit a script never meets — keeps
+/// answering 200, which the same check sees.
+async fn pings_past_the_limit_close_the_connection(mode: RedisMode) {
+    for broken in [false, true] {
+        let limit = if broken { "10000" } else { "5" };
+        let w = World::new(mode, &[("WS_PINGS_PER_MINUTE", limit)]).await;
+        let user = random_uuid();
+        let uid = UserId::parse(&user).unwrap();
+        let by = signed_in(&w, &user, 3600).await;
+        let conn = format!("pings{}", &random_uuid()[..8]);
+        let r = ws(&w, &ws_event("$connect", &conn, Some(&by))).await;
+        assert_eq!(r["statusCode"], 200, "{r}");
+        let mut statuses = Vec::new();
+        for _ in 0..7 {
+            statuses.push(
+                ws(&w, &ws_event("ping", &conn, Some(&by))).await["statusCode"]
+                    .as_u64()
+                    .unwrap(),
+            );
+        }
+        let listed = realtime::connections(&w.app.connections, &uid)
+            .await
+            .unwrap();
+        let closes = close_entries(&w, &conn).await;
+        if broken {
+            assert_eq!(statuses, [200; 7], "the broken variant keeps it");
+            assert_eq!(listed.len(), 1);
+            assert!(closes.is_empty());
+            continue;
+        }
+        // The sixth closes it; the seventh finds it gone.
+        assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 410]);
+        assert!(listed.is_empty(), "out of the registry");
+        assert_eq!(closes.len(), 1, "{closes:?}");
+        assert!(
+            closes[0].contains(&("r".into(), "too_many_pings".into())),
+            "{closes:?}"
+        );
+    }
+}
+both_modes!(pings_past_the_limit_close_the_connection);

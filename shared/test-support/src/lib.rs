@@ -192,6 +192,28 @@ impl RedisServer {
         );
     }
 
+    /// Cuts it off as a partition or an unresponsive node does, keeping its
+    /// data: saved (`SAVE`), then killed — connections are refused until
+    /// [`RedisServer::restore`] starts it again on the same port with what
+    /// it held.
+    pub fn cut(&mut self) {
+        assert!(
+            redis_cli(self.port, &["SAVE"]).is_some_and(|o| o.contains("OK")),
+            "SAVE failed on port {}",
+            self.port
+        );
+        self.stop();
+    }
+
+    /// Starts a [`RedisServer::cut`] server again, with the data it saved.
+    pub fn restore(&mut self) {
+        assert!(
+            self.spawn(),
+            "redis-server did not come back on port {}",
+            self.port
+        );
+    }
+
     /// Freezes the process (SIGSTOP): connections stay open, nothing answers.
     pub fn pause(&self) {
         self.signal("STOP");

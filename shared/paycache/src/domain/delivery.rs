@@ -425,6 +425,9 @@ pub struct Report {
     /// `resync` frames sent to reconnecting clients whose gap is older
     /// than the wallet's log.
     pub resyncs: u64,
+    /// Catch-ups that ran out of their lane's slice of a batch and were
+    /// queued again from where they stopped.
+    pub catch_ups_paused: u64,
 }
 
 impl Report {
@@ -438,6 +441,7 @@ impl Report {
         self.failed += other.failed;
         self.closed += other.closed;
         self.resyncs += other.resyncs;
+        self.catch_ups_paused += other.catch_ups_paused;
     }
 }
 
@@ -901,6 +905,8 @@ async fn deliver_lane(
     // Connections whose catch-up this lane sent: the wallet's later frames
     // reach them (the batch's liveness was read before).
     let mut caught_up: HashSet<ConnectionId> = HashSet::new();
+    // When this lane's catch-ups must stop (set at its first catch-up).
+    let mut slice_end: Option<Instant> = None;
     for entry in lane {
         let ok = match (&entry.body, found) {
             (Body::Balance { .. }, _) if covered => true,
@@ -942,22 +948,40 @@ async fn deliver_lane(
                     .live
                     .get(owner)
                     .is_some_and(|conns| conns.contains(conn));
-                let sent = if !live {
+                // A lane's catch-ups take at most `WS_CATCH_UP_SLICE_MS`
+                // of the batch: the batch (every other lane's frames)
+                // waits for its slowest lane.
+                let until = *slice_end
+                    .get_or_insert_with(|| Instant::now() + deliveries.config.catch_up_slice);
+                let outcome = if !live || sender.faults.no_catch_up {
                     // Gone, or its sign-in is over: nothing to catch up.
-                    true
-                } else if sender.faults.no_catch_up {
-                    true
+                    CaughtUp::Done
+                } else if Instant::now() >= until {
+                    CaughtUp::Paused(*after)
                 } else {
-                    catch_up(deliveries, sender, wallet, conn, *after, &mut report).await
+                    catch_up(deliveries, sender, wallet, conn, *after, until, &mut report).await
                 };
-                if sent && live {
-                    caught_up.insert(conn.clone());
-                    covered = false;
-                    realtime::caught_up(&deliveries.connections, owner, conn, wallet)
-                        .await
-                        .is_ok()
-                } else {
-                    sent
+                match outcome {
+                    CaughtUp::Done if live => {
+                        caught_up.insert(conn.clone());
+                        covered = false;
+                        realtime::caught_up(&deliveries.connections, owner, conn, wallet)
+                            .await
+                            .is_ok()
+                    }
+                    CaughtUp::Done => true,
+                    CaughtUp::Failed => false,
+                    // Behind the frames that came meanwhile, from where it
+                    // stopped (the connection stays marked: the wallet's
+                    // new frames skip it until its catch-up is done).
+                    CaughtUp::Paused(at) => {
+                        report.catch_ups_paused += 1;
+                        deliveries
+                            .queue
+                            .catch_up(wallet, owner, conn, at)
+                            .await
+                            .is_ok()
+                    }
                 }
             }
             (Body::Message { to, frame }, Some(found)) => {
@@ -1324,18 +1348,33 @@ async fn deliver_balance(
     }
 }
 
+/// How a catch-up ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CaughtUp {
+    /// Everything sent (or the connection is gone).
+    Done,
+    /// A post or a read failed: sent again from the start of the entry.
+    Failed,
+    /// Its lane's slice of the batch ran out after this version was sent:
+    /// the rest continues in a later batch.
+    Paused(u64),
+}
+
 /// A reconnect's catch-up: the wallet log's versions after `after`, in
 /// order, to `conn` only — after a `resync` frame when the log no longer
-/// reaches back to `after + 1`. True when everything was sent (or the
-/// connection is gone).
+/// reaches back to `after + 1`. A client that missed more than
+/// `WS_CATCH_UP_MAX` versions gets the `resync` alone (it reads the
+/// balance over HTTP; new frames follow). Stops after the post that
+/// passes `until` (its lane's slice of the batch).
 async fn catch_up(
     deliveries: &Deliveries,
     sender: &Sender,
     wallet: &WalletId,
     conn: &ConnectionId,
     after: u64,
+    until: Instant,
     report: &mut Report,
-) -> bool {
+) -> CaughtUp {
     let keys = &deliveries.queue.keys;
     let (log, published) = (
         keys.wallet_balance_log(wallet),
@@ -1362,18 +1401,19 @@ async fn catch_up(
             })
             .await;
         let Ok((oldest, published, entries)) = read else {
-            return false;
+            return CaughtUp::Failed;
         };
         if first {
             first = false;
-            // Missed versions the log no longer holds: the client must read
-            // the balance over HTTP.
+            // Missed versions the log no longer holds, or more than one
+            // catch-up sends: the client must read the balance over HTTP.
             let gap = if oldest == 0 {
                 published > after
             } else {
                 oldest > after + 1
             };
-            if gap {
+            let too_many = published.saturating_sub(after) > deliveries.config.catch_up_max;
+            if gap || too_many {
                 let resync = serde_json::json!({
                     "type": "resync",
                     "wallet_id": wallet,
@@ -1383,17 +1423,17 @@ async fn catch_up(
                 });
                 let Some(frame) = frame(&format!("resync:{wallet}:{after}"), &channel, &resync)
                 else {
-                    return false;
+                    return CaughtUp::Failed;
                 };
                 if !post_all(deliveries, sender, &mut conns, &frame, report)
                     .await
                     .is_empty()
                 {
-                    return false;
+                    return CaughtUp::Failed;
                 }
                 report.resyncs += 1;
-                if conns.is_empty() {
-                    return true;
+                if conns.is_empty() || too_many {
+                    return CaughtUp::Done;
                 }
             }
         }
@@ -1406,15 +1446,18 @@ async fn catch_up(
                     .await
                     .is_empty()
             {
-                return false;
+                return CaughtUp::Failed;
             }
             if conns.is_empty() {
-                return true;
+                return CaughtUp::Done;
             }
             from = version;
+            if Instant::now() >= until {
+                return CaughtUp::Paused(from);
+            }
         }
         if entries.len() < BATCH {
-            return true;
+            return CaughtUp::Done;
         }
     }
 }

@@ -94,9 +94,10 @@ pub(crate) struct Ticket {
     cost: u64,
     request_id: String,
     limit: u64,
-    /// The window the check charged (its start, server milliseconds;
-    /// `fixed_window` and `sliding_window`): a refund undoes the unit there
-    /// and never in a later window.
+    /// Where the check charged: its window's start (server milliseconds;
+    /// `fixed_window`, `sliding_window`) or the TAT it set (server
+    /// microseconds; `gcra`). A refund undoes the unit there, never a unit
+    /// charged later.
     charged: u64,
 }
 
@@ -332,8 +333,19 @@ impl RateLimiter {
         )
         .await
         .unwrap_or(Err(RedisUnavailable::Timeout));
-        if let Err(why) = refunded {
-            tracing::warn!(policy = %decision.policy, reason = why.as_str(), "could not refund a refused request's rate-limit units");
+        match refunded {
+            // A denial remembered since the check counted the unit now
+            // given back: Redis decides the next check.
+            Ok(1) => {
+                self.local
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&t.key);
+            }
+            Ok(_) => {}
+            Err(why) => {
+                tracing::warn!(policy = %decision.policy, reason = why.as_str(), "could not refund a refused request's rate-limit units");
+            }
         }
     }
 

@@ -5,8 +5,9 @@
 -- KEYS[1]  the key the check used
 -- ARGV[1]  algorithm, ARGV[2] window in ms, ARGV[3] cost, ARGV[4] the
 --          check's request id (sliding_log), ARGV[5] limit (gcra),
---          ARGV[6] the start of the window the check charged (server ms;
---          fixed_window, sliding_window)
+--          ARGV[6] where the check charged: its window's start (server
+--          ms; fixed_window, sliding_window), the TAT it set (server µs;
+--          gcra)
 --
 -- Each algorithm undoes exactly its own record, in the window it was
 -- charged in and never a later one: a refund that arrives after the
@@ -46,12 +47,17 @@ elseif algorithm == 'sliding_window' then
   end
   return 0
 elseif algorithm == 'gcra' then
+  -- The admission moved the TAT to ARGV[6]; what is left of it drains as
+  -- time passes (all of it once the clock passes ARGV[6]). Only that is
+  -- given back: a unit admitted later is never undone.
   local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local interval = window * 1000 / tonumber(ARGV[5])
+  local left = math.min(interval * cost, tonumber(ARGV[6]) - now)
   local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-  if tat <= now then
+  if left <= 0 or tat <= now then
     return 0
   end
-  local new_tat = math.max(tat - (window * 1000 / tonumber(ARGV[5])) * cost, now)
+  local new_tat = math.max(tat - left, now)
   if new_tat <= now then
     redis.call('DEL', KEYS[1])
   else

@@ -5,8 +5,8 @@
 -- KEYS[1]  sliding:{<user>}:<endpoint>
 -- ARGV[1]  limit, ARGV[2] window in ms, ARGV[3] cost, ARGV[4] request id
 --
--- Returns {allowed 0|1, remaining, reset_after_ms, retry_after_ms, 0} (no
--- window: a refund names the unit by the request id or undoes one interval).
+-- Returns {allowed 0|1, remaining, reset_after_ms, retry_after_ms, 0} (a
+-- refund names the units by the request id).
 -- Scores are server microseconds; one member per unit of cost.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
