@@ -3,6 +3,7 @@
 //! one file's tests, `cargo test --test integration <name>` one test.
 //! `metrics.rs` and `failover.rs` are binaries of their own.
 
+mod attacks;
 mod audit;
 mod auth;
 mod authorization;

@@ -33,7 +33,7 @@ fn profile_updated(user: &str) -> Value {
     json!({"detail-type": "UserProfileUpdated", "source": "paycache.test", "detail": {"user_id": user}})
 }
 
-async fn write_until_applied(app: &App, wallet: &WalletId, minor: i64) -> u64 {
+pub(crate) async fn write_until_applied(app: &App, wallet: &WalletId, minor: i64) -> u64 {
     loop {
         let current = load_balance(&app.db, wallet).await.unwrap().unwrap();
         let outcome = write_balance(
@@ -692,7 +692,7 @@ async fn only_connection(rig: &Rig) -> String {
 
 /// Balance frames' versions until `wait` passes without one (repeats,
 /// same `id`, dropped as a client drops them).
-async fn versions(ws: &mut Ws, wait: Duration) -> Vec<u64> {
+pub(crate) async fn versions(ws: &mut Ws, wait: Duration) -> Vec<u64> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     while let Some(f) = next_frame(ws, wait).await {
