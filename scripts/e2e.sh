@@ -58,7 +58,11 @@ DATABASE_URL="postgres://$ROLE:$DB_PASSWORD@127.0.0.1:$PG_PORT/$DB" \
 # The functions get the endpoint only; user and password come from the secret.
 export DATABASE_URL="postgres://127.0.0.1:$PG_PORT/$DB"
 
+# WATCH_PORT is the front door (as `make run` serves it: the gateway's
+# --front-port, bounding what reaches cargo lambda watch); LAMBDA_PORT is
+# cargo lambda watch itself.
 WATCH_PORT=$(free_port)
+LAMBDA_PORT=$(free_port)
 GW_PORT=$(free_port)
 ENV_FILE="$STACK/e2e.env"
 cat >"$ENV_FILE" <<ENV
@@ -88,17 +92,17 @@ ENV
 # Up to four instances per function: the real-time test kills one
 # ws-sender process, and cargo lambda watch keeps a dead instance in its
 # pool (the others, or a new one while there is room, take the next run).
-cargo lambda watch --quiet --ignore-changes -A 127.0.0.1 -P "$WATCH_PORT" --concurrency 4 --env-file "$ENV_FILE" \
+cargo lambda watch --quiet --ignore-changes -A 127.0.0.1 -P "$LAMBDA_PORT" --concurrency 4 --env-file "$ENV_FILE" \
   >"$STACK/watch.log" 2>&1 &
 E2E_PID=$!
 GW_PID="" PLAIN_GW_PID=""
 trap 'kill $GW_PID $PLAIN_GW_PID $E2E_PID 2>/dev/null || true; wait $GW_PID $PLAIN_GW_PID $E2E_PID 2>/dev/null || true; stop_redis "$STACK/e2e-redis"' EXIT
 for _ in $(seq 1 600); do
-  port_in_use "$WATCH_PORT" && break
+  port_in_use "$LAMBDA_PORT" && break
   kill -0 "$E2E_PID" 2>/dev/null || { cat "$STACK/watch.log" >&2; die "cargo lambda watch exited"; }
   sleep 0.5
 done
-port_in_use "$WATCH_PORT" || die "cargo lambda watch did not listen on $WATCH_PORT"
+port_in_use "$LAMBDA_PORT" || die "cargo lambda watch did not listen on $LAMBDA_PORT"
 # The local WebSocket gateway, as `make run` starts it (it keeps ws-sender
 # running for the whole e2e run).
 cargo build --quiet -p paycache-ws-gateway
@@ -109,18 +113,19 @@ GW_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/paycache-ws-gateway"
 # Its test controls (hold, release, throttle, forget, stats) are for the
 # real-time journey; the management API checks every request's signature
 # against the run's AWS credentials, as IAM does deployed.
-"$GW_BIN" --port "$GW_PORT" --lambda "http://127.0.0.1:$WATCH_PORT" \
+"$GW_BIN" --port "$GW_PORT" --lambda "http://127.0.0.1:$LAMBDA_PORT" --front-port "$WATCH_PORT" \
   --keep-running ws-sender --run-timeout 30 --test-controls >"$STACK/gateway.log" 2>&1 &
 GW_PID=$!
-# A second gateway started exactly as `make run` starts it (no test
-# controls), for the session-boundary attacks.
+# A second gateway as `make run` starts it (no test controls; its
+# invocations through the front door), for the session-boundary attacks.
 PLAIN_GW_PORT=$(free_port)
 "$GW_BIN" --port "$PLAIN_GW_PORT" --lambda "http://127.0.0.1:$WATCH_PORT" \
   >"$STACK/gateway-plain.log" 2>&1 &
 PLAIN_GW_PID=$!
-for _ in $(seq 1 120); do port_in_use "$GW_PORT" && port_in_use "$PLAIN_GW_PORT" && break; sleep 0.5; done
+for _ in $(seq 1 120); do port_in_use "$GW_PORT" && port_in_use "$PLAIN_GW_PORT" && port_in_use "$WATCH_PORT" && break; sleep 0.5; done
 port_in_use "$GW_PORT" || { cat "$STACK/gateway.log" >&2; die "the WebSocket gateway did not listen on $GW_PORT"; }
 port_in_use "$PLAIN_GW_PORT" || { cat "$STACK/gateway-plain.log" >&2; die "the plain WebSocket gateway did not listen"; }
+port_in_use "$WATCH_PORT" || { cat "$STACK/gateway.log" >&2; die "the front door did not listen on $WATCH_PORT"; }
 # The router cases' tokens: services (client credentials), minted with the
 # development key the functions verify against (AUTH_JWKS_FILE).
 mint() { (set -a; source "$ENV_FILE"; set +a; cargo run --quiet -p paycache-dev -- service-token "$@"); }
@@ -191,6 +196,10 @@ if [ -z "$st_cases" ] || [ "$st_cases" -lt "$st_min" ]; then
   cat "$STACK/schemathesis.log" >&2
   die "schemathesis: ${st_cases:-no} requests passed the gate, expected at least $st_min"
 fi
+log "a burst through the front door: every request answered, then normal answers"
+if ! (set -a; source "$ENV_FILE"; set +a; python3 "$ROOT/tests/e2e/burst.py" "$WATCH_PORT") | tee "$STACK/e2e-burst.log"; then
+  tail -50 "$STACK/gateway.log" >&2; tail -50 "$STACK/watch.log" >&2; exit 1
+fi
 # Last: it stops the stack's Redis.
 log "a Redis outage: signed-in callers are served, signed-out tokens refused"
 if ! (set -a; source "$ENV_FILE"; set +a; E2E_REDIS_PORT="$E2E_REDIS_PORT" REDISCLI_AUTH="$REDIS_TOKEN" \
@@ -198,4 +207,4 @@ if ! (set -a; source "$ENV_FILE"; set +a; E2E_REDIS_PORT="$E2E_REDIS_PORT" REDIS
   tail -50 "$STACK/watch.log" >&2; exit 1
 fi
 grep -E "^latency" "$STACK/e2e-realtime.log" "$STACK/e2e-outage.log" || true
-echo "$(tail -n 1 "$STACK/e2e-cases.log"); $(tail -n 1 "$STACK/e2e-realtime.log"); $(tail -n 1 "$STACK/e2e-boundaries.log"); $(tail -n 1 "$STACK/e2e-hostile.log"); schemathesis: $st_cases of $st_all requests past the gate, no failures; $(tail -n 1 "$STACK/e2e-outage.log")"
+echo "$(tail -n 1 "$STACK/e2e-cases.log"); $(tail -n 1 "$STACK/e2e-realtime.log"); $(tail -n 1 "$STACK/e2e-boundaries.log"); $(tail -n 1 "$STACK/e2e-hostile.log"); schemathesis: $st_cases of $st_all requests past the gate, no failures; $(tail -n 1 "$STACK/e2e-burst.log"); $(tail -n 1 "$STACK/e2e-outage.log")"

@@ -22,6 +22,8 @@ cd "$ROOT"
 PORT=${PORT:-9000}
 WS_PORT=${WS_PORT:-9001}
 CONCURRENCY=${CONCURRENCY:-8}
+MAX_INFLIGHT=${MAX_INFLIGHT:-64}   # at most 100: see the front door below
+QUEUE_TIMEOUT=${QUEUE_TIMEOUT:-10}
 STACK="$ROOT/.stack/run"
 mkdir -p "$STACK"
 
@@ -92,6 +94,8 @@ AUTH_HS256_SECRET="$(cat "$STACK/dev-signing-secret")"
 export AUTH_HS256_SECRET
 
 if port_in_use "$WS_PORT"; then WS_PORT=$(free_port); fi
+port_in_use "$PORT" && die "port $PORT is in use (PORT= picks another)"
+LAMBDA_PORT=$(free_port)
 # ws-sender posts to the local gateway through the AWS SDK, which signs its
 # requests (SigV4); the gateway checks every signature against the same
 # credentials, as IAM does deployed, so nobody without them can post into a
@@ -165,15 +169,23 @@ cat >&2 <<BANNER
 
     The functions' metric lines (CloudWatch EMF, one per invocation): tail -f $PAYCACHE_METRICS_FILE
 BANNER
-cargo lambda watch --quiet -A 127.0.0.1 -P "$PORT" --concurrency "$CONCURRENCY" --env-file "$ENV_FILE" &
+# `cargo lambda watch` listens on a private port behind the front door on
+# $PORT (in paycache-ws-gateway), which keeps at most MAX_INFLIGHT
+# invocations outstanding there and queues the rest (503 with Retry-After
+# after QUEUE_TIMEOUT seconds): cargo lambda watch 1.9.2 stops answering
+# for good once one function has 100 invocations waiting (its per-function
+# queue is pushed into under the lock its instances need to take from it).
+cargo lambda watch --quiet -A 127.0.0.1 -P "$LAMBDA_PORT" --concurrency "$CONCURRENCY" --env-file "$ENV_FILE" &
 WATCH_PID=$!
-log "waiting for cargo lambda watch to listen on $PORT"
+log "waiting for cargo lambda watch to listen on $LAMBDA_PORT"
 for _ in $(seq 1 600); do
-  port_in_use "$PORT" && break
+  port_in_use "$LAMBDA_PORT" && break
   kill -0 "$WATCH_PID" 2>/dev/null || die "cargo lambda watch exited"
   sleep 0.5
 done
-"$TARGET/debug/paycache-ws-gateway" --port "$WS_PORT" --lambda "$B" --keep-running ws-sender &
+"$TARGET/debug/paycache-ws-gateway" --port "$WS_PORT" --lambda "http://127.0.0.1:$LAMBDA_PORT" \
+  --front-port "$PORT" --max-inflight "$MAX_INFLIGHT" --queue-timeout "$QUEUE_TIMEOUT" \
+  --keep-running ws-sender &
 GATEWAY_PID=$!
 log "WebSocket gateway on ws://127.0.0.1:$WS_PORT/?token=<access token>"
-wait "$WATCH_PID"
+wait -n "$WATCH_PID" "$GATEWAY_PID"

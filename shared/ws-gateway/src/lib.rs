@@ -61,6 +61,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, mpsc};
 
+pub mod front;
 pub mod sigv4;
 
 /// How the gateway is started.

@@ -16,6 +16,15 @@
 //! lambda watch` never answers an invocation whose process died (killed,
 //! or restarted by a rebuild) and starts a new process for the next one
 //! while its `--concurrency` allows, as Lambda does after a crash.
+//!
+//! `--front-port <port>` also serves the HTTP front door there
+//! ([`paycache_ws_gateway::front`]): every request is forwarded to
+//! `--lambda`, at most `--max-inflight` (default 64, at most 100) at once,
+//! the gateway's own invocations included, and at most `--max-per-route`
+//! (default 32) for one route or function; a burst beyond waits, first come
+//! first served, up to `--queue-timeout` seconds (default 10) and
+//! `--max-waiting` requests (default 1024), then is answered 503 with
+//! `Retry-After`.
 
 use std::time::Duration;
 
@@ -24,6 +33,7 @@ use serde_json::json;
 fn usage() -> ! {
     eprintln!(
         "usage: paycache-ws-gateway --port <port> --lambda <cargo lambda watch URL> [--keep-running <function>] [--run-timeout <secs>] [--test-controls]\n\
+         \x20      [--front-port <port> [--max-inflight <n>] [--max-per-route <n>] [--max-waiting <n>] [--queue-timeout <secs>]]\n\
          management requests must be signed with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
     );
     std::process::exit(2)
@@ -42,6 +52,8 @@ async fn main() {
     let mut keep_running: Vec<&'static str> = Vec::new();
     let mut run_timeout = Duration::from_secs(60);
     let mut test_controls = false;
+    let mut front_port: Option<u16> = None;
+    let mut limits = paycache_ws_gateway::front::Limits::default();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         if arg == "--test-controls" {
@@ -55,6 +67,20 @@ async fn main() {
             ("--run-timeout", Some(s)) => {
                 run_timeout = Duration::from_secs(s.parse().unwrap_or_else(|_| usage()))
             }
+            ("--front-port", Some(p)) => front_port = Some(p.parse().unwrap_or_else(|_| usage())),
+            ("--max-inflight", Some(n)) => {
+                limits.max_inflight = n.parse().unwrap_or_else(|_| usage())
+            }
+            ("--max-per-route", Some(n)) => {
+                limits.max_per_key = n.parse().unwrap_or_else(|_| usage())
+            }
+            ("--max-waiting", Some(n)) => {
+                limits.max_waiting = n.parse().unwrap_or_else(|_| usage())
+            }
+            ("--queue-timeout", Some(s)) => {
+                limits.queue_timeout =
+                    Duration::from_secs_f64(s.parse().unwrap_or_else(|_| usage()))
+            }
             _ => usage(),
         }
     }
@@ -65,7 +91,31 @@ async fn main() {
             std::process::exit(1)
         }
     };
-    let invoke = paycache_ws_gateway::lambda_invoker(&lambda);
+    let limiter = paycache_ws_gateway::front::Limiter::new(limits);
+    let invoke = paycache_ws_gateway::front::limited(
+        paycache_ws_gateway::lambda_invoker(&lambda),
+        limiter.clone(),
+    );
+    if let Some(port) = front_port {
+        let front = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot listen on 127.0.0.1:{port}: {e}");
+                std::process::exit(1)
+            }
+        };
+        let limits = limiter.limits();
+        tracing::info!(
+            url = %format!("http://127.0.0.1:{port}"),
+            upstream = %lambda,
+            max_inflight = limits.max_inflight,
+            max_per_route = limits.max_per_key,
+            max_waiting = limits.max_waiting,
+            queue_timeout_s = limits.queue_timeout.as_secs_f64(),
+            "front door listening"
+        );
+        paycache_ws_gateway::front::serve(front, &lambda, limiter.clone());
+    }
     let options = paycache_ws_gateway::Options {
         management: paycache_ws_gateway::sigv4::Expected::from_env(),
         test_controls,
