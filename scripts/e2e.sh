@@ -96,7 +96,7 @@ cargo lambda watch --quiet --ignore-changes -A 127.0.0.1 -P "$LAMBDA_PORT" --con
   >"$STACK/watch.log" 2>&1 &
 E2E_PID=$!
 GW_PID="" PLAIN_GW_PID=""
-trap 'kill $GW_PID $PLAIN_GW_PID $E2E_PID 2>/dev/null || true; wait $GW_PID $PLAIN_GW_PID $E2E_PID 2>/dev/null || true; stop_redis "$STACK/e2e-redis"' EXIT
+trap 'kill $GW_PID $PLAIN_GW_PID $E2E_PID $(cat "$STACK/schedules.pid" 2>/dev/null) 2>/dev/null || true; wait $GW_PID $PLAIN_GW_PID $E2E_PID 2>/dev/null || true; stop_redis "$STACK/e2e-redis"' EXIT
 for _ in $(seq 1 600); do
   port_in_use "$LAMBDA_PORT" && break
   kill -0 "$E2E_PID" 2>/dev/null || { cat "$STACK/watch.log" >&2; die "cargo lambda watch exited"; }
@@ -200,6 +200,11 @@ log "a burst through the front door: every request answered, then normal answers
 if ! (set -a; source "$ENV_FILE"; set +a; python3 "$ROOT/tests/e2e/burst.py" "$WATCH_PORT") | tee "$STACK/e2e-burst.log"; then
   tail -50 "$STACK/gateway.log" >&2; tail -50 "$STACK/watch.log" >&2; exit 1
 fi
+log "the template's schedules, run locally: an audit event reaches PostgreSQL with no hand-made invocation"
+if ! (set -a; source "$ENV_FILE"; set +a; E2E_PSQL="psql -h 127.0.0.1 -p $PG_PORT -U postgres -d $DB" \
+  python3 "$ROOT/tests/e2e/schedules.py" "$WATCH_PORT" "$STACK/schedules.log") | tee "$STACK/e2e-schedules.log"; then
+  cat "$STACK/schedules.log" >&2; tail -50 "$STACK/watch.log" >&2; exit 1
+fi
 # Last: it stops the stack's Redis.
 log "a Redis outage: signed-in callers are served, signed-out tokens refused"
 if ! (set -a; source "$ENV_FILE"; set +a; E2E_REDIS_PORT="$E2E_REDIS_PORT" REDISCLI_AUTH="$REDIS_TOKEN" \
@@ -207,4 +212,4 @@ if ! (set -a; source "$ENV_FILE"; set +a; E2E_REDIS_PORT="$E2E_REDIS_PORT" REDIS
   tail -50 "$STACK/watch.log" >&2; exit 1
 fi
 grep -E "^latency" "$STACK/e2e-realtime.log" "$STACK/e2e-outage.log" || true
-echo "$(tail -n 1 "$STACK/e2e-cases.log"); $(tail -n 1 "$STACK/e2e-realtime.log"); $(tail -n 1 "$STACK/e2e-boundaries.log"); $(tail -n 1 "$STACK/e2e-hostile.log"); schemathesis: $st_cases of $st_all requests past the gate, no failures; $(tail -n 1 "$STACK/e2e-burst.log"); $(tail -n 1 "$STACK/e2e-outage.log")"
+echo "$(tail -n 1 "$STACK/e2e-cases.log"); $(tail -n 1 "$STACK/e2e-realtime.log"); $(tail -n 1 "$STACK/e2e-boundaries.log"); $(tail -n 1 "$STACK/e2e-hostile.log"); schemathesis: $st_cases of $st_all requests past the gate, no failures; $(tail -n 1 "$STACK/e2e-burst.log"); $(tail -n 1 "$STACK/e2e-schedules.log"); $(tail -n 1 "$STACK/e2e-outage.log")"

@@ -117,6 +117,16 @@ ensure_cargo_lambda() {
   cargo lambda --version >/dev/null 2>&1 || die "cargo-lambda did not install"
 }
 
+# PyYAML reads template.yaml for the local schedules (scripts/schedules.py).
+ensure_pyyaml() {
+  if python3 -c 'import yaml' >/dev/null 2>&1; then return 0; fi
+  ensure_python
+  log "pip install pyyaml (the local scheduler reads template.yaml)"
+  python3 -m pip install --quiet pyyaml \
+    || python3 -m pip install --quiet --user --break-system-packages pyyaml
+  python3 -c 'import yaml' >/dev/null 2>&1 || die "PyYAML did not install"
+}
+
 ensure_moto_server() {
   if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c 'import moto.server, flask' >/dev/null 2>&1; then
     ensure_python

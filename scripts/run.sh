@@ -28,11 +28,13 @@ STACK="$ROOT/.stack/run"
 mkdir -p "$STACK"
 
 ensure_cargo_lambda
+ensure_pyyaml
 check_disk 5
 STARTED_REDIS=0 STARTED_PG=""
-WATCH_PID="" GATEWAY_PID=""
+WATCH_PID="" GATEWAY_PID="" SCHEDULES_PID=""
 cleanup() {
   set +e
+  if [ -n "$SCHEDULES_PID" ]; then kill "$SCHEDULES_PID" 2>/dev/null; wait "$SCHEDULES_PID" 2>/dev/null; fi
   if [ -n "$GATEWAY_PID" ]; then kill "$GATEWAY_PID" 2>/dev/null; wait "$GATEWAY_PID" 2>/dev/null; fi
   if [ -n "$WATCH_PID" ]; then kill "$WATCH_PID" 2>/dev/null; wait "$WATCH_PID" 2>/dev/null; fi
   [ "$STARTED_REDIS" = 1 ] && { log "stopping Redis"; stop_redis "$STACK/redis"; }
@@ -188,4 +190,11 @@ done
   --keep-running ws-sender &
 GATEWAY_PID=$!
 log "WebSocket gateway on ws://127.0.0.1:$WS_PORT/?token=<access token>"
-wait -n "$WATCH_PID" "$GATEWAY_PID"
+# The template's schedules (EventBridge Scheduler deployed), read from
+# template.yaml: audit-flush and metrics-emitter every minute, cache-warmer
+# every 5 minutes; ws-sender is kept running by the gateway. One line per
+# run.
+log "running the template's schedules (scripts/schedules.py):"
+python3 "$ROOT/scripts/schedules.py" "$ROOT/template.yaml" "$B" --kept-running ws-sender &
+SCHEDULES_PID=$!
+wait -n "$WATCH_PID" "$GATEWAY_PID" "$SCHEDULES_PID"

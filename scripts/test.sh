@@ -8,6 +8,7 @@ cd "$ROOT"
 ensure_redis
 ensure_postgres
 ensure_cargo_lambda
+ensure_pyyaml
 ensure_moto_server
 ensure_schemathesis
 ensure_python_websockets
