@@ -74,7 +74,7 @@ CACHE_KEY_PREFIX=e2e-$$
 RUST_LOG=info
 WARM_USERS=50
 AUTH_ISSUER=https://auth.paycache.test
-AUTH_AUDIENCE=paycache-api,paycache-web,ledger,journey-ledger,support-console,limits-gateway,hostile,realtime-ledger-1,realtime-ledger-2,realtime-ledger-3,realtime-ledger-4
+AUTH_AUDIENCE=paycache-api,paycache-web,ledger,journey-ledger,support-console,limits-gateway,hostile,realtime-ledger-1,realtime-ledger-2,realtime-ledger-3,realtime-ledger-4,storm-ledger-1,storm-ledger-2,storm-ledger-3
 AUTH_JWKS_FILE=$ROOT/tests/fixtures/jwks.json
 AUTH_DEV_SIGNING_KEY_FILE=$ROOT/tests/fixtures/jwt-test-key.pem
 AUTH_DEV_KEY_ID=test-key-1
@@ -206,9 +206,10 @@ if ! (set -a; source "$ENV_FILE"; set +a; E2E_PSQL="psql -h 127.0.0.1 -p $PG_POR
   cat "$STACK/schedules.log" >&2; tail -50 "$STACK/watch.log" >&2; exit 1
 fi
 # Last: it stops the stack's Redis.
-log "a Redis outage: signed-in callers are served, signed-out tokens refused"
+log "a Redis outage: signed-in callers are served, signed-out tokens refused, during it and after"
 if ! (set -a; source "$ENV_FILE"; set +a; E2E_REDIS_PORT="$E2E_REDIS_PORT" REDISCLI_AUTH="$REDIS_TOKEN" \
-  python3 "$ROOT/tests/e2e/outage.py" "$WATCH_PORT") | tee "$STACK/e2e-outage.log"; then
+  E2E_REDIS_DIR="$STACK/e2e-redis" E2E_PSQL="psql -h 127.0.0.1 -p $PG_PORT -U postgres -d $DB" \
+  python3 "$ROOT/tests/e2e/outage.py" "$WATCH_PORT" "$GW_PORT") | tee "$STACK/e2e-outage.log"; then
   tail -50 "$STACK/watch.log" >&2; exit 1
 fi
 grep -E "^latency" "$STACK/e2e-realtime.log" "$STACK/e2e-outage.log" || true

@@ -250,7 +250,134 @@ async def gateway_controls():
     await ws.close()
 
 
+async def connect_or_status(url):
+    """An open socket, or the status its `$connect` was refused with."""
+    try:
+        return await websockets.connect(url), None
+    except websockets.InvalidStatus as e:
+        return None, e.response.status_code
+
+
+async def sockets_per_sign_in():
+    # 10. One sign-in opens 20 sockets: 8 accepted
+    # (WS_MAX_CONNECTIONS_PER_SESSION), the rest refused 429; two more
+    # sign-ins of the same user reach the user's 16, then 429 again.
+    token = login(10)
+    opened, refused = [], []
+    for _ in range(20):
+        ws, status = await connect_or_status(f"{WS}?token={token}")
+        (opened.append(ws) if ws else refused.append(status))
+    step("attack 10: 20 sockets of one sign-in: 8 accepted, 12 refused with 429",
+         len(opened) == 8 and refused == [429] * 12, f"{len(opened)} open, refused {set(refused)}")
+    more, refused = [], []
+    for t in (login(10), login(10)):
+        for _ in range(6):
+            ws, status = await connect_or_status(f"{WS}?token={t}")
+            (more.append(ws) if ws else refused.append(status))
+    step("attack 10: the user's other sign-ins reach 16 sockets in all, then 429",
+         len(opened) + len(more) == 16 and refused == [429] * 4,
+         f"{len(opened) + len(more)} open, refused {refused}")
+    for ws in opened + more:
+        await ws.close()
+
+
+async def pings_per_connection():
+    # 11. A socket sends 30 pings at once: the 11th in a minute
+    # (WS_PINGS_PER_MINUTE) closes it, after a last frame saying why; the
+    # pings after it are never invoked (the socket is gone).
+    ws = await websockets.connect(f"{WS}?token={login(11)}")
+    sent = 0
+    try:
+        for _ in range(30):
+            await ws.send(json.dumps({"action": "ping"}))
+            sent += 1
+            await asyncio.sleep(0.02)
+    except websockets.ConnectionClosed:
+        pass
+    frames, closed = await frames_for(ws, 15)
+    closing = [f for f in frames if f.get("type") == "closing"]
+    step("attack 11: 30 pings at once: the socket is told why (too_many_pings) and closed",
+         closed and len(closing) == 1 and closing[0].get("reason") == "too_many_pings"
+         and closing[0].get("channel") == "connection", f"closed={closed} {frames}")
+
+
+async def until_quiet(ws, idle, limit):
+    """Frames until none came for `idle` seconds (at most `limit`)."""
+    frames, end = [], time.time() + limit
+    while time.time() < end:
+        try:
+            frames.append(json.loads(await asyncio.wait_for(ws.recv(), timeout=idle)))
+        except (asyncio.TimeoutError, websockets.ConnectionClosed):
+            break
+    return frames
+
+
+def storm_writes(wallet, n, clients):
+    """n ledger writes of `wallet` (spread over `clients`: each service has
+    its own write budget); the last version."""
+    tokens = [dev("service-token", "--client", c, "--scope", "wallets.balance.write",
+                  "--scope", "wallets.read.any") for c in clients]
+    version = None
+    for i in range(n):
+        s, b = ledger_put(tokens[i % len(tokens)], wallet)
+        assert s == 200, (s, b)
+        version = b["version"]
+    return version
+
+
+async def frame_latency(ws, writer, wallet):
+    """Seconds from a write's 200 to its frame on `ws`."""
+    s, b = ledger_put(writer, wallet)
+    assert s == 200, (s, b)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 30:
+        try:
+            raw = await asyncio.wait_for(ws.recv(), timeout=30)
+        except asyncio.TimeoutError:
+            break
+        f = json.loads(raw)
+        if f.get("type") == "balance_update" and f.get("version") == b["version"]:
+            return time.monotonic() - t0
+    return None
+
+
+async def reconnect_storm():
+    # 12. One user's reconnects do not hold back another user's frames:
+    # user 12 reconnects 8 sockets, each resuming a wallet 100 versions
+    # back (800 catch-up posts, 5 ms each at the gateway); user 13's
+    # balance frame, written meanwhile, arrives within the catch-ups'
+    # slice of a batch (WS_CATCH_UP_SLICE_MS, 250 ms) and a post.
+    storm_wallet, other_wallet = "00000000-0000-4000-9000-000000000030", "00000000-0000-4000-9000-000000000034"
+    last = storm_writes(storm_wallet, 110, ["storm-ledger-1", "storm-ledger-2"])
+    writer = dev("service-token", "--client", "storm-ledger-3", "--scope", "wallets.balance.write",
+                 "--scope", "wallets.read.any")
+    other = await websockets.connect(f"{WS}?token={login(13)}")
+    quiet = await frame_latency(other, writer, other_wallet)
+    status_of("POST", f"http://127.0.0.1:{GW}/_gateway/latency?ms=5")
+    token = login(12)
+    back = [await websockets.connect(f"{WS}?token={token}&resume={storm_wallet}:{last - 100}")
+            for _ in range(8)]
+    stormy = await frame_latency(other, writer, other_wallet)
+    status_of("POST", f"http://127.0.0.1:{GW}/_gateway/latency?ms=0")
+    print(f"latency of another user's frame: {quiet * 1000:.0f} ms quiet, "
+          f"{(stormy or 0) * 1000:.0f} ms during 8 reconnects' catch-ups (800 posts)", flush=True)
+    step("attack 12: another user's frame during 8 reconnects' catch-ups arrives within 2 s",
+         stormy is not None and stormy < 2.0, f"{stormy}")
+    missed = []
+    for ws in back:
+        got = await until_quiet(ws, 3, 60)
+        missed.append([f["version"] for f in got if f.get("type") == "balance_update"])
+    want = list(range(last - 99, last + 1))
+    step("attack 12: and every reconnecting socket receives the 100 versions it missed, in order",
+         all(m == want for m in missed), f"{[len(m) for m in missed]}")
+    for ws in back + [other]:
+        await ws.close()
+
+
 async def main():
+    await sockets_per_sign_in()
+    await pings_per_connection()
+    await reconnect_storm()
     await signing_out_everywhere()
     refusals_cost_nothing()
     logouts_by_a_revoked_token()

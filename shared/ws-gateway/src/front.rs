@@ -497,10 +497,9 @@ mod tests {
 
     /// `n` GETs of `url` at once; how many were answered within `wait`.
     async fn burst(url: &str, n: usize, wait: Duration) -> usize {
-        let client = hyper_util::client::legacy::Client::builder(
-            hyper_util::rt::TokioExecutor::new(),
-        )
-        .build_http::<http_body_util::Full<Bytes>>();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Full<Bytes>>();
         let calls = (0..n).map(|_| {
             let (client, url) = (client.clone(), url.to_owned());
             tokio::spawn(async move {
