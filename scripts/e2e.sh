@@ -96,7 +96,7 @@ cargo lambda watch --quiet --ignore-changes -A 127.0.0.1 -P "$LAMBDA_PORT" --con
   >"$STACK/watch.log" 2>&1 &
 E2E_PID=$!
 GW_PID="" PLAIN_GW_PID=""
-trap 'kill $GW_PID $PLAIN_GW_PID $E2E_PID $(cat "$STACK/schedules.pid" 2>/dev/null) 2>/dev/null || true; wait $GW_PID $PLAIN_GW_PID $E2E_PID 2>/dev/null || true; stop_redis "$STACK/e2e-redis"' EXIT
+trap 'kill $GW_PID $PLAIN_GW_PID $E2E_PID ${ATTACK_PID:-} $(cat "$STACK/schedules.pid" 2>/dev/null) 2>/dev/null || true; wait $GW_PID $PLAIN_GW_PID $E2E_PID 2>/dev/null || true; stop_redis "$STACK/e2e-redis"' EXIT
 for _ in $(seq 1 600); do
   port_in_use "$LAMBDA_PORT" && break
   kill -0 "$E2E_PID" 2>/dev/null || { cat "$STACK/watch.log" >&2; die "cargo lambda watch exited"; }
@@ -158,6 +158,26 @@ if ! (set -a; source "$ENV_FILE"; set +a; E2E_REDIS_PORT="$E2E_REDIS_PORT" REDIS
   tail -50 "$STACK/watch.log" >&2; exit 1
 fi
 
+# Two attacks need their own configuration (issue 28): the same functions
+# under a second cargo lambda watch, verifying tokens against the claims
+# (AUTH_VERIFY_IN_FUNCTION) and reading balances under a fixed_window of 5
+# a second.
+log "attacks under their own configuration: forged scopes, refunds across a window"
+ATTACK_PORT=$(free_port)
+ATTACK_ENV="$STACK/e2e-attacks.env"
+{ grep -v '^RATE_LIMIT_POLICIES=' "$ENV_FILE"
+  echo "AUTH_VERIFY_IN_FUNCTION=true"
+  echo "RATE_LIMIT_POLICIES='[{\"name\":\"wallets.balance.read\",\"algorithm\":\"fixed_window\",\"limit\":5,\"window_secs\":1,\"fail\":\"closed\"}]'"
+} >"$ATTACK_ENV"
+cargo lambda watch --quiet --ignore-changes -A 127.0.0.1 -P "$ATTACK_PORT" --concurrency 4 --env-file "$ATTACK_ENV" \
+  >"$STACK/watch-attacks.log" 2>&1 &
+ATTACK_PID=$!
+for _ in $(seq 1 240); do port_in_use "$ATTACK_PORT" && break; sleep 0.5; done
+if ! (set -a; source "$ENV_FILE"; set +a; python3 "$ROOT/tests/e2e/attacks.py" "$ATTACK_PORT") | tee "$STACK/e2e-attacks.log"; then
+  kill "$ATTACK_PID" 2>/dev/null; tail -50 "$STACK/watch-attacks.log" >&2; exit 1
+fi
+kill "$ATTACK_PID" 2>/dev/null; wait "$ATTACK_PID" 2>/dev/null || true
+
 log "hostile input through the router"
 if ! python3 "$ROOT/tests/e2e/hostile.py" "$WATCH_PORT" | tee "$STACK/e2e-hostile.log"; then
   tail -50 "$STACK/watch.log" >&2; exit 1
@@ -213,4 +233,4 @@ if ! (set -a; source "$ENV_FILE"; set +a; E2E_REDIS_PORT="$E2E_REDIS_PORT" REDIS
   tail -50 "$STACK/watch.log" >&2; exit 1
 fi
 grep -E "^latency" "$STACK/e2e-realtime.log" "$STACK/e2e-outage.log" || true
-echo "$(tail -n 1 "$STACK/e2e-cases.log"); $(tail -n 1 "$STACK/e2e-realtime.log"); $(tail -n 1 "$STACK/e2e-boundaries.log"); $(tail -n 1 "$STACK/e2e-hostile.log"); schemathesis: $st_cases of $st_all requests past the gate, no failures; $(tail -n 1 "$STACK/e2e-burst.log"); $(tail -n 1 "$STACK/e2e-schedules.log"); $(tail -n 1 "$STACK/e2e-outage.log")"
+echo "$(tail -n 1 "$STACK/e2e-cases.log"); $(tail -n 1 "$STACK/e2e-realtime.log"); $(tail -n 1 "$STACK/e2e-boundaries.log"); $(tail -n 1 "$STACK/e2e-attacks.log"); $(tail -n 1 "$STACK/e2e-hostile.log"); schemathesis: $st_cases of $st_all requests past the gate, no failures; $(tail -n 1 "$STACK/e2e-burst.log"); $(tail -n 1 "$STACK/e2e-schedules.log"); $(tail -n 1 "$STACK/e2e-outage.log")"

@@ -60,9 +60,14 @@ def main():
     odd = {s for s, _ in answers if isinstance(s, int) and s not in (200, 429, 503)}
     step("answers are 200, the route's own 429, or the front door's 503", not odd, odd)
     busy = [h for s, h in answers if s == 503]
-    step("a 503 says when to retry (Retry-After) in a problem document",
-         all(h.get("Retry-After") and h.get("Content-Type") == "application/problem+json"
-             for h in busy), busy[:1])
+    if busy:
+        step("a 503 says when to retry (Retry-After) in a problem document",
+             all(h.get("Retry-After") and h.get("Content-Type") == "application/problem+json"
+                 for h in busy), busy[:1])
+    else:
+        # Nothing to check: the burst fit in the front door's queue (its
+        # refusals are the front door's unit tests').
+        print("burst: no 503 (the burst fit in the front door's queue)", flush=True)
     # Afterwards: normal answers (another user: user 5 spent their rate
     # limit in the burst).
     after = dev("login", "--user", "6")
