@@ -30,7 +30,7 @@ mkdir -p "$STACK"
 ensure_cargo_lambda
 ensure_pyyaml
 check_disk 5
-STARTED_REDIS=0 STARTED_PG=""
+STARTED_REDIS=0 STARTED_PG="" STARTED_MOTO=0
 WATCH_PID="" GATEWAY_PID="" SCHEDULES_PID=""
 cleanup() {
   set +e
@@ -39,6 +39,7 @@ cleanup() {
   if [ -n "$WATCH_PID" ]; then kill "$WATCH_PID" 2>/dev/null; wait "$WATCH_PID" 2>/dev/null; fi
   [ "$STARTED_REDIS" = 1 ] && { log "stopping Redis"; stop_redis "$STACK/redis"; }
   [ -n "$STARTED_PG" ] && { log "stopping PostgreSQL"; stop_postgres "$STARTED_PG"; }
+  [ "$STARTED_MOTO" = 1 ] && stop_moto "$STACK/cloudwatch"
 }
 on_exit cleanup
 
@@ -114,6 +115,18 @@ if [ -z "${AWS_ACCESS_KEY_ID:-}" ] || [ -z "${AWS_SECRET_ACCESS_KEY:-}" ]; then
   export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
 fi
 
+# The scheduled metrics-emitter publishes with PutMetricData, as deployed:
+# locally to a CloudWatch stand-in (moto_server) unless an endpoint is set.
+if [ -z "${AWS_ENDPOINT_URL_CLOUDWATCH:-}${AWS_ENDPOINT_URL:-}" ]; then
+  ensure_moto_server
+  stop_moto "$STACK/cloudwatch" # a leftover of an interrupted run
+  CLOUDWATCH_PORT=$(free_port)
+  log "starting a local CloudWatch (moto_server) on 127.0.0.1:$CLOUDWATCH_PORT for metrics-emitter"
+  start_moto "$STACK/cloudwatch" "$CLOUDWATCH_PORT"
+  STARTED_MOTO=1
+  export AWS_ENDPOINT_URL_CLOUDWATCH="http://127.0.0.1:$CLOUDWATCH_PORT"
+fi
+
 # The functions' metric lines (EMF JSON, one per invocation) go to a file
 # instead of the terminal, where they would interleave with this script's
 # output and the functions' logs.
@@ -126,7 +139,7 @@ ENV_FILE="$STACK/functions.env"
   # single-quoted: RATE_LIMIT_POLICIES is JSON).
   while IFS='=' read -r name value; do
     printf "%s='%s'\n" "$name" "$value"
-  done < <(env | grep -E '^(REDIS_|CACHE_|DATABASE_|BALANCE_|AUDIT_|RATE_LIMIT_|AUTH_|WS_|PAYCACHE_METRICS_FILE=|AWS_REGION=|AWS_ACCESS_KEY_ID=|AWS_SECRET_ACCESS_KEY=|RUST_LOG=)' | grep -vE '^(REDIS_URL|DATABASE_URL)=' || true)
+  done < <(env | grep -E '^(REDIS_|CACHE_|DATABASE_|BALANCE_|AUDIT_|RATE_LIMIT_|AUTH_|WS_|PAYCACHE_METRICS_FILE=|AWS_REGION=|AWS_ACCESS_KEY_ID=|AWS_SECRET_ACCESS_KEY=|AWS_ENDPOINT_URL|RUST_LOG=)' | grep -vE '^(REDIS_URL|DATABASE_URL)=' || true)
 } >"$ENV_FILE"
 chmod 600 "$ENV_FILE"
 
