@@ -27,6 +27,8 @@ struct State {
     consecutive_failures: u32,
     open_until: Option<Instant>,
     probe_in_flight: bool,
+    /// Which probe is in flight (see [`ProbeGuard`]).
+    probe: u64,
 }
 
 /// What the breaker says about the next Redis call.
@@ -34,8 +36,9 @@ struct State {
 pub(crate) enum Permit {
     /// Closed: go ahead.
     Allowed,
-    /// Half-open: go ahead; this call decides the breaker's next state.
-    Probe,
+    /// Half-open: go ahead; this call decides the breaker's next state
+    /// (hold its [`Breaker::guard`] until it has).
+    Probe(u64),
     /// Open: skip Redis.
     Denied,
 }
@@ -63,8 +66,23 @@ impl Breaker {
             Some(_) if s.probe_in_flight => Permit::Denied,
             Some(_) => {
                 s.probe_in_flight = true;
-                Permit::Probe
+                s.probe = s.probe.wrapping_add(1);
+                Permit::Probe(s.probe)
             }
+        }
+    }
+
+    /// Held while a probe's call runs: a call dropped before it recorded
+    /// an outcome — cancelled by its caller's own timeout, as the rate
+    /// limiter's is — counts as a failed probe. Without it the breaker
+    /// would wait forever for that probe and refuse every call after.
+    pub(crate) fn guard(&self, permit: Permit) -> ProbeGuard<'_> {
+        ProbeGuard {
+            breaker: self,
+            probe: match permit {
+                Permit::Probe(id) => Some(id),
+                _ => None,
+            },
         }
     }
 
@@ -79,6 +97,16 @@ impl Breaker {
         if s.probe_in_flight || s.consecutive_failures >= self.config.failure_threshold {
             s.open_until = Some(Instant::now() + self.config.cooldown);
             s.probe_in_flight = false;
+        }
+    }
+
+    /// The probe `id` ended without an outcome: re-open, as a failed probe
+    /// does (unless its outcome was recorded, or another probe has begun).
+    fn abandon(&self, id: u64) {
+        let mut s = self.state();
+        if s.probe_in_flight && s.probe == id {
+            s.probe_in_flight = false;
+            s.open_until = Some(Instant::now() + self.config.cooldown);
         }
     }
 
@@ -98,6 +126,20 @@ impl Breaker {
     /// How long it stays open.
     pub fn cooldown(&self) -> Duration {
         self.config.cooldown
+    }
+}
+
+/// See [`Breaker::guard`].
+pub(crate) struct ProbeGuard<'a> {
+    breaker: &'a Breaker,
+    probe: Option<u64>,
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.probe {
+            self.breaker.abandon(id);
+        }
     }
 }
 
@@ -134,14 +176,39 @@ mod tests {
             b.record_failure();
         }
         std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(b.permit(), Permit::Probe);
+        assert!(matches!(b.permit(), Permit::Probe(_)));
         assert_eq!(b.permit(), Permit::Denied, "only one probe at a time");
         b.record_failure();
         assert_eq!(b.permit(), Permit::Denied, "a failed probe re-opens");
         std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(b.permit(), Permit::Probe);
+        assert!(matches!(b.permit(), Permit::Probe(_)));
         b.record_success();
         assert_eq!(b.permit(), Permit::Allowed);
         assert!(!b.is_open());
+    }
+
+    #[test]
+    fn a_probe_dropped_without_an_outcome_does_not_wedge_the_breaker() {
+        let b = breaker(1);
+        for _ in 0..3 {
+            b.record_failure();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        let probe = b.permit();
+        assert!(matches!(probe, Permit::Probe(_)));
+        // The call is cancelled (its caller timed out) before any outcome.
+        drop(b.guard(probe));
+        assert_eq!(b.permit(), Permit::Denied, "re-opened, as a failed probe");
+        std::thread::sleep(Duration::from_millis(5));
+        let next = b.permit();
+        assert!(
+            matches!(next, Permit::Probe(_)),
+            "another probe after the cooldown (was: denied forever)"
+        );
+        // A probe that recorded its outcome is not undone by its guard.
+        let guard = b.guard(next);
+        b.record_success();
+        drop(guard);
+        assert_eq!(b.permit(), Permit::Allowed);
     }
 }

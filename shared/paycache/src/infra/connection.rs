@@ -588,9 +588,16 @@ impl Redis {
         Fut: Future<Output = Result<T, RedisError>>,
     {
         let breaker = &self.inner.breaker;
-        if breaker_use == BreakerUse::Respected && breaker.permit() == Permit::Denied {
+        let permit = match breaker_use {
+            BreakerUse::Respected => breaker.permit(),
+            BreakerUse::Ignored => Permit::Allowed,
+        };
+        if permit == Permit::Denied {
             return Err(RedisUnavailable::BreakerOpen);
         }
+        // Dropped with this call: a probe cancelled before its outcome
+        // re-opens the breaker instead of holding it half-open for ever.
+        let _probe = breaker.guard(permit);
         let generation = self.generation();
         let connected = match &generation.backend {
             Backend::Standalone(_) => true,
