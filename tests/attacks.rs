@@ -196,10 +196,10 @@ async fn a_sign_out_during_an_outage_holds_after_it(mode: RedisMode) {
         }
 
         begin(&mut rig.w.redis, outage);
-        let out = logout::handle(&*seen, this_device.on(sign_out("all"))).await;
+        let out = Box::pin(logout::handle(&*seen, this_device.on(sign_out("all")))).await;
         assert_eq!(out.status(), StatusCode::OK, "{}", body(&out));
         let req = as_client_token(sign_out("session"), "support-console", &service, &[]);
-        let out = logout::handle(&*seen, req).await;
+        let out = Box::pin(logout::handle(&*seen, req)).await;
         assert_eq!(out.status(), StatusCode::OK, "{}", body(&out));
         assert_eq!(
             read(&seen, &other_device, &me).await,
@@ -307,7 +307,7 @@ async fn the_sender_tells_redis_of_outage_sign_outs_within_seconds(mode: RedisMo
         begin(&mut rig.w.redis, Outage::Cut);
         // Signed out in another environment, which saw the outage.
         let during = rig.w.another_environment();
-        let out = logout::handle(&during, this_device.on(sign_out("all"))).await;
+        let out = Box::pin(logout::handle(&during, this_device.on(sign_out("all")))).await;
         assert_eq!(out.status(), StatusCode::OK, "{}", body(&out));
         end(&mut rig.w.redis, Outage::Cut);
         let back = Instant::now();
@@ -386,7 +386,7 @@ async fn a_sign_out_right_after_an_outage_is_not_pending(mode: RedisMode) {
         Err(paycache::RedisUnavailable::BreakerOpen),
         "a sign-out that did not insist would have been pending"
     );
-    let out = logout::handle(&env, this_device.on(sign_out("all"))).await;
+    let out = Box::pin(logout::handle(&env, this_device.on(sign_out("all")))).await;
     assert_eq!(out.status(), StatusCode::OK, "{}", body(&out));
     let pending: i64 = rig
         .w

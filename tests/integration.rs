@@ -2,6 +2,10 @@
 //! (see `tests/Cargo.toml`): `cargo test --test integration realtime::` runs
 //! one file's tests, `cargo test --test integration <name>` one test.
 //! `metrics.rs` and `failover.rs` are binaries of their own.
+// The tests' own futures nest the routes' (themselves near the compiler's
+// default layout depth of 128) inside rigs and loops: a fresh, non-
+// incremental build computes their layouts past 128.
+#![recursion_limit = "256"]
 
 mod attacks;
 mod audit;
