@@ -27,4 +27,4 @@ cargo build --release --bins --examples
 export PAYCACHE_BIN_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 # The functions benchmark starts hundreds of processes and loopback servers.
 ulimit -n 65536 2>/dev/null || true
-cargo bench -p paycache "$@"
+cargo bench -p paycache --features test-variants "$@"

@@ -82,6 +82,12 @@ cargo build --bin profile-read --message-format=json-render-diagnostics \
   | python3 "$ROOT/scripts/check-rebuilds.py" "cargo build --bin profile-read (as cargo lambda watch builds it)"
 cargo build --workspace --bins --message-format=json-render-diagnostics \
   | python3 "$ROOT/scripts/check-rebuilds.py" "cargo build --workspace --bins"
+# The broken variants the tests prove the real code against are compiled
+# for the test binaries only (paycache's `test-variants` feature, a
+# dev-dependency feature of the test crate): no function, tool or `make run`
+# build has it. The check first catches the test crate's own build.
+log "no broken variant in a shipped build (paycache's test-variants feature)"
+python3 "$ROOT/scripts/check-variants.py"
 # Six test threads on two cores: most tests wait on servers, timers and
 # timeouts, not on the CPU (docs/operations.md → Build time). An
 # environment variable, not `--test-threads`: criterion's benchmarks, run

@@ -12,7 +12,6 @@ use http::StatusCode;
 use lambda_http::{Body, Request, RequestExt, Response};
 use paycache::App;
 use paycache::config::RedisMode;
-use paycache::delivery::Faults;
 use paycache::keys::WalletId;
 use paycache::routes::{balance, logout, profile_read};
 use paycache_tests::{SignedIn, as_client_token, both_modes, token_id};
@@ -258,7 +257,7 @@ async fn a_sign_out_during_an_outage_holds_after_it(mode: RedisMode) {
 
         // The sockets: the ended sign-ins' receive nothing and close;
         // another user's gets its frame.
-        let sender = rig.spawn_sender(rig.sender(5, Faults::default()).await);
+        let sender = rig.spawn_sender(rig.sender(5).await);
         write_until_applied(&seen, &WalletId::parse(&mine).unwrap(), 500).await;
         let v = write_until_applied(&seen, &WalletId::parse(&theirs).unwrap(), 600).await;
         let theirs_frame = crate::rig::frame_where(&mut ws3, Duration::from_secs(10), |f| {
@@ -302,7 +301,7 @@ async fn the_sender_tells_redis_of_outage_sign_outs_within_seconds(mode: RedisMo
         let sender = if broken {
             None
         } else {
-            Some(rig.spawn_sender(rig.sender(5, Faults::default()).await))
+            Some(rig.spawn_sender(rig.sender(5).await))
         };
         begin(&mut rig.w.redis, Outage::Cut);
         // Signed out in another environment, which saw the outage.
@@ -437,7 +436,7 @@ async fn one_users_reconnects_do_not_hold_back_anothers_frames(mode: RedisMode) 
         let t_theirs = rig.token(2).await;
         let mut other = rig.connect(&t_theirs).await;
         rig.control("latency?ms=5").await;
-        let sender = rig.spawn_sender(rig.sender(5, Faults::default()).await);
+        let sender = rig.spawn_sender(rig.sender(5).await);
         let mut back = Vec::new();
         for _ in 0..8 {
             back.push(
@@ -493,7 +492,7 @@ async fn a_catch_up_past_its_cap_is_a_resync(mode: RedisMode) {
             write_until_applied(&rig.app, &w, 1_000 + k).await;
         }
         let token = rig.token(1).await;
-        let sender = rig.spawn_sender(rig.sender(5, Faults::default()).await);
+        let sender = rig.spawn_sender(rig.sender(5).await);
         let mut ws = rig
             .connect_with(&token, &format!("&resume={wallet}:0"))
             .await;

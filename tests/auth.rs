@@ -402,7 +402,7 @@ async fn without_redis_postgres_decides() {
         false
     );
     let mut broken = w.another_environment();
-    broken.sessions.faults.no_fallback = true;
+    broken.sessions.variants.redis_only = true;
     assert_eq!(
         decide(&broken, &v, &event(&l.token))
             .await

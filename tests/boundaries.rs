@@ -11,7 +11,6 @@ use lambda_http::{Body, Request, RequestExt, Response};
 use paycache::config::RedisMode;
 use paycache::keys::{ConnectionId, Endpoint, Jti, SessionId, UserId};
 use paycache::realtime;
-use paycache::routes::gate::{Gate, GateFaults};
 use paycache::routes::{balance, logout, profile_read, rate_limit_check};
 use paycache::sessions;
 use paycache_tests::{SignedIn, World, as_client, as_service, both_modes};
@@ -270,9 +269,10 @@ both_modes!(sign_out_is_authenticated_and_rate_limited);
 /// A refusal costs its owner nothing: 40 requests with the owner's revoked
 /// token (blacklisted while its session still exists: the blacklist check
 /// alone refuses it) leave the owner's budget whole, for each algorithm.
-/// Broken variants through the same check: a gate that keeps what refused
-/// requests consumed (the owner is then rate-limited), and a gate that does
-/// not look at the blacklist (the revoked token is served).
+/// The broken form — the 40 refused requests' units kept (here charged by
+/// the test, as a gate without refunds would have left them) — rate-limits
+/// the owner, which the same check sees. (A gate that skips the blacklist
+/// is mutation testing's.)
 async fn a_refusal_costs_its_owner_nothing(mode: RedisMode) {
     for algorithm in ["fixed_window", "sliding_log", "sliding_window", "gcra"] {
         let policies = format!(
@@ -281,26 +281,8 @@ async fn a_refusal_costs_its_owner_nothing(mode: RedisMode) {
         let w = World::new(mode, &[("RATE_LIMIT_POLICIES", &policies)]).await;
         let me = seed_user_id(1);
         insert_user(&w.db, 1).await;
-        for faults in [
-            GateFaults::default(),
-            GateFaults {
-                no_refund: true,
-                ..GateFaults::default()
-            },
-            GateFaults {
-                ignore_blacklist: true,
-                ..GateFaults::default()
-            },
-        ] {
+        for kept in [false, true] {
             let app = w.another_environment();
-            let gate = Gate {
-                faults,
-                ..Gate::from(&app)
-            };
-            let deps = profile_read::Deps {
-                gate,
-                profiles: &app.profiles,
-            };
             let stolen = w.sign_in(&me, &[]).await;
             sessions::blacklist(
                 &app.sessions,
@@ -316,17 +298,25 @@ async fn a_refusal_costs_its_owner_nothing(mode: RedisMode) {
             .unwrap();
             let mut refused = 0;
             for _ in 0..40 {
-                let s = Box::pin(profile_read::handle(deps, stolen.on(profile(&me))))
+                let s = Box::pin(profile_read::handle(&app, stolen.on(profile(&me))))
                     .await
                     .status();
                 if s == StatusCode::UNAUTHORIZED {
                     refused += 1;
                 }
             }
+            if kept {
+                let endpoint = Endpoint::parse("users.profile.read").unwrap();
+                for _ in 0..40 {
+                    app.limiter
+                        .check(UserId::parse(&me).unwrap(), &endpoint, 1)
+                        .await;
+                }
+            }
             let owner = w.sign_in(&me, &[]).await;
             let mut served = 0;
             for _ in 0..5 {
-                if Box::pin(profile_read::handle(deps, owner.on(profile(&me))))
+                if Box::pin(profile_read::handle(&app, owner.on(profile(&me))))
                     .await
                     .status()
                     == StatusCode::OK
@@ -334,20 +324,16 @@ async fn a_refusal_costs_its_owner_nothing(mode: RedisMode) {
                     served += 1;
                 }
             }
-            let what =
-                format!("{algorithm} {faults:?}: {refused} refused, owner served {served}/5");
-            if faults.ignore_blacklist {
-                assert_eq!(refused, 0, "a revoked token was served: {what}");
-                // Reset: the owner's budget was spent by the served reads.
-                continue;
-            }
+            let what = format!(
+                "{algorithm} (units kept: {kept}): {refused} refused, owner served {served}/5"
+            );
             assert_eq!(refused, 40, "{what}");
-            if faults.no_refund {
-                assert!(served < 5, "the broken gate must cost the owner: {what}");
+            if kept {
+                assert!(served < 5, "the kept units must cost the owner: {what}");
             } else {
                 assert_eq!(served, 5, "{what}");
             }
-            // Next variant starts from a full budget.
+            // The next round starts from a full budget.
             let mut raw = w.redis.raw().await;
             for key in w.keys().await {
                 if key.contains("rate_limit") || key.contains("sliding") {
@@ -367,16 +353,12 @@ both_modes!(a_refusal_costs_its_owner_nothing);
 /// it: 1.5 s past its `exp`, inside the routes' leeway, a revoked service
 /// token is 401 (the attack: 200, its blacklist entry gone at `exp`).
 async fn a_revoked_token_stays_refused_through_the_leeway(mode: RedisMode) {
-    // Broken variant through the same check: a revocation that lasts until
-    // `exp` only (the attack's 200).
+    // The broken form through the same check: a revocation that lasts
+    // until `exp` only (here the test shortens the blacklist entry to that,
+    // as such a revocation would have written it): the attack's 200.
     for broken in [false, true] {
         let w = World::new(mode, &[]).await;
-        let app = w
-            .another_environment()
-            .with_session_faults(paycache::sessions::SessionFaults {
-                revocation_without_grace: broken,
-                ..Default::default()
-            });
+        let app = w.another_environment();
         let wallet = random_uuid();
         insert_wallet(&w.db, 1, &wallet, "USD", 1000).await;
         let exp = OffsetDateTime::now_utc().unix_timestamp() + 1;
@@ -389,6 +371,16 @@ async fn a_revoked_token_stays_refused_through_the_leeway(mode: RedisMode) {
         assert_eq!(ok.status(), StatusCode::OK);
         let out = logout::handle(&app, claims_req(logout_req(None))).await;
         assert_eq!(out.status(), StatusCode::OK, "{}", body(&out));
+        if broken {
+            let key = app.keys.blacklist(&Jti::parse(&jti).unwrap()).to_string();
+            let mut raw = w.redis.raw().await;
+            let _: i64 = redis::cmd("PEXPIREAT")
+                .arg(&key)
+                .arg(exp * 1000)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+        }
         tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
         // Past `exp`, inside the 5 s leeway the routes allow.
         let replay = balance::handle(&app, claims_req(wallet_req("GET", &wallet, None))).await;

@@ -3,8 +3,10 @@
 //! truth in PostgreSQL, which decides when Redis cannot answer or no longer
 //! holds a session. Against real Redis (both modes; stopped and paused) and
 //! PostgreSQL, through the HTTP routes with the claims API Gateway
-//! delivers. Each guarantee is also run with a deliberately broken gate
-//! (`SessionFaults`) through the same check, which must catch it.
+//! delivers. Each guarantee is also run in a broken form through the same
+//! check, which must catch it: the design before PostgreSQL held sessions
+//! (`SessionVariants::redis_only`, compiled for tests only), or what a
+//! broken gate would do, done by the test itself.
 #![allow(clippy::unwrap_used, reason = "tests")]
 
 use std::collections::HashMap;
@@ -16,7 +18,7 @@ use paycache::App;
 use paycache::config::RedisMode;
 use paycache::keys::{SessionId, UserId};
 use paycache::routes::{balance, logout, profile_read};
-use paycache::sessions::{self, SessionFaults};
+use paycache::sessions::{self, SessionVariants};
 use paycache_tests::{SignedIn, World, as_client, both_modes};
 use serde_json::{Value, json};
 use test_support::{
@@ -80,16 +82,18 @@ async fn read(app: &App, who: &SignedIn, user: &str) -> Response<Body> {
     Box::pin(profile_read::handle(app, who.on(profile(user)))).await
 }
 
-fn with_faults(w: &World, faults: SessionFaults) -> App {
-    w.another_environment().with_session_faults(faults)
+/// Another environment, Redis alone deciding (`redis_only`) or not.
+fn redis_only(w: &World, redis_only: bool) -> App {
+    w.another_environment()
+        .with_session_variants(SessionVariants { redis_only })
 }
 
 /// Redis stopped, then paused: a user signed in before the outage is
 /// served (from PostgreSQL, concurrently with the session check), a token
 /// signed out before it is refused (401), and so is a token whose session
-/// was signed out "everywhere". Broken variants through the same checks: the
-/// gate without the PostgreSQL fallback answers 503 to the signed-in user;
-/// a fallback that ignores sign-outs admits the signed-out token.
+/// was signed out "everywhere". The broken form through the same checks:
+/// the gate without the PostgreSQL fallback answers 503 to the signed-in
+/// user. (A fallback that ignores sign-outs is mutation testing's.)
 async fn signed_in_callers_ride_out_a_redis_outage(mode: RedisMode) {
     for outage in [Outage::Stopped, Outage::Paused] {
         let mut w = World::with_redis(
@@ -150,29 +154,11 @@ async fn signed_in_callers_ride_out_a_redis_outage(mode: RedisMode) {
             assert_eq!(refused.status(), StatusCode::UNAUTHORIZED, "{what}");
         }
 
-        let no_fallback = with_faults(
-            &w,
-            SessionFaults {
-                no_fallback: true,
-                ..SessionFaults::default()
-            },
-        );
+        let no_fallback = redis_only(&w, true);
         assert_eq!(
             read(&no_fallback, &signed_in, &me).await.status(),
             StatusCode::SERVICE_UNAVAILABLE,
             "{what}: without the fallback, the signed-in user is refused"
-        );
-        let ignores = with_faults(
-            &w,
-            SessionFaults {
-                fallback_ignores_revocations: true,
-                ..SessionFaults::default()
-            },
-        );
-        assert_eq!(
-            read(&ignores, &signed_out, &me).await.status(),
-            StatusCode::OK,
-            "{what}: a fallback that ignores sign-outs admits the signed-out token"
         );
         end(&mut w.redis, outage);
     }
@@ -245,13 +231,7 @@ async fn an_evicted_session_is_reloaded(mode: RedisMode) {
     let me = seed_user_id(1);
     insert_user(&w.db, 1).await;
     for broken in [false, true] {
-        let app = with_faults(
-            &w,
-            SessionFaults {
-                no_fallback: broken,
-                ..SessionFaults::default()
-            },
-        );
+        let app = redis_only(&w, broken);
         let user = w.sign_in(&me, &[]).await;
         let uid = UserId::parse(&me).unwrap();
         let sid = SessionId::parse(&user.session).unwrap();
@@ -302,25 +282,36 @@ both_modes!(an_evicted_session_is_reloaded);
 
 /// A healthy hit makes no PostgreSQL query: a signed-in, rate-limited
 /// profile read served from the cache takes no database connection (every
-/// query takes one: `Db::checkouts`). Broken variant through the same
-/// count: a gate that asks PostgreSQL on every request.
+/// query takes one: `Db::checkouts`). The broken form through the same
+/// count: a gate that asks PostgreSQL on every request (here the test
+/// takes the session out of Redis before each read, so that the gate must).
 async fn a_healthy_hit_makes_no_postgres_query(mode: RedisMode) {
     let w = World::new(mode, &[]).await;
     let me = seed_user_id(1);
     insert_user(&w.db, 1).await;
     let user = w.sign_in(&me, &[]).await;
+    let key = w
+        .app
+        .keys
+        .session(
+            &UserId::parse(&me).unwrap(),
+            &SessionId::parse(&user.session).unwrap(),
+        )
+        .to_string();
     for always in [false, true] {
-        let app = with_faults(
-            &w,
-            SessionFaults {
-                always_database: always,
-                ..SessionFaults::default()
-            },
-        );
+        let app = w.another_environment();
         // Warm: the profile is cached.
         assert_eq!(read(&app, &user, &me).await.status(), StatusCode::OK);
         let before = app.db.checkouts();
         for _ in 0..5 {
+            if always {
+                let mut raw = w.redis.raw().await;
+                let _: i64 = redis::cmd("DEL")
+                    .arg(&key)
+                    .query_async(&mut raw)
+                    .await
+                    .unwrap();
+            }
             let resp = read(&app, &user, &me).await;
             assert_eq!(resp.status(), StatusCode::OK);
             assert_eq!(resp.headers()["cache-status"], "paycache; hit");
@@ -504,13 +495,7 @@ async fn a_sign_in_during_an_outage_is_admitted(mode: RedisMode) {
     begin(&mut w.redis, Outage::Paused);
     let user = w.sign_in(&me, &[]).await;
     assert_eq!(read(&w.app, &user, &me).await.status(), StatusCode::OK);
-    let broken = with_faults(
-        &w,
-        SessionFaults {
-            no_fallback: true,
-            ..SessionFaults::default()
-        },
-    );
+    let broken = redis_only(&w, true);
     assert_eq!(
         read(&broken, &user, &me).await.status(),
         StatusCode::SERVICE_UNAVAILABLE

@@ -163,7 +163,7 @@ async fn redis_outage_still_serves_profiles_from_postgres() {
     let mut w = World::with_redis(TestRedis::Standalone(server), &[]).await;
     let id = insert_user(&w.db, 2).await;
     let mut closed = w.another_environment();
-    closed.sessions.faults.no_fallback = true;
+    closed.sessions.variants.redis_only = true;
     let TestRedis::Standalone(server) = &mut w.redis else {
         unreachable!()
     };

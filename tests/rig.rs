@@ -17,7 +17,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use paycache::App;
 use paycache::auth::{AuthConfig, Verifier, authorize};
 use paycache::config::RedisMode;
-use paycache::delivery::{self, Faults, Management, Sender};
+use paycache::delivery::{self, Management, Sender, Variants};
 use paycache::events::{cache_invalidation, websocket};
 use paycache_tests::World;
 use serde_json::{Value, json};
@@ -96,14 +96,19 @@ impl Rig {
         Self { w, app, gateway }
     }
 
-    pub(crate) async fn sender(&self, attempts: u32, faults: Faults) -> Sender {
+    pub(crate) async fn sender(&self, attempts: u32) -> Sender {
         let m = Management::new(
             &self.gateway.management_url(),
             attempts,
             Duration::from_secs(5),
         )
         .await;
-        Sender::with_faults(m, faults)
+        Sender::new(m)
+    }
+
+    /// A sender built as an alternative design (`delivery::Variants`).
+    pub(crate) async fn sender_variant(&self, variants: Variants) -> Sender {
+        self.sender(5).await.with_variants(variants)
     }
 
     /// Signs user `n` in and returns their access token.

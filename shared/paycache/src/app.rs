@@ -228,7 +228,8 @@ impl App {
             activity_sync: config.session_activity_sync,
             queue: delivery.clone(),
             recovery: Default::default(),
-            faults: Default::default(),
+            #[cfg(feature = "test-variants")]
+            variants: Default::default(),
             index_ttl: config
                 .ttl
                 .of(crate::infra::keys::KeyFamily::UserSessions)
@@ -324,12 +325,16 @@ impl App {
     }
 }
 
+#[cfg(feature = "test-variants")]
 impl App {
-    /// The same `App` with deliberately broken session checks (tests).
-    #[doc(hidden)]
-    pub fn with_session_faults(mut self, faults: crate::domain::sessions::SessionFaults) -> Self {
-        self.sessions.faults = faults;
-        self.connections.sessions.faults = faults;
+    /// The same `App` with the sessions' Redis-only design (tests of the
+    /// PostgreSQL fallback; `test-variants` only).
+    pub fn with_session_variants(
+        mut self,
+        variants: crate::domain::sessions::SessionVariants,
+    ) -> Self {
+        self.sessions.variants = variants;
+        self.connections.sessions.variants = variants;
         self
     }
 }

@@ -278,17 +278,28 @@ pub async fn write_balance(
     balances: &Balances,
     write: &BalanceWrite,
 ) -> Result<WriteOutcome, WriteError> {
-    write_balance_pausing(balances, write, Duration::ZERO).await
+    write_pausing(balances, write, Duration::ZERO).await
 }
 
-/// Fault injection for tests: [`write_balance`] with a pause between the
-/// commit and the cache step — the window in which a Lambda can be frozen,
-/// or its next packet delayed, after PostgreSQL has committed. The
-/// guarantee must hold whatever the pause; `tests/balance.rs` runs this
-/// writer and the design's update-then-SET writer with the same pauses.
-#[doc(hidden)]
-#[tracing::instrument(skip_all, fields(wallet_id = %write.wallet))]
+/// Fault injection for tests (`test-variants` only): [`write_balance`] with
+/// a pause between the commit and the cache step — the window in which a
+/// Lambda can be frozen, or its next packet delayed, after PostgreSQL has
+/// committed. The guarantee must hold whatever the pause; `tests/balance.rs`
+/// runs this writer and the design's update-then-SET writer with the same
+/// pauses.
+#[cfg(feature = "test-variants")]
 pub async fn write_balance_pausing(
+    balances: &Balances,
+    write: &BalanceWrite,
+    pause_after_commit: Duration,
+) -> Result<WriteOutcome, WriteError> {
+    write_pausing(balances, write, pause_after_commit).await
+}
+
+/// [`write_balance`]; the pause is the tests' only (always zero in a
+/// function, where it is compiled out).
+#[tracing::instrument(skip_all, fields(wallet_id = %write.wallet))]
+async fn write_pausing(
     balances: &Balances,
     write: &BalanceWrite,
     pause_after_commit: Duration,
@@ -323,9 +334,12 @@ pub async fn write_balance_pausing(
         }
     };
 
+    #[cfg(feature = "test-variants")]
     if !pause_after_commit.is_zero() {
         tokio::time::sleep(pause_after_commit).await;
     }
+    #[cfg(not(feature = "test-variants"))]
+    let _ = pause_after_commit;
     let balance = row.to_balance();
     let (applied, appended) = tokio::join!(
         fence::apply(balances, &write.wallet, Some(&balance), &pending, true),

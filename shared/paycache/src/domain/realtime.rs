@@ -555,9 +555,10 @@ pub async fn live(
     Ok(out)
 }
 
-/// Every registered connection of `users`, alive or not (the broken
-/// variant of [`live`], for the tests that prove it).
-#[doc(hidden)]
+/// Every registered connection of `users`, alive or not (the registry
+/// before sign-ins were tracked: the alternative to [`live`], for the tests
+/// that prove it; `test-variants` only).
+#[cfg(feature = "test-variants")]
 pub async fn registered(
     connections: &Connections,
     users: &[UserId],

@@ -219,28 +219,35 @@ pub struct Sessions {
     /// This execution environment's recovery from Redis outages (shared
     /// by every clone: one per environment).
     pub(crate) recovery: Arc<Recovery>,
-    /// Deliberately broken variants, for the tests that prove the
-    /// fallback (each runs the same check with one of these).
-    #[doc(hidden)]
-    pub faults: SessionFaults,
+    /// The design before PostgreSQL held sessions, for the tests that
+    /// prove the fallback (`test-variants` only: never in a function).
+    #[cfg(feature = "test-variants")]
+    pub variants: SessionVariants,
 }
 
-/// See [`Sessions::faults`].
-#[doc(hidden)]
+/// A real alternative design, for the tests that prove the one built
+/// (`test-variants` only).
+#[cfg(feature = "test-variants")]
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SessionFaults {
-    /// PostgreSQL is never asked: Redis unable to answer is a 503, a
-    /// session Redis does not hold is no session (the gate before
-    /// PostgreSQL became the sessions' source of truth).
-    pub no_fallback: bool,
-    /// Every check asks PostgreSQL, even when Redis holds the session.
-    pub always_database: bool,
-    /// A revocation lasts until the token's `exp` only, not through the
-    /// verifiers' leeway.
-    pub revocation_without_grace: bool,
-    /// The PostgreSQL fallback looks at the session only, not at the
-    /// revoked tokens.
-    pub fallback_ignores_revocations: bool,
+pub struct SessionVariants {
+    /// Redis alone decides, as before PostgreSQL became the sessions'
+    /// source of truth: Redis unable to answer is a 503, a session Redis
+    /// does not hold is no session.
+    pub redis_only: bool,
+}
+
+/// Whether this is the tests' Redis-only design ([`SessionVariants`]);
+/// always false in a function.
+fn redis_only(sessions: &Sessions) -> bool {
+    #[cfg(feature = "test-variants")]
+    {
+        sessions.variants.redis_only
+    }
+    #[cfg(not(feature = "test-variants"))]
+    {
+        let _ = sessions;
+        false
+    }
 }
 
 /// The design's session data.
@@ -325,8 +332,8 @@ pub async fn create_as(
 }
 
 /// The Redis half of [`create`] alone (the sign-in before PostgreSQL held
-/// sessions; its benchmark's baseline).
-#[doc(hidden)]
+/// sessions; its benchmark's baseline; `test-variants` only).
+#[cfg(feature = "test-variants")]
 pub async fn create_in_redis_only(
     sessions: &Sessions,
     session: &Session,
@@ -598,12 +605,7 @@ pub async fn blacklist(
     reason: &str,
 ) -> Result<(), SessionError> {
     let now = OffsetDateTime::now_utc();
-    let grace = if sessions.faults.revocation_without_grace {
-        Duration::ZERO
-    } else {
-        REVOCATION_GRACE
-    };
-    let until = expires_at + grace;
+    let until = expires_at + REVOCATION_GRACE;
     if until <= now {
         return Ok(());
     }
@@ -803,15 +805,12 @@ pub async fn authenticate(
         Verdict::Unknown(RedisUnavailable::Connection)
     };
     match verdict {
-        Verdict::Valid(_) if sessions.faults.always_database => {
-            from_database(sessions, user, session, jti).await?
-        }
         Verdict::Valid(s) => {
             sync_activity(sessions, session, &s);
             Ok(s)
         }
         Verdict::Refused(why) => Err(why),
-        Verdict::Missing if sessions.faults.no_fallback => Err(Denied::NoSession),
+        Verdict::Missing if redis_only(sessions) => Err(Denied::NoSession),
         Verdict::Missing => {
             let found = from_database(sessions, user, session, jti).await?;
             // Put back (evicted) or mark over (idled out), for the token's
@@ -830,7 +829,7 @@ pub async fn authenticate(
             found
         }
         Verdict::Unknown(why) => {
-            if sessions.faults.no_fallback {
+            if redis_only(sessions) {
                 return Err(Denied::RevocationUnavailable);
             }
             tracing::warn!(
@@ -856,7 +855,6 @@ async fn from_database(
         jti,
         sessions.session_ttl,
         sessions.activity_sync,
-        !sessions.faults.fallback_ignores_revocations,
     )
     .await
     .map_err(|e| {
@@ -948,23 +946,23 @@ pub async fn is_revoked(sessions: &Sessions, jti: &Jti) -> Result<bool, Denied> 
         None => true,
         Some(sweep) => sweep.await,
     };
+    // Untrusted: Redis may not know of revocations made while this
+    // environment could not reach it (PostgreSQL decides, said once by
+    // `recovered`).
     let answer = if trusted {
         is_blacklisted(sessions, jti).await
     } else {
-        // Redis may not know of revocations made while this environment
-        // could not reach it.
-        Err(RedisUnavailable::Server)
+        Err(RedisUnavailable::BreakerOpen)
     };
     match answer {
         Ok(b) => Ok(b),
-        Err(_) if sessions.faults.no_fallback => Err(Denied::RevocationUnavailable),
+        Err(_) if redis_only(sessions) => Err(Denied::RevocationUnavailable),
         Err(why) => {
-            tracing::warn!(
-                reason = why.as_str(),
-                "Redis cannot check the token: PostgreSQL decides"
-            );
-            if sessions.faults.fallback_ignores_revocations {
-                return Ok(false);
+            if trusted {
+                tracing::warn!(
+                    reason = why.as_str(),
+                    "Redis cannot check the token: PostgreSQL decides"
+                );
             }
             store::is_revoked(&sessions.db, jti).await.map_err(|e| {
                 tracing::error!(error = %e, "neither Redis nor PostgreSQL can check the token");

@@ -60,9 +60,6 @@ pub(crate) enum Found {
 /// `sync`, that activity is moved to now in the same statement (how
 /// PostgreSQL learns of activity while Redis cannot: at most once per
 /// `sync` per session, not per request).
-/// With `honest` false — the tests' broken variant — a session row that
-/// exists is live, signed out or not, and no token is revoked.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn check(
     db: &Db,
     user: &UserId,
@@ -70,7 +67,6 @@ pub(crate) async fn check(
     jti: &Jti,
     idle: Duration,
     sync: Duration,
-    honest: bool,
 ) -> Result<Found, DbError> {
     let client = db.client().await?;
     let row = client
@@ -83,9 +79,8 @@ pub(crate) async fn check(
                  RETURNING session_id)
              SELECT s.email, s.roles, s.permissions, s.ip_address, s.device_info,
                     s.last_seen_at,
-                    CASE WHEN $6 THEN (s.ended_at IS NULL AND s.last_seen_at > now() - make_interval(secs => $4))
-                         ELSE s.session_id IS NOT NULL END AS live,
-                    $6 AND EXISTS (SELECT 1 FROM revoked_tokens r WHERE r.jti = $3 AND r.expires_at > now()) AS revoked
+                    s.ended_at IS NULL AND s.last_seen_at > now() - make_interval(secs => $4) AS live,
+                    EXISTS (SELECT 1 FROM revoked_tokens r WHERE r.jti = $3 AND r.expires_at > now()) AS revoked
                FROM (SELECT 1) AS one
                LEFT JOIN sessions s ON s.session_id = $1 AND s.user_id = $2",
             &[
@@ -94,7 +89,6 @@ pub(crate) async fn check(
                 &jti.as_str(),
                 &secs(idle + sync),
                 &secs(sync),
-                &honest,
             ],
         )
         .await

@@ -56,21 +56,6 @@ pub struct Gate<'a> {
     /// `AUTH_VERIFY_IN_FUNCTION`: with claims from API Gateway, verify the
     /// bearer token's signature here too (defence in depth, [`identify`]).
     pub verify_in_function: bool,
-    /// Deliberately broken variants, for the tests that prove the gate's
-    /// guarantees (each runs the real gate and one of these through the
-    /// same check, and the check must catch the broken one).
-    #[doc(hidden)]
-    pub faults: GateFaults,
-}
-
-/// See [`Gate::faults`].
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct GateFaults {
-    /// Refused requests keep the rate-limit units they consumed.
-    pub no_refund: bool,
-    /// The blacklist entry is not looked at.
-    pub ignore_blacklist: bool,
 }
 
 impl<'a> From<&'a crate::app::App> for Gate<'a> {
@@ -80,7 +65,6 @@ impl<'a> From<&'a crate::app::App> for Gate<'a> {
             limiter: &app.limiter,
             verifier: app.verifier.as_deref(),
             verify_in_function: app.config.verify_in_function,
-            faults: GateFaults::default(),
         }
     }
 }
@@ -281,12 +265,9 @@ pub async fn admit_as<T>(
     ))
 }
 
-/// Gives back the units a refused request consumed (not with the tests'
-/// broken gate: [`GateFaults::no_refund`]).
+/// Gives back the units a refused request consumed.
 async fn refund(gate: Gate<'_>, limit: Option<&RateLimitDecision>) {
-    if let Some(d) = limit
-        && !gate.faults.no_refund
-    {
+    if let Some(d) = limit {
         gate.limiter.refund(d).await;
     }
 }
@@ -296,26 +277,12 @@ async fn check_credentials(gate: Gate<'_>, caller: &Caller) -> Result<BTreeSet<S
     let sessions = gate.sessions;
     match &caller.principal {
         Principal::User { user, session } => {
-            if gate.faults.ignore_blacklist {
-                let state = sessions::check(sessions, user, session, &caller.jti).await;
-                let state = sessions::CredentialState {
-                    revoked: Ok(false),
-                    ..state
-                };
-                return match state.verdict(user) {
-                    sessions::Verdict::Valid(s) => Ok(s.permissions.into_iter().collect()),
-                    sessions::Verdict::Refused(why) => Err(why),
-                    _ => Err(Denied::RevocationUnavailable),
-                };
-            }
             sessions::authenticate(sessions, user, session, &caller.jti, caller.expires_at)
                 .await
                 .map(|s| s.permissions.into_iter().collect())
         }
         Principal::Service { .. } => {
-            let revoked =
-                sessions::is_revoked(sessions, &caller.jti).await? && !gate.faults.ignore_blacklist;
-            if revoked {
+            if sessions::is_revoked(sessions, &caller.jti).await? {
                 return Err(Denied::Revoked);
             }
             Ok(caller.scope_permissions.clone())
