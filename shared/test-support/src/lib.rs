@@ -197,9 +197,20 @@ impl RedisServer {
     /// [`RedisServer::restore`] starts it again on the same port with what
     /// it held.
     pub fn cut(&mut self) {
+        // A replica's full sync runs a background save on its primary, and
+        // `SAVE` is refused while one runs: wait for it (up to 10 s).
+        let until = Instant::now() + Duration::from_secs(10);
+        let mut answer = None;
+        while Instant::now() < until {
+            answer = redis_cli(self.port, &["SAVE"]);
+            if answer.as_deref().is_some_and(|o| o.contains("OK")) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         assert!(
-            redis_cli(self.port, &["SAVE"]).is_some_and(|o| o.contains("OK")),
-            "SAVE failed on port {}",
+            answer.is_some_and(|o| o.contains("OK")),
+            "SAVE failed on port {} for 10 s",
             self.port
         );
         self.stop();
