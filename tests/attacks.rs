@@ -22,7 +22,7 @@ use test_support::{
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::realtime::{versions, write_until_applied};
-use crate::rig::{Rig, Ws, next_frame};
+use paycache_tests::realtime::{Rig, Ws, next_frame};
 
 fn profile(user: &str) -> Request {
     let mut p = HashMap::new();
@@ -260,10 +260,11 @@ async fn a_sign_out_during_an_outage_holds_after_it(mode: RedisMode) {
         let sender = rig.spawn_sender(rig.sender(5).await);
         write_until_applied(&seen, &WalletId::parse(&mine).unwrap(), 500).await;
         let v = write_until_applied(&seen, &WalletId::parse(&theirs).unwrap(), 600).await;
-        let theirs_frame = crate::rig::frame_where(&mut ws3, Duration::from_secs(10), |f| {
-            f["type"] == "balance_update"
-        })
-        .await;
+        let theirs_frame =
+            paycache_tests::realtime::frame_where(&mut ws3, Duration::from_secs(10), |f| {
+                f["type"] == "balance_update"
+            })
+            .await;
         assert_eq!(
             theirs_frame.map(|f| f["version"].clone()),
             Some(json!(v)),
@@ -446,7 +447,7 @@ async fn one_users_reconnects_do_not_hold_back_anothers_frames(mode: RedisMode) 
         }
         let t0 = Instant::now();
         let v = write_until_applied(&rig.app, &theirs_w, 2_000).await;
-        let f = crate::rig::frame_where(&mut other, Duration::from_secs(30), |f| {
+        let f = paycache_tests::realtime::frame_where(&mut other, Duration::from_secs(30), |f| {
             f["type"] == "balance_update"
         })
         .await

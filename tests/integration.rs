@@ -23,7 +23,6 @@ mod profile_read;
 mod rate_limit;
 mod realtime;
 mod resilience;
-mod rig;
 mod secrets;
 mod signin;
 mod tls;

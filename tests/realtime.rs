@@ -33,7 +33,7 @@ use test_support::{insert_transaction, insert_user, insert_wallet, random_uuid, 
 use time::OffsetDateTime;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::rig::{Rig, Ws, frame_where, http_post, hyper_client, next_frame};
+use paycache_tests::realtime::{Rig, Ws, frame_where, http_post, hyper_client, next_frame};
 
 fn profile_updated(user: &str) -> Value {
     json!({"detail-type": "UserProfileUpdated", "source": "paycache.test", "detail": {"user_id": user}})
@@ -151,7 +151,7 @@ async fn a_socket_lives_no_longer_than_its_sign_in(mode: RedisMode) {
             no_sign_in_check: broken,
             ..Variants::default()
         };
-        let sender = rig.spawn_sender(rig.sender_variant(variant).await);
+        let sender = rig.spawn_sender(rig.sender(5).await.with_variants(variant));
         let version = write_until_applied(&rig.app, &wallet, 4_242).await;
         let got = next_frame(&mut live, Duration::from_secs(10))
             .await
@@ -845,8 +845,8 @@ async fn two_senders_keep_each_connections_order(mode: RedisMode) {
             no_leases: broken,
             ..Variants::default()
         };
-        let a = rig.spawn_sender(rig.sender_variant(variant).await);
-        let b = rig.spawn_sender(rig.sender_variant(variant).await);
+        let a = rig.spawn_sender(rig.sender(5).await.with_variants(variant));
+        let b = rig.spawn_sender(rig.sender(5).await.with_variants(variant));
         // Both senders have taken their share.
         tokio::time::sleep(Duration::from_millis(1200)).await;
         let to = delivery::Recipients::Users(vec![uid]);

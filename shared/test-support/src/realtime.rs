@@ -4,36 +4,33 @@
 //! same authorizer and `ws-connections` handlers the functions run
 //! (in-process), with its test controls; sign-ins with RS256 access tokens
 //! as Cognito issues them; WebSocket clients and the frames they receive.
-//! Shared by `realtime.rs` (delivery) and `attacks.rs` (what an outage or
-//! a noisy user can still do).
-#![allow(clippy::unwrap_used, reason = "tests")]
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::world::World;
+use crate::{TestRedis, seed_user_id};
 use futures_util::StreamExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use paycache::App;
 use paycache::auth::{AuthConfig, Verifier, authorize};
 use paycache::config::RedisMode;
-use paycache::delivery::{self, Management, Sender, Variants};
+use paycache::delivery::{self, Management, Sender};
 use paycache::events::{cache_invalidation, websocket};
-use paycache_tests::World;
 use serde_json::{Value, json};
-use test_support::{TestRedis, seed_user_id};
 use time::OffsetDateTime;
 use tokio_tungstenite::tungstenite::Message;
 
-pub(crate) type Ws =
+pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-pub(crate) const KEY: &[u8] = include_bytes!("fixtures/jwt-test-key.pem");
-pub(crate) const JWKS: &str = include_str!("fixtures/jwks.json");
-pub(crate) const ISS: &str = "https://auth.paycache.test";
-pub(crate) const AUD: &str = "paycache-web";
+pub const KEY: &[u8] = include_bytes!("../../../tests/fixtures/jwt-test-key.pem");
+pub const JWKS: &str = include_str!("../../../tests/fixtures/jwks.json");
+pub const ISS: &str = "https://auth.paycache.test";
+pub const AUD: &str = "paycache-web";
 
-pub(crate) fn verifier() -> Verifier {
+pub fn verifier() -> Verifier {
     let vars: HashMap<&str, String> = [
         ("AUTH_ISSUER", ISS.to_owned()),
         ("AUTH_AUDIENCE", AUD.to_owned()),
@@ -44,23 +41,23 @@ pub(crate) fn verifier() -> Verifier {
     Verifier::new(AuthConfig::from_lookup(|k| vars.get(k).cloned()).unwrap()).unwrap()
 }
 
-pub(crate) struct Rig {
-    pub(crate) w: World,
-    pub(crate) app: Arc<App>,
-    pub(crate) gateway: paycache_ws_gateway::Handle,
+pub struct Rig {
+    pub w: World,
+    pub app: Arc<App>,
+    pub gateway: paycache_ws_gateway::Handle,
 }
 
 impl Rig {
-    pub(crate) async fn new(mode: RedisMode) -> Self {
+    pub async fn new(mode: RedisMode) -> Self {
         Self::with(mode, &[]).await
     }
 
-    pub(crate) async fn with(mode: RedisMode, extra: &[(&str, &str)]) -> Self {
+    pub async fn with(mode: RedisMode, extra: &[(&str, &str)]) -> Self {
         Self::with_redis(TestRedis::of_mode(mode), extra).await
     }
 
     /// On the given Redis (a test's own, which it may stop or pause).
-    pub(crate) async fn with_redis(redis: TestRedis, extra: &[(&str, &str)]) -> Self {
+    pub async fn with_redis(redis: TestRedis, extra: &[(&str, &str)]) -> Self {
         let mut env = vec![
             ("WS_REDELIVER_AFTER_MS", "500"),
             ("WS_SENDER_BLOCK_MS", "50"),
@@ -96,7 +93,7 @@ impl Rig {
         Self { w, app, gateway }
     }
 
-    pub(crate) async fn sender(&self, attempts: u32) -> Sender {
+    pub async fn sender(&self, attempts: u32) -> Sender {
         let m = Management::new(
             &self.gateway.management_url(),
             attempts,
@@ -106,23 +103,14 @@ impl Rig {
         Sender::new(m)
     }
 
-    /// A sender built as an alternative design (`delivery::Variants`).
-    pub(crate) async fn sender_variant(&self, variants: Variants) -> Sender {
-        self.sender(5).await.with_variants(variants)
-    }
-
     /// Signs user `n` in and returns their access token.
-    pub(crate) async fn token(&self, n: u64) -> String {
+    pub async fn token(&self, n: u64) -> String {
         self.token_for(n, 600).await.0
     }
 
     /// Signs user `n` in: an access token valid `lifetime_secs`, and the
     /// sign-in.
-    pub(crate) async fn token_for(
-        &self,
-        n: u64,
-        lifetime_secs: i64,
-    ) -> (String, paycache_tests::SignedIn) {
+    pub async fn token_for(&self, n: u64, lifetime_secs: i64) -> (String, crate::tokens::SignedIn) {
         let user = seed_user_id(n);
         let signed = self.w.sign_in(&user, &[]).await;
         let now = OffsetDateTime::now_utc().unix_timestamp();
@@ -137,19 +125,19 @@ impl Rig {
         )
     }
 
-    pub(crate) async fn connect(&self, token: &str) -> Ws {
+    pub async fn connect(&self, token: &str) -> Ws {
         self.connect_with(token, "").await
     }
 
     /// Connects with more query parameters (`&resume=…`).
-    pub(crate) async fn connect_with(&self, token: &str, query: &str) -> Ws {
+    pub async fn connect_with(&self, token: &str, query: &str) -> Ws {
         let url = format!("{}?token={token}{query}", self.gateway.ws_url());
         let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         ws
     }
 
     /// A test control of the gateway (`/_gateway/…`).
-    pub(crate) async fn control(&self, path: &str) {
+    pub async fn control(&self, path: &str) {
         http_post(&format!(
             "{}/_gateway/{path}",
             self.gateway.management_url()
@@ -158,12 +146,12 @@ impl Rig {
     }
 
     /// The gateway's `/_gateway/stats`.
-    pub(crate) async fn stats(&self) -> Value {
+    pub async fn stats(&self) -> Value {
         self.stats_of("stats").await
     }
 
     /// A `/_gateway/…` read.
-    pub(crate) async fn stats_of(&self, path: &str) -> Value {
+    pub async fn stats_of(&self, path: &str) -> Value {
         let url = format!("{}/_gateway/{path}", self.gateway.management_url());
         let req = http::Request::get(url)
             .body(http_body_util::Full::new(bytes::Bytes::new()))
@@ -177,7 +165,7 @@ impl Rig {
     }
 
     /// Waits (up to 5 s) until the gateway holds `n` posts.
-    pub(crate) async fn until_held(&self, n: u64) -> bool {
+    pub async fn until_held(&self, n: u64) -> bool {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if self.stats().await["held"].as_u64() == Some(n) {
@@ -189,10 +177,7 @@ impl Rig {
     }
 
     /// Runs a sender in the background until `stop` is dropped.
-    pub(crate) fn spawn_sender(
-        &self,
-        mut sender: Sender,
-    ) -> tokio::task::JoinHandle<delivery::Report> {
+    pub fn spawn_sender(&self, mut sender: Sender) -> tokio::task::JoinHandle<delivery::Report> {
         let app = self.app.clone();
         tokio::spawn(async move {
             delivery::run(
@@ -204,7 +189,7 @@ impl Rig {
         })
     }
 
-    pub(crate) async fn invalidate(&self, event: Value) {
+    pub async fn invalidate(&self, event: Value) {
         let r = cache_invalidation(&self.app.invalidation, &event)
             .await
             .unwrap();
@@ -213,7 +198,7 @@ impl Rig {
 }
 
 /// The next text frame within `wait`, parsed.
-pub(crate) async fn next_frame(ws: &mut Ws, wait: Duration) -> Option<Value> {
+pub async fn next_frame(ws: &mut Ws, wait: Duration) -> Option<Value> {
     let deadline = Instant::now() + wait;
     loop {
         let left = deadline.checked_duration_since(Instant::now())?;
@@ -226,7 +211,7 @@ pub(crate) async fn next_frame(ws: &mut Ws, wait: Duration) -> Option<Value> {
 }
 
 /// Frames until one satisfies `want` (returned) or `wait` passes (None).
-pub(crate) async fn frame_where(
+pub async fn frame_where(
     ws: &mut Ws,
     wait: Duration,
     want: impl Fn(&Value) -> bool,
@@ -241,7 +226,7 @@ pub(crate) async fn frame_where(
     }
 }
 
-pub(crate) async fn http_post(url: &str) {
+pub async fn http_post(url: &str) {
     let client = hyper_client();
     let req = http::Request::post(url)
         .body(http_body_util::Full::new(bytes::Bytes::new()))
@@ -250,7 +235,7 @@ pub(crate) async fn http_post(url: &str) {
     assert!(r.status().is_success(), "{url}: {}", r.status());
 }
 
-pub(crate) fn hyper_client() -> hyper_util::client::legacy::Client<
+pub fn hyper_client() -> hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
     http_body_util::Full<bytes::Bytes>,
 > {
