@@ -296,9 +296,10 @@ async def pings_per_connection():
         pass
     frames, closed = await frames_for(ws, 15)
     closing = [f for f in frames if f.get("type") == "closing"]
-    step("attack 11: 30 pings at once: the socket is told why (too_many_pings) and closed",
+    step("attack 11: 30 pings at once: the socket is told why (too_many_pings) and closed with 1000",
          closed and len(closing) == 1 and closing[0].get("reason") == "too_many_pings"
-         and closing[0].get("channel") == "connection", f"closed={closed} {frames}")
+         and closing[0].get("channel") == "connection" and ws.close_code == 1000,
+         f"closed={closed} code={ws.close_code} {frames}")
 
 
 async def until_quiet(ws, idle, limit):
