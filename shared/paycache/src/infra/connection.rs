@@ -17,61 +17,30 @@
 //! TLS: `rediss://` URLs use rustls with certificate and host-name
 //! verification; `REDIS_CA_CERT` adds a private root. There is no way to turn
 //! verification off (the seed's `ssl_cert_reqs=None` is not reproduced).
+//!
+//! This file owns the handle and the call path; `generation` the
+//! connections built from one auth token and the token's rotation,
+//! `failure` what a failure is called.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClientBuilder;
+use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
-use redis::{Client, Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Value};
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 
 use crate::infra::breaker::{Breaker, Permit};
-use crate::infra::config::{BreakerConfig, RedisConfig, RedisMode, Secret};
-use crate::infra::secrets::{REFETCH_COOLDOWN, SecretSource};
+use crate::infra::config::{BreakerConfig, RedisConfig, RedisMode};
+use crate::infra::secrets::SecretSource;
 
-/// Why a Redis call did not produce an answer. Callers treat every variant
-/// the same way — fall through to the database — but logs and metrics tell
-/// them apart. The text never contains server replies or addresses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum RedisUnavailable {
-    #[error("the Redis circuit breaker is open")]
-    /// The circuit breaker is open.
-    BreakerOpen,
-    #[error("Redis did not answer within the response timeout")]
-    /// No answer within the response timeout.
-    Timeout,
-    #[error("the Redis connection failed")]
-    /// No connection.
-    Connection,
-    #[error("Redis answered with an error")]
-    /// Redis answered with an error.
-    Server,
-}
+// One file per concern.
+mod failure;
+mod generation;
 
-impl RedisUnavailable {
-    /// Short token for `Cache-Status` details and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::BreakerOpen => "breaker-open",
-            Self::Timeout => "timeout",
-            Self::Connection => "connection",
-            Self::Server => "server-error",
-        }
-    }
-}
-
-/// Why the Redis client could not be built from configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum RedisSetupError {
-    #[error("REDIS_URL: not a valid Redis URL")]
-    /// The URL is not a Redis URL.
-    InvalidUrl,
-    #[error("REDIS_CA_CERT: the file cannot be read")]
-    /// The CA file could not be read.
-    CaCert,
-}
+pub use failure::{RedisSetupError, RedisUnavailable};
+use failure::{classify, describe_failure, is_auth_refusal};
+use generation::{Backend, Generation, build_generation};
 
 /// Whether a call asks the circuit breaker first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,42 +88,10 @@ impl ConnectionLike for RedisConnection {
     }
 }
 
-#[allow(
-    clippy::large_enum_variant,
-    reason = "one per execution environment, behind an Arc"
-)]
-enum Backend {
-    Standalone(ConnectionManager),
-    Cluster {
-        client: redis::cluster::ClusterClient,
-        /// `None` until the first connect, and again after the breaker
-        /// opened: a fresh connection reads the current topology from the
-        /// seed nodes (see `run`).
-        connection: tokio::sync::Mutex<Option<ClusterConnection>>,
-    },
-}
-
 /// The shared Redis handle: connection, timeouts and circuit breaker.
 #[derive(Clone)]
 pub struct Redis {
     inner: Arc<Inner>,
-}
-
-/// What a direct connection to one node needs (health checks).
-struct NodeTemplate {
-    /// The first seed URL; a node's host and port replace its own.
-    seed: Secret,
-    root_cert: Option<Vec<u8>>,
-    auth_token: Option<Secret>,
-}
-
-/// Everything built from one auth token. A rotated token (see
-/// `refresh_token`) replaces the whole generation; requests already running
-/// finish on the old one.
-struct Generation {
-    node_template: NodeTemplate,
-    backend: Backend,
-    token: Option<Secret>,
 }
 
 struct Inner {
@@ -186,80 +123,6 @@ impl std::fmt::Debug for Redis {
             .field("response_timeout", &self.inner.response_timeout)
             .finish_non_exhaustive()
     }
-}
-
-fn build_generation(
-    config: &RedisConfig,
-    root_cert: Option<&Vec<u8>>,
-    token: Option<Secret>,
-) -> Result<Generation, RedisSetupError> {
-    let urls: Vec<&str> = config.urls.expose().split(',').collect();
-    let node_template = NodeTemplate {
-        seed: Secret::new(urls.first().copied().unwrap_or_default()),
-        root_cert: root_cert.cloned(),
-        auth_token: token.clone(),
-    };
-    let backend = match config.mode {
-        RedisMode::Standalone => {
-            let url = urls.first().ok_or(RedisSetupError::InvalidUrl)?;
-            let mut info = url
-                .into_connection_info()
-                .map_err(|_| RedisSetupError::InvalidUrl)?;
-            if let Some(token) = &token {
-                let settings = info.redis_settings().clone().set_password(token.expose());
-                info = info.set_redis_settings(settings);
-            }
-            let client = match root_cert {
-                Some(root) if config.tls => Client::build_with_tls(
-                    info,
-                    redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(root.clone()),
-                    },
-                ),
-                _ => Client::open(info),
-            }
-            .map_err(|_| RedisSetupError::InvalidUrl)?;
-            // Reconnection is bounded by our own per-call timeout; the
-            // manager's retries only matter inside that budget.
-            let manager_config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(config.connect_timeout))
-                .set_response_timeout(Some(config.response_timeout))
-                .set_number_of_retries(1)
-                .set_min_delay(Duration::from_millis(10))
-                .set_max_delay(Duration::from_millis(100));
-            let manager = ConnectionManager::new_lazy_with_config(client, manager_config)
-                .map_err(|_| RedisSetupError::InvalidUrl)?;
-            Backend::Standalone(manager)
-        }
-        RedisMode::Cluster => {
-            let mut builder = ClusterClientBuilder::new(urls)
-                .connection_timeout(config.connect_timeout)
-                .response_timeout(config.response_timeout)
-                .retries(2)
-                .min_retry_wait(10)
-                .max_retry_wait(100);
-            if let Some(token) = &token {
-                builder = builder.password(token.expose());
-            }
-            if let Some(root) = root_cert {
-                builder = builder.certs(redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root.clone()),
-                });
-            }
-            let client = builder.build().map_err(|_| RedisSetupError::InvalidUrl)?;
-            Backend::Cluster {
-                client,
-                connection: tokio::sync::Mutex::new(None),
-            }
-        }
-    };
-    Ok(Generation {
-        node_template,
-        backend,
-        token,
-    })
 }
 
 impl Redis {
@@ -299,100 +162,9 @@ impl Redis {
         })
     }
 
-    fn generation(&self) -> Arc<Generation> {
-        let current = self
-            .inner
-            .current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Arc::clone(&current)
-    }
-
     /// The token source, when the token is a Secrets Manager secret.
     pub fn token_source(&self) -> Option<&SecretSource> {
         self.inner.token_source.as_ref()
-    }
-
-    /// The cluster client reports a node it could not reconnect to as
-    /// "connection not found", whatever the reason. When the token comes
-    /// from a secret, a failed call therefore checks — at most once per
-    /// `REFETCH_COOLDOWN` — whether a seed node accepts the token, and
-    /// re-fetches it if the node refuses it.
-    async fn probe_auth(&self, generation: &Arc<Generation>) {
-        if self.inner.token_source.is_none() || self.inner.mode != RedisMode::Cluster {
-            return;
-        }
-        {
-            let mut probed_at = self.inner.probed_at.lock().await;
-            if probed_at.is_some_and(|at| at.elapsed() < REFETCH_COOLDOWN) {
-                return;
-            }
-            *probed_at = Some(Instant::now());
-        }
-        let Some((host, port)) = self.seed_address() else {
-            return;
-        };
-        let Ok(client) = self.node_client(&host, port) else {
-            return;
-        };
-        let probe = tokio::time::timeout(
-            self.inner.connect_timeout,
-            client.get_multiplexed_async_connection(),
-        )
-        .await;
-        if let Ok(Err(err)) = probe
-            && is_auth_refusal(&err)
-        {
-            tracing::warn!("a Redis node refused the auth token");
-            self.refresh_token(generation).await;
-        }
-    }
-
-    /// After Redis refused the token of `failed`: fetch the secret again
-    /// (once — concurrent callers wait for the one fetch, and none follows
-    /// within `REFETCH_COOLDOWN`) and, if it holds a new token, switch to a
-    /// new generation of connections. The call that met the refusal still
-    /// fails (it falls through to the database, or a write answers 503
-    /// with Retry-After); the next ones use the new token.
-    async fn refresh_token(&self, failed: &Arc<Generation>) {
-        let Some(source) = &self.inner.token_source else {
-            return;
-        };
-        let mut refreshed_at = self.inner.refreshed_at.lock().await;
-        if !Arc::ptr_eq(&self.generation(), failed) {
-            return; // another call already switched generations
-        }
-        if refreshed_at.is_some_and(|at| at.elapsed() < REFETCH_COOLDOWN) {
-            return;
-        }
-        *refreshed_at = Some(Instant::now());
-        let token = match source.fetch_redis_token().await {
-            Ok(token) => token,
-            Err(err) => {
-                tracing::warn!(error = %err, "re-fetching the Redis auth token failed");
-                return;
-            }
-        };
-        if failed.token.as_ref() == Some(&token) {
-            tracing::warn!("Redis refused the token and the secret still holds it");
-            return;
-        }
-        match build_generation(
-            &self.inner.config,
-            self.inner.root_cert.as_ref(),
-            Some(token),
-        ) {
-            Ok(generation) => {
-                let mut current = self
-                    .inner
-                    .current
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                *current = Arc::new(generation);
-                tracing::info!("Redis auth token rotated: reconnecting with the new token");
-            }
-            Err(err) => tracing::warn!(error = %err, "cannot rebuild the Redis client"),
-        }
     }
 
     /// Standalone or cluster.
@@ -416,66 +188,6 @@ impl Redis {
     /// `REDIS_RESPONSE_TIMEOUT_MS`.
     pub fn response_timeout(&self) -> Duration {
         self.inner.response_timeout
-    }
-
-    /// A client for one node (`host:port`), with the same scheme, TLS roots
-    /// and credentials as the configured endpoint; for health checks.
-    pub(crate) fn node_client(&self, host: &str, port: u16) -> Result<Client, RedisSetupError> {
-        let generation = self.generation();
-        let t = &generation.node_template;
-        let mut info = t
-            .seed
-            .expose()
-            .into_connection_info()
-            .map_err(|_| RedisSetupError::InvalidUrl)?;
-        let addr = match info.addr() {
-            redis::ConnectionAddr::TcpTls {
-                insecure,
-                tls_params,
-                ..
-            } => redis::ConnectionAddr::TcpTls {
-                host: host.to_owned(),
-                port,
-                insecure: *insecure,
-                tls_params: tls_params.clone(),
-            },
-            _ => redis::ConnectionAddr::Tcp(host.to_owned(), port),
-        };
-        info = info.set_addr(addr);
-        if let Some(token) = &t.auth_token {
-            let settings = info.redis_settings().clone().set_password(token.expose());
-            info = info.set_redis_settings(settings);
-        }
-        match (
-            &t.root_cert,
-            matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }),
-        ) {
-            (Some(root), true) => Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root.clone()),
-                },
-            ),
-            _ => Client::open(info),
-        }
-        .map_err(|_| RedisSetupError::InvalidUrl)
-    }
-
-    /// The configured endpoint's host and port (standalone health checks).
-    pub(crate) fn seed_address(&self) -> Option<(String, u16)> {
-        let info = self
-            .generation()
-            .node_template
-            .seed
-            .expose()
-            .into_connection_info()
-            .ok()?;
-        match info.addr() {
-            redis::ConnectionAddr::Tcp(h, p) => Some((h.clone(), *p)),
-            redis::ConnectionAddr::TcpTls { host, port, .. } => Some((host.clone(), *port)),
-            _ => None,
-        }
     }
 
     /// Connects to the configured endpoint and sends `PING`, and says in
@@ -524,23 +236,6 @@ impl Redis {
                 .await
         })
         .await
-    }
-
-    async fn connection(generation: &Generation) -> Result<RedisConnection, RedisError> {
-        match &generation.backend {
-            Backend::Standalone(manager) => Ok(RedisConnection::Standalone(manager.clone())),
-            Backend::Cluster { client, connection } => {
-                // A failed connect leaves the slot empty, so the next call
-                // tries again.
-                let mut slot = connection.lock().await;
-                if let Some(conn) = slot.as_ref() {
-                    return Ok(RedisConnection::Cluster(conn.clone()));
-                }
-                let conn = client.get_async_connection().await?;
-                *slot = Some(conn.clone());
-                Ok(RedisConnection::Cluster(conn))
-            }
-        }
     }
 
     /// Runs `op` on a connection, within the response timeout (the connect
@@ -684,83 +379,5 @@ impl Redis {
         {
             *slot = None;
         }
-    }
-}
-
-/// `WRONGPASS`, `NOAUTH` or a failed handshake: the token is not (or no
-/// longer) accepted.
-/// A connection failure in words, without the error's own text where it
-/// could carry more than a kind (the URL is never part of it).
-fn describe_failure(at: &str, err: &RedisError) -> String {
-    let chain = crate::infra::telemetry::ErrorChain(err).to_string();
-    let lower = chain.to_lowercase();
-    if is_auth_refusal(err) {
-        format!(
-            "Redis at {at} refused the password (AUTH failed): check the token (REDIS_AUTH_TOKEN, its secret, or the URL's password)"
-        )
-    } else if matches!(err.code(), Some("NOAUTH")) || lower.contains("noauth") {
-        format!("Redis at {at} requires a password and none was given")
-    } else if lower.contains("connection refused") {
-        format!("Redis at {at} is unreachable: connection refused (nothing listens there)")
-    } else if lower.contains("certificate")
-        || lower.contains("tls")
-        || lower.contains("handshake")
-        || lower.contains("invalidcertificate")
-    {
-        format!(
-            "the TLS handshake with Redis at {at} failed ({}): check REDIS_CA_CERT and that the host name matches the certificate",
-            tls_reason(&lower)
-        )
-    } else if err.is_io_error() {
-        format!("Redis at {at} is unreachable ({:?})", err.kind())
-    } else {
-        format!("Redis at {at} answered an error ({:?})", err.kind())
-    }
-}
-
-/// The TLS failure's kind, from rustls' wording.
-fn tls_reason(lower: &str) -> &'static str {
-    if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
-        "the certificate's issuer is not trusted"
-    } else if lower.contains("notvalidforname") || lower.contains("not valid for name") {
-        "the certificate is not valid for this host name"
-    } else if lower.contains("expired") {
-        "the certificate has expired"
-    } else {
-        "the server's certificate or TLS settings"
-    }
-}
-
-fn is_auth_refusal(err: &RedisError) -> bool {
-    err.kind() == redis::ErrorKind::AuthenticationFailed
-        || matches!(err.code(), Some("WRONGPASS" | "NOAUTH"))
-}
-
-fn classify(err: &RedisError) -> RedisUnavailable {
-    use redis::{ErrorKind, ServerErrorKind};
-    let unavailable_kind = matches!(
-        err.kind(),
-        ErrorKind::AuthenticationFailed
-            | ErrorKind::ClusterConnectionNotFound
-            | ErrorKind::Server(
-                ServerErrorKind::BusyLoading
-                    | ServerErrorKind::MasterDown
-                    | ServerErrorKind::ReadOnly
-                    | ServerErrorKind::TryAgain
-                    | ServerErrorKind::ClusterDown
-            )
-    );
-    if err.is_timeout() {
-        RedisUnavailable::Timeout
-    } else if err.is_io_error()
-        || err.is_connection_dropped()
-        || err.is_connection_refusal()
-        || err.is_cluster_error()
-        || err.is_unrecoverable_error()
-        || unavailable_kind
-    {
-        RedisUnavailable::Connection
-    } else {
-        RedisUnavailable::Server
     }
 }
