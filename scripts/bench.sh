@@ -21,7 +21,7 @@ export AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT" AWS_REGION=us-east-1 \
   AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
 export PAYCACHE_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 export PAYCACHE_TEST_PG="host=127.0.0.1 port=$PG_PORT user=postgres dbname=postgres"
-# The function budgets (benches/functions.rs) run the release binaries and
+# The function budgets (benches/functions/) run the release binaries and
 # the floor (examples/floor.rs).
 cargo build --release --bins --examples
 export PAYCACHE_BIN_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/release"

@@ -1,4 +1,4 @@
-//! The floor of the functions benchmark (`benches/functions.rs`): the least
+//! The floor of the functions benchmark (`benches/functions/`): the least
 //! an HTTP function that reads Redis can do — a minimal `lambda_http`
 //! function that does one `GET` of `FLOOR_KEY` on `REDIS_URL` and returns
 //! the value. No configuration, no validation, no metrics, no logging.

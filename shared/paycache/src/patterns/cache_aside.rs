@@ -1,5 +1,8 @@
 //! Cache-aside reads (`get_or_load`), the seed's pattern 1, made safe for a
 //! fleet of Lambda execution environments that share nothing but Redis.
+//! One file on purpose: the read, the lease, the store and the
+//! invalidation below are one protocol whose guarantees hold only together
+//! (the stored entry's format is `entry`).
 //!
 //! # What a read does
 //! 1. `GET key` — a hit costs exactly **one round trip** and returns.

@@ -11,16 +11,21 @@
 //! (`curl` — exec, dynamic linking, one loopback connection).
 #![allow(clippy::unwrap_used, reason = "benchmark set-up")]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
-
 use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 use test_support::RedisServer;
+
+mod fixtures;
+mod runtime_api;
+
+use fixtures::{
+    Env, SIGNED_IN_USER, environment, event, for_user, kill, profile_events, repeated,
+    secrets_for_init, spawn,
+};
+use runtime_api::runtime_api;
 
 const FUNCTIONS: &[&str] = &[
     "profile-read",
@@ -45,313 +50,6 @@ fn bin_dir() -> PathBuf {
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// What the runtime API serves: events to hand out, and a signal when the
-/// runtime first asks for one.
-/// Per event: when it was handed out, and when its response came back.
-type Timings = Mutex<Vec<(Option<Instant>, Option<Instant>)>>;
-
-struct RuntimeApi {
-    port: u16,
-    /// Set on drop: the accept loop ends and closes its listener (a run
-    /// starts hundreds of these; leaked listeners exhaust file descriptors).
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    first_next: mpsc::Receiver<Instant>,
-    answered: Arc<AtomicUsize>,
-    /// Per event: when it was handed out, and when its response came back.
-    timings: Arc<Timings>,
-}
-
-fn runtime_api(events: Vec<Vec<u8>>) -> RuntimeApi {
-    // Out of ephemeral ports (see the cold-start group), wait for sockets
-    // in TIME_WAIT to expire rather than fail the run.
-    let listener = (0..90)
-        .find_map(|_| match TcpListener::bind("127.0.0.1:0") {
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                std::thread::sleep(Duration::from_secs(1));
-                None
-            }
-            other => Some(other),
-        })
-        .expect("no loopback port for 90 s")
-        .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = mpsc::channel();
-    let tx = Arc::new(Mutex::new(Some(tx)));
-    let timings = Arc::new(Mutex::new(vec![(None, None); events.len()]));
-    let events = Arc::new(events);
-    let served = Arc::new(AtomicUsize::new(0));
-    let answered = Arc::new(AtomicUsize::new(0));
-    let (s2, a2, t2) = (served.clone(), answered.clone(), timings.clone());
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stopped = stop.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            if stopped.load(Ordering::SeqCst) {
-                return;
-            }
-            let Ok(stream) = stream else { return };
-            let (tx, events, served, answered, timings) = (
-                tx.clone(),
-                events.clone(),
-                s2.clone(),
-                a2.clone(),
-                t2.clone(),
-            );
-            std::thread::spawn(move || serve(stream, &tx, &events, &served, &answered, &timings));
-        }
-    });
-    RuntimeApi {
-        port,
-        stop,
-        first_next: rx,
-        answered,
-        timings,
-    }
-}
-
-impl Drop for RuntimeApi {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so that it sees `stop`.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-    }
-}
-
-fn serve(
-    stream: TcpStream,
-    first: &Mutex<Option<mpsc::Sender<Instant>>>,
-    events: &[Vec<u8>],
-    served: &AtomicUsize,
-    answered: &AtomicUsize,
-    timings: &Timings,
-) {
-    // One write per answer and no Nagle delay: otherwise every event waits
-    // for a delayed ACK, and the load measures TCP, not the function.
-    let _ = stream.set_nodelay(true);
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut out = stream;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut length = 0usize;
-        let mut chunked = false;
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            if h == "\r\n" {
-                break;
-            }
-            let h = h.to_ascii_lowercase();
-            if let Some(v) = h.strip_prefix("content-length:") {
-                length = v.trim().parse().unwrap_or(0);
-            }
-            if h.starts_with("transfer-encoding:") && h.contains("chunked") {
-                chunked = true;
-            }
-        }
-        if chunked {
-            // Chunks until the empty one, then the (empty) trailer line.
-            loop {
-                let mut size = String::new();
-                if reader.read_line(&mut size).unwrap_or(0) == 0 {
-                    return;
-                }
-                let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
-                    .unwrap_or(0);
-                let mut chunk = vec![0; n + 2];
-                if reader.read_exact(&mut chunk).is_err() {
-                    return;
-                }
-                if n == 0 {
-                    break;
-                }
-            }
-        } else {
-            let mut body = vec![0; length];
-            if reader.read_exact(&mut body).is_err() {
-                return;
-            }
-        }
-        if line.starts_with("GET") && line.contains("/invocation/next") {
-            if let Some(tx) = first.lock().unwrap().take() {
-                let _ = tx.send(Instant::now());
-            }
-            let n = served.fetch_add(1, Ordering::SeqCst);
-            let Some(event) = events.get(n) else {
-                if events.is_empty() {
-                    return; // cold start only: the runtime is killed now
-                }
-                // Load done: hold the runtime here (alive, for its VmHWM)
-                // until it is killed.
-                std::thread::sleep(Duration::from_secs(600));
-                return;
-            };
-            let deadline = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis()
-                + 10_000;
-            let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
-                 lambda-runtime-aws-request-id: req-{n}\r\n\
-                 lambda-runtime-deadline-ms: {deadline}\r\n\
-                 lambda-runtime-invoked-function-arn: arn:aws:lambda:us-east-1:123456789012:function:bench\r\n\
-                 lambda-runtime-trace-id: Root=1-00000000-000000000000000000000000;Sampled=0\r\n\
-                 content-length: {}\r\n\r\n",
-                event.len()
-            );
-            let mut answer = head.into_bytes();
-            answer.extend_from_slice(event);
-            timings.lock().unwrap()[n].0 = Some(Instant::now());
-            if out.write_all(&answer).is_err() {
-                return;
-            }
-        } else {
-            // POST /2018-06-01/runtime/invocation/req-<n>/response
-            let n = line
-                .split("/invocation/req-")
-                .nth(1)
-                .and_then(|rest| rest.split('/').next())
-                .and_then(|n| n.parse::<usize>().ok());
-            if let Some(n) = n
-                && let Some(t) = timings.lock().unwrap().get_mut(n)
-            {
-                t.1 = Some(Instant::now());
-            }
-            answered.fetch_add(1, Ordering::SeqCst);
-            let answer = "HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n";
-            if out.write_all(answer.as_bytes()).is_err() {
-                return;
-            }
-        }
-    }
-}
-
-struct Env {
-    vars: Vec<(String, String)>,
-    /// The signed-in user's session id.
-    session: String,
-    _redis: RedisServer,
-}
-
-fn environment() -> Env {
-    let redis = RedisServer::start();
-    let pg = std::env::var("PAYCACHE_TEST_PG").expect("PAYCACHE_TEST_PG (make bench sets it)");
-    let db = format!("bench_{}", std::process::id());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(&pg, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        let task = tokio::spawn(conn);
-        client
-            .batch_execute(&format!("CREATE DATABASE {db}"))
-            .await
-            .unwrap();
-        drop(client);
-        let _ = task.await;
-        let url = format!("{pg} dbname={db}");
-        let config = paycache::config::DatabaseConfig {
-            url: paycache::config::Secret::new(url),
-            secret_arn: None,
-            credentials: None,
-            ca_cert: None,
-            pool_size: 1,
-            connect_timeout: Duration::from_secs(10),
-            statement_timeout: Duration::from_secs(600),
-        };
-        let db = paycache::db::Db::new(&config).unwrap();
-        db.migrate().await.unwrap();
-        db.seed_local().await.unwrap();
-    });
-    let vars = vec![
-        ("REDIS_URL".into(), redis.url()),
-        ("DATABASE_URL".into(), format!("{pg} dbname={db}")),
-        ("CACHE_KEY_PREFIX".into(), "bench".into()),
-        ("AUTH_ISSUER".into(), "https://auth.paycache.test".into()),
-        ("AUTH_AUDIENCE".into(), "paycache-api".into()),
-        (
-            "AUTH_JWKS_FILE".into(),
-            root()
-                .join("tests/fixtures/jwks.json")
-                .display()
-                .to_string(),
-        ),
-        // Every hit is the same caller (the events' service principal): no
-        // limit may stop the benchmark (the rate-limit script still runs).
-        (
-            "RATE_LIMIT_POLICIES".into(),
-            r#"[{"name":"users.profile.read","algorithm":"gcra","limit":1000000,"window_secs":1,"burst":1000000,"fail":"open"},{"name":"wallets.balance.read","algorithm":"gcra","limit":1000000,"window_secs":1,"burst":1000000,"fail":"open"}]"#.into(),
-        ),
-        ("AWS_REGION".into(), "us-east-1".into()),
-        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(), "256".into()),
-        ("AWS_LAMBDA_FUNCTION_VERSION".into(), "$LATEST".into()),
-        ("AWS_LAMBDA_LOG_STREAM_NAME".into(), "bench".into()),
-        ("AWS_LAMBDA_LOG_GROUP_NAME".into(), "bench".into()),
-        ("RUST_LOG".into(), "error".into()),
-    ];
-    // A signed-in user's session (what the sign-in makes), for the
-    // signed-in hit: its token names it (`sid`).
-    let _runtime = rt.enter();
-    let app = paycache::App::new(
-        paycache::Config::from_lookup(|name| {
-            vars.iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v): &(String, String)| v.clone())
-        })
-        .unwrap(),
-    )
-    .unwrap();
-    let session = rt.block_on(async {
-        let session = paycache::sessions::Session {
-            user_id: paycache::keys::UserId::parse(SIGNED_IN_USER).unwrap(),
-            email: "bench@example.test".into(),
-            roles: vec!["customer".into()],
-            permissions: Vec::new(),
-            last_activity: time::OffsetDateTime::now_utc(),
-            ip_address: None,
-            device_info: None,
-        };
-        paycache::sessions::create(&app.sessions, &session)
-            .await
-            .unwrap()
-            .to_string()
-    });
-    Env {
-        vars,
-        session,
-        _redis: redis,
-    }
-}
-
-/// The signed-in user of the benchmark (seed user 1).
-const SIGNED_IN_USER: &str = "00000000-0000-4000-8000-000000000001";
-
-fn spawn(program: &PathBuf, name: &str, env: &Env, port: u16) -> Child {
-    Command::new(program)
-        .env_clear()
-        .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("AWS_LAMBDA_FUNCTION_NAME", name)
-        .env("AWS_LAMBDA_RUNTIME_API", format!("127.0.0.1:{port}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e} (make bench builds it)", program.display()))
-}
-
-fn kill(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// Process start to the first `next` request.
@@ -700,47 +398,6 @@ fn hit_invocations(env: &Env, dir: &std::path::Path) {
     }
 }
 
-/// Creates the two secrets a deployed function reads at init in the local
-/// Secrets Manager (`AWS_ENDPOINT_URL`), and returns the variables naming
-/// them; `None` without a local endpoint.
-fn secrets_for_init() -> Option<Vec<(String, String)>> {
-    let endpoint = std::env::var("AWS_ENDPOINT_URL").ok()?;
-    if !endpoint.starts_with("http://127.0.0.1") {
-        return None;
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let sm = aws_sdk_secretsmanager::Client::new(
-            paycache::aws::sdk_config(Duration::from_secs(5)).await,
-        );
-        let tag = format!("bench-{}", std::process::id());
-        let redis = sm
-            .create_secret()
-            .name(format!("{tag}/redis"))
-            .secret_string(r#"{"token":"bench-token-0123456789abcdef"}"#)
-            .send()
-            .await
-            .ok()?;
-        let db = sm
-            .create_secret()
-            .name(format!("{tag}/db"))
-            .secret_string(r#"{"username":"postgres","password":"bench-password"}"#)
-            .send()
-            .await
-            .ok()?;
-        Some(vec![
-            (
-                "REDIS_AUTH_TOKEN_SECRET_ARN".to_owned(),
-                redis.arn()?.to_owned(),
-            ),
-            ("DATABASE_SECRET_ARN".to_owned(), db.arn()?.to_owned()),
-        ])
-    })
-}
-
 /// `VmHWM` of a process, in KiB.
 fn peak_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -755,35 +412,6 @@ fn peak_kib(pid: u32) -> u64 {
                 .ok()
         })
         .unwrap_or(0)
-}
-
-fn event(file: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(root().join("events").join(file)).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-/// `n` profile reads over 2,000 users (misses, then hits), as one event each.
-fn profile_events(n: usize) -> Vec<Vec<u8>> {
-    let template = event("profile-read.json");
-    (0..n)
-        .map(|i| {
-            let id = format!("00000000-0000-4000-8000-{:012x}", i % 2000 + 1);
-            let mut e = template.clone();
-            for_user(&mut e, &id);
-            serde_json::to_vec(&e).unwrap()
-        })
-        .collect()
-}
-
-/// A profile-read event for user `id`'s profile.
-fn for_user(e: &mut serde_json::Value, id: &str) {
-    e["rawPath"] = format!("/users/{id}/profile").into();
-    e["requestContext"]["http"]["path"] = format!("/users/{id}/profile").into();
-    e["pathParameters"]["user_id"] = id.into();
-}
-
-fn repeated(file: &str, n: usize) -> Vec<Vec<u8>> {
-    vec![serde_json::to_vec(&event(file)).unwrap(); n]
 }
 
 fn peak_memory(env: &Env, dir: &std::path::Path) {
