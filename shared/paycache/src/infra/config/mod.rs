@@ -17,7 +17,6 @@ mod cache;
 mod database;
 mod env;
 mod ledger;
-mod limits;
 mod operations;
 pub mod rate_limit;
 mod realtime;
@@ -26,8 +25,8 @@ mod redis;
 pub use cache::{CacheAsideConfig, TtlConfig};
 pub use database::{DatabaseConfig, DatabaseCredentials};
 pub use ledger::{AuditConfig, BalanceConfig};
-pub use limits::RateLimitConfig;
 pub use operations::{HealthConfig, WarmConfig};
+pub use rate_limit::RateLimitConfig;
 pub use realtime::{AnnouncementTrust, ConnectionLimits, DeliveryConfig};
 pub(crate) use redis::is_valid_auth_token;
 pub use redis::{BreakerConfig, RedisConfig, RedisMode};
@@ -150,7 +149,7 @@ impl Config {
             balance: ledger::balance(&env)?,
             audit: ledger::audit(&env)?,
             delivery: delivery_config(&env)?,
-            rate_limit: limits::read(&env)?,
+            rate_limit: rate_limit::read(&env)?,
             health: operations::health(&env)?,
             fraud_alert_threshold: env.number("FRAUD_ALERT_THRESHOLD", 80, 0, 1000)?,
             announcements: realtime::announcements(&env)?,

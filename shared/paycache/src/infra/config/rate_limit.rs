@@ -1,13 +1,17 @@
-//! Rate-limit policies (`RATE_LIMIT_POLICIES`, `RATE_LIMIT_DEFAULT`): what
-//! each named policy allows, parsed and validated with the rest of the
-//! configuration. The limiter that enforces them is `crate::patterns::ratelimit`.
+//! Rate limiting (`RATE_LIMIT_*`): the policies (`RATE_LIMIT_POLICIES`,
+//! `RATE_LIMIT_DEFAULT` — what each named policy allows, parsed and
+//! validated with the rest of the configuration), the decision's time
+//! budget and the remembered denials. The limiter that enforces them is
+//! `crate::patterns::ratelimit`.
 
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
+use super::env::Env;
 use crate::infra::keys::Endpoint;
+use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -194,4 +198,27 @@ fn validate(spec: &PolicySpec, variable: &'static str) -> Result<(), ConfigError
                     .into(),
         })
     }
+}
+
+/// Rate limiting.
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    /// `RATE_LIMIT_POLICIES` over the defaults.
+    pub policies: Policies,
+    /// The decision comes within this, whatever Redis does.
+    pub timeout: Duration,
+    /// Remembered denials per execution environment.
+    pub local_capacity: usize,
+}
+
+/// Rate limiting (`RATE_LIMIT_*`).
+pub(super) fn read(env: &Env<'_>) -> Result<RateLimitConfig, ConfigError> {
+    Ok(RateLimitConfig {
+        policies: Policies::parse(
+            env.get("RATE_LIMIT_POLICIES").as_deref(),
+            env.get("RATE_LIMIT_DEFAULT").as_deref(),
+        )?,
+        timeout: env.millis("RATE_LIMIT_TIMEOUT_MS", 50, 1, 10_000)?,
+        local_capacity: env.number("RATE_LIMIT_LOCAL_CACHE_ENTRIES", 10_000, 0, 1_000_000)?,
+    })
 }
