@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""No broken variant in a shipped binary. The paycache crate's test-only
-feature `test-variants` (the alternative designs the tests prove the real
-one against, and their fault hooks) must be off in every build a function
-or tool ships from: each function as `sam build` and `cargo lambda watch`
+"""No broken variant in a shipped binary. The test-only feature
+`test-variants` of the paycache crate (the alternative designs the tests
+prove the real one against, and their fault hooks) and of the local
+gateway (its management API without the signature check) must be off in
+every build a function or tool ships from: each function as `sam build` and `cargo lambda watch`
 build it (`-p <function>`, normal dependencies: a release build resolves
 the same features), the development tools, and the whole workspace's
 binaries as `make run` builds them (`cargo build --bins`, no
@@ -20,21 +21,25 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FEATURE = 'paycache feature "test-variants"'
+# The crates with broken variants, and the feature that compiles them.
+CRATES = ("paycache", "paycache-ws-gateway")
+FEATURE = "test-variants"
 
 
-def tree(selection, edges):
-    out = subprocess.run(["cargo", "tree", *selection, "-e", edges, "-i", "paycache", "--offline"],
+def tree(selection, edges, crate):
+    out = subprocess.run(["cargo", "tree", *selection, "-e", edges, "-i", crate, "--offline"],
                          capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0 and "did not match any packages" in out.stderr:
-        return ""  # no paycache in this build at all
+        return ""  # the crate is not in this build at all
     if out.returncode != 0:
         raise SystemExit(f"cargo tree {' '.join(selection)} failed: {out.stderr.strip()[-400:]}")
     return out.stdout
 
 
 def enabled(selection, edges="normal,build,features"):
-    return FEATURE in tree(selection, edges)
+    """The crates whose broken variants this build compiles."""
+    return [crate for crate in CRATES
+            if f'{crate} feature "{FEATURE}"' in tree(selection, edges, crate)]
 
 
 def packages():
@@ -49,9 +54,11 @@ def packages():
 
 
 def self_test():
-    if not enabled(["-p", "paycache-tests"], "normal,build,dev,features"):
-        raise SystemExit("check-variants: the planted case (the test crate's dev-dependencies) was not caught")
-    print("check-variants: a build with the test crate's dev-dependencies is caught", flush=True)
+    caught = enabled(["-p", "paycache-tests"], "normal,build,dev,features")
+    if sorted(caught) != sorted(CRATES):
+        raise SystemExit("check-variants: the planted case (the test crate's dev-dependencies) was not caught "
+                         f"for every crate: caught {caught} of {list(CRATES)}")
+    print(f"check-variants: a build with the test crate's dev-dependencies is caught ({', '.join(caught)})", flush=True)
 
 
 def main():
@@ -61,11 +68,11 @@ def main():
     shipped = packages()
     if len(shipped) < 13:
         raise SystemExit(f"check-variants: found only {shipped}: the function crates moved?")
-    bad = [name for name in shipped if enabled(["-p", name])]
-    if enabled(["--workspace"]):
-        bad.append("cargo build --workspace --bins (make run)")
+    bad = [f"{name} ({', '.join(crates)})" for name in shipped if (crates := enabled(["-p", name]))]
+    if crates := enabled(["--workspace"]):
+        bad.append(f"cargo build --workspace --bins, make run ({', '.join(crates)})")
     if bad:
-        raise SystemExit("check-variants: the test-only feature `test-variants` is on in: " + ", ".join(bad))
+        raise SystemExit(f"check-variants: the test-only feature `{FEATURE}` is on in: " + ", ".join(bad))
     print(f"check-variants: no broken variant in {len(shipped)} shipped packages or make run's build", flush=True)
 
 

@@ -313,11 +313,7 @@ fn main() {
         let gateway = paycache_ws_gateway::serve(
             listener,
             invoke,
-            paycache_ws_gateway::Options {
-                management: paycache_ws_gateway::sigv4::Expected::from_env(),
-                test_controls: true,
-                unchecked: false,
-            },
+            paycache_ws_gateway::Options::new(paycache_ws_gateway::sigv4::Expected::from_env(), true),
         )
         .unwrap();
         let raw = redis.raw().await;

@@ -71,9 +71,23 @@ pub struct Options {
     /// Serve the test controls (`/_gateway/...`). Off unless a test asks.
     pub test_controls: bool,
     /// The broken variant of the signature check, for the test that proves
-    /// it: management requests are served unsigned.
-    #[doc(hidden)]
+    /// it: management requests are served unsigned. Compiled only with the
+    /// `test-variants` feature, which only the test crate enables.
+    #[cfg(feature = "test-variants")]
     pub unchecked: bool,
+}
+
+impl Options {
+    /// A gateway checking management signatures against `management`,
+    /// serving the test controls when `test_controls`.
+    pub fn new(management: Option<sigv4::Expected>, test_controls: bool) -> Self {
+        Self {
+            management,
+            test_controls,
+            #[cfg(feature = "test-variants")]
+            unchecked: false,
+        }
+    }
 }
 
 /// API Gateway's WebSocket frame limit.
@@ -129,6 +143,7 @@ struct Conn {
 struct Gateway {
     invoke: Invoke,
     management: Option<sigv4::Expected>,
+    #[cfg(feature = "test-variants")]
     unchecked: bool,
     addr: SocketAddr,
     connections: Mutex<HashMap<String, Conn>>,
@@ -205,6 +220,7 @@ pub fn serve(listener: TcpListener, invoke: Invoke, options: Options) -> std::io
     let state = Arc::new(Gateway {
         invoke,
         management: options.management,
+        #[cfg(feature = "test-variants")]
         unchecked: options.unchecked,
         addr,
         connections: Mutex::new(HashMap::new()),

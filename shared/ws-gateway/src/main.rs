@@ -116,11 +116,10 @@ async fn main() {
         );
         paycache_ws_gateway::front::serve(front, &lambda, limiter.clone());
     }
-    let options = paycache_ws_gateway::Options {
-        management: paycache_ws_gateway::sigv4::Expected::from_env(),
+    let options = paycache_ws_gateway::Options::new(
+        paycache_ws_gateway::sigv4::Expected::from_env(),
         test_controls,
-        unchecked: false,
-    };
+    );
     if options.management.is_none() {
         tracing::warn!(
             "no AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY: every management request will be refused"
