@@ -83,7 +83,10 @@ impl Rig {
         let gateway = paycache_ws_gateway::serve(
             listener,
             invoke,
-            paycache_ws_gateway::Options::new(paycache_ws_gateway::sigv4::Expected::from_env(), true),
+            paycache_ws_gateway::Options::new(
+                paycache_ws_gateway::sigv4::Expected::from_env(),
+                true,
+            ),
         )
         .unwrap();
         Self { w, app, gateway }
