@@ -67,8 +67,12 @@ cargo clippy --workspace --all-targets -- -D warnings
 # reads all of it. The console gets the summary lines; a failure, its story.
 export PAYCACHE_TEST_LOG_DIR="$STACK/logs"
 cp "$ROOT/tests/secrets.txt" "$STACK/secrets.run"
+# The test targets: every library, test, benchmark and example — not the
+# binaries, which hold no tests (`test = false`, which `--all-targets`
+# overrides: it would build and link a test harness for each of the 15).
+TEST_TARGETS=(--lib --tests --benches --examples)
 log "building the tests (cargo's progress follows)"
-cargo test --workspace --all-targets --no-run
+cargo test --workspace "${TEST_TARGETS[@]}" --no-run
 # Every later build — `cargo run -p paycache-dev` (deployment contract,
 # e2e), `cargo lambda watch`'s `cargo run --bin <function>` — selects fewer
 # packages than the test build; with one feature set for the whole
@@ -95,7 +99,7 @@ python3 "$ROOT/scripts/check-variants.py"
 log "cargo test (output in $STACK/test-output.log, logs in $PAYCACHE_TEST_LOG_DIR)"
 set +e
 RUST_TEST_THREADS="${RUST_TEST_THREADS:-6}" \
-  in_background cargo test --workspace --all-targets -- --nocapture >"$STACK/test-output.log" 2>&1
+  in_background cargo test --workspace "${TEST_TARGETS[@]}" -- --nocapture >"$STACK/test-output.log" 2>&1
 rc=$?
 set -e
 grep -E '^(test result:|error(\[|:))|^test .* FAILED$' "$STACK/test-output.log" || true
