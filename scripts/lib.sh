@@ -7,7 +7,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PATH="$HOME/.local/bin:$HOME/.cargo/bin:$PATH"
 
-log() { printf '==> %s\n' "$*" >&2; }
+# Each step with the time since the script started (`$SECONDS`).
+log() { printf '==> [%d:%02d] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # on_exit FUNCTION: run FUNCTION when the script ends, however it ends. An
@@ -315,4 +316,12 @@ stop_postgres() { # dir
   local bindir
   bindir=$(pg_bindir) || return 0
   [ -s "$1/PG_VERSION" ] && pg_run "$bindir/pg_ctl" -D "$1" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+# cargo-mutants (crates.io) for `make mutants`.
+ensure_cargo_mutants() {
+  if cargo mutants --version >/dev/null 2>&1; then return 0; fi
+  log "cargo install cargo-mutants (mutation testing; a few minutes, once)"
+  cargo install --locked cargo-mutants
+  cargo mutants --version >/dev/null 2>&1 || die "cargo-mutants did not install"
 }
