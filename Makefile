@@ -1,6 +1,6 @@
 # The two commands of the README. Each installs what is missing and is safe
 # to run again.
-.PHONY: run test bench
+.PHONY: run test bench mutants
 
 ## Serve every function locally on http://127.0.0.1:$${PORT:-9000}
 run:
@@ -13,3 +13,7 @@ test:
 ## Benchmarks (criterion) against a throwaway Redis
 bench:
 	@bash scripts/bench.sh
+
+## Mutation testing (cargo-mutants): SHARD=<name>|all, DIFF=<ref>, or FILES='…' TESTS='…'
+mutants:
+	@SHARD="$(SHARD)" DIFF="$(DIFF)" FILES="$(FILES)" TESTS="$(TESTS)" LIST="$(LIST)" bash scripts/mutants.sh

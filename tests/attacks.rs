@@ -283,6 +283,59 @@ async fn a_sign_out_during_an_outage_holds_after_it(mode: RedisMode) {
 }
 both_modes!(a_sign_out_during_an_outage_holds_after_it);
 
+/// A sign-out closes the sockets of the sign-ins it ends — "this device"
+/// its own, "everywhere" every other one of the user's — through
+/// `ws-sender` (the close entries the sign-out queued: a close
+/// acknowledged without its `DELETE @connections` leaves the socket open,
+/// which this test catches); a bystander's socket stays open and receives
+/// its frame.
+async fn a_sign_out_closes_its_sockets(mode: RedisMode) {
+    let rig = Rig::new(mode).await;
+    insert_user(&rig.w.db, 1).await;
+    insert_user(&rig.w.db, 2).await;
+    let theirs = random_uuid();
+    insert_wallet(&rig.w.db, 2, &theirs, "USD", 1000).await;
+    let (t1, this_device) = rig.token_for(1, 600).await;
+    let (t2, other_device) = rig.token_for(1, 600).await;
+    let (t3, _) = rig.token_for(1, 600).await;
+    let (t4, _) = rig.token_for(2, 600).await;
+    let (mut ws1, mut ws2, mut ws3, mut ws4) = (
+        rig.connect(&t1).await,
+        rig.connect(&t2).await,
+        rig.connect(&t3).await,
+        rig.connect(&t4).await,
+    );
+    let sender = rig.spawn_sender(rig.sender(5).await);
+    let out = Box::pin(logout::handle(
+        &*rig.app,
+        this_device.on(sign_out("session")),
+    ))
+    .await;
+    assert_eq!(out.status(), StatusCode::OK, "{}", body(&out));
+    let (_, closed) = frames_and_close(&mut ws1, Duration::from_secs(10)).await;
+    assert!(closed, "this device's socket is closed");
+    let (_, closed) = frames_and_close(&mut ws2, Duration::from_millis(500)).await;
+    assert!(!closed, "the other devices' sockets stay open");
+    let out = Box::pin(logout::handle(&*rig.app, other_device.on(sign_out("all")))).await;
+    assert_eq!(out.status(), StatusCode::OK, "{}", body(&out));
+    for (name, ws) in [("the other device", &mut ws2), ("the third", &mut ws3)] {
+        let (_, closed) = frames_and_close(ws, Duration::from_secs(10)).await;
+        assert!(closed, "signed out everywhere: {name}'s socket is closed");
+    }
+    let v = write_until_applied(&rig.app, &WalletId::parse(&theirs).unwrap(), 600).await;
+    let frame = paycache_tests::realtime::frame_where(&mut ws4, Duration::from_secs(10), |f| {
+        f["type"] == "balance_update"
+    })
+    .await;
+    assert_eq!(
+        frame.map(|f| f["version"].clone()),
+        Some(json!(v)),
+        "a bystander's socket stays open and receives"
+    );
+    sender.abort();
+}
+both_modes!(a_sign_out_closes_its_sockets);
+
 /// An execution environment that did not see the outage (started after
 /// it, or on the other side of a partition that hid it) learns of a sign-out
 /// made during it from `ws-sender`, which sweeps pending sign-outs into

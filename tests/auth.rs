@@ -26,7 +26,11 @@ const ISS: &str = "https://auth.paycache.test";
 const AUD: &str = "paycache-api";
 
 fn verifier(fail_open: bool) -> Verifier {
-    let vars: HashMap<&str, String> = [
+    verifier_with(fail_open, &[])
+}
+
+fn verifier_with(fail_open: bool, extra: &[(&'static str, &str)]) -> Verifier {
+    let mut vars: HashMap<&str, String> = [
         ("AUTH_ISSUER", ISS.to_owned()),
         ("AUTH_AUDIENCE", AUD.to_owned()),
         ("AUTH_JWKS", JWKS.to_owned()),
@@ -34,6 +38,7 @@ fn verifier(fail_open: bool) -> Verifier {
     ]
     .into_iter()
     .collect();
+    vars.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
     Verifier::new(AuthConfig::from_lookup(|k| vars.get(k).cloned()).unwrap()).unwrap()
 }
 
@@ -364,6 +369,69 @@ async fn sessions_slide_and_logout_revokes_until_expiry(mode: RedisMode) {
     );
 }
 both_modes!(sessions_slide_and_logout_revokes_until_expiry);
+
+/// A revocation lasts as long as the most lenient verifier here accepts
+/// the token: with `AUTH_LEEWAY_SECS` at the largest value the
+/// configuration allows, a token 297 s past its `exp` still verifies —
+/// the bound is real — and, revoked, is refused: its blacklist entry
+/// outlives `exp` by at least that leeway. A grace a few seconds shorter
+/// than the largest leeway writes no entry for it (already past) and the
+/// authorizer admits it (what this test exists to catch).
+async fn a_revocation_outlives_the_largest_leeway(mode: RedisMode) {
+    let w = World::new(mode, &[]).await;
+    let largest = "300";
+    assert!(
+        AuthConfig::from_lookup(|k| match k {
+            "AUTH_ISSUER" => Some(ISS.to_owned()),
+            "AUTH_AUDIENCE" => Some(AUD.to_owned()),
+            "AUTH_JWKS" => Some(JWKS.to_owned()),
+            "AUTH_LEEWAY_SECS" => Some("301".to_owned()),
+            _ => None,
+        })
+        .is_err(),
+        "{largest} s is the largest leeway the configuration allows"
+    );
+    let v = verifier_with(false, &[("AUTH_LEEWAY_SECS", largest)]);
+    let l = login(&w).await;
+    let exp = now() - 297;
+    let mut c = claims(&l.user, &l.sid, &l.jti);
+    c["iat"] = json!(exp - 600);
+    c["nbf"] = json!(exp - 600);
+    c["exp"] = json!(exp);
+    let token = sign(&c, KEY);
+    assert_eq!(
+        authorize(&w.app, &v, &event(&token)).await["isAuthorized"],
+        true,
+        "297 s past exp, inside the largest leeway: accepted"
+    );
+    sessions::blacklist(
+        &w.app.sessions,
+        &Jti::parse(&l.jti).unwrap(),
+        &principal(&l),
+        OffsetDateTime::from_unix_timestamp(exp).unwrap(),
+        "test",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        decide(&w.app, &v, &event(&token))
+            .await
+            .map(|_| ())
+            .unwrap_err(),
+        Denied::Revoked,
+        "revoked inside the leeway: refused"
+    );
+    // Through a second environment too (no memory of the revocation).
+    let other = w.another_environment();
+    assert_eq!(
+        decide(&other, &v, &event(&token))
+            .await
+            .map(|_| ())
+            .unwrap_err(),
+        Denied::Revoked
+    );
+}
+both_modes!(a_revocation_outlives_the_largest_leeway);
 
 /// Redis unreachable: PostgreSQL decides — a signed-in user connects, a
 /// token whose session was signed out before the outage is denied, a bad

@@ -266,9 +266,12 @@ async fn sign_out_is_authenticated_and_rate_limited(mode: RedisMode) {
 }
 both_modes!(sign_out_is_authenticated_and_rate_limited);
 
-/// A refusal costs its owner nothing: 40 requests with the owner's revoked
-/// token (blacklisted while its session still exists: the blacklist check
-/// alone refuses it) leave the owner's budget whole, for each algorithm.
+/// A refusal costs its owner nothing, and gives nothing back either: the
+/// owner spends 3 of a budget of 5, then 40 requests with the owner's
+/// revoked token (blacklisted while its session still exists: the
+/// blacklist check alone refuses it) are refunded exactly — the owner has
+/// exactly 2 left, for each algorithm (a refund of more than was charged
+/// would show as more than 2; one of less, or none, as fewer).
 /// The broken form — the 40 refused requests' units kept (here charged by
 /// the test, as a gate without refunds would have left them) — rate-limits
 /// the owner, which the same check sees. (A gate that skips the blacklist
@@ -276,13 +279,20 @@ both_modes!(sign_out_is_authenticated_and_rate_limited);
 async fn a_refusal_costs_its_owner_nothing(mode: RedisMode) {
     for algorithm in ["fixed_window", "sliding_log", "sliding_window", "gcra"] {
         let policies = format!(
-            r#"[{{"name":"users.profile.read","algorithm":"{algorithm}","limit":5,"window_secs":60,"fail":"closed"}}]"#
+            r#"[{{"name":"users.profile.read","algorithm":"{algorithm}","limit":5,"window_secs":86400,"fail":"closed"}}]"#
         );
         let w = World::new(mode, &[("RATE_LIMIT_POLICIES", &policies)]).await;
         let me = seed_user_id(1);
         insert_user(&w.db, 1).await;
         for kept in [false, true] {
             let app = w.another_environment();
+            let owner = w.sign_in(&me, &[]).await;
+            for _ in 0..3 {
+                let s = Box::pin(profile_read::handle(&app, owner.on(profile(&me))))
+                    .await
+                    .status();
+                assert_eq!(s, StatusCode::OK, "{algorithm}: the owner's first 3");
+            }
             let stolen = w.sign_in(&me, &[]).await;
             sessions::blacklist(
                 &app.sessions,
@@ -313,7 +323,6 @@ async fn a_refusal_costs_its_owner_nothing(mode: RedisMode) {
                         .await;
                 }
             }
-            let owner = w.sign_in(&me, &[]).await;
             let mut served = 0;
             for _ in 0..5 {
                 if Box::pin(profile_read::handle(&app, owner.on(profile(&me))))
@@ -325,13 +334,13 @@ async fn a_refusal_costs_its_owner_nothing(mode: RedisMode) {
                 }
             }
             let what = format!(
-                "{algorithm} (units kept: {kept}): {refused} refused, owner served {served}/5"
+                "{algorithm} (units kept: {kept}): {refused} refused, then the owner served {served} of 5 asked"
             );
             assert_eq!(refused, 40, "{what}");
             if kept {
-                assert!(served < 5, "the kept units must cost the owner: {what}");
+                assert!(served < 2, "the kept units must cost the owner: {what}");
             } else {
-                assert_eq!(served, 5, "{what}");
+                assert_eq!(served, 2, "exactly the 2 left: {what}");
             }
             // The next round starts from a full budget.
             let mut raw = w.redis.raw().await;
@@ -351,7 +360,11 @@ both_modes!(a_refusal_costs_its_owner_nothing);
 
 /// A revoked token stays refused for as long as a verifier could accept
 /// it: 1.5 s past its `exp`, inside the routes' leeway, a revoked service
-/// token is 401 (the attack: 200, its blacklist entry gone at `exp`).
+/// token is 401 (the attack: 200, its blacklist entry gone at `exp`) —
+/// refused because it is revoked, not because it expired: a token with
+/// the same `exp`, not revoked, is served at the same moment (a route
+/// without its leeway would refuse both, and the check would hold for the
+/// wrong reason).
 async fn a_revoked_token_stays_refused_through_the_leeway(mode: RedisMode) {
     // The broken form through the same check: a revocation that lasts
     // until `exp` only (here the test shortens the blacklist entry to that,
@@ -363,10 +376,15 @@ async fn a_revoked_token_stays_refused_through_the_leeway(mode: RedisMode) {
         insert_wallet(&w.db, 1, &wallet, "USD", 1000).await;
         let exp = OffsetDateTime::now_utc().unix_timestamp() + 1;
         let jti = format!("j{}", &random_uuid()[..12]);
-        let claims_req = |req: Request| {
+        let twin = format!("j{}", &random_uuid()[..12]);
+        let with_jti = |req: Request, jti: &str| {
             let r = as_client(req, "support-console", &["wallets.read.any"]);
-            paycache_tests::with_claim_values(r, &[("exp", exp.to_string()), ("jti", jti.clone())])
+            paycache_tests::with_claim_values(
+                r,
+                &[("exp", exp.to_string()), ("jti", jti.to_owned())],
+            )
         };
+        let claims_req = |req: Request| with_jti(req, &jti);
         let ok = balance::handle(&app, claims_req(wallet_req("GET", &wallet, None))).await;
         assert_eq!(ok.status(), StatusCode::OK);
         let out = logout::handle(&app, claims_req(logout_req(None))).await;
@@ -393,6 +411,13 @@ async fn a_revoked_token_stays_refused_through_the_leeway(mode: RedisMode) {
             continue;
         }
         assert_eq!(replay.status(), StatusCode::UNAUTHORIZED);
+        let unrevoked =
+            balance::handle(&app, with_jti(wallet_req("GET", &wallet, None), &twin)).await;
+        assert_eq!(
+            unrevoked.status(),
+            StatusCode::OK,
+            "inside the leeway: the 401 above is the revocation's"
+        );
         let left = sessions::blacklist_ttl(&app.sessions, &Jti::parse(&jti).unwrap())
             .await
             .unwrap()
@@ -454,8 +479,16 @@ async fn services_cannot_spend_a_users_route_budget(mode: RedisMode) {
         paycache::ratelimit::Counters::Routes,
     ] {
         let app = w.another_environment();
-        // 99: the first iteration's read took one unit of the route's 100.
-        let spent = app.limiter.check_in(counters, &uid, &endpoint, 99).await;
+        // Consulted: the whole 100 — were the counters shared, the read
+        // right after would be the 101st and refused (this assertion, not
+        // the next step's precondition, catches it). Routes: 99, as the
+        // first iteration's read took one unit of the route's 100.
+        let cost = if counters == paycache::ratelimit::Counters::Consulted {
+            100
+        } else {
+            99
+        };
+        let spent = app.limiter.check_in(counters, &uid, &endpoint, cost).await;
         assert!(spent.allowed, "{counters:?}");
         let read = balance::handle(&app, user.on(wallet_req("GET", &wallet, None))).await;
         if counters == paycache::ratelimit::Counters::Consulted {
@@ -657,11 +690,12 @@ both_modes!(claims_are_checked_against_the_token_when_asked);
 /// scopes (issue 28): a genuine token of the limits gateway (scope
 /// `ratelimit.check`) under hand-made claims that name the same client and
 /// `jti` but the ledger's scope cannot set a balance (401, logged
-/// `ClaimsMismatch`), nor can claims that move its `exp`; the same token
-/// under its own claims is let in and refused for want of the permission
-/// (404: the wallet is not its to see) — the check is the scopes, not the
-/// token. The broken variant, the
-/// comparison before (principal and `jti` only), is the trusting
+/// `ClaimsMismatch`), nor can claims that move its `exp`, nor claims that
+/// differ from the token in their `jti` alone; the same token under its
+/// own claims is let in and refused for want of the permission (404: the
+/// wallet is not its to see) — the check is the scopes, not the token.
+/// The broken variant, the comparison before (principal and `jti`
+/// only), is the trusting
 /// configuration's answer: without `AUTH_VERIFY_IN_FUNCTION` the forged
 /// scopes write the balance (200).
 async fn a_services_scopes_are_its_tokens(mode: RedisMode) {
@@ -691,7 +725,7 @@ async fn a_services_scopes_are_its_tokens(mode: RedisMode) {
         let exp = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
         let token =
             paycache_tests::service_token("limits-gateway", &jti, &["ratelimit.check"], exp);
-        let put = |scopes: &[&str], exp: i64| {
+        let put_as = |scopes: &[&str], exp: i64, jti: &str| {
             let req = paycache_tests::as_client_token(
                 wallet_req(
                     "PUT",
@@ -699,7 +733,7 @@ async fn a_services_scopes_are_its_tokens(mode: RedisMode) {
                     Some(json!({"balance": "99.00", "currency": "USD", "expected_version": 1})),
                 ),
                 "limits-gateway",
-                &jti,
+                jti,
                 scopes,
             );
             let mut req = paycache_tests::with_claim_values(req, &[("exp", exp.to_string())]);
@@ -707,7 +741,12 @@ async fn a_services_scopes_are_its_tokens(mode: RedisMode) {
                 .insert("authorization", format!("Bearer {token}").parse().unwrap());
             req
         };
+        let put = |scopes: &[&str], exp: i64| put_as(scopes, exp, &jti);
         let own = balance::handle(&app, put(&["ratelimit.check"], exp)).await;
+        // Everything the same but the `jti` (another token's, which a
+        // revocation check would then look up instead).
+        let other_jti = paycache_tests::token_id();
+        let renamed = balance::handle(&app, put_as(&["ratelimit.check"], exp, &other_jti)).await;
         let forged = balance::handle(&app, put(&["wallets.balance.write"], exp)).await;
         let later = balance::handle(&app, put(&["ratelimit.check"], exp + 86_400)).await;
         if verify {
@@ -720,6 +759,12 @@ async fn a_services_scopes_are_its_tokens(mode: RedisMode) {
                 body(&forged)
             );
             assert_eq!(later.status(), StatusCode::UNAUTHORIZED, "{}", body(&later));
+            assert_eq!(
+                renamed.status(),
+                StatusCode::UNAUTHORIZED,
+                "claims naming another jti: {}",
+                body(&renamed)
+            );
         } else {
             assert_eq!(
                 forged.status(),
@@ -808,8 +853,58 @@ both_modes!(balance_audit_events_name_the_actor);
 /// as IAM does deployed) and its test controls exist only when a test
 /// turns them on: unsigned, or signed with another secret, a forged frame
 /// is refused (403); signed with the right one it is served (here 410: no
-/// such connection). The broken variant — a gateway that does not check —
+/// such connection); a body changed after signing and a date more than
+/// five minutes off are refused too. The broken variant — a gateway that
+/// does not check —
 /// serves the unsigned post, which the same check sees.
+/// A `PostToConnection` to `base`, SigV4-signed at `at` over `signed`
+/// with the run's credentials, sending `sent` as its body.
+fn signed_by_hand(
+    base: &str,
+    signed: &[u8],
+    sent: &[u8],
+    at: std::time::SystemTime,
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+    let url = format!("{base}/@connections/victimconn1=");
+    let host = base
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let identity =
+        aws_credential_types::Credentials::new("AKIDRUN", "run-secret", None, None, "test").into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region("us-east-1")
+        .name("execute-api")
+        .time(at)
+        .settings(SigningSettings::default())
+        .build()
+        .unwrap()
+        .into();
+    let headers = [("host", host.as_str())];
+    let signable = SignableRequest::new(
+        "POST",
+        &url,
+        headers.iter().copied(),
+        SignableBody::Bytes(signed),
+    )
+    .unwrap();
+    let (instructions, _) = sign(signable, &params).unwrap().into_parts();
+    let mut req = http::Request::builder()
+        .method("POST")
+        .uri(&url)
+        .header("host", &host)
+        .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
+            sent,
+        )))
+        .unwrap();
+    instructions.apply_to_request_http1x(&mut req);
+    req
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_gateway_needs_credentials() {
     use paycache_ws_gateway::{Options, serve, sigv4::Expected};
@@ -886,6 +981,40 @@ async fn the_local_gateway_needs_credentials() {
             410,
             "signed right: served (no such connection)"
         );
+        // Signed by hand: the signature covers the body (a body changed
+        // after signing is refused), and the date (more than five minutes
+        // off is refused, as AWS does; two minutes is a clock's skew).
+        let now = std::time::SystemTime::now();
+        let minutes = |m: u64| std::time::Duration::from_secs(60 * m);
+        for (what, at, sent, want) in [
+            ("as signed", now, &b"{\"a\":1}"[..], 410),
+            ("body changed after signing", now, &b"{\"a\":2}"[..], 403),
+            (
+                "signed 10 minutes ago",
+                now - minutes(10),
+                &b"{\"a\":1}"[..],
+                403,
+            ),
+            (
+                "signed 10 minutes ahead",
+                now + minutes(10),
+                &b"{\"a\":1}"[..],
+                403,
+            ),
+            (
+                "signed 2 minutes ago",
+                now - minutes(2),
+                &b"{\"a\":1}"[..],
+                410,
+            ),
+        ] {
+            let req = signed_by_hand(&base, b"{\"a\":1}", sent, at);
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<http_body_util::Full<bytes::Bytes>>();
+            let status = client.request(req).await.unwrap().status().as_u16();
+            assert_eq!(status, want, "{what}");
+        }
         // No test controls unless asked for.
         for path in ["/_gateway/stats", "/_gateway/hold/x", "/_gateway/forget/x"] {
             let method = if path.ends_with("stats") {

@@ -170,4 +170,71 @@ async fn emf_lines_follow_the_specification() {
             "{line}"
         );
     }
+
+    // ws-sender's run metrics: WsFramesSent (the frames a run sent),
+    // WsFramesPerSecond (their rate while busy), WsBacklog (what the run
+    // left waiting in its partitions). First a run whose one post keeps
+    // failing (the connection throttled, one attempt): nothing sent, the
+    // entry left waiting; then a run that sends it and two more.
+    let rig = paycache_tests::realtime::Rig::new(RedisMode::Standalone).await;
+    insert_user(&rig.w.db, 1).await;
+    let token = rig.token(1).await;
+    let _ws = rig.connect(&token).await;
+    let conn = rig.stats().await["connections"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let announce = || {
+        serde_json::json!({"detail-type": "SystemAnnouncement", "source": "payments.operations",
+                           "detail": {"message": "maintenance at 02:00"}})
+    };
+    let run = |seconds: u64| {
+        let rig = &rig;
+        async move {
+            let mut sender = rig.sender(1).await;
+            paycache::delivery::run(
+                &rig.app.deliveries,
+                &mut sender,
+                Instant::now() + Duration::from_secs(seconds),
+            )
+            .await
+        }
+    };
+    let emitted = || {
+        let mut out = Vec::new();
+        paycache::telemetry::flush_to(collector, &mut out);
+        let mut seen = std::collections::HashMap::<String, f64>::new();
+        for line in String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.is_empty())
+        {
+            let doc: Value = serde_json::from_str(line).unwrap();
+            for (k, v) in validate(&doc) {
+                *seen.entry(k).or_insert(0.0) += total(&v);
+            }
+        }
+        seen
+    };
+    rig.control(&format!("throttle/{conn}?count=1000")).await;
+    rig.invalidate(announce()).await;
+    let report = run(2).await;
+    assert_eq!((report.sent, report.failed > 0), (0, true), "{report:?}");
+    let seen = emitted();
+    // (A counter that did not move is not emitted.)
+    assert_eq!(
+        seen.get("WsFramesSent").copied().unwrap_or(0.0),
+        0.0,
+        "{seen:?}"
+    );
+    assert!(seen["WsBacklog"] >= 1.0, "the failed entry waits: {seen:?}");
+    rig.control(&format!("throttle/{conn}?count=0")).await;
+    rig.invalidate(announce()).await;
+    rig.invalidate(announce()).await;
+    let report = run(3).await;
+    assert_eq!(report.sent, 3, "{report:?}");
+    let seen = emitted();
+    assert_eq!(seen.get("WsFramesSent"), Some(&3.0), "{seen:?}");
+    assert_eq!(seen.get("WsBacklog"), Some(&0.0), "{seen:?}");
+    assert!(seen["WsFramesPerSecond"] > 0.0, "{seen:?}");
 }

@@ -16,10 +16,10 @@ use http::StatusCode;
 use lambda_http::{Body, Request, RequestExt, Response};
 use paycache::App;
 use paycache::config::RedisMode;
-use paycache::keys::{SessionId, UserId};
+use paycache::keys::{Jti, SessionId, UserId};
 use paycache::routes::{balance, logout, profile_read};
 use paycache::sessions::{self, SessionVariants};
-use paycache_tests::{SignedIn, World, as_client, both_modes};
+use paycache_tests::{SignedIn, World, as_client, as_client_token, both_modes, token_id};
 use serde_json::{Value, json};
 use test_support::{
     RedisCluster, RedisServer, TestRedis, insert_user, insert_wallet, seed_user_id,
@@ -82,6 +82,30 @@ async fn read(app: &App, who: &SignedIn, user: &str) -> Response<Body> {
     Box::pin(profile_read::handle(app, who.on(profile(user)))).await
 }
 
+/// A service (the support console) reading a wallet with its token `jti`.
+async fn service_read(app: &App, jti: &str, wallet: &str) -> StatusCode {
+    let mut p = HashMap::new();
+    p.insert("wallet_id".to_string(), wallet.to_string());
+    let req = http::Request::builder()
+        .method("GET")
+        .uri(format!("/wallets/{wallet}/balance"))
+        .body(Body::Empty)
+        .unwrap()
+        .with_path_parameters(p);
+    let req = as_client_token(req, "support-console", jti, &["wallets.read.any"]);
+    Box::pin(balance::handle(app, req)).await.status()
+}
+
+/// The service signs its token `jti` out.
+async fn service_sign_out(app: &App, jti: &str) -> StatusCode {
+    let req = http::Request::builder()
+        .method("POST")
+        .body(Body::Empty)
+        .unwrap();
+    let req = as_client_token(req, "support-console", jti, &[]);
+    Box::pin(logout::handle(app, req)).await.status()
+}
+
 /// Another environment, Redis alone deciding (`redis_only`) or not.
 fn redis_only(w: &World, redis_only: bool) -> App {
     w.another_environment()
@@ -91,7 +115,10 @@ fn redis_only(w: &World, redis_only: bool) -> App {
 /// Redis stopped, then paused: a user signed in before the outage is
 /// served (from PostgreSQL, concurrently with the session check), a token
 /// signed out before it is refused (401), and so is a token whose session
-/// was signed out "everywhere". The broken form through the same checks:
+/// was signed out "everywhere", and a service's token signed out before
+/// it — by this execution environment and by one that never talked to
+/// Redis (nothing remembered: PostgreSQL's `revoked_tokens` decides); a
+/// live service token is served. The broken form through the same checks:
 /// the gate without the PostgreSQL fallback answers 503 to the signed-in
 /// user. (A fallback that ignores sign-outs is mutation testing's.)
 async fn signed_in_callers_ride_out_a_redis_outage(mode: RedisMode) {
@@ -114,6 +141,16 @@ async fn signed_in_callers_ride_out_a_redis_outage(mode: RedisMode) {
         for (who, user) in [(&signed_in, &me), (&signed_out, &me), (&everywhere, &other)] {
             assert_eq!(read(&w.app, who, user).await.status(), StatusCode::OK);
         }
+        let wallet = test_support::random_uuid();
+        insert_wallet(&w.db, 1, &wallet, "USD", 1000).await;
+        let (service, signed_out_service) = (token_id(), token_id());
+        for jti in [&service, &signed_out_service] {
+            assert_eq!(service_read(&w.app, jti, &wallet).await, StatusCode::OK);
+        }
+        assert_eq!(
+            service_sign_out(&w.app, &signed_out_service).await,
+            StatusCode::OK
+        );
         assert_eq!(
             logout::handle(
                 &w.app,
@@ -152,7 +189,28 @@ async fn signed_in_callers_ride_out_a_redis_outage(mode: RedisMode) {
             assert_eq!(refused.status(), StatusCode::UNAUTHORIZED, "{what}");
             let refused = read(&w.app, &also_everywhere, &other).await;
             assert_eq!(refused.status(), StatusCode::UNAUTHORIZED, "{what}");
+            assert_eq!(
+                service_read(&w.app, &service, &wallet).await,
+                StatusCode::OK,
+                "{what}: a live service token is served"
+            );
+            assert_eq!(
+                service_read(&w.app, &signed_out_service, &wallet).await,
+                StatusCode::UNAUTHORIZED,
+                "{what}: a service token signed out before the outage"
+            );
         }
+        let cold = w.another_environment();
+        assert_eq!(
+            service_read(&cold, &signed_out_service, &wallet).await,
+            StatusCode::UNAUTHORIZED,
+            "{what}: an environment that never reached Redis refuses the signed-out service token"
+        );
+        assert_eq!(
+            service_read(&cold, &service, &wallet).await,
+            StatusCode::OK,
+            "{what}: and serves the live one"
+        );
 
         let no_fallback = redis_only(&w, true);
         assert_eq!(
@@ -424,7 +482,12 @@ both_modes!(activity_reaches_postgres_within_the_sync_interval);
 
 /// A sign-out while Redis is down is recorded in PostgreSQL — refused at
 /// once by the fallback — and applied to Redis by the sweep once Redis is
-/// back: after it, the token is refused by Redis alone.
+/// back: after it, the token is refused by Redis alone, for as long as a
+/// verifier could accept it (the blacklist entry lives to the token's
+/// `exp` plus the grace, the tombstones `TOMBSTONE_TTL`). And once the
+/// tombstones are gone (expired, evicted), PostgreSQL's reload for the
+/// real-time checks (`sessions::reload`) does not put the ended sessions
+/// back: both devices stay refused.
 async fn a_sign_out_during_an_outage_reaches_redis(mode: RedisMode) {
     let mut w = World::with_redis(
         own_redis(mode),
@@ -470,9 +533,73 @@ async fn a_sign_out_during_an_outage_reaches_redis(mode: RedisMode) {
         );
     }
     assert_eq!(app.db.checkouts(), before);
+    // For as long as a verifier could accept them: the token is valid for
+    // another hour, and a tombstone lasts a day and the grace.
+    let left = sessions::blacklist_ttl(&w.app.sessions, &Jti::parse(&user.jti).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        left > Duration::from_secs(3600),
+        "the swept revocation lasts past the token's exp: {left:?}"
+    );
+    let uid = UserId::parse(&me).unwrap();
+    let mut raw = w.redis.raw().await;
+    for who in [&user, &other_device] {
+        let key = w
+            .app
+            .keys
+            .session(&uid, &SessionId::parse(&who.session).unwrap())
+            .to_string();
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        let floor = sessions::TOMBSTONE_TTL - Duration::from_secs(60);
+        assert!(
+            u128::try_from(ttl).unwrap_or(0) > floor.as_millis(),
+            "the swept tombstone lasts TOMBSTONE_TTL: {ttl} ms ({:?})",
+            redis::cmd("GET")
+                .arg(&key)
+                .query_async::<Option<String>>(&mut raw)
+                .await
+        );
+    }
     // Nothing left pending.
     let again = sessions::apply_pending(&w.app.sessions).await.unwrap();
     assert_eq!((again.sessions, again.tokens), (0, 0));
+
+    // The tombstones gone: the reload the real-time checks use does not
+    // put the ended sessions back, and both devices stay refused; a live
+    // session is reloaded (the reload works).
+    let live = w.sign_in(&me, &[]).await;
+    let ids: Vec<(UserId, SessionId)> = [&user, &other_device, &live]
+        .iter()
+        .map(|who| (uid, SessionId::parse(&who.session).unwrap()))
+        .collect();
+    for (u, sid) in &ids {
+        let _: i64 = redis::cmd("DEL")
+            .arg(w.app.keys.session(u, sid).to_string())
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+    }
+    let reloaded = sessions::reload(&w.app.sessions, &ids).await.unwrap();
+    assert_eq!(
+        reloaded,
+        vec![ids[2].clone()],
+        "only the live session is put back"
+    );
+    let app = w.another_environment();
+    for who in [&user, &other_device] {
+        assert_eq!(
+            read(&app, who, &me).await.status(),
+            StatusCode::UNAUTHORIZED,
+            "an ended session stays ended after its tombstone"
+        );
+    }
+    assert_eq!(read(&app, &live, &me).await.status(), StatusCode::OK);
 }
 both_modes!(a_sign_out_during_an_outage_reaches_redis);
 

@@ -736,9 +736,12 @@ both_modes!(a_sender_killed_mid_balance_post_loses_no_version);
 
 /// A balance post that fails (throttled past the sender's one attempt):
 /// the wallet's cursor stays before the failed version and the retry
-/// sends it. The broken form — a sender that moves the cursor past it
-/// (here the test moves it once the post has failed, as that sender would
-/// have) — skips it: the next version arrives, the failed one never does.
+/// sends it — by itself, with no later write to carry it (a kick
+/// acknowledged without its post would leave the wallet's last version
+/// undelivered until the next write). The broken form — a sender that
+/// moves the cursor past it (here the test moves it once the post has
+/// failed, as that sender would have) — skips it: nothing arrives until
+/// the next version, and then only that one.
 async fn a_failed_balance_post_is_sent_again(mode: RedisMode) {
     for broken in [false, true] {
         let rig = Rig::new(mode).await;
@@ -758,10 +761,10 @@ async fn a_failed_balance_post_is_sent_again(mode: RedisMode) {
             }
             set_delivered(&rig, &wallet, first).await;
         }
-        // The retry (after WS_REDELIVER_AFTER_MS) and a later version.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // The retry (after WS_REDELIVER_AFTER_MS), with no later write.
+        let retried = versions(&mut ws, Duration::from_secs(3)).await;
         let second = write_until_applied(&rig.app, &wallet, 1_002).await;
-        let got = versions(&mut ws, Duration::from_secs(3)).await;
+        let next = versions(&mut ws, Duration::from_secs(3)).await;
         sender.abort();
         assert_eq!(
             rig.stats().await["statuses"]["429"],
@@ -769,9 +772,17 @@ async fn a_failed_balance_post_is_sent_again(mode: RedisMode) {
             "the first post failed"
         );
         if broken {
-            assert_eq!(got, [second], "the failed version was skipped");
+            assert_eq!(
+                (retried, next),
+                (vec![], vec![second]),
+                "the failed version was skipped"
+            );
         } else {
-            assert_eq!(got, [first, second], "retried, in order");
+            assert_eq!(
+                (retried, next),
+                (vec![first], vec![second]),
+                "retried by itself, then the next version"
+            );
         }
     }
 }
@@ -1017,6 +1028,38 @@ async fn an_announcement_resumes_where_a_dead_sender_stopped(mode: RedisMode) {
 }
 both_modes!(an_announcement_resumes_where_a_dead_sender_stopped);
 
+/// A sender has at most its fan-out (`WS_FAN_OUT`) Management API calls in
+/// flight, across its lanes and the registry's shards: an announcement to
+/// 120 connections at 20 ms a post never has more than 4 posts at the
+/// gateway at once — and has 4 (the bound is what limits it, not the
+/// load). Without the bound, the shards' pages would be posted at once.
+async fn a_sender_posts_at_most_its_fan_out_at_once(mode: RedisMode) {
+    let rig = Rig::with(
+        mode,
+        &[
+            ("WS_FANOUT_PAGE", "20"),
+            ("WS_FAN_OUT", "4"),
+            MANY,
+            MANY_USER,
+        ],
+    )
+    .await;
+    insert_user(&rig.w.db, 1).await;
+    let ids = sinks(&rig, 120).await;
+    rig.control("latency?ms=20").await;
+    let sender = rig.spawn_sender(rig.sender(5).await.with_fan_out(4));
+    rig.invalidate(announce_event()).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sink_counts(&rig).await.len() < ids.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sender.abort();
+    assert_eq!(sink_counts(&rig).await.len(), ids.len(), "every connection");
+    let most = rig.stats().await["most_posts_in_flight"].as_u64().unwrap();
+    assert_eq!(most, 4, "posts in flight at once, fan-out 4");
+}
+both_modes!(a_sender_posts_at_most_its_fan_out_at_once);
+
 /// An announcement whose post to one connection fails (throttled past the
 /// sender's single attempt): the retry posts to that connection only.
 /// (The broken form — the whole shard again on a failure — is mutation
@@ -1105,6 +1148,35 @@ async fn a_reconnect_catches_up_without_a_gap(mode: RedisMode) {
 }
 both_modes!(a_reconnect_catches_up_without_a_gap);
 
+/// A reconnect that missed more versions than one read of the wallet log
+/// returns (80: a page is 64, the cap `WS_CATCH_UP_MAX` 100) receives
+/// every one of them, in order, across the page boundary — none skipped,
+/// none twice — and then the next new version.
+async fn a_reconnect_missing_more_than_a_page_catches_up(mode: RedisMode) {
+    let rig = Rig::new(mode).await;
+    let wallet_id = random_uuid();
+    insert_wallet(&rig.w.db, 1, &wallet_id, "USD", 10_000).await;
+    let wallet = WalletId::parse(&wallet_id).unwrap();
+    let token = rig.token(1).await;
+    let sender = rig.spawn_sender(rig.sender(5).await);
+    let seen = write_until_applied(&rig.app, &wallet, 100).await;
+    let mut missed = Vec::new();
+    for k in 0..80 {
+        missed.push(write_until_applied(&rig.app, &wallet, 1_000 + k).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut back = rig
+        .connect_with(&token, &format!("&resume={wallet_id}:{seen}"))
+        .await;
+    let got = versions(&mut back, Duration::from_secs(3)).await;
+    assert_eq!(got.len(), missed.len(), "every missed version: {got:?}");
+    assert_eq!(got, missed, "in order, across the page boundary");
+    let after = write_until_applied(&rig.app, &wallet, 5_000).await;
+    assert_eq!(versions(&mut back, Duration::from_secs(3)).await, [after]);
+    sender.abort();
+}
+both_modes!(a_reconnect_missing_more_than_a_page_catches_up);
+
 /// A reconnect's catch-up and a new version queued before it: the new
 /// version's kick is read first (it was queued before the `$connect`), but
 /// the connection is still catching up on the wallet, so the kick skips it
@@ -1159,7 +1231,10 @@ async fn new_frames_wait_for_a_reconnects_catch_up(mode: RedisMode) {
 both_modes!(new_frames_wait_for_a_reconnects_catch_up);
 
 /// Senders share the partitions: two hold four each (disjoint), and when
-/// one stops renewing (dead), the other takes its four after the lease.
+/// one stops renewing (dead, or frozen), the other takes its four — only
+/// after the lease (not while it still runs), and then all of them. The
+/// frozen one, running again, finds its leases lost and drops those
+/// partitions (no two senders ever hold one).
 async fn senders_share_the_partitions_and_take_over_a_dead_ones(mode: RedisMode) {
     let rig = Rig::new(mode).await;
     let mut a = rig.sender(5).await;
@@ -1177,13 +1252,35 @@ async fn senders_share_the_partitions_and_take_over_a_dead_ones(mode: RedisMode)
     );
     assert_eq!((pa.len(), pb.len()), (4, 4), "{pa:?} {pb:?}");
     assert!(pa.is_disjoint(&pb), "{pa:?} {pb:?}");
-    // b dies (no release): a takes its partitions after the lease (1 s).
-    drop(b);
+    // b stops renewing (frozen, no release): while its leases run (1 s
+    // from its last renewal) a takes none of its partitions…
+    let frozen_at = Instant::now();
+    while frozen_at.elapsed() < Duration::from_millis(400) {
+        delivery::fetch(&rig.app.deliveries, &mut a).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        a.partitions().len(),
+        4,
+        "b's leases still run: {:?}",
+        a.partitions()
+    );
+    // …and after them, every one.
     let end = Instant::now() + Duration::from_millis(2500);
     while until(end) && a.partitions().len() < 8 {
         delivery::fetch(&rig.app.deliveries, &mut a).await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(a.partitions().len(), 8, "{:?}", a.partitions());
+    // b runs again: its renewals fail, it drops what it lost.
+    delivery::fetch(&rig.app.deliveries, &mut b).await.unwrap();
+    let (pa, pb): (HashSet<u16>, HashSet<u16>) = (
+        a.partitions().iter().copied().collect(),
+        b.partitions().iter().copied().collect(),
+    );
+    assert!(
+        pa.is_disjoint(&pb),
+        "a frozen sender keeps partitions it lost: a {pa:?}, b {pb:?}"
+    );
 }
 both_modes!(senders_share_the_partitions_and_take_over_a_dead_ones);

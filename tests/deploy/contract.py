@@ -31,6 +31,7 @@ PAYCACHE_TEST_PG. Prints one line per check and closes with
 'deploy contract: N passed, M failed'."""
 import copy
 import json
+import re
 import logging
 import os
 import subprocess
@@ -395,14 +396,21 @@ def check_trust(translated):
     schedule's role. The HTTP functions trust API Gateway's claims because
     of this (docs/security.md)."""
     problems = []
+    apis = [k for k, v in translated["Resources"].items()
+            if v["Type"] in ("AWS::ApiGatewayV2::Api", "AWS::ApiGateway::RestApi")]
     for k, v in translated["Resources"].items():
         if v["Type"] != "AWS::Lambda::Permission":
             continue
         p = v["Properties"]
         if not str(p.get("Principal", "")).endswith(".amazonaws.com") or "SourceArn" not in p:
             problems.append(f"{k}: {p.get('Principal')} without a SourceArn")
-        elif p["Principal"] == "apigateway.amazonaws.com" and "execute-api" not in json.dumps(p["SourceArn"]):
-            problems.append(f"{k}: API Gateway permission not scoped to an API")
+        elif p["Principal"] == "apigateway.amazonaws.com":
+            # Scoped to one of this stack's APIs (a Ref, GetAtt or ${Api}
+            # of it), not to any API of the account.
+            arn = json.dumps(p["SourceArn"])
+            ours = [a for a in apis if re.search(rf"(?<![A-Za-z0-9]){re.escape(a)}(?![A-Za-z0-9])", arn)]
+            if "execute-api" not in arn or not ours:
+                problems.append(f"{k}: API Gateway permission not scoped to this stack's API: {arn}")
     return problems
 
 
@@ -473,8 +481,12 @@ def main():
     res = "Resources"
     broken_init = edit(template, [res, "AuthorizerFunction", "Properties", "Environment", "Variables"],
                        {"AUTH_ISSUER": "https://issuer.example", "AUTH_AUDIENCE": "web", "AUTH_JWKS": '{"keys": []}'})
-    step("broken init (the authorizer with an empty JWKS, the first deploy's) is caught",
-         check_init(step, translate(broken_init), secrets))
+    # Caught for what was broken: the authorizer alone fails, on its keys
+    # (a check failing every function, or for another reason, would pass
+    # a bare "something failed").
+    failed = check_init(step, translate(broken_init), secrets)
+    step("broken init (the authorizer with an empty JWKS, the first deploy's) is caught, for its keys alone",
+         len(failed) == 1 and failed[0].startswith("AuthorizerFunction:") and "JWKS" in failed[0], failed)
     broken_iam = edit(template, [res, "WsSenderFunction", "Properties", "Policies"], [{"Ref": "ReadSecretsPolicy"}])
     step("broken iam (ws-sender without execute-api:ManageConnections) is caught",
          check_iam(translate(broken_iam), calls))
@@ -509,6 +521,10 @@ def main():
     open_ws = edit(template, [res, "WebSocketInvokesConnections", "Properties", "SourceArn"], delete=True)
     step("broken trust (a permission for API Gateway without SourceArn) is caught",
          check_trust(translate(open_ws)))
+    any_api = edit(template, [res, "WebSocketInvokesConnections", "Properties", "SourceArn"],
+                   {"Fn::Sub": "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:*/*"})
+    step("broken trust (a permission for any API of the account) is caught",
+         check_trust(translate(any_api)))
 
     print(f"deploy contract: {step.passed} passed, {step.failed} failed", flush=True)
     sys.exit(0 if step.failed == 0 else 1)

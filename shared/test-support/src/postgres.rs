@@ -102,6 +102,11 @@ pub fn config(redis: &TestRedis, db: &TestDb, extra: &[(&str, &str)]) -> Config 
         // Every health check in a test is fresh unless the test asks for
         // the per-environment caching (tests/health.rs does).
         ("HEALTH_CACHE_MS".into(), "0".into()),
+        // A test machine is shared and can be busy (a second build beside
+        // `make test`): a Redis call gets 1 s, not the deployed 250 ms, so
+        // that load is not taken for an outage. Tests of timeouts and
+        // outages set their own (`extra` overrides).
+        ("REDIS_RESPONSE_TIMEOUT_MS".into(), "1000".into()),
     ];
     vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     Config::from_lookup(|name| {

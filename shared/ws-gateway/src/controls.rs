@@ -80,6 +80,7 @@ pub(super) async fn stats(
     let ids: Vec<String> = gw.connections.lock().await.keys().cloned().collect();
     let mut answer = json!({
         "management_calls": gw.posts.load(Ordering::SeqCst),
+        "most_posts_in_flight": gw.most_in_flight.load(Ordering::SeqCst),
         "held": gw.held.load(Ordering::SeqCst),
         "held_ports": *gw.held_ports.lock().await,
         "connections": ids,

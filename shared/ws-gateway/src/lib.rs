@@ -154,6 +154,9 @@ struct Gateway {
     /// by them).
     held_ports: Mutex<Vec<u16>>,
     posts: AtomicU64,
+    /// Posts being answered now, and the most there ever were at once.
+    in_flight: AtomicU64,
+    most_in_flight: AtomicU64,
     /// Held posts to deliver (not drop) when released.
     deliver_held: Mutex<std::collections::HashSet<String>>,
     /// Posts to `sink…` ids (no socket: accepted and counted, for load
@@ -229,6 +232,8 @@ pub fn serve(listener: TcpListener, invoke: Invoke, options: Options) -> std::io
         held: AtomicU64::new(0),
         held_ports: Mutex::new(Vec::new()),
         posts: AtomicU64::new(0),
+        in_flight: AtomicU64::new(0),
+        most_in_flight: AtomicU64::new(0),
         deliver_held: Mutex::new(std::collections::HashSet::new()),
         sink: Mutex::new(HashMap::new()),
         sink_posts: AtomicU64::new(0),

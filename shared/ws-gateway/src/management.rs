@@ -68,6 +68,10 @@ pub(super) async fn post_to_connection(
     body: Bytes,
 ) -> Response {
     let n = gw.posts.fetch_add(1, Ordering::SeqCst) + 1;
+    let now = gw.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    gw.most_in_flight.fetch_max(now, Ordering::SeqCst);
+    // Counted down however the answer ends (a cancelled request too).
+    let _leaving = InFlight(&gw.in_flight);
     let latency = gw.latency_ms.load(Ordering::SeqCst);
     if latency > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
@@ -88,6 +92,15 @@ pub(super) async fn post_to_connection(
         .entry(answer.status().as_u16())
         .or_default() += 1;
     answer
+}
+
+/// One post being answered (see `post_to_connection`).
+struct InFlight<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 pub(super) async fn post_answer(

@@ -9,7 +9,8 @@
 //! - **Redis** serves the checks. A **session** holds the design's data
 //!   (user, e-mail, roles, permissions, last activity, IP, device) with a
 //!   sliding TTL (`CACHE_TTL_SESSION_DATA_SECS`, the idle timeout): reading
-//!   it for a request refreshes it in the same command (`GETEX … PX`). Its
+//!   it for a request refreshes it in the same request (`read.lua`; a tombstone keeps its
+//!   own TTL). Its
 //!   key carries its **user's** hash tag (`session:{user}:<sid>`; every
 //!   token names both), so that the user's **session index**
 //!   (`user_sessions:{user}`), their sessions and their WebSocket registry
@@ -23,7 +24,7 @@
 //!   in the durable Redis (`noeviction`).
 //!
 //! # A request's check ([`authenticate`])
-//! 1. **Redis** — the session (`GETEX`) and the blacklist (`EXISTS`), sent
+//! 1. **Redis** — the session (`read.lua`) and the blacklist (`EXISTS`), sent
 //!    together with the route's other requests: one round-trip time, and
 //!    **no PostgreSQL query** when the session is there.
 //! 2. **Missing from Redis** (evicted: the cache group is `volatile-lru`;

@@ -1,4 +1,4 @@
-//! A request's check: the session (`GETEX`, sliding its TTL) and the
+//! A request's check: the session (`read.lua`: `GET`, sliding a live session's TTL) and the
 //! blacklist (`EXISTS`) in Redis, sent with the route's other requests;
 //! PostgreSQL ([`super::fallback`]) when Redis does not hold the session,
 //! cannot answer, or may not know of sign-outs made during an outage this
@@ -25,6 +25,9 @@ use crate::infra::keys::UserId;
 use redis::Script;
 use std::sync::LazyLock;
 use time::OffsetDateTime;
+
+/// A request's read of its session (`read.lua`).
+static READ: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("read.lua")));
 
 pub(super) static TOUCH: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("touch.lua")));
@@ -94,8 +97,9 @@ impl CredentialState {
     }
 }
 
-/// Reads the session (refreshing its sliding TTL) and checks the token's
-/// blacklist entry, both requests at once — Redis only.
+/// Reads the session (refreshing its sliding TTL; a tombstone keeps its
+/// own: `read.lua`) and checks the token's blacklist entry, both requests
+/// at once — Redis only.
 #[tracing::instrument(skip_all)]
 pub async fn check(
     sessions: &Sessions,
@@ -111,12 +115,7 @@ pub async fn check(
     let (sk, bk) = (&skey, &bkey);
     let (s, b) = tokio::join!(
         sessions.redis.run(|mut c| async move {
-            let v: Option<String> = redis::cmd("GETEX")
-                .arg(sk)
-                .arg("PX")
-                .arg(ttl)
-                .query_async(&mut c)
-                .await?;
+            let v: Option<String> = READ.key(sk).arg(ttl).invoke_async(&mut c).await?;
             Ok(v)
         }),
         sessions.durable.run(|mut c| async move {

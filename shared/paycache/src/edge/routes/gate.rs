@@ -7,7 +7,7 @@
 //!    (`cargo lambda watch`), the bearer token verified here with the same
 //!    checks ([`Verifier::verify_token`]). No claims and no configured keys:
 //!    401 — never less verification than the deployed path.
-//! 2. **Sent together**: the session (`GETEX`, sliding its TTL) and the
+//! 2. **Sent together**: the session (`read.lua`: `GET`, sliding a live session's TTL) and the
 //!    blacklist entry (`EXISTS`) for a user, the blacklist entry alone for a
 //!    service; the caller's rate-limit script; and the route's own work (a
 //!    cache read). They go out at once, so the whole costs one round-trip
