@@ -67,10 +67,12 @@ cargo clippy --workspace --all-targets -- -D warnings
 # reads all of it. The console gets the summary lines; a failure, its story.
 export PAYCACHE_TEST_LOG_DIR="$STACK/logs"
 cp "$ROOT/tests/secrets.txt" "$STACK/secrets.run"
-# The test targets: every library, test, benchmark and example — not the
-# binaries, which hold no tests (`test = false`, which `--all-targets`
-# overrides: it would build and link a test harness for each of the 15).
-TEST_TARGETS=(--lib --tests --benches --examples)
+# The test targets: every library, integration test, benchmark and example
+# — not the 15 binaries, which hold no tests. `--all-targets`, `--tests`
+# and `--benches` each build and link a test harness for every binary
+# (`--benches` takes every target with `bench = true`, binaries included,
+# whatever their `test = false`): 33 executables instead of 18.
+TEST_TARGETS=(--lib --test '*' --bench '*' --examples)
 log "building the tests (cargo's progress follows)"
 cargo test --workspace "${TEST_TARGETS[@]}" --no-run
 # Every later build — `cargo run -p paycache-dev` (deployment contract,

@@ -38,7 +38,7 @@ fn bench(c: &mut Criterion) {
             Instant::now() + Duration::from_secs(600),
         )
         .await;
-        assert_eq!(report.failed, 0);
+        assert_eq!(report.failed, 0, "{report:?} (the reasons are in the log)");
         (db, users, report.warmed)
     });
     let mut group = c.benchmark_group("cache warming");

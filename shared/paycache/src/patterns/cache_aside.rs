@@ -416,6 +416,9 @@ impl CacheAside {
             .collect();
         let answered = replies.iter().filter(|r| r.is_ok()).count();
         report.failed = (keys.len() - answered) as u64;
+        if let Some(Err(e)) = replies.iter().find(|r| r.is_err()) {
+            tracing::warn!(failed = report.failed, error_kind = ?e.kind(), "warming: lease requests failed");
+        }
         report.skipped = (answered - leased.len()) as u64;
         if leased.is_empty() {
             return Ok(report);
@@ -468,6 +471,9 @@ impl CacheAside {
                 Ok(_) => report.skipped += 1,
                 Err(_) => report.failed += 1,
             }
+        }
+        if let Some(Err(e)) = stored.iter().find(|r| r.is_err()) {
+            tracing::warn!(error_kind = ?e.kind(), "warming: stores failed");
         }
         report.failed += (stores.len() - stored.len()) as u64;
         Ok(report)
