@@ -98,10 +98,27 @@ python3 "$ROOT/scripts/check-variants.py"
 # timeouts, not on the CPU (docs/operations.md → Build time). An
 # environment variable, not `--test-threads`: criterion's benchmarks, run
 # once each as a smoke test, take no such argument.
+# The failover tests wait most of their 90 s on promotions in clusters of
+# their own: they run beside everything else (their binary directly — a
+# second cargo would wait for the first one's lock), and are waited for
+# before the secrets check, which reads their output too.
+failover_bin=$(cargo test -p paycache-tests --test failover --no-run --message-format=json 2>/dev/null \
+  | python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "failover":
+        print(m["executable"])')
+[ -x "$failover_bin" ] || die "no failover test binary"
+log "the failover tests, beside the rest (output in $STACK/failover-output.log)"
+RUST_TEST_THREADS=4 "$failover_bin" --nocapture >"$STACK/failover-output.log" 2>&1 &
+FAILOVER_PID=$!
 log "cargo test (output in $STACK/test-output.log, logs in $PAYCACHE_TEST_LOG_DIR)"
 set +e
+# Every test target but `failover` (`[!f]*`: the test targets are
+# integration, metrics, failover, import_cycles and check).
 RUST_TEST_THREADS="${RUST_TEST_THREADS:-6}" \
-  in_background cargo test --workspace "${TEST_TARGETS[@]}" -- --nocapture >"$STACK/test-output.log" 2>&1
+  in_background cargo test --workspace --lib --test '[!f]*' --bench '*' --examples -- --nocapture \
+  >"$STACK/test-output.log" 2>&1
 rc=$?
 set -e
 grep -E '^(test result:|error(\[|:))|^test .* FAILED$' "$STACK/test-output.log" || true
@@ -139,6 +156,17 @@ sleep 0.5; kill "$TAIL_PID" 2>/dev/null || true
 # the e2e run's (a Redis token and a database password from the local
 # Secrets Manager), may appear in anything the tests, the tools or the
 # functions printed or logged. First the checker must catch a planted leak.
+log "the failover tests"
+set +e
+wait "$FAILOVER_PID"
+rc=$?
+set -e
+grep -E '^(test result:|error(\[|:))|^test .* FAILED$' "$STACK/failover-output.log" || true
+if [ "$rc" != 0 ]; then
+  grep -E -B2 -A25 "panicked at" "$STACK/failover-output.log" | head -200 >&2
+  die "the failover tests failed (exit $rc); their output is in $STACK/failover-output.log"
+fi
+
 log "secrets in output"
 cat "$STACK"/logs/*.log >"$STACK/test-logs.log" 2>/dev/null || true
 planted="$STACK/planted.log"
