@@ -14,6 +14,6 @@ test:
 bench:
 	@bash scripts/bench.sh
 
-## Mutation testing (cargo-mutants): SHARD=<name>|all, DIFF=<ref>, or FILES='…' TESTS='…'
+## Mutation testing (cargo-mutants): SHARD=<name>|all, DIFF=<ref>, or FILES='…' TESTS='…'; RE=<regex> to run only the matching mutants
 mutants:
-	@SHARD="$(SHARD)" DIFF="$(DIFF)" FILES="$(FILES)" TESTS="$(TESTS)" LIST="$(LIST)" bash scripts/mutants.sh
+	@SHARD="$(SHARD)" DIFF="$(DIFF)" FILES="$(FILES)" TESTS="$(TESTS)" LIST="$(LIST)" RE="$(RE)" bash scripts/mutants.sh

@@ -9,6 +9,7 @@
 #   make mutants DIFF=main                the mutants in the lines changed since main
 #   make mutants FILES='a.rs b.rs' TESTS='outage:: attacks::'
 #   make mutants SHARD=gate LIST=1        list the shard's mutants, run nothing
+#   make mutants SHARD=breaker RE='denies' only the mutants whose name matches
 #
 # Results: .stack/mutants/<shard>/mutants.out (caught.txt, missed.txt,
 # unviable.txt, timeout.txt, outcomes.json). docs/guarantees.md keeps the
@@ -22,7 +23,7 @@ cd "$ROOT"
 SHARDS_FILE="$ROOT/scripts/mutants-shards.tsv"
 shard="${SHARD:-}"; files="${FILES:-}"; tests="${TESTS:-}"; diff_base="${DIFF:-}"
 if [ -z "$shard$files$diff_base" ]; then
-  echo "usage: make mutants SHARD=<name>|all | DIFF=<git ref> | FILES='…' TESTS='…' [LIST=1]" >&2
+  echo "usage: make mutants SHARD=<name>|all | DIFF=<git ref> | FILES='…' TESTS='…' [RE=<regex>] [LIST=1]" >&2
   echo "shards:" >&2
   grep -v '^#' "$SHARDS_FILE" | cut -f1 | sed 's/^/  /' >&2
   exit 2
@@ -37,38 +38,45 @@ ensure_cargo_mutants
 shard_field() { awk -F'\t' -v s="$1" -v f="$2" '$1 == s { print $f }' "$SHARDS_FILE"; }
 
 STACK="$ROOT/.stack/mutants"
+mkdir -p "$STACK"
+# Each run's servers are its own (two runs may overlap: a LIST beside a
+# shard, or two checkouts' shards), under servers.<pid>; a run that was
+# killed leaves its directory, and the next run stops what it left.
+stop_servers() { # dir
+  stop_redis "$1/redis"; stop_cluster "$1/cluster"; stop_moto "$1/moto"
+  [ -s "$1/pg.dir" ] && stop_postgres "$(cat "$1/pg.dir")"
+  rm -rf "$1"
+}
+for left in "$STACK"/servers.*; do
+  [ -d "$left" ] || continue
+  kill -0 "${left##*.}" 2>/dev/null && continue
+  (set +e; stop_servers "$left") || true
+done
+SERVERS="$STACK/servers.$$"
 cleanup() {
   set +e
   kill_jobs
-  stop_redis "$STACK/redis"
-  stop_cluster "$STACK/cluster"
-  stop_moto "$STACK/moto"
-  [ -n "${PG_DIR:-}" ] && stop_postgres "$PG_DIR"
+  [ -d "$SERVERS" ] && stop_servers "$SERVERS"
 }
 on_exit cleanup
-if [ -d "$STACK/redis" ] || [ -d "$STACK/cluster" ]; then
-  stop_redis "$STACK/redis"; stop_cluster "$STACK/cluster"; stop_moto "$STACK/moto"
-  [ -d "$STACK/pg" ] && stop_postgres "$STACK/pg"
-fi
-rm -rf "$STACK/redis" "$STACK/cluster" "$STACK/moto" "$STACK/pg" "$STACK/logs"
-mkdir -p "$STACK"
 
 if [ -z "${LIST:-}" ]; then
-  log "starting Redis, Redis Cluster and PostgreSQL under $STACK"
+  log "starting Redis, Redis Cluster and PostgreSQL under $SERVERS"
+  mkdir -p "$SERVERS"
   REDIS_PORT=$(free_port)
-  start_redis "$STACK/redis" "$REDIS_PORT"
-  CLUSTER_URLS=$(start_cluster "$STACK/cluster")
+  start_redis "$SERVERS/redis" "$REDIS_PORT"
+  CLUSTER_URLS=$(start_cluster "$SERVERS/cluster")
   PG_PORT=$(free_port)
-  PG_DIR=$(start_postgres "$STACK/pg" "$PG_PORT")
+  start_postgres "$SERVERS/pg" "$PG_PORT" > "$SERVERS/pg.dir"
   MOTO_PORT=$(free_port)
-  start_moto "$STACK/moto" "$MOTO_PORT"
+  start_moto "$SERVERS/moto" "$MOTO_PORT"
   export PAYCACHE_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
   export PAYCACHE_TEST_CLUSTER_URLS="$CLUSTER_URLS"
   export PAYCACHE_TEST_PG="host=127.0.0.1 port=$PG_PORT user=postgres dbname=postgres"
   export AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT" AWS_REGION=us-east-1 \
     AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
   unset AWS_PROFILE AWS_SESSION_TOKEN
-  export PAYCACHE_TEST_LOG_DIR="$STACK/logs"
+  export PAYCACHE_TEST_LOG_DIR="$SERVERS/logs"
 fi
 export CARGO_TARGET_DIR="${MUTANTS_TARGET_DIR:-/var/tmp/paycache-mutants-target}"
 # Six test threads, as `make test` runs the integration binary.
@@ -78,18 +86,47 @@ export RUST_TEST_THREADS="${RUST_TEST_THREADS:-6}"
 # the test filters (space-separated module paths: the integration
 # binary's `outage::`, the crate's own `infra::breaker`), `$3` `lib` to run
 # the crate's unit tests too, the rest cargo-mutants' selection options.
+#
+# The baseline is ours, not cargo-mutants': cargo-mutants 27 runs its
+# baseline on the mutated package alone (`--package=paycache`), which has no
+# `integration` target, and builds every test target of each package (three
+# test binaries and the examples, each relinked per mutant). Here the
+# selected targets are named for every phase (`--cargo-arg`), and the
+# unmutated tree must pass the same selection first — a suite that fails
+# anyway would count every mutant as caught. Its time sets the timeout.
 run() {
   local out="$1" filters="$2" lib="$3"; shift 3
-  local -a test_args=(--test integration)
-  [ "$lib" = lib ] && test_args+=(--lib)
+  local -a targets=(--test integration)
+  [ "$lib" = lib ] && targets+=(--lib)
   mkdir -p "$out"
-  local -a list=()
-  [ -n "${LIST:-}" ] && list=(--list)
-  # The baseline (the unmutated tree) runs first and sets the timeout.
+  local -a cargo_args=()
+  local t; for t in "${targets[@]}"; do cargo_args+=("--cargo-arg=$t"); done
+  [ -n "${RE:-}" ] && set -- "$@" --re "$RE"
+  if [ -n "${LIST:-}" ]; then
+    cargo mutants --package paycache --list "$@"
+    return
+  fi
+  log "baseline: the unmutated tree, the same tests"
+  cargo test --package paycache-tests --package paycache "${targets[@]}" --no-run \
+    > "$out/baseline.log" 2>&1 \
+    || { tail -40 "$out/baseline.log" >&2; die "the baseline does not build (see $out/baseline.log)"; }
+  local started=$SECONDS
   # shellcheck disable=SC2086
-  cargo mutants --package paycache --test-package paycache-tests --test-package paycache \
-    --output "$out" "${list[@]}" "$@" \
-    -- "${test_args[@]}" -- $filters
+  cargo test --package paycache-tests --package paycache "${targets[@]}" -- $filters \
+    >> "$out/baseline.log" 2>&1 \
+    || { tail -40 "$out/baseline.log" >&2; die "the baseline fails: no mutant can be judged (see $out/baseline.log)"; }
+  grep -E '^test result:' "$out/baseline.log" | awk '{ n += $4 } END { if (n == 0) exit 1 }' \
+    || die "the baseline ran no test: the filters '$filters' select nothing"
+  local took=$((SECONDS - started))
+  # The test phase's limit: five times the baseline's tests, at least a
+  # minute (a mutant that hangs a test costs this much, once).
+  local timeout=$((took * 5 > 60 ? took * 5 : 60))
+  log "baseline passed: tests ${took}s; a mutant's tests time out after ${timeout}s"
+  # shellcheck disable=SC2086
+  cargo mutants --package paycache --test-package paycache-tests,paycache \
+    --gitignore=true --baseline=skip --timeout "$timeout" --build-timeout 1800 \
+    "${cargo_args[@]}" --output "$out" "$@" \
+    -- -- $filters
 }
 
 rc=0

@@ -211,4 +211,46 @@ mod tests {
         drop(guard);
         assert_eq!(b.permit(), Permit::Allowed);
     }
+
+    #[test]
+    fn a_stale_probes_guard_does_not_end_the_next_probe() {
+        let b = breaker(1);
+        for _ in 0..3 {
+            b.record_failure();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        let first = b.permit();
+        assert!(matches!(first, Permit::Probe(_)));
+        let stale = b.guard(first);
+        b.record_failure();
+        std::thread::sleep(Duration::from_millis(5));
+        let second = b.permit();
+        assert!(matches!(second, Permit::Probe(_)));
+        // The first probe's guard is dropped while the second runs.
+        drop(stale);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(
+            b.permit(),
+            Permit::Denied,
+            "the second probe is still the only one (an abandoned second probe lets a third start)"
+        );
+        assert!(b.denies());
+    }
+
+    #[test]
+    fn denies_while_cooling_down_or_probing_only() {
+        let b = breaker(30);
+        assert!(!b.denies(), "closed");
+        for _ in 0..3 {
+            b.record_failure();
+        }
+        assert!(b.denies(), "open, cooling down");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!b.denies(), "cooled down: the next call may probe");
+        let probe = b.permit();
+        assert!(matches!(probe, Permit::Probe(_)));
+        assert!(b.denies(), "its one probe under way");
+        b.record_success();
+        assert!(!b.denies(), "closed again");
+    }
 }
