@@ -10,7 +10,7 @@
 //! would need the very service that is failing.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::infra::config::BreakerConfig;
 
@@ -122,11 +122,6 @@ impl Breaker {
         s.open_until
             .is_some_and(|until| s.probe_in_flight || Instant::now() < until)
     }
-
-    /// How long it stays open.
-    pub fn cooldown(&self) -> Duration {
-        self.config.cooldown
-    }
 }
 
 /// See [`Breaker::guard`].
@@ -146,6 +141,7 @@ impl Drop for ProbeGuard<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn breaker(cooldown_ms: u64) -> Breaker {
         Breaker::new(BreakerConfig {
