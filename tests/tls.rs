@@ -592,30 +592,39 @@ async fn postgres_sslmode_means_what_it_means_to_libpq() {
     // broken variant) connects to the same server with the same settings,
     // over TLS: only verification refuses it.
     let other = dir.path().join("other-ca.pem");
-    for (what, conninfo, ca, cause) in [
+    // The advice is the one for the cause: a name mismatch is not fixed by
+    // another CA (the first fix of this check: the hint looked for rustls's
+    // old wording, and a name mismatch got the CA advice).
+    let wrong_ca = "signed by a CA not trusted here";
+    let wrong_name = "the certificate does not name this host";
+    for (what, conninfo, ca, cause, advice) in [
         (
             "verify-full, a CA that did not sign the certificate",
             at("localhost", " sslmode=verify-full"),
             Some(other.as_path()),
             "UnknownIssuer",
+            wrong_ca,
         ),
         (
             "verify-full, a host name the certificate does not name",
             at("127.0.0.1", " sslmode=verify-full"),
             Some(ca.as_path()),
             "not valid for name",
+            wrong_name,
         ),
         (
             "verify-full, the system roots (a private CA is not among them)",
             at("localhost", " sslmode=verify-full"),
             None,
             "UnknownIssuer",
+            wrong_ca,
         ),
         (
             "verify-ca, a CA that did not sign the certificate",
             at("localhost", " sslmode=verify-ca"),
             Some(other.as_path()),
             "UnknownIssuer",
+            wrong_ca,
         ),
     ] {
         let (session, logs) = test_support::logs::capture(pg_session(&conninfo, ca)).await;
@@ -625,8 +634,8 @@ async fn postgres_sslmode_means_what_it_means_to_libpq() {
             "{what}: the log should say why:\n{logs}"
         );
         assert!(
-            logs.contains("certificate verify failed"),
-            "{what}: the log should say what to change:\n{logs}"
+            logs.contains("certificate verify failed") && logs.contains(advice),
+            "{what}: the log should say what to change ({advice}):\n{logs}"
         );
 
         let plain_conninfo = conninfo

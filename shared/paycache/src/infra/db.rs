@@ -251,17 +251,10 @@ struct LazyTls {
 impl LazyTls {
     fn connector(&self) -> &MakeRustlsConnect {
         self.built.get_or_init(|| {
-            // Unverified modes need no roots (and do not load them).
-            let mut roots = if self.sslmode.verifies() {
-                crate::infra::tls::native_roots().clone()
-            } else {
-                rustls::RootCertStore::empty()
-            };
-            for cert in self.extra.iter() {
-                // Checked when the configuration was read.
-                let _ = roots.add(cert.clone());
-            }
-            MakeRustlsConnect::new(crate::infra::sslmode::client_config(self.sslmode, roots))
+            MakeRustlsConnect::new(crate::infra::sslmode::client_config(
+                self.sslmode,
+                crate::infra::sslmode::roots(self.sslmode, &self.extra),
+            ))
         })
     }
 }

@@ -242,7 +242,12 @@ impl ServerCertVerifier for Unverified {
 pub(crate) fn hint(mode: SslMode, error_text: &str) -> Option<&'static str> {
     if error_text.contains("invalid peer certificate") {
         return Some(
-            if mode == SslMode::VerifyFull && error_text.contains("NotValidForName") {
+            // rustls 0.23 says "certificate not valid for name …" (its
+            // `NotValidForNameContext`); older wording, `NotValidForName`.
+            if mode == SslMode::VerifyFull
+                && (error_text.contains("not valid for name")
+                    || error_text.contains("NotValidForName"))
+            {
                 "certificate verify failed: the certificate does not name this host; connect with the name it carries, or use sslmode=verify-ca"
             } else {
                 "certificate verify failed (self-signed, or signed by a CA not trusted here); use sslmode=verify-full with DATABASE_CA_CERT set to the CA that signed it, or sslmode=prefer / require without DATABASE_CA_CERT (encrypted, not verified)"
@@ -255,6 +260,25 @@ pub(crate) fn hint(mode: SslMode, error_text: &str) -> Option<&'static str> {
         );
     }
     None
+}
+
+/// The roots a mode verifies against: the system's (RDS Proxy's
+/// certificate chains to Amazon's public roots, among them) and
+/// `DATABASE_CA_CERT`'s. Unverified modes need none (and do not load them).
+pub(crate) fn roots(
+    sslmode: SslMode,
+    extra: &[rustls::pki_types::CertificateDer<'static>],
+) -> rustls::RootCertStore {
+    let mut roots = if sslmode.verifies() {
+        crate::infra::tls::native_roots().clone()
+    } else {
+        rustls::RootCertStore::empty()
+    };
+    for cert in extra {
+        // Checked when the configuration was read.
+        let _ = roots.add(cert.clone());
+    }
+    roots
 }
 
 #[cfg(test)]
@@ -304,5 +328,30 @@ mod tests {
         );
         assert_eq!(split("postgres://h/db?sslmode=sometimes"), None);
         assert_eq!(split("host=h sslmode=VERIFY-FULL"), None);
+    }
+
+    /// RDS Proxy's certificate chains to Amazon's public roots, which the
+    /// system's bundle holds: `verify-full` without `DATABASE_CA_CERT`
+    /// depends on those roots being loaded for the verifying modes.
+    #[test]
+    fn verifying_modes_trust_the_system_roots_and_the_configured_ca() {
+        let system = rustls_native_certs::load_native_certs().certs;
+        assert!(
+            !system.is_empty(),
+            "no system CA certificates here (Debian: ca-certificates): this check needs some"
+        );
+        let n = crate::infra::tls::native_roots().len();
+        assert!(n > 0);
+        for mode in [SslMode::VerifyFull, SslMode::VerifyCa] {
+            assert_eq!(roots(mode, &[]).len(), n, "{mode:?}: the system roots");
+            assert_eq!(
+                roots(mode, &system[..1]).len(),
+                n + 1,
+                "{mode:?}: and DATABASE_CA_CERT's"
+            );
+        }
+        for mode in [SslMode::Disable, SslMode::Prefer, SslMode::Require] {
+            assert!(roots(mode, &[]).is_empty(), "{mode:?}: no roots loaded");
+        }
     }
 }
