@@ -123,12 +123,19 @@ MUTANTS = [
 ]
 
 
-def run_tests(filters, log):
+def run_tests(filters, log, timeout=None):
+    """The tests' exit code; None when they ran past `timeout` seconds."""
     cmd = ["cargo", "test", "-p", "paycache-tests", "--test", "integration", "--", *filters]
     with open(log, "w") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
-        return subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return None
 
 
 def main():
@@ -141,6 +148,19 @@ def main():
             print(f"{script}: {why}: `{old}` -> `{new}` ({' '.join(tests)})")
         return 0
     os.makedirs(out, exist_ok=True)
+    # The baseline: the unmutated scripts pass every test named below (a
+    # suite that fails anyway would count every mutant as caught). It
+    # builds first, so that its time is the tests'; that sets the timeout.
+    every = sorted({t for row in rows for t in row[4]})
+    base_log = os.path.join(out, "baseline.log")
+    run_tests(["--list"], base_log)
+    started = time.time()
+    if run_tests(every, base_log) != 0:
+        raise SystemExit(f"the baseline fails: no mutant can be judged (see {base_log})")
+    if "test result: ok" not in open(base_log).read():
+        raise SystemExit(f"the baseline ran no test (see {base_log})")
+    timeout = max(120, 5 * (time.time() - started))
+    print(f"baseline passed in {round(time.time() - started)} s; a mutant times out after {round(timeout)} s", flush=True)
     results = []
     for i, (script, why, old, new, tests) in enumerate(rows):
         path = os.path.join(ROOT, SRC, script)
@@ -154,11 +174,13 @@ def main():
         try:
             open(path, "w").write(original.replace(old, new))
             log = os.path.join(out, f"{i:02d}-{os.path.basename(script)}.log")
-            rc = run_tests(tests, log)
+            rc = run_tests(tests, log, timeout)
         finally:
             restore()
         text = open(log).read()
-        if rc == 0:
+        if rc is None:
+            outcome = "timeout"
+        elif rc == 0:
             outcome = "MISSED"
         elif "error[E" in text or "could not compile" in text:
             outcome = "unviable"
@@ -169,8 +191,9 @@ def main():
         print(f"{outcome:8} {script}: {why} ({round(time.time() - started)} s)", flush=True)
     with open(os.path.join(out, "outcomes.json"), "w") as f:
         json.dump(results, f, indent=1)
-    counts = {k: sum(r["outcome"] == k for r in results) for k in ("caught", "MISSED", "unviable")}
-    print(f"lua mutants: {counts['caught']} caught, {counts['MISSED']} missed, {counts['unviable']} unviable", flush=True)
+    counts = {k: sum(r["outcome"] == k for r in results) for k in ("caught", "MISSED", "unviable", "timeout")}
+    print(f"lua mutants: {counts['caught']} caught, {counts['MISSED']} missed, {counts['unviable']} unviable, "
+          f"{counts['timeout']} timed out", flush=True)
     return 2 if counts["MISSED"] else 0
 
 
