@@ -687,9 +687,30 @@ async fn claims_are_checked_against_the_token_when_asked(mode: RedisMode) {
                 .unwrap(),
         );
         let mixed = Box::pin(profile_read::handle(&app, req)).await;
+        // The genuine token under another scheme, and the scheme without
+        // a token: `Authorization` is `Bearer <token>` or nothing.
+        let mut schemes = Vec::new();
+        for header in [format!("Basic {token}"), "Bearer  ".to_owned()] {
+            let mut req = user.on(profile(&me));
+            req.headers_mut()
+                .insert("authorization", header.parse().unwrap());
+            let r = Box::pin(profile_read::handle(&app, req)).await;
+            schemes.push((
+                header.split(' ').next().unwrap_or("").to_owned(),
+                r.status(),
+            ));
+        }
         if verify {
             assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
             assert_eq!(mixed.status(), StatusCode::UNAUTHORIZED);
+            assert_eq!(
+                schemes,
+                [
+                    ("Basic".to_owned(), StatusCode::UNAUTHORIZED),
+                    ("Bearer".to_owned(), StatusCode::UNAUTHORIZED)
+                ],
+                "a token counts only as `Bearer <token>`"
+            );
         } else {
             assert_eq!(
                 forged.status(),
