@@ -281,15 +281,17 @@ async fn a_refusal_costs_its_owner_nothing(mode: RedisMode) {
         let policies = format!(
             r#"[{{"name":"users.profile.read","algorithm":"{algorithm}","limit":5,"window_secs":86400,"fail":"closed"}}]"#
         );
-        // The count is the point, not an outage: a busy machine (a second
-        // build beside `make test`) once kept a limiter call past the tests'
-        // 1 s Redis timeout, and the fail-closed policy answered 429. Redis
-        // gets 10 s here; a refusal says why.
+        // The count is the point, not an outage: on a busy machine (a
+        // second build beside `make test`) a limiter decision once took
+        // longer than its timeout, and the fail-closed policy answered 429
+        // (`cache-unavailable`). The decision and Redis get 10 s here; a
+        // refusal says why.
         let w = World::new(
             mode,
             &[
                 ("RATE_LIMIT_POLICIES", &policies),
                 ("REDIS_RESPONSE_TIMEOUT_MS", "10000"),
+                ("RATE_LIMIT_TIMEOUT_MS", "10000"),
             ],
         )
         .await;

@@ -107,6 +107,10 @@ pub fn config(redis: &TestRedis, db: &TestDb, extra: &[(&str, &str)]) -> Config 
         // that load is not taken for an outage. Tests of timeouts and
         // outages set their own (`extra` overrides).
         ("REDIS_RESPONSE_TIMEOUT_MS".into(), "1000".into()),
+        // The same for a rate-limit decision (deployed: 50 ms, then the
+        // policy's fail mode): a fail-closed policy on a busy machine
+        // answered 429 `cache-unavailable` to a test's first request.
+        ("RATE_LIMIT_TIMEOUT_MS".into(), "1000".into()),
     ];
     vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     Config::from_lookup(|name| {
