@@ -42,7 +42,7 @@ MUTANTS = [
      ["balance::fence_protocol", "balance::readers_never_see_an_older_version"]),
     ("domain/balance/invalidate.lua", "an invalidation keeps a writer's fence",
      "string.sub(lease, 1, 2) ~= 'w:'", "string.sub(lease, 1, 2) == 'w:'",
-     ["balance::", "invalidation::"]),
+     ["balance::an_invalidation_keeps_a_writers_fence", "balance::", "invalidation::"]),
     ("domain/delivery/checkpoint.lua", "a checkpoint moves only for its own entry",
      "if not p[1] or p[1][2] ~= ARGV[2] then", "if not p[1] or p[1][2] == ARGV[2] then",
      ["realtime::an_announcement"]),

@@ -1088,3 +1088,64 @@ async fn fence_protocol(mode: RedisMode) {
     assert_eq!(lease, None);
 }
 both_modes!(fence_protocol);
+
+/// An invalidation (`cache-invalidator`) drops a reader's lease — its
+/// in-flight load must store nothing — but keeps a writer's fence: lifting
+/// it mid-write would let a reader cache the row from before the commit.
+/// Each side of `invalidate.lua`'s one comparison, through the real
+/// `balance::invalidate`.
+async fn an_invalidation_keeps_a_writers_fence_and_drops_a_readers_lease(mode: RedisMode) {
+    let w = World::new(mode, &[]).await;
+    let fence = redis::Script::new(include_str!(
+        "../shared/paycache/src/domain/balance/fence.lua"
+    ));
+    let get_or_lease = redis::Script::new(include_str!(
+        "../shared/paycache/src/patterns/cache_aside/get_or_lease.lua"
+    ));
+    let mut c = w.redis.raw().await;
+    let mut held = Vec::new();
+    for writer in [true, false] {
+        let wallet = WalletId::parse(&random_uuid()).unwrap();
+        let key = w.app.keys.wallet_balance(&wallet);
+        let lock = key.lock_key();
+        let taken: String = if writer {
+            fence
+                .key(key.as_str())
+                .key(&lock)
+                .arg(2)
+                .arg(10_000)
+                .invoke_async(&mut c)
+                .await
+                .unwrap()
+        } else {
+            let r: i64 = get_or_lease
+                .key(key.as_str())
+                .key(&lock)
+                .arg("reader-lease")
+                .arg(10_000)
+                .invoke_async(&mut c)
+                .await
+                .unwrap();
+            assert_eq!(r, 1, "the reader holds the lease");
+            "reader-lease".into()
+        };
+        paycache::balance::invalidate(&w.app.balances, &wallet)
+            .await
+            .unwrap();
+        let after: Option<String> = redis::cmd("GET")
+            .arg(&lock)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        held.push((taken, after));
+    }
+    assert_eq!(
+        held,
+        [
+            ("w:2:1".to_owned(), Some("w:2:1".to_owned())),
+            ("reader-lease".to_owned(), None)
+        ],
+        "kept: the writer's fence; dropped: the reader's lease"
+    );
+}
+both_modes!(an_invalidation_keeps_a_writers_fence_and_drops_a_readers_lease);
