@@ -143,6 +143,24 @@ async fn signing_out_ends_this_sign_in_or_every_sign_in(mode: RedisMode) {
             w.sign_in(&me, &[]).await,
         ];
         let bystander = w.sign_in(&other, &[]).await;
+        // The user's session index lists every live sign-in, and a sign-in
+        // prunes the ended ones (A's tombstone) from it (`sign_in.lua`).
+        let index: Vec<String> = sessions::index(&w.app.sessions, &uid)
+            .await
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        for d in &devices {
+            assert!(
+                index.contains(&d.session),
+                "a live sign-in is indexed: {index:?}"
+            );
+        }
+        assert!(
+            !index.contains(&a.session),
+            "an ended one is pruned: {index:?}"
+        );
         for d in &devices {
             connect(&w, d).await;
         }
@@ -374,6 +392,66 @@ async fn a_refusal_costs_its_owner_nothing(mode: RedisMode) {
     }
 }
 both_modes!(a_refusal_costs_its_owner_nothing);
+
+/// The activity sync notes the time in the Redis copy of a live session,
+/// and never writes over a sign-out's tombstone (`touch.lua`): a sync that
+/// read the session before a sign-out and lands after it must not bring
+/// the session back.
+async fn an_activity_sync_does_not_revive_a_signed_out_session(mode: RedisMode) {
+    let w = World::new(mode, &[("SESSION_ACTIVITY_SYNC_SECS", "1")]).await;
+    let me = seed_user_id(1);
+    insert_user(&w.db, 1).await;
+    let uid = UserId::parse(&me).unwrap();
+    let mut raw = w.redis.raw().await;
+    let mut read_copy = async |sid: &SessionId| -> Option<String> {
+        redis::cmd("GET")
+            .arg(w.app.keys.session(&uid, sid).to_string())
+            .query_async(&mut raw)
+            .await
+            .unwrap()
+    };
+    let (leaving, staying) = (w.sign_in(&me, &[]).await, w.sign_in(&me, &[]).await);
+    let mut stale = Vec::new();
+    for who in [&leaving, &staying] {
+        let sid = SessionId::parse(&who.session).unwrap();
+        let json = read_copy(&sid).await.expect("signed in");
+        let mut session: paycache::sessions::Session = serde_json::from_str(&json).unwrap();
+        // Read long enough ago that a sync is due.
+        session.last_activity = OffsetDateTime::now_utc() - time::Duration::hours(1);
+        stale.push((sid, session));
+    }
+    let out = logout::handle(&w.app, leaving.on(logout_req(Some("session")))).await;
+    assert_eq!(out.status(), StatusCode::OK, "{}", body(&out));
+    let tombstone = read_copy(&stale[0].0).await;
+    for (sid, session) in &stale {
+        paycache::sessions::sync_activity(&w.app.sessions, sid, session);
+    }
+    // The live one is noted (so the syncs ran) …
+    let mut noted = None;
+    for _ in 0..100 {
+        let json = read_copy(&stale[1].0).await.expect("still signed in");
+        let s: paycache::sessions::Session = serde_json::from_str(&json).unwrap();
+        if OffsetDateTime::now_utc() - s.last_activity < time::Duration::minutes(1) {
+            noted = Some(s.last_activity);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        noted.is_some(),
+        "the live session's activity is noted in Redis"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // … and the signed-out one stays a tombstone, refused.
+    assert_eq!(
+        read_copy(&stale[0].0).await,
+        tombstone,
+        "the tombstone stays"
+    );
+    let r = Box::pin(profile_read::handle(&w.app, leaving.on(profile(&me)))).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+both_modes!(an_activity_sync_does_not_revive_a_signed_out_session);
 
 /// A revoked token stays refused for as long as a verifier could accept
 /// it: 1.5 s past its `exp`, inside the routes' leeway, a revoked service

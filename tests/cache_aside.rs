@@ -165,6 +165,44 @@ async fn invalidation_beats_an_in_flight_load(mode: RedisMode) {
 }
 both_modes!(invalidation_beats_an_in_flight_load);
 
+/// A failed load gives its lease back at once (`release_lease.lua`: only
+/// the holder's token deletes it), so the next reader loads now instead of
+/// waiting out the lease.
+async fn a_failed_load_gives_its_lease_back(mode: RedisMode) {
+    let w = World::new(mode, &[]).await;
+    let user = UserId::parse(&seed_user_id(7)).unwrap();
+    let key = w.app.keys.user_profile(&user);
+    let failed = w
+        .app
+        .cache
+        .get_or_load(&key, || async {
+            Err::<Option<u8>, &str>("the database failed")
+        })
+        .await;
+    assert_eq!(failed.err(), Some("the database failed"));
+    let mut c = w.redis.raw().await;
+    let left: Option<String> = redis::cmd("GET")
+        .arg(key.lock_key())
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(left, None, "the failed load's lease is released");
+    // The next reader loads at once.
+    let next = w
+        .app
+        .cache
+        .get_or_load(&key, || async { Ok::<_, ()>(Some(2u8)) })
+        .await
+        .unwrap();
+    assert_eq!(next.value, Some(2));
+    assert!(
+        matches!(next.status, CacheStatus::Miss { .. }),
+        "{:?}",
+        next.status
+    );
+}
+both_modes!(a_failed_load_gives_its_lease_back);
+
 async fn xfetch_refreshes_early(mode: RedisMode) {
     // TTL 1 s, a load that takes 300 ms, β = 10: at 800 ms the refresh is
     // all but certain (P = 1 − e^(−200/3000) ≈ 0.94 per read; 10 reads).
