@@ -261,6 +261,60 @@ async fn a_full_buffer_refuses_instead_of_dropping(mode: RedisMode) {
 }
 both_modes!(a_full_buffer_refuses_instead_of_dropping);
 
+/// A flush keeps to its bounds: the batch limit it is given, the caller's
+/// deadline (it starts no batch within 2 s of it) and its lock (it stops
+/// once half the lock's time has gone, well before the lock could expire
+/// under it and a second flusher take over mid-batch). Each bound
+/// measured by what was left in the buffer.
+async fn a_flush_keeps_to_its_bounds(mode: RedisMode) {
+    let w = World::new(
+        mode,
+        &[("AUDIT_FLUSH_BATCH", "10"), ("AUDIT_FLUSH_LOCK_MS", "2000")],
+    )
+    .await;
+    let service = ServiceName::parse("bounded-svc").unwrap();
+    let buffer = w.app.keys.audit_buffer(&service);
+    fill(&w, &service, 30).await;
+    let far = Instant::now() + Duration::from_secs(60);
+    // The batch limit: 2 of the 3 batches (and, the events being sound, no
+    // dead-letter error logged: an operator's alarm reads those).
+    let (r, logs) = test_support::logs::capture(flush(&w.app.audit, &service, far, 2)).await;
+    let r = r.unwrap();
+    assert!(!logs.contains("unparseable"), "{logs}");
+    assert_eq!(
+        (
+            r.service.as_str(),
+            r.ran,
+            r.batches,
+            r.events_seen,
+            r.inserted
+        ),
+        ("bounded-svc", true, 2, 20, 20),
+        "{r:?}"
+    );
+    assert_eq!(list_len(&w, buffer.as_str()).await, 10);
+    // The caller's deadline: 1 s away, less than a batch is given.
+    let soon = Instant::now() + Duration::from_secs(1);
+    let r = flush(&w.app.audit, &service, soon, u64::MAX).await.unwrap();
+    assert_eq!((r.ran, r.batches), (true, 0), "{r:?}");
+    assert_eq!(list_len(&w, buffer.as_str()).await, 10);
+    // The lock (2 s): batches of 600 ms, so it stops after the second (at
+    // 1.2 s, half the lock gone); a flusher that ran to the lock's end
+    // would have claimed a third and a fourth.
+    fill(&w, &service, 50).await;
+    let mut hook = |step: FlushStep| {
+        if matches!(step, FlushStep::Claimed) {
+            std::thread::sleep(Duration::from_millis(600));
+        }
+        ControlFlow::Continue(())
+    };
+    let r = flush_with_hook(&w.app.audit, &service, far, u64::MAX, &mut hook)
+        .await
+        .unwrap();
+    assert!((1..=2).contains(&r.batches), "{r:?}");
+}
+both_modes!(a_flush_keeps_to_its_bounds);
+
 /// Unparseable entries are kept in a dead-letter list, not dropped and not
 /// allowed to block the flush.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
