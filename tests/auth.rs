@@ -804,3 +804,42 @@ async fn the_issuers_keys_are_fetched_and_rotated() {
         "plain http only on loopback"
     );
 }
+
+/// A token without a sign-in (`sid`) names a service only when its subject
+/// is the client itself (`client_credentials`: `sub` = `client_id`). A
+/// user's access token from the same app client (`sub` the user, no `sid`)
+/// is not that client: refused, its scopes granting nothing.
+#[test]
+fn a_users_token_without_a_sign_in_is_not_its_client() {
+    use paycache::identity::{Caller, Principal};
+    let user = random_uuid();
+    let exp = (OffsetDateTime::now_utc() + time::Duration::minutes(5))
+        .unix_timestamp()
+        .to_string();
+    let mut claims: HashMap<String, String> = [
+        ("sub", user.as_str()),
+        ("client_id", "ledger"),
+        ("jti", &random_uuid()),
+        ("exp", &exp),
+        ("token_use", "access"),
+        ("scope", "paycache/balances.write"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    assert_eq!(
+        Caller::from_claims(&claims, None).map(|c| c.principal),
+        Err(Denied::MissingClaims),
+        "a user's token is not its app client"
+    );
+    claims.insert("sub".into(), "ledger".into());
+    let service = Caller::from_claims(&claims, None).unwrap();
+    assert!(
+        matches!(&service.principal, Principal::Service { client } if client.to_string() == "ledger"),
+        "{service:?}"
+    );
+    assert!(
+        service.scope_permissions.contains("balances.write"),
+        "{service:?}"
+    );
+}
