@@ -843,3 +843,24 @@ fn a_users_token_without_a_sign_in_is_not_its_client() {
         "{service:?}"
     );
 }
+
+/// A verifier with nowhere to find keys is a configuration error at init,
+/// naming the variable — not a verifier that refuses every token later.
+#[test]
+fn an_authorizer_without_keys_is_a_configuration_error() {
+    let vars: HashMap<&str, &str> = [
+        ("AUTH_ISSUER", "https://issuer.example"),
+        ("AUTH_AUDIENCE", "paycache-web"),
+    ]
+    .into_iter()
+    .collect();
+    let err = AuthConfig::from_lookup(|k| vars.get(k).map(|v| (*v).to_owned()))
+        .err()
+        .expect("no AUTH_JWKS_URL, AUTH_JWKS or AUTH_JWKS_FILE: refused");
+    assert_eq!(err.variable, "AUTH_JWKS_URL");
+    let with_url: HashMap<&str, &str> = vars
+        .into_iter()
+        .chain([("AUTH_JWKS_URL", "https://issuer.example/jwks.json")])
+        .collect();
+    assert!(AuthConfig::from_lookup(|k| with_url.get(k).map(|v| (*v).to_owned())).is_ok());
+}
