@@ -854,9 +854,9 @@ fn an_authorizer_without_keys_is_a_configuration_error() {
     ]
     .into_iter()
     .collect();
-    let err = AuthConfig::from_lookup(|k| vars.get(k).map(|v| (*v).to_owned()))
-        .err()
-        .expect("no AUTH_JWKS_URL, AUTH_JWKS or AUTH_JWKS_FILE: refused");
+    let Err(err) = AuthConfig::from_lookup(|k| vars.get(k).map(|v| (*v).to_owned())) else {
+        panic!("no AUTH_JWKS_URL, AUTH_JWKS or AUTH_JWKS_FILE: must be refused");
+    };
     assert_eq!(err.variable, "AUTH_JWKS_URL");
     let with_url: HashMap<&str, &str> = vars
         .into_iter()
