@@ -769,6 +769,20 @@ async fn the_issuers_keys_are_fetched_and_rotated() {
     );
     assert_eq!(server.hits.load(std::sync::atomic::Ordering::SeqCst), 3);
 
+    // Known keys, fetched minutes ago at most: nothing is fetched, however
+    // many tokens come — past the refetch interval too (it limits fetches
+    // for unknown or stale keys; it does not schedule them).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..5 {
+        assert!(fetching.verify_token_fresh(&rotated).await.is_ok());
+        assert!(fetching.verify_token_fresh(&first).await.is_ok());
+    }
+    assert_eq!(
+        server.hits.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "no fetch for known, fresh keys"
+    );
+
     // Broken variant: the keys pasted at deploy time.
     let pasted = Verifier::new(config(&[("AUTH_JWKS", JWKS)])).unwrap();
     assert!(pasted.verify_token_fresh(&first).await.is_ok());
