@@ -127,6 +127,9 @@ async fn rows_after_kills(w: &World, flusher: Flusher, count: u64) -> i64 {
     let buffer = w.app.keys.audit_buffer(&service);
     assert_eq!(list_len(w, buffer.as_str()).await, count as i64);
     let far = Instant::now() + Duration::from_secs(600);
+    // AUDIT_FLUSH_LOCK_MS in the tests that call this.
+    const LOCK_MS: Duration = Duration::from_millis(300);
+    let mut lock_checked = 0;
 
     for (round, kill_at) in [
         FlushStep::Locked,
@@ -148,6 +151,7 @@ async fn rows_after_kills(w: &World, flusher: Flusher, count: u64) -> i64 {
         };
         match flusher {
             Flusher::Claiming => {
+                let locked_at = Instant::now();
                 let report = flush_with_hook(&w.app.audit, &service, far, u64::MAX, &mut hook)
                     .await
                     .unwrap();
@@ -157,10 +161,16 @@ async fn rows_after_kills(w: &World, flusher: Flusher, count: u64) -> i64 {
                 );
                 // The dead flusher's lock must expire before anyone can go on.
                 let blocked = flush(&w.app.audit, &service, far, 1).await.unwrap();
-                assert!(
-                    !blocked.ran,
-                    "round {round}: the lock of a dead flusher is still held"
-                );
+                // Judged only while the lock (300 ms) can still be held: a
+                // busy machine once took longer than that between the two
+                // flushes, and the lock had rightly expired.
+                if locked_at.elapsed() < LOCK_MS {
+                    lock_checked += 1;
+                    assert!(
+                        !blocked.ran,
+                        "round {round}: the lock of a dead flusher is still held"
+                    );
+                }
                 tokio::time::sleep(Duration::from_millis(350)).await;
             }
             Flusher::PopThenInsert => {
@@ -170,6 +180,12 @@ async fn rows_after_kills(w: &World, flusher: Flusher, count: u64) -> i64 {
                 );
             }
         }
+    }
+    if matches!(flusher, Flusher::Claiming) {
+        assert!(
+            lock_checked > 0,
+            "no round was quick enough to see a dead flusher's lock held"
+        );
     }
     // Now flushers run to the end (the lock is short, so it may take a few
     // runs; each stops well before its lock could expire).

@@ -685,6 +685,34 @@ pub(crate) async fn versions(ws: &mut Ws, wait: Duration) -> Vec<u64> {
     out
 }
 
+/// The balance versions `ws` receives (each frame id once), until `want`
+/// have come or `deadline` has passed — then half a second more, so that
+/// a frame sent twice is seen. For a catch-up whose pace depends on the
+/// machine: a busy one (a second build beside `make test`) once left a
+/// connection ten seconds without a frame mid-catch-up.
+pub(crate) async fn versions_until(ws: &mut Ws, want: usize, deadline: Duration) -> Vec<u64> {
+    let end = Instant::now() + deadline;
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    loop {
+        let left = if out.len() >= want {
+            Duration::from_millis(500)
+        } else {
+            end.saturating_duration_since(Instant::now())
+        };
+        if left.is_zero() {
+            break;
+        }
+        let Some(f) = next_frame(ws, left).await else {
+            break;
+        };
+        if f["type"] == "balance_update" && seen.insert(f["id"].as_str().unwrap().to_owned()) {
+            out.push(f["version"].as_u64().unwrap());
+        }
+    }
+    out
+}
+
 /// Moves a wallet's delivered cursor, as a broken sender would.
 async fn set_delivered(rig: &Rig, wallet: &WalletId, version: u64) {
     let mut raw = rig.w.redis.raw().await;
