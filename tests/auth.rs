@@ -750,6 +750,17 @@ async fn the_issuers_keys_are_fetched_and_rotated() {
     }
     assert_eq!(fetching.fetches(), 2, "one refetch for fifty unknown kids");
 
+    // … also when they arrive at once: the callers queued behind the one
+    // fetching find the keys just fetched and do not fetch again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let forged: Vec<String> = (0..20)
+        .map(|i| signed(OTHER_KEY, &format!("at-once-{i}")))
+        .collect();
+    let refused =
+        futures_util::future::join_all(forged.iter().map(|t| fetching.verify_token_fresh(t))).await;
+    assert!(refused.iter().all(|r| *r == Err(Denied::UnknownKey)));
+    assert_eq!(fetching.fetches(), 3, "one refetch for twenty at once");
+
     // The issuer rotates to another key: fetched again, accepted.
     let both: Value = {
         let mut a: Value = serde_json::from_str(JWKS).unwrap();
@@ -767,7 +778,7 @@ async fn the_issuers_keys_are_fetched_and_rotated() {
         fetching.verify_token_fresh(&rotated).await.is_ok(),
         "the rotated key is fetched"
     );
-    assert_eq!(server.hits.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(server.hits.load(std::sync::atomic::Ordering::SeqCst), 4);
 
     // Known keys, fetched minutes ago at most: nothing is fetched, however
     // many tokens come — past the refetch interval too (it limits fetches
@@ -779,8 +790,22 @@ async fn the_issuers_keys_are_fetched_and_rotated() {
     }
     assert_eq!(
         server.hits.load(std::sync::atomic::Ordering::SeqCst),
-        3,
+        4,
         "no fetch for known, fresh keys"
+    );
+
+    // An issuer that answers an empty set: the keys there were are kept.
+    *server.doc.lock().unwrap() = r#"{"keys": []}"#.to_owned();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let unknown = signed(OTHER_KEY, "made-up-again");
+    assert_eq!(
+        fetching.verify_token_fresh(&unknown).await.unwrap_err(),
+        Denied::UnknownKey
+    );
+    assert_eq!(server.hits.load(std::sync::atomic::Ordering::SeqCst), 5);
+    assert!(
+        fetching.verify_token_fresh(&first).await.is_ok(),
+        "an empty answer keeps the keys there were"
     );
 
     // Broken variant: the keys pasted at deploy time.
@@ -877,4 +902,64 @@ fn an_authorizer_without_keys_is_a_configuration_error() {
         .chain([("AUTH_JWKS_URL", "https://issuer.example/jwks.json")])
         .collect();
     assert!(AuthConfig::from_lookup(|k| with_url.get(k).map(|v| (*v).to_owned())).is_ok());
+}
+
+/// Tokens beyond RS256 with a `kid`: one without a `kid` is verified when
+/// the issuer has exactly one key, and refused (`UnknownKey`) when it has
+/// several — which key would it be?; HS256 only when `AUTH_HS256_SECRET`
+/// is set (the development sign-in), and with that secret.
+#[test]
+fn a_token_without_a_kid_and_an_hs256_token() {
+    const OTHER_JWKS: &str = include_str!("fixtures/jwks-other.json");
+    const SECRET: &str = "a-development-secret-for-this-test-0123456789";
+    let verifier = |extra: &[(&str, &str)]| {
+        let vars: HashMap<String, String> = [("AUTH_ISSUER", ISS), ("AUTH_AUDIENCE", AUD)]
+            .iter()
+            .chain(extra)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Verifier::new(AuthConfig::from_lookup(|k| vars.get(k).cloned()).unwrap()).unwrap()
+    };
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let claims = json!({"sub": random_uuid(), "sid": "c2Vzc2lvbg", "jti": "j1", "iss": ISS,
+                        "client_id": AUD, "token_use": "access", "iat": now, "exp": now + 600});
+    let no_kid = encode(
+        &Header::new(Algorithm::RS256),
+        &claims,
+        &EncodingKey::from_rsa_pem(KEY).unwrap(),
+    )
+    .unwrap();
+    let one_key = verifier(&[("AUTH_JWKS", JWKS)]);
+    assert!(one_key.verify_token(&no_kid).is_ok(), "one key: it");
+    let both: Value = {
+        let mut a: Value = serde_json::from_str(JWKS).unwrap();
+        let b: Value = serde_json::from_str(OTHER_JWKS).unwrap();
+        a["keys"]
+            .as_array_mut()
+            .unwrap()
+            .extend(b["keys"].as_array().unwrap().clone());
+        a
+    };
+    let two_keys = verifier(&[("AUTH_JWKS", &both.to_string())]);
+    assert_eq!(
+        two_keys.verify_token(&no_kid).map(|c| c.jti),
+        Err(Denied::UnknownKey),
+        "two keys: which?"
+    );
+    let hs256 = encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let with_secret = verifier(&[("AUTH_JWKS", JWKS), ("AUTH_HS256_SECRET", SECRET)]);
+    assert!(
+        with_secret.verify_token(&hs256).is_ok(),
+        "the development secret"
+    );
+    assert_eq!(
+        one_key.verify_token(&hs256).map(|c| c.jti),
+        Err(Denied::DisallowedAlgorithm),
+        "no secret configured: no HS256"
+    );
 }
