@@ -163,6 +163,22 @@ async fn allowed_and_every_bad_token_denied(mode: RedisMode) {
             variant(&|c| c["aud"] = json!("someone-else")),
             Denied::WrongAudience,
         ),
+        (
+            "wrong audience, as a list",
+            variant(&|c| c["aud"] = json!(["someone-else", "another"])),
+            Denied::WrongAudience,
+        ),
+        (
+            "no exp",
+            variant(&|c| {
+                c.as_object_mut()
+                    .unwrap()
+                    .remove("exp")
+                    .map(|_| ())
+                    .unwrap()
+            }),
+            Denied::MissingClaims,
+        ),
         ("another key", sign(&c, OTHER_KEY), Denied::BadSignature),
         ("tampered", tampered, Denied::BadSignature),
         ("alg none", none_token, Denied::Malformed),
