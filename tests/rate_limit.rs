@@ -207,6 +207,57 @@ async fn cost_and_burst(mode: RedisMode) {
 }
 both_modes!(cost_and_burst);
 
+/// Each algorithm keeps its counters under a key of its own, as the
+/// design's data model names them: the sliding log a sorted set in its own
+/// family (`…:sliding:{subject}:<endpoint>`), the others in `rate_limit`
+/// (the sliding-window counter and GCRA with a suffix of their own). No
+/// key is one that two algorithms would read as different types — a
+/// policy moved to another algorithm would meet `WRONGTYPE` and answer its
+/// fail mode until the old counter expired.
+async fn each_algorithm_keeps_its_own_keys(mode: RedisMode) {
+    let p = policies(&[
+        ("fixed", Algorithm::FixedWindow, 10, 60, None, "closed"),
+        ("log", Algorithm::SlidingLog, 10, 60, None, "closed"),
+        ("gcra", Algorithm::Gcra, 10, 60, None, "closed"),
+        ("swc", Algorithm::SlidingWindow, 10, 60, None, "closed"),
+    ]);
+    let w = World::new(mode, &[("RATE_LIMIT_POLICIES", &p)]).await;
+    let user = new_user();
+    for name in ["fixed", "log", "gcra", "swc"] {
+        let d = w.app.limiter.check(user, &ep(name), 1).await;
+        assert!(d.allowed, "{name}: {d:?}");
+    }
+    let mut raw = w.redis.raw().await;
+    let mut found = Vec::new();
+    for key in w.keys().await {
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        // `<prefix>:<family>:{<subject>}:<endpoint>[:<suffix>]`
+        let family = key.split(':').nth(1).unwrap_or("").to_owned();
+        let rest = key
+            .rsplit_once("}:")
+            .map(|(_, r)| r.to_owned())
+            .unwrap_or_default();
+        found.push((rest, family, kind));
+    }
+    found.sort();
+    let want = |r: &str, f: &str, t: &str| (r.to_owned(), f.to_owned(), t.to_owned());
+    assert_eq!(
+        found,
+        [
+            want("fixed", "rate_limit", "hash"),
+            want("gcra:gcra", "rate_limit", "string"),
+            want("log", "sliding", "zset"),
+            want("swc:swc", "rate_limit", "hash"),
+        ],
+        "{found:?}"
+    );
+}
+both_modes!(each_algorithm_keeps_its_own_keys);
+
 async fn windows_roll_over(mode: RedisMode) {
     let p = policies(&[
         ("fixed", Algorithm::FixedWindow, 3, 1, None, "open"),
