@@ -484,8 +484,59 @@ async fn one_round_trip_per_check() {
             monitor.commands().is_empty(),
             "{name}: a remembered denial costs no round trip"
         );
+        // It says what Redis said, counted down: not a zero wait.
+        assert!(
+            again.retry_after_ms > 1 && again.reset_after_ms > 1,
+            "{name}: {again:?}"
+        );
     }
 }
+
+/// The remembered denials are bounded (`RATE_LIMIT_LOCAL_CACHE_ENTRIES`):
+/// none with 0; with 1, a live denial is kept and the next one not
+/// remembered, while an expired one makes room.
+async fn remembered_denials_are_bounded(mode: RedisMode) {
+    let p = policies(&[("fixed", Algorithm::FixedWindow, 1, 1, None, "closed")]);
+    for capacity in ["0", "1"] {
+        let w = World::new(
+            mode,
+            &[
+                ("RATE_LIMIT_POLICIES", &p),
+                ("RATE_LIMIT_LOCAL_CACHE_ENTRIES", capacity),
+            ],
+        )
+        .await;
+        let limiter = &w.app.limiter;
+        // A user's second request in the second is denied; the third is
+        // answered from memory, if the denial was remembered.
+        let source_of_third = |user: UserId| async move {
+            limiter.check(user, &ep("fixed"), 1).await;
+            assert!(!limiter.check(user, &ep("fixed"), 1).await.allowed);
+            limiter.check(user, &ep("fixed"), 1).await.source
+        };
+        if capacity == "0" {
+            not_near_a_boundary(1, Duration::from_millis(300)).await;
+            assert_eq!(source_of_third(new_user()).await, DecisionSource::Redis);
+            continue;
+        }
+        not_near_a_boundary(1, Duration::from_millis(300)).await;
+        let (a, b) = (new_user(), new_user());
+        assert_eq!(source_of_third(a).await, DecisionSource::LocalDenial);
+        assert_eq!(
+            source_of_third(b).await,
+            DecisionSource::Redis,
+            "full of a live denial: not remembered"
+        );
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        not_near_a_boundary(1, Duration::from_millis(300)).await;
+        assert_eq!(
+            source_of_third(new_user()).await,
+            DecisionSource::LocalDenial,
+            "the expired denial made room"
+        );
+    }
+}
+both_modes!(remembered_denials_are_bounded);
 
 fn post(body: &str) -> Request {
     let req = http::Request::builder()
