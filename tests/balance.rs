@@ -442,6 +442,15 @@ async fn stale_reads_under_concurrency(w: &World, writer: Writer, writes: i64) -
                 reads.fetch_add(1, Ordering::SeqCst);
                 if violates(floor, v) {
                     violations.fetch_add(1, Ordering::SeqCst);
+                    // What served it, for the failure's message: a hit, a
+                    // load, or the database with Redis bypassed.
+                    let served = resp
+                        .headers()
+                        .get("cache-status")
+                        .and_then(|h| h.to_str().ok())
+                        .unwrap_or("-")
+                        .to_owned();
+                    eprintln!("stale read: version {v} after {floor} was acknowledged ({served})");
                 }
             }
         }));
