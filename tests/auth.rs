@@ -25,6 +25,17 @@ const JWKS: &str = include_str!("fixtures/jwks.json");
 const ISS: &str = "https://auth.paycache.test";
 const AUD: &str = "paycache-api";
 
+/// The test issuer's key set with the other key added (a rotation).
+fn both_jwks() -> Value {
+    let mut a: Value = serde_json::from_str(JWKS).unwrap();
+    let b: Value = serde_json::from_str(include_str!("fixtures/jwks-other.json")).unwrap();
+    a["keys"]
+        .as_array_mut()
+        .unwrap()
+        .extend(b["keys"].as_array().unwrap().clone());
+    a
+}
+
 fn verifier(fail_open: bool) -> Verifier {
     verifier_with(fail_open, &[])
 }
@@ -716,7 +727,6 @@ async fn jwks_server(doc: &str) -> JwksServer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_issuers_keys_are_fetched_and_rotated() {
     const OTHER_KEY: &[u8] = include_bytes!("fixtures/jwt-other-key.pem");
-    const OTHER_JWKS: &str = include_str!("fixtures/jwks-other.json");
     let server = jwks_server(JWKS).await;
     let config = |extra: &[(&str, &str)]| {
         let mut vars: HashMap<String, String> = [("AUTH_ISSUER", ISS), ("AUTH_AUDIENCE", AUD)]
@@ -778,15 +788,7 @@ async fn the_issuers_keys_are_fetched_and_rotated() {
     assert_eq!(fetching.fetches(), 3, "one refetch for twenty at once");
 
     // The issuer rotates to another key: fetched again, accepted.
-    let both: Value = {
-        let mut a: Value = serde_json::from_str(JWKS).unwrap();
-        let b: Value = serde_json::from_str(OTHER_JWKS).unwrap();
-        a["keys"]
-            .as_array_mut()
-            .unwrap()
-            .extend(b["keys"].as_array().unwrap().clone());
-        a
-    };
+    let both = both_jwks();
     *server.doc.lock().unwrap() = both.to_string();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let rotated = signed(OTHER_KEY, "other-key-1");
@@ -926,7 +928,6 @@ fn an_authorizer_without_keys_is_a_configuration_error() {
 /// is set (the development sign-in), and with that secret.
 #[test]
 fn a_token_without_a_kid_and_an_hs256_token() {
-    const OTHER_JWKS: &str = include_str!("fixtures/jwks-other.json");
     const SECRET: &str = "a-development-secret-for-this-test-0123456789";
     let verifier = |extra: &[(&str, &str)]| {
         let vars: HashMap<String, String> = [("AUTH_ISSUER", ISS), ("AUTH_AUDIENCE", AUD)]
@@ -947,15 +948,7 @@ fn a_token_without_a_kid_and_an_hs256_token() {
     .unwrap();
     let one_key = verifier(&[("AUTH_JWKS", JWKS)]);
     assert!(one_key.verify_token(&no_kid).is_ok(), "one key: it");
-    let both: Value = {
-        let mut a: Value = serde_json::from_str(JWKS).unwrap();
-        let b: Value = serde_json::from_str(OTHER_JWKS).unwrap();
-        a["keys"]
-            .as_array_mut()
-            .unwrap()
-            .extend(b["keys"].as_array().unwrap().clone());
-        a
-    };
+    let both = both_jwks();
     let two_keys = verifier(&[("AUTH_JWKS", &both.to_string())]);
     assert_eq!(
         two_keys.verify_token(&no_kid).map(|c| c.jti),
