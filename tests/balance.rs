@@ -340,24 +340,7 @@ async fn write_once(
 ) -> Result<u64, u64> {
     let pause = Duration::from_micros(fastrand::u64(0..=5_000));
     match writer {
-        Writer::Fenced => {
-            let write = paycache::balance::BalanceWrite {
-                wallet: *wallet,
-                balance_minor: minor,
-                currency: paycache::money::Currency::parse("USD").unwrap(),
-                expected_version: expected,
-                idempotency_key: None,
-                actor: None,
-            };
-            match paycache::balance::write_balance_pausing(&app.balances, &write, pause)
-                .await
-                .unwrap()
-            {
-                WriteOutcome::Applied { balance, .. } => Ok(balance.version),
-                WriteOutcome::VersionConflict { current } => Err(current.version),
-                other => panic!("unexpected {other:?}"),
-            }
-        }
+        Writer::Fenced => write_paused(app, wallet, minor, expected, pause).await,
         Writer::UpdateThenSet => {
             let client = app.db.client().await.unwrap();
             let updated = client
@@ -389,6 +372,34 @@ async fn write_once(
             naive_set(app, &b).await;
             Ok(b.version)
         }
+    }
+}
+
+/// This project's write of `minor` at `expected`, pausing `pause` between
+/// the database's decision and the cache step; `Ok(version)` when
+/// acknowledged, `Err(current version)` on a conflict.
+async fn write_paused(
+    app: &App,
+    wallet: &WalletId,
+    minor: i64,
+    expected: u64,
+    pause: Duration,
+) -> Result<u64, u64> {
+    let write = paycache::balance::BalanceWrite {
+        wallet: *wallet,
+        balance_minor: minor,
+        currency: paycache::money::Currency::parse("USD").unwrap(),
+        expected_version: expected,
+        idempotency_key: None,
+        actor: None,
+    };
+    match paycache::balance::write_balance_pausing(&app.balances, &write, pause)
+        .await
+        .unwrap()
+    {
+        WriteOutcome::Applied { balance, .. } => Ok(balance.version),
+        WriteOutcome::VersionConflict { current } => Err(current.version),
+        other => panic!("unexpected {other:?}"),
     }
 }
 
@@ -482,6 +493,101 @@ async fn readers_never_see_an_older_version(mode: RedisMode) {
     );
 }
 both_modes!(readers_never_see_an_older_version);
+
+/// The races behind the one stale read the harness above once found (1 in
+/// 3,791), each made deterministic with the real writer and a pause after
+/// the database's decision: writer A fails its compare-and-set and is
+/// slow to leave; meanwhile writer B commits version 2 and is acknowledged.
+///
+/// 1. An invalidation empties the cache before A leaves: A's row (version
+///    1, read before B's commit) must not fill it — a version older than
+///    the highest published is never cached.
+/// 2. Writer C raises a new fence and commits version 3 before A leaves:
+///    A is no longer inside any fence and must not touch C's (a count of
+///    writers let A lift it, C still inside, and cache version 1).
+/// 3. A asked for a version from the future (its fence's intent is above
+///    B's): B leaves the fence up for A, and A, the last one out, lifts it
+///    — with its row from before B's commit, which must not be cached.
+///
+/// In each, every read after B's acknowledgement returns version 2 or
+/// later, through the real `GET` handler.
+async fn a_slow_writer_never_caches_a_row_older_than_an_acknowledged_write(mode: RedisMode) {
+    let w = World::new(mode, &[]).await;
+    let mut c = w.redis.raw().await;
+    let slow = Duration::from_millis(1500);
+    for case in ["invalidation", "next fence", "future intent"] {
+        let wallet = new_wallet(&w, 0).await;
+        let id = WalletId::parse(&wallet).unwrap();
+        let lock = w.app.keys.wallet_balance(&id).lock_key();
+        // A: a compare-and-set that fails (version 1 is current), slow out.
+        let a_expected = if case == "future intent" { 5 } else { 0 };
+        let a = {
+            let app = w.app.clone();
+            tokio::spawn(async move { write_paused(&app, &id, 7, a_expected, slow).await })
+        };
+        // A's decision is made well before B starts (B's row lock would
+        // otherwise make A read version 2).
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(write_paused(&w.app, &id, 200, 1, Duration::ZERO).await, Ok(2));
+        let c_write = match case {
+            "invalidation" => {
+                paycache::balance::invalidate(&w.app.balances, &id)
+                    .await
+                    .unwrap();
+                None
+            }
+            "next fence" => {
+                let app = w.app.clone();
+                let c_write = tokio::spawn(async move {
+                    write_paused(&app, &id, 300, 2, Duration::from_secs(4)).await
+                });
+                // C is inside its fence (it has committed, or is about to).
+                let mut fence = String::new();
+                for _ in 0..100 {
+                    fence = redis::cmd("GET")
+                        .arg(&lock)
+                        .query_async::<Option<String>>(&mut c)
+                        .await
+                        .unwrap()
+                        .unwrap_or_default();
+                    if fence.starts_with("w:3:") {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                assert!(fence.starts_with("w:3:"), "C's fence: {fence:?}");
+                Some((c_write, fence))
+            }
+            _ => None,
+        };
+        let a_result = a.await.unwrap();
+        assert!(a_result.is_err(), "{case}: A fails its compare-and-set: {a_result:?}");
+        if let Some((_, fence)) = &c_write {
+            let now: Option<String> = redis::cmd("GET")
+                .arg(&lock)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            assert_eq!(
+                now.as_ref(),
+                Some(fence),
+                "{case}: A, not inside C's fence, left it as it was"
+            );
+        }
+        let resp = handle(&w.app, request("GET", &wallet, None, None)).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let v = body_json(&resp)["version"].as_u64().unwrap();
+        assert!(
+            v >= 2,
+            "{case}: a read returned version {v} after version 2 was acknowledged ({})",
+            header(&resp, "cache-status")
+        );
+        if let Some((c_write, _)) = c_write {
+            assert_eq!(c_write.await.unwrap(), Ok(3));
+        }
+    }
+}
+both_modes!(a_slow_writer_never_caches_a_row_older_than_an_acknowledged_write);
 
 /// The design's write-through — update the database, then SET the cache —
 /// through the same writers, readers, pauses and check: it serves stale
@@ -952,8 +1058,9 @@ async fn round_trips_per_operation() {
 }
 
 /// The fence protocol, script by script: writers only raise the fence; one
-/// that leaves without committing never lifts another's; the last one out,
-/// or a version that reaches the highest intent, lifts it.
+/// that leaves without committing never lifts another's, and one that is
+/// no longer inside changes nothing; the last one out, or a version that
+/// reaches the highest intent, lifts it.
 async fn fence_protocol(mode: RedisMode) {
     let w = World::new(mode, &[]).await;
     let wallet = WalletId::parse(&random_uuid()).unwrap();
@@ -996,45 +1103,26 @@ async fn fence_protocol(mode: RedisMode) {
             .arg(value(version));
         inv
     };
-    let lease: Option<String> = {
-        let f: String = fence
-            .key(key.as_str())
-            .key(&lock)
-            .arg(2)
-            .arg(10_000)
-            .invoke_async(&mut c)
-            .await
-            .unwrap();
-        assert_eq!(f, "w:2:1");
-        let f: String = fence
-            .key(key.as_str())
-            .key(&lock)
-            .arg(6)
-            .arg(10_000)
-            .invoke_async(&mut c)
-            .await
-            .unwrap();
-        assert_eq!(f, "w:6:2");
-        let f: String = fence
-            .key(key.as_str())
-            .key(&lock)
-            .arg(3)
-            .arg(10_000)
-            .invoke_async(&mut c)
-            .await
-            .unwrap();
-        assert_eq!(f, "w:6:3", "a lower intent never lowers the fence");
-        // A writer leaves without committing (current version 1): the fence stays.
-        let (cached, _, _, _): (u64, u64, u64, u64) =
-            leave(1, "1").invoke_async(&mut c).await.unwrap();
-        assert_eq!(cached, 0, "nothing may be cached while writers are inside");
-        redis::cmd("GET")
-            .arg(&lock)
-            .query_async(&mut c)
-            .await
-            .unwrap()
+    let raise = |intent: u64, token: &str| {
+        let mut inv = fence.key(key.as_str());
+        inv.key(&lock).arg(intent).arg(10_000).arg(token);
+        inv
     };
-    assert_eq!(lease.as_deref(), Some("w:6:2"));
+    let fence_now = async |c: &mut _| -> Option<String> {
+        redis::cmd("GET").arg(&lock).query_async(c).await.unwrap()
+    };
+    let f: String = raise(2, "ta").invoke_async(&mut c).await.unwrap();
+    assert_eq!(f, "w:2:ta");
+    let f: String = raise(6, "tb").invoke_async(&mut c).await.unwrap();
+    assert_eq!(f, "w:6:ta,tb");
+    let f: String = raise(3, "tc").invoke_async(&mut c).await.unwrap();
+    assert_eq!(f, "w:6:ta,tb,tc", "a lower intent never lowers the fence");
+    // A writer leaves without committing (current version 1): the fence
+    // stays, without its token.
+    let (cached, _, _, _): (u64, u64, u64, u64) =
+        leave(1, "ta").invoke_async(&mut c).await.unwrap();
+    assert_eq!(cached, 0, "nothing may be cached while writers are inside");
+    assert_eq!(fence_now(&mut c).await.as_deref(), Some("w:6:tb,tc"));
     // Readers see the writer fence and go to the database.
     let r: i64 = get_or_lease
         .key(key.as_str())
@@ -1046,55 +1134,35 @@ async fn fence_protocol(mode: RedisMode) {
         .unwrap();
     assert_eq!(r, -1);
     // A sweep with version 2 does not reach intent 6: nothing changes.
-    let (cached, _, _, _): (u64, u64, u64, u64) = leave(2, "0").invoke_async(&mut c).await.unwrap();
+    let (cached, _, _, _): (u64, u64, u64, u64) = leave(2, "").invoke_async(&mut c).await.unwrap();
     assert_eq!(cached, 0);
+    assert_eq!(fence_now(&mut c).await.as_deref(), Some("w:6:tb,tc"));
     // The writer that committed version 2 leaves: one writer still inside.
-    let (cached, _, _, _): (u64, u64, u64, u64) = leave(2, "1").invoke_async(&mut c).await.unwrap();
+    let (cached, _, _, _): (u64, u64, u64, u64) =
+        leave(2, "tb").invoke_async(&mut c).await.unwrap();
     assert_eq!(cached, 0);
-    let lease: Option<String> = redis::cmd("GET")
-        .arg(&lock)
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    assert_eq!(lease.as_deref(), Some("w:6:1"));
+    assert_eq!(fence_now(&mut c).await.as_deref(), Some("w:6:tc"));
+    // A writer that is not inside (its fence was lifted, or expired, while
+    // it was away) takes nobody's place: nothing changes.
+    let (cached, _, _, _): (u64, u64, u64, u64) =
+        leave(2, "ta").invoke_async(&mut c).await.unwrap();
+    assert_eq!(cached, 0);
+    assert_eq!(fence_now(&mut c).await.as_deref(), Some("w:6:tc"));
     // The last one leaves (it failed its compare-and-set at version 2): the
     // fence is lifted and the current row cached.
-    let (cached, _, _, _): (u64, u64, u64, u64) = leave(2, "1").invoke_async(&mut c).await.unwrap();
+    let (cached, _, _, _): (u64, u64, u64, u64) =
+        leave(2, "tc").invoke_async(&mut c).await.unwrap();
     assert_eq!(cached, 2);
-    let lease: Option<String> = redis::cmd("GET")
-        .arg(&lock)
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    assert_eq!(lease, None);
+    assert_eq!(fence_now(&mut c).await, None);
     // Never backwards: applying version 1 now changes nothing.
-    let (cached, _, _, _): (u64, u64, u64, u64) = leave(1, "0").invoke_async(&mut c).await.unwrap();
+    let (cached, _, _, _): (u64, u64, u64, u64) = leave(1, "").invoke_async(&mut c).await.unwrap();
     assert_eq!(cached, 2);
-    // A version that reaches the intent lifts a fence whatever its count.
-    let _: String = fence
-        .key(key.as_str())
-        .key(&lock)
-        .arg(3)
-        .arg(10_000)
-        .invoke_async(&mut c)
-        .await
-        .unwrap();
-    let _: String = fence
-        .key(key.as_str())
-        .key(&lock)
-        .arg(3)
-        .arg(10_000)
-        .invoke_async(&mut c)
-        .await
-        .unwrap();
-    let (cached, _, _, _): (u64, u64, u64, u64) = leave(3, "0").invoke_async(&mut c).await.unwrap();
+    // A version that reaches the intent lifts a fence whoever is inside.
+    let _: String = raise(3, "td").invoke_async(&mut c).await.unwrap();
+    let _: String = raise(3, "te").invoke_async(&mut c).await.unwrap();
+    let (cached, _, _, _): (u64, u64, u64, u64) = leave(3, "").invoke_async(&mut c).await.unwrap();
     assert_eq!(cached, 3);
-    let lease: Option<String> = redis::cmd("GET")
-        .arg(&lock)
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    assert_eq!(lease, None);
+    assert_eq!(fence_now(&mut c).await, None);
 }
 both_modes!(fence_protocol);
 
@@ -1123,6 +1191,7 @@ async fn an_invalidation_keeps_a_writers_fence_and_drops_a_readers_lease(mode: R
                 .key(&lock)
                 .arg(2)
                 .arg(10_000)
+                .arg("ta")
                 .invoke_async(&mut c)
                 .await
                 .unwrap()
@@ -1151,7 +1220,7 @@ async fn an_invalidation_keeps_a_writers_fence_and_drops_a_readers_lease(mode: R
     assert_eq!(
         held,
         [
-            ("w:2:1".to_owned(), Some("w:2:1".to_owned())),
+            ("w:2:ta".to_owned(), Some("w:2:ta".to_owned())),
             ("reader-lease".to_owned(), None)
         ],
         "kept: the writer's fence; dropped: the reader's lease"

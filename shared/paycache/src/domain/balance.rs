@@ -9,7 +9,7 @@
 //! # The write, and why the guarantee holds
 //! 1. **Fence** (one round trip, `fence.lua`, before touching PostgreSQL):
 //!    delete the cached balance and put a *writer fence*
-//!    (`w:<intended version>:<random>`) on the
+//!    (`w:<highest intended version>:<tokens of the writers inside>`) on the
 //!    wallet's load lease. A reader that misses now reads PostgreSQL and
 //!    stores nothing; a reader's load that was already in flight loses its
 //!    lease, so its (older) row is never stored. If the fence cannot be
@@ -24,12 +24,23 @@
 //!    the fence must outlive every write that can still commit.
 //! 3. **Apply** (one round trip, `apply.lua`): publish every outbox row of
 //!    the wallet not applied yet, in version order, skipping versions already
-//!    published; leave the fence — it is lifted once the committed version
-//!    reaches the highest intended one (every writer inside has committed or
-//!    will fail its compare-and-set) or the last writer inside leaves; and,
-//!    once no fence stands, store the balance if it is newer than what is
-//!    cached. A write that commits nothing (409, 422, a replay) leaves the
-//!    same way with the wallet's current row, so it does not empty the cache.
+//!    published; leave the fence — take this writer's token out of it; it
+//!    is lifted once the committed version reaches the highest intended one
+//!    (every writer inside has committed or will fail its compare-and-set)
+//!    or the last writer inside leaves; and, if this writer's leaving lifted
+//!    it, store the balance if it is newer than what is cached and not older
+//!    than the highest version published. A write that commits nothing (409,
+//!    422, a replay) leaves the same way with the wallet's current row, so
+//!    it does not empty the cache.
+//!
+//!    Both conditions close races a test found (1 stale read in 3,791 under
+//!    `balance::readers_never_see_an_older_version`), each now a test of its
+//!    own: with a *count* of writers, a writer that had failed its
+//!    compare-and-set, still on its way out of a fence already lifted,
+//!    decremented the next writer's fence to zero — lifting it while that
+//!    writer was inside — and cached its own row, read before the write
+//!    acknowledged in between; and a row read before a newer version was
+//!    published could fill a cache that an invalidation had emptied.
 //!
 //! Before step 3 completes, readers are served PostgreSQL (fenced) — never
 //! the old cached balance. If Redis fails at step 3 the write still
@@ -282,9 +293,9 @@ pub async fn write_balance(
 }
 
 /// Fault injection for tests (`test-variants` only): [`write_balance`] with
-/// a pause between the commit and the cache step — the window in which a
-/// Lambda can be frozen, or its next packet delayed, after PostgreSQL has
-/// committed. The guarantee must hold whatever the pause; `tests/balance.rs`
+/// a pause between the database's decision and the cache step — the window
+/// in which a Lambda can be frozen, or its next packet delayed, after
+/// PostgreSQL has committed (or refused the compare-and-set). The guarantee must hold whatever the pause; `tests/balance.rs`
 /// runs this writer and the design's update-then-SET writer with the same
 /// pauses.
 #[cfg(feature = "test-variants")]
@@ -304,17 +315,22 @@ async fn write_pausing(
     write: &BalanceWrite,
     pause_after_commit: Duration,
 ) -> Result<WriteOutcome, WriteError> {
-    let fenced_at = fence::raise(balances, write).await?;
+    let inside = fence::raise(balances, write).await?;
     let fence_ttl = balances.fence_ttl;
 
-    let committed = sql::commit(balances, write, fenced_at + fence_ttl / 2).await;
+    let committed = sql::commit(balances, write, inside.fenced_at + fence_ttl / 2).await;
     let (row, pending, event) = match committed {
         Ok(Committed::Done { outcome, current }) => {
             // Leave the fence with the wallet's current row: if we were the
-            // last writer inside, the cache gets it back.
+            // last writer inside, the cache gets it back (unless a newer
+            // version was published meanwhile: apply.lua).
             let current = current.map(|c| c.to_balance());
+            #[cfg(feature = "test-variants")]
+            if !pause_after_commit.is_zero() {
+                tokio::time::sleep(pause_after_commit).await;
+            }
             if let Err(why) =
-                fence::apply(balances, &write.wallet, current.as_ref(), &[], true).await
+                fence::apply(balances, &write.wallet, current.as_ref(), &[], Some(&inside)).await
             {
                 tracing::warn!(
                     reason = why.as_str(),
@@ -329,7 +345,7 @@ async fn write_pausing(
             event,
         }) => (row, pending, event),
         Err(e) => {
-            let _ = fence::apply(balances, &write.wallet, None, &[], true).await;
+            let _ = fence::apply(balances, &write.wallet, None, &[], Some(&inside)).await;
             return Err(e);
         }
     };
@@ -342,7 +358,7 @@ async fn write_pausing(
     let _ = pause_after_commit;
     let balance = row.to_balance();
     let (applied, appended) = tokio::join!(
-        fence::apply(balances, &write.wallet, Some(&balance), &pending, true),
+        fence::apply(balances, &write.wallet, Some(&balance), &pending, Some(&inside)),
         audit::append(&balances.audit, &event)
     );
     let cache = match applied {

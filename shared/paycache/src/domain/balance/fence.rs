@@ -17,19 +17,30 @@ static FENCE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("fenc
 static APPLY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("apply.lua")));
 static INVALIDATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("invalidate.lua")));
 
+/// A writer's place in the fence: the token `fence.lua` added, which only
+/// this writer's `apply.lua` removes.
+#[derive(Debug, Clone)]
+pub(super) struct Inside {
+    /// When the fence stood; the commit must happen before half its TTL.
+    pub(super) fenced_at: Instant,
+    token: String,
+}
+
 /// Step 1: deletes the cached balance and puts a writer fence on the
-/// wallet's load lease (`fence.lua`, one round trip). Returns when the fence
-/// stood; the commit must happen before half its TTL has passed.
+/// wallet's load lease (`fence.lua`, one round trip), with this writer's
+/// token in it. Returns when the fence stood.
 pub(super) async fn raise(
     balances: &Balances,
     write: &BalanceWrite,
-) -> Result<Instant, WriteError> {
+) -> Result<Inside, WriteError> {
     let key = balances.keys.wallet_balance(&write.wallet);
     let lock = key.lock_key();
     let intent = write.expected_version.saturating_add(1);
     let fence_ttl = balances.fence_ttl;
     let fenced_at = Instant::now();
-    let (k, l) = (&key, &lock);
+    // Letters and digits only: the fence lists tokens separated by commas.
+    let token = format!("t{:016x}", fastrand::u64(..));
+    let (k, l, t) = (&key, &lock, &token);
     let fence_ms = u64::try_from(fence_ttl.as_millis()).unwrap_or(u64::MAX);
     balances
         .redis
@@ -39,13 +50,14 @@ pub(super) async fn raise(
                 .key(l)
                 .arg(intent)
                 .arg(fence_ms)
+                .arg(t)
                 .invoke_async(&mut c)
                 .await?;
             Ok(())
         })
         .await
         .map_err(WriteError::FenceUnavailable)?;
-    Ok(fenced_at)
+    Ok(Inside { fenced_at, token })
 }
 
 /// What `apply.lua` did.
@@ -56,14 +68,14 @@ pub(super) struct Applied {
 }
 
 /// Runs `apply.lua`: one round trip. `current` is the wallet's current
-/// balance (none when unknown); `leaving` is true for a writer that raised
-/// the fence.
+/// balance (none when unknown); `leaving` is the writer that raised the
+/// fence, none for a sweep.
 pub(super) async fn apply(
     balances: &Balances,
     wallet: &WalletId,
     current: Option<&WalletBalance>,
     pending: &[PendingRow],
-    leaving: bool,
+    leaving: Option<&Inside>,
 ) -> Result<Applied, RedisUnavailable> {
     let key = balances.keys.wallet_balance(wallet);
     let lock = key.lock_key();
@@ -84,7 +96,7 @@ pub(super) async fn apply(
         None => (0, Vec::new()),
     };
     let channel = pubsub::balance(wallet);
-    let leaving = if leaving { "1" } else { "0" };
+    let leaving = leaving.map_or("", |inside| inside.token.as_str());
     let (k, l, p, lg, cur, ch, enc) = (&key, &lock, &published, &log, &cursor, &channel, &encoded);
     balances
         .redis

@@ -51,7 +51,7 @@ pub async fn apply_pending(balances: &Balances, limit: i64) -> Result<SweepRepor
         let Some(current) = load_balance(&balances.db, &wallet).await? else {
             continue;
         };
-        match fence::apply(balances, &wallet, Some(&current), &pending, false).await {
+        match fence::apply(balances, &wallet, Some(&current), &pending, None).await {
             Ok(_) => {
                 // Queue the wallet for delivery whatever this apply
                 // published: the writer may have published and died before
