@@ -528,7 +528,10 @@ async fn a_slow_writer_never_caches_a_row_older_than_an_acknowledged_write(mode:
         // A's decision is made well before B starts (B's row lock would
         // otherwise make A read version 2).
         tokio::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!(write_paused(&w.app, &id, 200, 1, Duration::ZERO).await, Ok(2));
+        assert_eq!(
+            write_paused(&w.app, &id, 200, 1, Duration::ZERO).await,
+            Ok(2)
+        );
         let c_write = match case {
             "invalidation" => {
                 paycache::balance::invalidate(&w.app.balances, &id)
@@ -561,7 +564,10 @@ async fn a_slow_writer_never_caches_a_row_older_than_an_acknowledged_write(mode:
             _ => None,
         };
         let a_result = a.await.unwrap();
-        assert!(a_result.is_err(), "{case}: A fails its compare-and-set: {a_result:?}");
+        assert!(
+            a_result.is_err(),
+            "{case}: A fails its compare-and-set: {a_result:?}"
+        );
         if let Some((_, fence)) = &c_write {
             let now: Option<String> = redis::cmd("GET")
                 .arg(&lock)

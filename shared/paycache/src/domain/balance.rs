@@ -329,8 +329,14 @@ async fn write_pausing(
             if !pause_after_commit.is_zero() {
                 tokio::time::sleep(pause_after_commit).await;
             }
-            if let Err(why) =
-                fence::apply(balances, &write.wallet, current.as_ref(), &[], Some(&inside)).await
+            if let Err(why) = fence::apply(
+                balances,
+                &write.wallet,
+                current.as_ref(),
+                &[],
+                Some(&inside),
+            )
+            .await
             {
                 tracing::warn!(
                     reason = why.as_str(),
@@ -358,7 +364,13 @@ async fn write_pausing(
     let _ = pause_after_commit;
     let balance = row.to_balance();
     let (applied, appended) = tokio::join!(
-        fence::apply(balances, &write.wallet, Some(&balance), &pending, Some(&inside)),
+        fence::apply(
+            balances,
+            &write.wallet,
+            Some(&balance),
+            &pending,
+            Some(&inside)
+        ),
         audit::append(&balances.audit, &event)
     );
     let cache = match applied {

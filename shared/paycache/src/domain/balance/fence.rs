@@ -29,10 +29,7 @@ pub(super) struct Inside {
 /// Step 1: deletes the cached balance and puts a writer fence on the
 /// wallet's load lease (`fence.lua`, one round trip), with this writer's
 /// token in it. Returns when the fence stood.
-pub(super) async fn raise(
-    balances: &Balances,
-    write: &BalanceWrite,
-) -> Result<Inside, WriteError> {
+pub(super) async fn raise(balances: &Balances, write: &BalanceWrite) -> Result<Inside, WriteError> {
     let key = balances.keys.wallet_balance(&write.wallet);
     let lock = key.lock_key();
     let intent = write.expected_version.saturating_add(1);
