@@ -340,7 +340,11 @@ async fn write_once(
 ) -> Result<u64, u64> {
     let pause = Duration::from_micros(fastrand::u64(0..=5_000));
     match writer {
-        Writer::Fenced => write_paused(app, wallet, minor, expected, pause).await,
+        // A write refused before it decided (Redis too slow for the fence
+        // on a busy machine: 503, nothing committed) is tried again.
+        Writer::Fenced => write_paused(app, wallet, minor, expected, pause)
+            .await
+            .unwrap_or(Err(expected)),
         Writer::UpdateThenSet => {
             let client = app.db.client().await.unwrap();
             let updated = client
@@ -376,15 +380,16 @@ async fn write_once(
 }
 
 /// This project's write of `minor` at `expected`, pausing `pause` between
-/// the database's decision and the cache step; `Ok(version)` when
-/// acknowledged, `Err(current version)` on a conflict.
+/// the database's decision and the cache step; `Ok(Ok(version))` when
+/// acknowledged, `Ok(Err(current version))` on a conflict, `Err` when
+/// refused before deciding (nothing committed).
 async fn write_paused(
     app: &App,
     wallet: &WalletId,
     minor: i64,
     expected: u64,
     pause: Duration,
-) -> Result<u64, u64> {
+) -> Result<Result<u64, u64>, paycache::balance::WriteError> {
     let write = paycache::balance::BalanceWrite {
         wallet: *wallet,
         balance_minor: minor,
@@ -393,14 +398,31 @@ async fn write_paused(
         idempotency_key: None,
         actor: None,
     };
-    match paycache::balance::write_balance_pausing(&app.balances, &write, pause)
-        .await
-        .unwrap()
-    {
-        WriteOutcome::Applied { balance, .. } => Ok(balance.version),
-        WriteOutcome::VersionConflict { current } => Err(current.version),
-        other => panic!("unexpected {other:?}"),
+    Ok(
+        match paycache::balance::write_balance_pausing(&app.balances, &write, pause).await? {
+            WriteOutcome::Applied { balance, .. } => Ok(balance.version),
+            WriteOutcome::VersionConflict { current } => Err(current.version),
+            other => panic!("unexpected {other:?}"),
+        },
+    )
+}
+
+/// [`write_paused`] until it decides (a busy machine can make Redis too
+/// slow for the fence: refused, nothing committed, tried again).
+async fn write_deciding(
+    app: &App,
+    wallet: &WalletId,
+    minor: i64,
+    expected: u64,
+    pause: Duration,
+) -> Result<u64, u64> {
+    for _ in 0..20 {
+        if let Ok(decided) = write_paused(app, wallet, minor, expected, pause).await {
+            return decided;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    panic!("a write was refused 20 times in a row");
 }
 
 /// The harness: 6 writers and 6 readers on one wallet from 4 execution
@@ -523,13 +545,13 @@ async fn a_slow_writer_never_caches_a_row_older_than_an_acknowledged_write(mode:
         let a_expected = if case == "future intent" { 5 } else { 0 };
         let a = {
             let app = w.app.clone();
-            tokio::spawn(async move { write_paused(&app, &id, 7, a_expected, slow).await })
+            tokio::spawn(async move { write_deciding(&app, &id, 7, a_expected, slow).await })
         };
         // A's decision is made well before B starts (B's row lock would
         // otherwise make A read version 2).
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(
-            write_paused(&w.app, &id, 200, 1, Duration::ZERO).await,
+            write_deciding(&w.app, &id, 200, 1, Duration::ZERO).await,
             Ok(2)
         );
         let c_write = match case {
@@ -542,7 +564,7 @@ async fn a_slow_writer_never_caches_a_row_older_than_an_acknowledged_write(mode:
             "next fence" => {
                 let app = w.app.clone();
                 let c_write = tokio::spawn(async move {
-                    write_paused(&app, &id, 300, 2, Duration::from_secs(4)).await
+                    write_deciding(&app, &id, 300, 2, Duration::from_secs(4)).await
                 });
                 // C is inside its fence (it has committed, or is about to).
                 let mut fence = String::new();

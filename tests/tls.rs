@@ -511,7 +511,14 @@ async fn pg_session(conninfo: &str, ca: Option<&Path>) -> Option<bool> {
     };
     let db = paycache::db::Db::new(&config).unwrap();
     let client = db.client().await.ok()?;
-    session_ssl(&client).await
+    let row = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    Some(row.get(0))
 }
 
 async fn session_ssl(client: &tokio_postgres::Client) -> Option<bool> {

@@ -107,8 +107,19 @@ async fn database(migrate: bool, seed: bool) -> Result<(), String> {
         )
     };
     if migrate {
+        // The functions' statement timeout, set on the database role (the
+        // tool's own connection runs without one: a migration may be long).
+        let (default, least, most) = paycache::config::STATEMENT_TIMEOUT_MS;
+        let role_timeout = match std::env::var("DATABASE_STATEMENT_TIMEOUT_MS") {
+            Ok(v) if !v.is_empty() => v
+                .parse::<u64>()
+                .ok()
+                .filter(|ms| (least..=most).contains(ms))
+                .ok_or("DATABASE_STATEMENT_TIMEOUT_MS: a number of milliseconds, 10 to 600000")?,
+            _ => default,
+        };
         let n = db
-            .migrate()
+            .migrate_with_timeout(std::time::Duration::from_millis(role_timeout))
             .await
             .map_err(|e| format!("migration failed: {}", chain(&e)))?;
         println!("paycache-dev: {n} migration(s) applied");

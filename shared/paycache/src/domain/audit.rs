@@ -321,7 +321,7 @@ async fn insert_events(audit_log: &AuditLog, events: &[AuditEvent]) -> Result<u6
     let times: Vec<OffsetDateTime> = events.iter().map(|e| e.occurred_at).collect();
     let payloads: Vec<&serde_json::Value> = events.iter().map(|e| &e.payload).collect();
     let mut client = audit_log.db.client().await?;
-    let tx = client.transaction().await.map_err(query_error)?;
+    let tx = client.transaction().await?;
     let inserted = tx
         .execute(
             "INSERT INTO audit_log (event_id, service, event_type, occurred_at, payload)
@@ -329,16 +329,14 @@ async fn insert_events(audit_log: &AuditLog, events: &[AuditEvent]) -> Result<u6
              ON CONFLICT (event_id) DO NOTHING",
             &[&ids, &services, &types, &times, &payloads],
         )
-        .await
-        .map_err(query_error)?;
+        .await?;
     tx.execute(
         "UPDATE balance_outbox SET audit_recorded_at = now()
           WHERE audit_event_id = ANY($1) AND audit_recorded_at IS NULL",
         &[&ids],
     )
-    .await
-    .map_err(query_error)?;
-    tx.commit().await.map_err(query_error)?;
+    .await?;
+    tx.commit().await?;
     Ok(inserted)
 }
 
@@ -374,8 +372,7 @@ pub async fn reconcile_outbox(audit_log: &AuditLog, limit: i64) -> Result<u64, D
              SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM upd)",
             &[&after, &limit],
         )
-        .await
-        .map_err(query_error)?;
+        .await?;
     let inserted: i64 = row.try_get(0).map_err(query_error)?;
     Ok(u64::try_from(inserted).unwrap_or(0))
 }

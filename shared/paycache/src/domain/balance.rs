@@ -70,7 +70,7 @@ use crate::domain::money::Currency;
 use crate::infra::config::TtlConfig;
 use crate::infra::connection::Redis;
 use crate::infra::connection::RedisUnavailable;
-use crate::infra::db::{Db, DbError, query_error};
+use crate::infra::db::{Db, DbError};
 use crate::infra::keys::Keyspace;
 use crate::infra::keys::{ServiceName, UserId, WalletId};
 use crate::patterns::cache_aside::CacheAside;
@@ -142,8 +142,7 @@ pub async fn load_balance(db: &Db, wallet: &WalletId) -> Result<Option<WalletBal
             &format!("SELECT {WALLET_COLUMNS} FROM wallets WHERE wallet_id = $1"),
             &[&wallet.as_uuid()],
         )
-        .await
-        .map_err(query_error)?;
+        .await?;
     row.map(|r| WalletRow::from_row(&r).map(|w| w.to_balance()))
         .transpose()
 }
@@ -160,8 +159,7 @@ pub(crate) async fn load_balances(
             &format!("SELECT {WALLET_COLUMNS} FROM wallets WHERE wallet_id = ANY($1)"),
             &[&ids],
         )
-        .await
-        .map_err(query_error)?;
+        .await?;
     let mut found = std::collections::HashMap::new();
     for r in &rows {
         let b = WalletRow::from_row(r)?.to_balance();

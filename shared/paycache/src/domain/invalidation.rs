@@ -29,7 +29,7 @@ use crate::domain::transactions;
 use crate::infra::connection::Redis;
 use crate::infra::connection::RedisUnavailable;
 use crate::infra::db::Db;
-use crate::infra::db::{DbError, query_error};
+use crate::infra::db::DbError;
 use crate::infra::keys::Keyspace;
 use crate::infra::keys::{TransactionId, UserId};
 use crate::patterns::pubsub;
@@ -86,8 +86,7 @@ pub async fn user_profile_updated(
         .client()
         .await?
         .query_opt("SELECT 1 FROM users WHERE user_id = $1", &[&user.as_uuid()])
-        .await
-        .map_err(query_error)?
+        .await?
         .is_some();
     if !exists {
         tracing::info!("UserProfileUpdated for an unknown user: nothing to do");

@@ -46,8 +46,7 @@ pub async fn load_profile(db: &Db, user: &UserId) -> Result<Option<UserProfile>,
             &format!("SELECT {COLUMNS} FROM users WHERE user_id = $1"),
             &[&user.as_uuid()],
         )
-        .await
-        .map_err(query_error)?;
+        .await?;
     row.map(|r| from_row(&r)).transpose()
 }
 
@@ -63,8 +62,7 @@ pub(crate) async fn load_profiles(
             &format!("SELECT {COLUMNS} FROM users WHERE user_id = ANY($1)"),
             &[&ids],
         )
-        .await
-        .map_err(query_error)?;
+        .await?;
     let mut found = std::collections::HashMap::new();
     for r in &rows {
         let p = from_row(r)?;

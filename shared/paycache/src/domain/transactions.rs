@@ -93,8 +93,7 @@ pub(crate) async fn load_transaction(
             &format!("SELECT {COLUMNS} FROM transactions WHERE transaction_id = $1"),
             &[&id.as_uuid()],
         )
-        .await
-        .map_err(query_error)?;
+        .await?;
     row.map(|r| from_row(&r)).transpose()
 }
 
@@ -110,8 +109,7 @@ pub(crate) async fn load_transactions(
             &format!("SELECT {COLUMNS} FROM transactions WHERE transaction_id = ANY($1)"),
             &[&uuids],
         )
-        .await
-        .map_err(query_error)?;
+        .await?;
     let mut found = std::collections::HashMap::new();
     for r in &rows {
         let t = from_row(r)?;

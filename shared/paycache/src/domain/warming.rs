@@ -81,8 +81,7 @@ pub async fn most_recently_active(warmer: &Warmer, n: u64) -> Result<Vec<UserId>
             "SELECT user_id FROM users ORDER BY last_active_at DESC NULLS LAST, user_id LIMIT $1",
             &[&n],
         )
-        .await
-        .map_err(query_error)?;
+        .await?;
     ids(&rows)
 }
 
@@ -195,8 +194,7 @@ async fn related(
             "SELECT wallet_id FROM wallets WHERE user_id = ANY($1) ORDER BY wallet_id",
             &[&users],
         )
-        .await
-        .map_err(query_error)?;
+        .await?;
     let wallets: Vec<WalletId> = ids(&wallets)?;
     let txns = client
         .query(
@@ -217,7 +215,6 @@ async fn related(
                ) t",
             &[&users],
         )
-        .await
-        .map_err(query_error)?;
+        .await?;
     Ok((wallets, ids(&txns)?))
 }

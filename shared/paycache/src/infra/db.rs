@@ -16,9 +16,18 @@
 //! A failed handshake or verification is logged with its cause and the
 //! setting that changes it.
 //!
-//! Every statement runs under a server-side `statement_timeout`
-//! (`DATABASE_STATEMENT_TIMEOUT_MS`) and every connection attempt under
+//! In AWS the functions reach PostgreSQL through RDS Proxy, a transaction
+//! pooler; locally through PgBouncer in transaction mode (`make run`,
+//! and the pooled tests of `make test`). So no connection carries startup
+//! options, and no statement is prepared or `SET` (see [`statements`]).
+//!
+//! Every statement runs under a server-side `statement_timeout` set on the
+//! database role by [`Db::migrate`] (`DATABASE_STATEMENT_TIMEOUT_MS`), every
+//! call under the client's own timeout, and every connection attempt under
 //! `DATABASE_CONNECT_TIMEOUT_MS`, so a slow database cannot hang a function.
+//! A connection the server or the pooler refuses is logged with its own
+//! reason and SQLSTATE ([`DbError::Refused`]): the reason names no secret
+//! (PostgreSQL's and PgBouncer's refusals never quote a password).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -28,6 +37,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::infra::config::DatabaseConfig;
 use crate::infra::sslmode::SslMode;
+
+mod statements;
+pub use statements::{DbClient, DbTx, Param, Typed};
 
 /// Why a database call failed. Like [`crate::infra::connection::RedisUnavailable`],
 /// the text is safe to log and never carries SQL, server messages or URLs.
@@ -42,6 +54,16 @@ pub enum DbError {
     #[error("the database is unavailable")]
     /// No connection, or unreadable data.
     Unavailable,
+    /// The server, or the pooler in front of it, refused the connection:
+    /// its own reason and SQLSTATE (a refusal names no secret). Handlers
+    /// answer it as [`DbError::Unavailable`] (503) and never show the text.
+    #[error("the database refused the connection: {reason} (SQLSTATE {code})")]
+    Refused {
+        /// The server's message (`ErrorResponse` M field).
+        reason: String,
+        /// Its SQLSTATE.
+        code: String,
+    },
     #[error("a database query failed")]
     /// A query failed.
     Query(#[source] tokio_postgres::Error),
@@ -62,6 +84,10 @@ pub(crate) const LOCAL_SEED: &str = include_str!("../../seed/local.sql");
 pub struct Db {
     pool: Pool,
     sslmode: SslMode,
+    /// The server-side `statement_timeout` [`Db::migrate`] sets on the role.
+    statement_timeout: Duration,
+    /// Every call's client-side bound.
+    call_timeout: Duration,
     /// Connections handed out ([`Db::client`]): every query takes one, so
     /// tests count queries by it (a cache hit must take none).
     checkouts: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -88,15 +114,6 @@ impl Db {
             pg.user(&credentials.username);
             pg.password(credentials.password.expose());
         }
-        let statement_timeout = format!(
-            "-c statement_timeout={}",
-            config.statement_timeout.as_millis()
-        );
-        let options = match pg.get_options() {
-            Some(existing) => format!("{existing} {statement_timeout}"),
-            None => statement_timeout,
-        };
-        pg.options(options);
         let manager = Manager::from_config(
             pg,
             tls_connector(config, sslmode)?,
@@ -115,6 +132,8 @@ impl Db {
         Ok(Self {
             pool,
             sslmode,
+            statement_timeout: config.statement_timeout,
+            call_timeout: config.statement_timeout + statements::CLIENT_MARGIN,
             checkouts: Default::default(),
         })
     }
@@ -126,17 +145,29 @@ impl Db {
     }
 
     /// A pooled connection (connecting if needed, within `DATABASE_CONNECT_TIMEOUT_MS`).
-    pub async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
+    pub async fn client(&self) -> Result<DbClient, DbError> {
         self.checkouts
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.pool.get().await.map_err(|e| {
-            let error = crate::infra::telemetry::ErrorChain(&e).to_string();
-            match crate::infra::sslmode::hint(self.sslmode, &error) {
-                Some(hint) => tracing::warn!(error = %error, sslmode = ?self.sslmode, hint, "database connection unavailable"),
-                None => tracing::warn!(error = %error, "database connection unavailable"),
+        match self.pool.get().await {
+            Ok(inner) => Ok(DbClient {
+                inner,
+                timeout: self.call_timeout,
+            }),
+            Err(e) => {
+                let error = crate::infra::telemetry::ErrorChain(&e).to_string();
+                if let Some(refused) = refusal(&e) {
+                    tracing::warn!(error = %refused, "database connection refused");
+                    return Err(refused);
+                }
+                match crate::infra::sslmode::hint(self.sslmode, &error) {
+                    Some(hint) => {
+                        tracing::warn!(error = %error, sslmode = ?self.sslmode, hint, "database connection unavailable")
+                    }
+                    None => tracing::warn!(error = %error, "database connection unavailable"),
+                }
+                Err(DbError::Unavailable)
             }
-            DbError::Unavailable
-        })
+        }
     }
 
     /// Opens a connection and says in words what went wrong — the password
@@ -149,6 +180,7 @@ impl Db {
         };
         let chain = crate::infra::telemetry::ErrorChain(&e).to_string();
         let lower = chain.to_lowercase();
+        let refused = refusal(&e);
         Err(if lower.contains("password authentication failed") {
             "PostgreSQL refused the password (password authentication failed): check DATABASE_URL's password or DATABASE_SECRET_ARN".to_owned()
         } else if lower.contains("no password") || lower.contains("password missing") {
@@ -159,6 +191,8 @@ impl Db {
             format!("the TLS connection to PostgreSQL failed: {hint}")
         } else if lower.contains("does not exist") {
             "PostgreSQL: the database or user in DATABASE_URL does not exist".to_owned()
+        } else if let Some(refused) = refused {
+            refused.to_string()
         } else if lower.contains("timed out") || lower.contains("timeout") {
             "no answer from PostgreSQL in time (is DATABASE_URL's host right?)".to_owned()
         } else {
@@ -168,19 +202,24 @@ impl Db {
     }
 
     /// Applies pending migrations under an advisory lock, so concurrent
-    /// callers (parallel tests, two deploy steps) apply each one once.
-    pub async fn migrate(&self) -> Result<usize, DbError> {
+    /// callers (parallel tests, two deploy steps) apply each one once; then
+    /// sets `statement_timeout` on the connecting role in this database —
+    /// every later connection of that role starts with it, through any
+    /// pooler (RDS Proxy opens its database connections as the same user).
+    /// The migrations themselves run without a server-side limit (under
+    /// this pool's client timeout).
+    pub async fn migrate_with_timeout(&self, role_timeout: Duration) -> Result<usize, DbError> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(query_error)?;
+        let tx = client.transaction().await?;
         tx.batch_execute(
             "SELECT pg_advisory_xact_lock(7245100001);
+             SELECT set_config('statement_timeout', '0', true);
              CREATE TABLE IF NOT EXISTS schema_migrations (
                  version    integer PRIMARY KEY,
                  applied_at timestamptz NOT NULL DEFAULT now()
              );",
         )
-        .await
-        .map_err(query_error)?;
+        .await?;
         let mut applied = 0;
         for (version, sql) in MIGRATIONS {
             let done = tx
@@ -188,27 +227,39 @@ impl Db {
                     "SELECT 1 FROM schema_migrations WHERE version = $1",
                     &[version],
                 )
-                .await
-                .map_err(query_error)?;
+                .await?;
             if done.is_none() {
-                tx.batch_execute(sql).await.map_err(query_error)?;
+                tx.batch_execute(sql).await?;
                 tx.execute(
                     "INSERT INTO schema_migrations (version) VALUES ($1)",
                     &[version],
                 )
-                .await
-                .map_err(query_error)?;
+                .await?;
                 applied += 1;
             }
         }
-        tx.commit().await.map_err(query_error)?;
+        // ALTER ROLE takes no parameters: the value is an integer we
+        // format, the names are quoted by PostgreSQL (`format('%I')`).
+        let ms = role_timeout.as_millis();
+        tx.batch_execute(&format!(
+            "DO $$ BEGIN EXECUTE format('ALTER ROLE %I IN DATABASE %I SET statement_timeout = %s',
+                                        current_user, current_database(), {ms}); END $$;"
+        ))
+        .await?;
+        tx.commit().await?;
         Ok(applied)
+    }
+
+    /// [`Db::migrate_with_timeout`] with this pool's own
+    /// `DATABASE_STATEMENT_TIMEOUT_MS` for the role.
+    pub async fn migrate(&self) -> Result<usize, DbError> {
+        self.migrate_with_timeout(self.statement_timeout).await
     }
 
     /// Loads the deterministic local data set; safe to run again.
     pub async fn seed_local(&self) -> Result<(), DbError> {
         let client = self.client().await?;
-        client.batch_execute(LOCAL_SEED).await.map_err(query_error)
+        client.batch_execute(LOCAL_SEED).await
     }
 }
 
@@ -271,6 +322,21 @@ where
         let mut connector = self.connector().clone();
         connector.make_tls_connect(domain)
     }
+}
+
+/// A connection the server or the pooler refused, with its own reason: an
+/// `ErrorResponse` during start-up (a pooler's "unsupported startup
+/// parameter", "no more connections allowed", PostgreSQL's "too many
+/// clients"), not a network or TLS failure.
+fn refusal(e: &deadpool_postgres::PoolError) -> Option<DbError> {
+    let deadpool_postgres::PoolError::Backend(err) = e else {
+        return None;
+    };
+    let db = err.as_db_error()?;
+    Some(DbError::Refused {
+        reason: db.message().to_owned(),
+        code: db.code().code().to_owned(),
+    })
 }
 
 /// Maps a driver error, telling "the database is gone" from "this query

@@ -33,8 +33,7 @@ pub async fn apply_pending(balances: &Balances, limit: i64) -> Result<SweepRepor
               WHERE cache_applied_at IS NULL ORDER BY wallet_id, version LIMIT $1",
             &[&limit],
         )
-        .await
-        .map_err(query_error)?;
+        .await?;
     drop(client);
     let mut report = SweepReport::default();
     let mut i = 0;

@@ -80,15 +80,14 @@ pub(super) async fn commit(
     commit_by: Instant,
 ) -> Result<Committed, WriteError> {
     let mut client = balances.db.client().await?;
-    let tx = client.transaction().await.map_err(query_error)?;
+    let tx = client.transaction().await?;
     let wallet_uuid = write.wallet.as_uuid();
     let Some(row) = tx
         .query_opt(
             &format!("SELECT {WALLET_COLUMNS} FROM wallets WHERE wallet_id = $1 FOR UPDATE"),
             &[&wallet_uuid],
         )
-        .await
-        .map_err(query_error)?
+        .await?
     else {
         return Ok(Committed::Done {
             outcome: WriteOutcome::NotFound,
@@ -104,8 +103,7 @@ pub(super) async fn commit(
                  VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING 1",
                 &[&wallet_uuid, idem, &write.fingerprint()],
             )
-            .await
-            .map_err(query_error)?;
+            .await?;
         if claimed.is_none() {
             // The first request with this key has committed (we waited for
             // its row lock); replay what it decided.
@@ -115,8 +113,7 @@ pub(super) async fn commit(
                       WHERE wallet_id = $1 AND idempotency_key = $2",
                     &[&wallet_uuid, idem],
                 )
-                .await
-                .map_err(query_error)?;
+                .await?;
             let fingerprint: String = stored.try_get(0).map_err(query_error)?;
             if fingerprint != write.fingerprint() {
                 return Ok(Committed::Done {
@@ -148,7 +145,7 @@ pub(super) async fn commit(
     };
     if let Some(outcome) = decided {
         store_response(&tx, write, &outcome).await?;
-        tx.commit().await.map_err(query_error)?;
+        tx.commit().await?;
         return Ok(Committed::Done {
             outcome,
             current: Some(current),
@@ -164,8 +161,7 @@ pub(super) async fn commit(
             ),
             &[&wallet_uuid, &write.balance_minor, &new_version],
         )
-        .await
-        .map_err(query_error)?;
+        .await?;
     let row = WalletRow::from_row(&updated)?;
     let event = AuditEvent {
         event_id: Uuid::new_v4(),
@@ -198,8 +194,7 @@ pub(super) async fn commit(
             &event_json,
         ],
     )
-    .await
-    .map_err(query_error)?;
+    .await?;
     // Earlier versions whose cache step has not happened (yet, or ever):
     // this write publishes them first, so subscribers see every version in
     // order. Their own writers may be applying them right now; the script's
@@ -211,8 +206,7 @@ pub(super) async fn commit(
               ORDER BY version DESC LIMIT 100",
             &[&wallet_uuid, &new_version],
         )
-        .await
-        .map_err(query_error)?;
+        .await?;
     let mut pending = pending_rows
         .iter()
         .map(|r| pending_row(&row.wallet_id, r))
@@ -228,7 +222,7 @@ pub(super) async fn commit(
         // Rolled back by dropping the transaction.
         return Err(WriteError::FenceExpired);
     }
-    tx.commit().await.map_err(query_error)?;
+    tx.commit().await?;
     Ok(Committed::Applied {
         row,
         pending,
@@ -237,7 +231,7 @@ pub(super) async fn commit(
 }
 
 async fn store_response(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &crate::infra::db::DbTx<'_>,
     write: &BalanceWrite,
     outcome: &WriteOutcome,
 ) -> Result<(), DbError> {
@@ -255,8 +249,7 @@ async fn store_response(
           WHERE wallet_id = $1 AND idempotency_key = $2",
         &[&write.wallet.as_uuid(), idem, &status, &response],
     )
-    .await
-    .map_err(query_error)?;
+    .await?;
     Ok(())
 }
 
@@ -296,7 +289,6 @@ pub(super) async fn mark_applied(balances: &Balances, wallet: &WalletId, version
                 &[&wallet.as_uuid(), &version],
             )
             .await
-            .map_err(query_error)
     }
     .await;
     if let Err(e) = result {

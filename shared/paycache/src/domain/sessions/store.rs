@@ -38,8 +38,7 @@ pub(crate) async fn insert(db: &Db, id: &SessionId, s: &Session) -> Result<(), D
                 &s.last_activity,
             ],
         )
-        .await
-        .map_err(query_error)?;
+        .await?;
     Ok(())
 }
 
@@ -91,8 +90,7 @@ pub(crate) async fn check(
                 &secs(sync),
             ],
         )
-        .await
-        .map_err(query_error)?;
+        .await?;
     let Some(row) = row else {
         return Ok(Found::Over);
     };
@@ -138,8 +136,7 @@ pub(crate) async fn live_among(
               WHERE s.ended_at IS NULL AND s.last_seen_at > now() - make_interval(secs => $3)",
             &[&sids, &users, &secs(idle + sync)],
         )
-        .await
-        .map_err(query_error)?;
+        .await?;
     rows.iter()
         .map(|row| {
             let sid: String = row.try_get("session_id").map_err(query_error)?;
@@ -168,8 +165,7 @@ pub(crate) async fn is_revoked(db: &Db, jti: &Jti) -> Result<bool, DbError> {
             "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = $1 AND expires_at > now())",
             &[&jti.as_str()],
         )
-        .await
-        .map_err(query_error)?;
+        .await?;
     row.try_get(0).map_err(query_error)
 }
 
@@ -192,8 +188,7 @@ pub(crate) async fn end(
              RETURNING session_id",
             &[&user.as_uuid(), &one.map(SessionId::as_str), &reason],
         )
-        .await
-        .map_err(query_error)?;
+        .await?;
     rows.iter()
         .map(|r| {
             let sid: String = r.try_get(0).map_err(query_error)?;
@@ -218,8 +213,7 @@ pub(crate) async fn revoke(
              ON CONFLICT (jti) DO UPDATE SET expires_at = greatest(revoked_tokens.expires_at, $4)",
             &[&jti.as_str(), &principal, &reason, &until],
         )
-        .await
-        .map_err(query_error)?;
+        .await?;
     Ok(())
 }
 
@@ -238,8 +232,7 @@ pub(crate) async fn mark_pending(
              UPDATE revoked_tokens SET cache_pending = true WHERE jti = $2",
             &[&sids, &jti.map(Jti::as_str)],
         )
-        .await
-        .map_err(query_error)?;
+        .await?;
     Ok(())
 }
 
@@ -265,8 +258,7 @@ pub(crate) async fn pending(db: &Db, limit: i64) -> Result<Pending, DbError> {
                ORDER BY revoked_at LIMIT $1)",
             &[&limit],
         )
-        .await
-        .map_err(query_error)?;
+        .await?;
     let mut out = Pending {
         sessions: Vec::new(),
         tokens: Vec::new(),
@@ -307,8 +299,7 @@ pub(crate) async fn applied(
              UPDATE revoked_tokens SET cache_pending = false WHERE jti = ANY($2)",
             &[&sids, &jtis],
         )
-        .await
-        .map_err(query_error)?;
+        .await?;
     Ok(())
 }
 
@@ -318,7 +309,6 @@ pub(crate) async fn delete_expired(db: &Db) -> Result<u64, DbError> {
     client
         .execute("DELETE FROM revoked_tokens WHERE expires_at < now()", &[])
         .await
-        .map_err(query_error)
 }
 
 /// Records activity of these sessions now (the periodic sync).
@@ -331,5 +321,4 @@ pub(crate) async fn touch(db: &Db, user: &UserId, id: &SessionId) -> Result<u64,
             &[&id.as_str(), &user.as_uuid()],
         )
         .await
-        .map_err(query_error)
 }

@@ -8,6 +8,10 @@ use super::env::secret_arn;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// `DATABASE_STATEMENT_TIMEOUT_MS`: default, least and most (milliseconds).
+/// `paycache-dev migrate` sets it on the database role with the same bounds.
+pub const STATEMENT_TIMEOUT_MS: (u64, u64, u64) = (3000, 10, 600_000);
+
 #[derive(Debug, Clone)]
 /// How to reach PostgreSQL (`DATABASE_*`).
 pub struct DatabaseConfig {
@@ -56,6 +60,11 @@ pub(super) fn read(env: &Env<'_>) -> Result<DatabaseConfig, ConfigError> {
         ca_cert: env.get("DATABASE_CA_CERT").map(PathBuf::from),
         pool_size: env.number("DATABASE_POOL_SIZE", 2, 1, 64)?,
         connect_timeout: env.millis("DATABASE_CONNECT_TIMEOUT_MS", 2000, 10, 60_000)?,
-        statement_timeout: env.millis("DATABASE_STATEMENT_TIMEOUT_MS", 3000, 10, 600_000)?,
+        statement_timeout: env.millis(
+            "DATABASE_STATEMENT_TIMEOUT_MS",
+            STATEMENT_TIMEOUT_MS.0,
+            STATEMENT_TIMEOUT_MS.1,
+            STATEMENT_TIMEOUT_MS.2,
+        )?,
     })
 }

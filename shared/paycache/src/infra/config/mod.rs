@@ -23,7 +23,7 @@ mod realtime;
 mod redis;
 
 pub use cache::{CacheAsideConfig, TtlConfig};
-pub use database::{DatabaseConfig, DatabaseCredentials};
+pub use database::{DatabaseConfig, DatabaseCredentials, STATEMENT_TIMEOUT_MS};
 pub use ledger::{AuditConfig, BalanceConfig};
 pub use operations::{HealthConfig, WarmConfig};
 pub use rate_limit::RateLimitConfig;
