@@ -5,15 +5,21 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 ensure_redis
 ensure_postgres
+ensure_pgbouncer
 ensure_moto_server
 STACK="$ROOT/.stack/bench"
-cleanup() { set +e; stop_redis "$STACK/redis"; stop_moto "$STACK/moto"; [ -n "${PG_DIR:-}" ] && stop_postgres "$PG_DIR"; }
+cleanup() { set +e; stop_redis "$STACK/redis"; stop_moto "$STACK/moto"; stop_pgbouncer "$STACK/pgbouncer"; [ -n "${PG_DIR:-}" ] && stop_postgres "$PG_DIR"; }
 on_exit cleanup
 rm -rf "$STACK"; mkdir -p "$STACK"
 REDIS_PORT=$(free_port)
 start_redis "$STACK/redis" "$REDIS_PORT"
 PG_PORT=$(free_port)
 PG_DIR=$(start_postgres "$STACK/pg" "$PG_PORT")
+# PgBouncer in front, 4 server connections per database: the pooler
+# benchmark's 64 execution environments share them.
+PGB_PORT=$(free_port)
+start_pgbouncer "$STACK/pgbouncer" "$PGB_PORT" "$PG_PORT" 4 trust postgres ""
+export PAYCACHE_TEST_PG_POOLER="host=127.0.0.1 port=$PGB_PORT user=postgres"
 MOTO_PORT=$(free_port)
 start_moto "$STACK/moto" "$MOTO_PORT"
 # A local Secrets Manager, for the cold start with secrets fetched at init.

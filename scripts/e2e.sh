@@ -51,12 +51,20 @@ PY
 )
 read -r REDIS_SECRET_ARN DB_SECRET_ARN COGNITO_POOL_ID <<<"$ARNS"
 
-# The schema and seed data, as the role (its password in the URL: the
-# tool's output is checked for it too).
-DATABASE_URL="postgres://$ROLE:$DB_PASSWORD@127.0.0.1:$PG_PORT/$DB" \
+# The functions reach PostgreSQL as deployed ones reach it through RDS
+# Proxy: through a transaction pooler (PgBouncer, transaction mode, its
+# default startup-parameter handling), with the role's password (SCRAM
+# from the functions to PgBouncer and from PgBouncer to PostgreSQL) and 2
+# server connections for up to 4 instances of each function.
+PGB_DIR="$STACK/e2e-pgbouncer"
+E2E_PGB_PORT=$(free_port)
+start_pgbouncer "$PGB_DIR" "$E2E_PGB_PORT" "$PG_PORT" 2 scram-sha-256 "$ROLE" "$DB_PASSWORD"
+# The schema and seed data, as the role, through the pooler (its password
+# in the URL: the tool's output is checked for it too).
+DATABASE_URL="postgres://$ROLE:$DB_PASSWORD@127.0.0.1:$E2E_PGB_PORT/$DB" \
   cargo run --quiet -p paycache-dev -- migrate-and-seed
 # The functions get the endpoint only; user and password come from the secret.
-export DATABASE_URL="postgres://127.0.0.1:$PG_PORT/$DB"
+export DATABASE_URL="postgres://127.0.0.1:$E2E_PGB_PORT/$DB"
 
 # WATCH_PORT is the front door (as `make run` serves it: the gateway's
 # --front-port, bounding what reaches cargo lambda watch); LAMBDA_PORT is
@@ -96,7 +104,7 @@ cargo lambda watch --quiet --ignore-changes -A 127.0.0.1 -P "$LAMBDA_PORT" --con
   >"$STACK/watch.log" 2>&1 &
 E2E_PID=$!
 GW_PID="" PLAIN_GW_PID=""
-trap 'kill $GW_PID $PLAIN_GW_PID $E2E_PID ${ATTACK_PID:-} $(cat "$STACK/schedules.pid" 2>/dev/null) 2>/dev/null || true; wait $GW_PID $PLAIN_GW_PID $E2E_PID 2>/dev/null || true; stop_redis "$STACK/e2e-redis"' EXIT
+trap 'kill $GW_PID $PLAIN_GW_PID $E2E_PID ${ATTACK_PID:-} $(cat "$STACK/schedules.pid" 2>/dev/null) 2>/dev/null || true; wait $GW_PID $PLAIN_GW_PID $E2E_PID 2>/dev/null || true; stop_redis "$STACK/e2e-redis"; stop_pgbouncer "$PGB_DIR"' EXIT
 for _ in $(seq 1 600); do
   port_in_use "$LAMBDA_PORT" && break
   kill -0 "$E2E_PID" 2>/dev/null || { cat "$STACK/watch.log" >&2; die "cargo lambda watch exited"; }

@@ -318,6 +318,104 @@ stop_postgres() { # dir
   [ -s "$1/PG_VERSION" ] && pg_run "$bindir/pg_ctl" -D "$1" -m fast -w stop >/dev/null 2>&1 || true
 }
 
+# PgBouncer (Debian's package) in front of a PostgreSQL: the local
+# stand-in for RDS Proxy. Transaction pooling, its defaults for startup
+# parameters (a connection that sends `options` is refused, as RDS Proxy
+# refuses it) and for prepared statements (none kept across transactions:
+# 1.18 has no max_prepared_statements), and a server pool smaller than the
+# clients that share it.
+ensure_pgbouncer() {
+  command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || apt_install pgbouncer
+}
+
+pgbouncer_bin() { command -v pgbouncer 2>/dev/null || echo /usr/sbin/pgbouncer; }
+
+# start_pgbouncer dir port pg_port pool_size auth_type [user password]...
+# auth_type `trust` (the user must still be listed; its password is not
+# asked) or `scram-sha-256` (the password given here, which PgBouncer also
+# uses to log in to PostgreSQL). Every database name is passed through
+# (`* =`), so a test's own database needs no entry.
+start_pgbouncer() {
+  local dir=$1 port=$2 pg_port=$3 pool=$4 auth=$5; shift 5
+  mkdir -p "$dir"
+  : > "$dir/users.txt"
+  while [ $# -ge 2 ]; do printf '"%s" "%s"\n' "$1" "$2" >> "$dir/users.txt"; shift 2; done
+  cat > "$dir/pgbouncer.ini" <<INI
+[databases]
+* = host=127.0.0.1 port=$pg_port
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+auth_type = $auth
+auth_file = $dir/users.txt
+pool_mode = transaction
+default_pool_size = $pool
+max_client_conn = 2000
+query_wait_timeout = 30
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
+admin_users = postgres
+stats_users = postgres
+INI
+  chmod 600 "$dir/users.txt"
+  if [ "$(id -u)" = 0 ]; then chown -R postgres "$dir"; fi
+  pg_run "$(pgbouncer_bin)" -d "$dir/pgbouncer.ini" >"$dir/start.log" 2>&1 \
+    || { cat "$dir/start.log" "$dir/pgbouncer.log" >&2 2>/dev/null; die "PgBouncer did not start"; }
+  local i
+  for i in $(seq 1 100); do port_in_use "$port" && return 0; sleep 0.05; done
+  tail -20 "$dir/pgbouncer.log" >&2 2>/dev/null
+  die "PgBouncer did not listen on $port"
+}
+
+stop_pgbouncer() { # dir
+  local pidfile="$1/pgbouncer.pid"
+  if [ -f "$pidfile" ]; then
+    local pid i; pid=$(cat "$pidfile")
+    kill "$pid" 2>/dev/null || true
+    for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    rm -f "$pidfile"
+  fi
+}
+
+# The servers the tests talk to, under `dir`: standalone Redis, a 3+3
+# Redis Cluster, PostgreSQL with PgBouncer in front (2 server connections
+# per database, fewer than a test's execution environments open), and the
+# local AWS (moto_server). Exports the PAYCACHE_TEST_* variables the test
+# harness reads and the AWS SDK's endpoint and throwaway credentials.
+# `make test` and `make mutants` both start them this way.
+# Also sets PG_PORT and PG_DIR (PostgreSQL's own port and data folder) and
+# PGB_PORT (PgBouncer's).
+start_test_servers() { # dir
+  local dir=$1 redis_port moto_port
+  mkdir -p "$dir"
+  redis_port=$(free_port)
+  start_redis "$dir/redis" "$redis_port"
+  PAYCACHE_TEST_CLUSTER_URLS=$(start_cluster "$dir/cluster")
+  PG_PORT=$(free_port)
+  PG_DIR=$(start_postgres "$dir/pg" "$PG_PORT")
+  echo "$PG_DIR" > "$dir/pg.dir"
+  PGB_PORT=$(free_port)
+  start_pgbouncer "$dir/pgbouncer" "$PGB_PORT" "$PG_PORT" 2 trust postgres ""
+  moto_port=$(free_port)
+  start_moto "$dir/moto" "$moto_port"
+  export PAYCACHE_TEST_CLUSTER_URLS
+  export PAYCACHE_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
+  export PAYCACHE_TEST_PG="host=127.0.0.1 port=$PG_PORT user=postgres dbname=postgres"
+  export PAYCACHE_TEST_PG_POOLER="host=127.0.0.1 port=$PGB_PORT user=postgres"
+  export AWS_ENDPOINT_URL="http://127.0.0.1:$moto_port" AWS_REGION=us-east-1 \
+    AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
+  unset AWS_PROFILE AWS_SESSION_TOKEN
+}
+
+stop_test_servers() { # dir
+  stop_redis "$1/redis"; stop_cluster "$1/cluster"; stop_moto "$1/moto"
+  stop_pgbouncer "$1/pgbouncer"
+  [ -s "$1/pg.dir" ] && stop_postgres "$(cat "$1/pg.dir")"
+  return 0
+}
+
 # cargo-mutants (crates.io) for `make mutants`.
 ensure_cargo_mutants() {
   if cargo mutants --version >/dev/null 2>&1; then return 0; fi

@@ -31,6 +31,7 @@ fi
 
 ensure_redis
 ensure_postgres
+ensure_pgbouncer
 ensure_moto_server
 ensure_cargo_mutants
 
@@ -43,8 +44,7 @@ mkdir -p "$STACK"
 # shard, or two checkouts' shards), under servers.<pid>; a run that was
 # killed leaves its directory, and the next run stops what it left.
 stop_servers() { # dir
-  stop_redis "$1/redis"; stop_cluster "$1/cluster"; stop_moto "$1/moto"
-  [ -s "$1/pg.dir" ] && stop_postgres "$(cat "$1/pg.dir")"
+  stop_test_servers "$1"
   rm -rf "$1"
 }
 for left in "$STACK"/servers.*; do
@@ -61,21 +61,8 @@ cleanup() {
 on_exit cleanup
 
 if [ -z "${LIST:-}" ]; then
-  log "starting Redis, Redis Cluster and PostgreSQL under $SERVERS"
-  mkdir -p "$SERVERS"
-  REDIS_PORT=$(free_port)
-  start_redis "$SERVERS/redis" "$REDIS_PORT"
-  CLUSTER_URLS=$(start_cluster "$SERVERS/cluster")
-  PG_PORT=$(free_port)
-  start_postgres "$SERVERS/pg" "$PG_PORT" > "$SERVERS/pg.dir"
-  MOTO_PORT=$(free_port)
-  start_moto "$SERVERS/moto" "$MOTO_PORT"
-  export PAYCACHE_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
-  export PAYCACHE_TEST_CLUSTER_URLS="$CLUSTER_URLS"
-  export PAYCACHE_TEST_PG="host=127.0.0.1 port=$PG_PORT user=postgres dbname=postgres"
-  export AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT" AWS_REGION=us-east-1 \
-    AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
-  unset AWS_PROFILE AWS_SESSION_TOKEN
+  log "starting Redis, Redis Cluster, PostgreSQL and PgBouncer under $SERVERS"
+  start_test_servers "$SERVERS"
   export PAYCACHE_TEST_LOG_DIR="$SERVERS/logs"
 fi
 export CARGO_TARGET_DIR="${MUTANTS_TARGET_DIR:-/var/tmp/paycache-mutants-target}"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make run`: install what is missing, start Redis and PostgreSQL under
-# .stack/run (unless REDIS_URL / DATABASE_URL are set: then those are used),
+# `make run`: install what is missing, start Redis and PostgreSQL (behind
+# PgBouncer, as RDS Proxy stands in front of it in AWS) under .stack/run
+# (unless REDIS_URL / DATABASE_URL are set: then those are used),
 # apply migrations, load the deterministic seed data, build every function,
 # and serve every HTTP route on http://127.0.0.1:${PORT:-9000} through
 # `cargo lambda watch`, with ${CONCURRENCY:-8} instances of each function.
@@ -38,7 +39,7 @@ cleanup() {
   if [ -n "$GATEWAY_PID" ]; then kill "$GATEWAY_PID" 2>/dev/null; wait "$GATEWAY_PID" 2>/dev/null; fi
   if [ -n "$WATCH_PID" ]; then kill "$WATCH_PID" 2>/dev/null; wait "$WATCH_PID" 2>/dev/null; fi
   [ "$STARTED_REDIS" = 1 ] && { log "stopping Redis"; stop_redis "$STACK/redis"; }
-  [ -n "$STARTED_PG" ] && { log "stopping PostgreSQL"; stop_postgres "$STARTED_PG"; }
+  [ -n "$STARTED_PG" ] && { log "stopping PgBouncer and PostgreSQL"; stop_pgbouncer "$STACK/pgbouncer"; stop_postgres "$STARTED_PG"; }
   [ "$STARTED_MOTO" = 1 ] && stop_moto "$STACK/cloudwatch"
 }
 on_exit cleanup
@@ -68,7 +69,16 @@ if [ -z "${DATABASE_URL:-}" ]; then
   pg_run psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -tc \
     "SELECT 1 FROM pg_database WHERE datname = 'paycache'" | grep -q 1 \
     || pg_run psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c "CREATE DATABASE paycache" >/dev/null
-  export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/paycache"
+  # The deployed topology: the functions reach PostgreSQL through a
+  # transaction pooler (RDS Proxy in AWS, PgBouncer here: transaction mode,
+  # 4 server connections for every instance of every function).
+  ensure_pgbouncer
+  stop_pgbouncer "$STACK/pgbouncer" # a leftover of an interrupted run
+  PGB_PORT=${PGB_PORT:-6439}
+  if port_in_use "$PGB_PORT"; then PGB_PORT=$(free_port); fi
+  log "starting PgBouncer on 127.0.0.1:$PGB_PORT in front of it (transaction pooling, 4 server connections)"
+  start_pgbouncer "$STACK/pgbouncer" "$PGB_PORT" "$PG_PORT" 4 trust postgres ""
+  export DATABASE_URL="postgres://postgres@127.0.0.1:$PGB_PORT/paycache"
 else
   log "using DATABASE_URL from the environment"
 fi

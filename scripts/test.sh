@@ -7,6 +7,7 @@ cd "$ROOT"
 
 ensure_redis
 ensure_postgres
+ensure_pgbouncer
 ensure_cargo_lambda
 ensure_pyyaml
 ensure_moto_server
@@ -23,38 +24,23 @@ cleanup() {
   kill_jobs
   [ "$rc" != 0 ] && disk_report
   [ -n "${E2E_PID:-}" ] && kill "$E2E_PID" 2>/dev/null
-  stop_redis "$STACK/redis"
   stop_redis "$STACK/e2e-redis"
-  stop_cluster "$STACK/cluster"
-  stop_moto "$STACK/moto"
-  [ -n "${PG_DIR:-}" ] && stop_postgres "$PG_DIR"
+  stop_pgbouncer "$STACK/e2e-pgbouncer"
+  stop_test_servers "$STACK"
 }
 on_exit cleanup
 # Leftovers of an interrupted run.
 if [ -d "$STACK" ]; then
-  stop_redis "$STACK/redis"; stop_redis "$STACK/e2e-redis"; stop_cluster "$STACK/cluster"; stop_moto "$STACK/moto"
+  stop_redis "$STACK/e2e-redis"; stop_test_servers "$STACK"
   [ -d "$STACK/pg" ] && stop_postgres "$STACK/pg"
   [ -L "$STACK/pg.alt" ] && stop_postgres "$(readlink "$STACK/pg.alt")"
   rm -rf "$STACK"
 fi
 mkdir -p "$STACK"
 
-log "starting Redis, Redis Cluster and PostgreSQL under $STACK"
-REDIS_PORT=$(free_port)
-start_redis "$STACK/redis" "$REDIS_PORT"
-CLUSTER_URLS=$(start_cluster "$STACK/cluster")
-PG_PORT=$(free_port)
-PG_DIR=$(start_postgres "$STACK/pg" "$PG_PORT")
-MOTO_PORT=$(free_port)
-start_moto "$STACK/moto" "$MOTO_PORT"
-
-export PAYCACHE_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
-export PAYCACHE_TEST_CLUSTER_URLS="$CLUSTER_URLS"
-export PAYCACHE_TEST_PG="host=127.0.0.1 port=$PG_PORT user=postgres dbname=postgres"
+log "starting Redis, Redis Cluster, PostgreSQL and PgBouncer under $STACK"
 # The AWS SDK talks to the local moto_server, with throwaway credentials.
-export AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT" AWS_REGION=us-east-1 \
-  AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
-unset AWS_PROFILE AWS_SESSION_TOKEN
+start_test_servers "$STACK"
 
 log "scripts: an interrupt or a kill ends them"
 bash "$ROOT/scripts/check-traps.sh"

@@ -1,5 +1,7 @@
 //! The write-behind audit log: buffer, claim, insert, acknowledge — with the
-//! flusher killed at every step. Real Redis (both modes) and PostgreSQL.
+//! flusher killed at every step. Real Redis (both modes) and PostgreSQL,
+//! reached through PgBouncer in transaction mode (`World::pooled`), as the
+//! `audit-flush` function reaches it through RDS Proxy.
 #![allow(clippy::unwrap_used, reason = "tests")]
 
 use std::ops::ControlFlow;
@@ -217,7 +219,7 @@ fn exactly_once(rows: i64, events: u64) -> bool {
 
 /// 10,000 events survive a flusher killed at every step: exactly once.
 async fn ten_thousand_events_survive_a_flusher_killed_at_every_step(mode: RedisMode) {
-    let w = World::new(
+    let w = World::pooled(
         mode,
         &[("AUDIT_FLUSH_LOCK_MS", "300"), ("AUDIT_FLUSH_BATCH", "700")],
     )
@@ -250,7 +252,7 @@ both_modes!(ten_thousand_events_survive_a_flusher_killed_at_every_step);
 /// killed between its pop and its insert, a pop-then-insert flusher loses
 /// the batch.
 async fn a_pop_then_insert_flusher_loses_events(mode: RedisMode) {
-    let w = World::new(mode, &[]).await;
+    let w = World::pooled(mode, &[]).await;
     let rows = rows_after_kills(&w, Flusher::PopThenInsert, 10_000).await;
     assert!(
         !exactly_once(rows, 10_000),
@@ -260,7 +262,7 @@ async fn a_pop_then_insert_flusher_loses_events(mode: RedisMode) {
 both_modes!(a_pop_then_insert_flusher_loses_events);
 
 async fn a_full_buffer_refuses_instead_of_dropping(mode: RedisMode) {
-    let w = World::new(mode, &[("AUDIT_BUFFER_MAX_EVENTS", "5")]).await;
+    let w = World::pooled(mode, &[("AUDIT_BUFFER_MAX_EVENTS", "5")]).await;
     let service = ServiceName::parse("small-svc").unwrap();
     for n in 0..5 {
         assert_eq!(
@@ -283,7 +285,7 @@ both_modes!(a_full_buffer_refuses_instead_of_dropping);
 /// under it and a second flusher take over mid-batch). Each bound
 /// measured by what was left in the buffer.
 async fn a_flush_keeps_to_its_bounds(mode: RedisMode) {
-    let w = World::new(
+    let w = World::pooled(
         mode,
         &[("AUDIT_FLUSH_BATCH", "10"), ("AUDIT_FLUSH_LOCK_MS", "2000")],
     )
@@ -335,7 +337,7 @@ both_modes!(a_flush_keeps_to_its_bounds);
 /// allowed to block the flush.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_in_the_buffer_goes_to_the_dead_letter_list() {
-    let w = World::new(RedisMode::Standalone, &[]).await;
+    let w = World::pooled(RedisMode::Standalone, &[]).await;
     let service = ServiceName::parse("mixed-svc").unwrap();
     append(&w.app.audit, &event(&service, 1)).await.unwrap();
     let buffer = w.app.keys.audit_buffer(&service);
@@ -367,7 +369,7 @@ async fn garbage_in_the_buffer_goes_to_the_dead_letter_list() {
 async fn an_append_is_one_round_trip() {
     let server = RedisServer::start();
     let port = server.port;
-    let w = World::with_redis(TestRedis::Standalone(server), &[]).await;
+    let w = World::with_redis_pooled(TestRedis::Standalone(server), &[]).await;
     let service = ServiceName::parse("rt-svc").unwrap();
     append(&w.app.audit, &event(&service, 0)).await.unwrap(); // loads the script
     let monitor = CommandMonitor::start(port);
@@ -379,7 +381,7 @@ async fn an_append_is_one_round_trip() {
 /// append never happened: the reconciliation inserts them from the outbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_reconciliation_records_events_the_buffer_never_got() {
-    let w = World::new(
+    let w = World::pooled(
         RedisMode::Standalone,
         &[("AUDIT_RECONCILE_AFTER_SECS", "1")],
     )
@@ -449,7 +451,7 @@ async fn outbox_reconciliation_records_events_the_buffer_never_got() {
 async fn audit_buffers_live_in_the_durable_redis() {
     let durable = RedisServer::start_with(&["--maxmemory-policy", "noeviction"]);
     let url = durable.url();
-    let w = World::new(RedisMode::Standalone, &[("REDIS_DURABLE_URL", &url)]).await;
+    let w = World::pooled(RedisMode::Standalone, &[("REDIS_DURABLE_URL", &url)]).await;
     let service = ServiceName::parse("durable-svc").unwrap();
     for n in 0..3 {
         append(&w.app.audit, &event(&service, n)).await.unwrap();

@@ -2,8 +2,9 @@
 //! callers too (issue 20): sessions and revocations have their source of
 //! truth in PostgreSQL, which decides when Redis cannot answer or no longer
 //! holds a session. Against real Redis (both modes; stopped and paused) and
-//! PostgreSQL, through the HTTP routes with the claims API Gateway
-//! delivers. Each guarantee is also run in a broken form through the same
+//! PostgreSQL — reached through PgBouncer in transaction mode, as the
+//! functions reach it through RDS Proxy (`World::pooled`) — through the
+//! HTTP routes with the claims API Gateway delivers. Each guarantee is also run in a broken form through the same
 //! check, which must catch it: the design before PostgreSQL held sessions
 //! (`SessionVariants::redis_only`, compiled for tests only), or what a
 //! broken gate would do, done by the test itself.
@@ -41,7 +42,7 @@ fn body(resp: &Response<Body>) -> Value {
 }
 
 /// Servers of the test's own, so that it can stop or pause them.
-fn own_redis(mode: RedisMode) -> TestRedis {
+pub(crate) fn own_redis(mode: RedisMode) -> TestRedis {
     match mode {
         RedisMode::Standalone => TestRedis::Standalone(RedisServer::start()),
         RedisMode::Cluster => TestRedis::Cluster(RedisCluster::start()),
@@ -49,14 +50,14 @@ fn own_redis(mode: RedisMode) -> TestRedis {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outage {
+pub(crate) enum Outage {
     /// Every node stopped (connections refused).
     Stopped,
     /// Every node paused (`SIGSTOP`): requests hang until the timeout.
     Paused,
 }
 
-fn begin(redis: &mut TestRedis, outage: Outage) {
+pub(crate) fn begin(redis: &mut TestRedis, outage: Outage) {
     let each = |s: &mut RedisServer| match outage {
         Outage::Stopped => s.stop(),
         Outage::Paused => s.pause(),
@@ -68,7 +69,7 @@ fn begin(redis: &mut TestRedis, outage: Outage) {
     }
 }
 
-fn end(redis: &mut TestRedis, outage: Outage) {
+pub(crate) fn end(redis: &mut TestRedis, outage: Outage) {
     if outage == Outage::Paused {
         match redis {
             TestRedis::Standalone(s) => s.resume(),
@@ -123,7 +124,7 @@ fn redis_only(w: &World, redis_only: bool) -> App {
 /// user. (A fallback that ignores sign-outs is mutation testing's.)
 async fn signed_in_callers_ride_out_a_redis_outage(mode: RedisMode) {
     for outage in [Outage::Stopped, Outage::Paused] {
-        let mut w = World::with_redis(
+        let mut w = World::with_redis_pooled(
             own_redis(mode),
             &[
                 ("REDIS_RESPONSE_TIMEOUT_MS", "200"),
@@ -228,7 +229,7 @@ both_modes!(signed_in_callers_ride_out_a_redis_outage);
 /// balance write is refused before its fence (503) and changes nothing;
 /// a service's token is checked for revocation in PostgreSQL too.
 async fn during_an_outage_limits_and_writes_keep_their_rules(mode: RedisMode) {
-    let mut w = World::with_redis(
+    let mut w = World::with_redis_pooled(
         own_redis(mode),
         &[
             ("REDIS_RESPONSE_TIMEOUT_MS", "200"),
@@ -285,7 +286,7 @@ both_modes!(during_an_outage_limits_and_writes_keep_their_rules);
 /// and marked over. Broken variant: the gate that asks nothing of
 /// PostgreSQL signs the evicted session's user out.
 async fn an_evicted_session_is_reloaded(mode: RedisMode) {
-    let w = World::new(mode, &[]).await;
+    let w = World::pooled(mode, &[]).await;
     let me = seed_user_id(1);
     insert_user(&w.db, 1).await;
     for broken in [false, true] {
@@ -344,7 +345,7 @@ both_modes!(an_evicted_session_is_reloaded);
 /// count: a gate that asks PostgreSQL on every request (here the test
 /// takes the session out of Redis before each read, so that the gate must).
 async fn a_healthy_hit_makes_no_postgres_query(mode: RedisMode) {
-    let w = World::new(mode, &[]).await;
+    let w = World::pooled(mode, &[]).await;
     let me = seed_user_id(1);
     insert_user(&w.db, 1).await;
     let user = w.sign_in(&me, &[]).await;
@@ -416,7 +417,7 @@ async fn set_last_seen(w: &World, sid: String, ago_secs: i64) {
 /// PostgreSQL last saw longer ago than the idle timeout plus the interval
 /// is refused; one seen within it is admitted.
 async fn activity_reaches_postgres_within_the_sync_interval(mode: RedisMode) {
-    let mut w = World::with_redis(
+    let mut w = World::with_redis_pooled(
         own_redis(mode),
         &[
             ("SESSION_ACTIVITY_SYNC_SECS", "60"),
@@ -489,7 +490,7 @@ both_modes!(activity_reaches_postgres_within_the_sync_interval);
 /// real-time checks (`sessions::reload`) does not put the ended sessions
 /// back: both devices stay refused.
 async fn a_sign_out_during_an_outage_reaches_redis(mode: RedisMode) {
-    let mut w = World::with_redis(
+    let mut w = World::with_redis_pooled(
         own_redis(mode),
         &[
             ("REDIS_RESPONSE_TIMEOUT_MS", "200"),
@@ -608,7 +609,7 @@ both_modes!(a_sign_out_during_an_outage_reaches_redis);
 /// there; once Redis is back, the first request puts it into Redis. The
 /// broken variant — a gate without the fallback — refuses it (503).
 async fn a_sign_in_during_an_outage_is_admitted(mode: RedisMode) {
-    let mut w = World::with_redis(
+    let mut w = World::with_redis_pooled(
         own_redis(mode),
         &[
             ("REDIS_RESPONSE_TIMEOUT_MS", "200"),

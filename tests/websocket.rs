@@ -8,6 +8,7 @@ use paycache::keys::{ConnectionId, UserId};
 use paycache::realtime;
 use paycache_tests::{World, both_modes};
 use serde_json::{Value, json};
+use std::time::Duration;
 use test_support::random_uuid;
 
 fn ws_event(route: &str, conn: &str, by: Option<&Signed>) -> Value {
@@ -386,8 +387,62 @@ async fn resume_refusals(mode: RedisMode) {
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert!(entries[0].1.contains(&("k".into(), "catchup".into())));
     assert!(entries[0].1.contains(&("a".into(), "1".into())));
+    // The resume mark holds the wallet's new frames back until its
+    // catch-up is sent — or, if no sender gets to it, for 15 minutes
+    // (docs/realtime.md): not a moment that a slow sender could outlast.
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(w.app.keys.ws_resume(&uid))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(
+        (14 * 60 * 1000..=15 * 60 * 1000).contains(&ttl),
+        "the resume mark lives 15 minutes: {ttl} ms"
+    );
 }
 both_modes!(resume_refusals);
+
+/// A `ping` whose session Redis no longer holds asks PostgreSQL: a live
+/// sign-in (its Redis entry evicted, say) keeps its connection and is put
+/// back in Redis; one that idled out is closed (410).
+async fn a_ping_asks_postgres_when_redis_lost_the_session(mode: RedisMode) {
+    let w = World::new(mode, &[]).await;
+    let user = random_uuid();
+    let uid = UserId::parse(&user).unwrap();
+    let mut raw = w.redis.raw().await;
+    for (case, status) in [("evicted", 200), ("idled out", 410)] {
+        let by = signed_in(&w, &user, 3600).await;
+        let conn = format!("conn{}", &random_uuid()[..8]);
+        assert_eq!(
+            ws(&w, &ws_event("$connect", &conn, Some(&by))).await["statusCode"],
+            200
+        );
+        let sid = paycache::keys::SessionId::parse(&by.session).unwrap();
+        let key = w.app.keys.session(&uid, &sid).to_string();
+        if case == "evicted" {
+            let _: i64 = redis::cmd("DEL")
+                .arg(&key)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+        } else {
+            w.idle_out(&by.signed).await;
+        }
+        let r = ws(&w, &ws_event("ping", &conn, Some(&by))).await;
+        assert_eq!(r["statusCode"], status, "{case}: {r}");
+        let back: bool = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(
+            back,
+            status == 200,
+            "{case}: the session is back in Redis only if live"
+        );
+    }
+}
+both_modes!(a_ping_asks_postgres_when_redis_lost_the_session);
 
 /// The `system:announcements` helper reaches a subscriber with the contract's
 /// message shape.
@@ -582,3 +637,92 @@ async fn pings_past_the_limit_close_the_connection(mode: RedisMode) {
     }
 }
 both_modes!(pings_past_the_limit_close_the_connection);
+
+/// An announcement walks `ws_all` a page at a time; a page shorter than
+/// asked for is the shard's last (no further round trip), a full one names
+/// where the next starts.
+async fn a_short_page_is_the_shards_last(mode: RedisMode) {
+    let w = World::new(mode, &[]).await;
+    let user = random_uuid();
+    let by = signed_in(&w, &user, 3600).await;
+    let conn = format!("conn{}", &random_uuid()[..8]);
+    assert_eq!(
+        ws(&w, &ws_event("$connect", &conn, Some(&by))).await["statusCode"],
+        200
+    );
+    let id = ConnectionId::parse(&conn).unwrap();
+    let shard = paycache::keys::shard_of(&id);
+    let (next, live, dead) = realtime::everyone_page(&w.app.connections, shard, "", 10)
+        .await
+        .unwrap();
+    assert_eq!((next, live, dead.len()), (None, vec![id.clone()], 0));
+    let (next, live, _) = realtime::everyone_page(&w.app.connections, shard, "", 1)
+        .await
+        .unwrap();
+    assert_eq!((next.as_deref(), live), (Some(conn.as_str()), vec![id]));
+    let (next, live, _) = realtime::everyone_page(&w.app.connections, shard, &conn, 1)
+        .await
+        .unwrap();
+    assert_eq!((next, live.len()), (None, 0));
+}
+both_modes!(a_short_page_is_the_shards_last);
+
+/// The registry answers a `ping` as the gate answers a request: an
+/// execution environment that saw Redis fail answers none until it has
+/// told Redis of the sign-outs made meanwhile — Redis, back from a pause,
+/// still holds the session signed out during it as live. Through
+/// PgBouncer, as deployed.
+async fn a_ping_after_an_outage_waits_for_its_sign_outs(mode: RedisMode) {
+    use crate::outage::{Outage, begin, end, own_redis};
+    let mut w = World::with_redis_pooled(
+        own_redis(mode),
+        &[
+            ("REDIS_RESPONSE_TIMEOUT_MS", "200"),
+            ("REDIS_CONNECT_TIMEOUT_MS", "200"),
+            ("CACHE_BREAKER_COOLDOWN_MS", "100"),
+        ],
+    )
+    .await;
+    let user = random_uuid();
+    let uid = UserId::parse(&user).unwrap();
+    let by = signed_in(&w, &user, 3600).await;
+    let conn = format!("conn{}", &random_uuid()[..8]);
+    assert_eq!(
+        ws(&w, &ws_event("$connect", &conn, Some(&by))).await["statusCode"],
+        200
+    );
+    let other = w.another_environment();
+    let ping = |app: paycache::App| {
+        let event = ws_event("ping", &conn, Some(&by));
+        async move { websocket(&app, &event).await["statusCode"].clone() }
+    };
+    assert_eq!(ping(other.clone()).await, 200);
+    begin(&mut w.redis, Outage::Paused);
+    // The other environment sees Redis fail…
+    assert_eq!(ping(other.clone()).await, 503);
+    // …and this one signs the session out: PostgreSQL records it.
+    paycache::sessions::end(
+        &w.app.sessions,
+        &uid,
+        &paycache::sessions::Ending::One(paycache::keys::SessionId::parse(&by.session).unwrap()),
+        "test",
+    )
+    .await
+    .unwrap();
+    end(&mut w.redis, Outage::Paused);
+    // Once the other environment answers at all, its answer is the
+    // sign-out's.
+    let mut answer = Value::Null;
+    for _ in 0..100 {
+        answer = ping(other.clone()).await;
+        if answer != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        answer, 410,
+        "a ping after the outage answers the sign-out made during it"
+    );
+}
+both_modes!(a_ping_after_an_outage_waits_for_its_sign_outs);

@@ -6,12 +6,17 @@ use paycache::config::Config;
 use paycache::config::RedisMode;
 use std::time::Duration;
 
-/// A PostgreSQL schema of the test's own, with the migrations applied.
+/// A PostgreSQL schema of the test's own, with the migrations applied —
+/// or, [`TestDb::pooled`], a database of its own behind PgBouncer.
 #[derive(Debug, Clone)]
 pub struct TestDb {
-    /// libpq key/value string selecting the schema through `search_path`.
+    /// libpq key/value string selecting the schema through `search_path`
+    /// (or the database), straight to PostgreSQL: the fixtures' and the
+    /// assertions' connection.
     pub conninfo: String,
     pub schema: String,
+    /// What the `App` under test connects to: `conninfo`, or PgBouncer.
+    pub app_conninfo: String,
 }
 
 impl TestDb {
@@ -33,9 +38,48 @@ impl TestDb {
             .unwrap();
         drop(client);
         let _ = task.await;
+        let conninfo = format!("{base} options='-c search_path={schema}'");
         let db = Self {
-            conninfo: format!("{base} options='-c search_path={schema}'"),
+            app_conninfo: conninfo.clone(),
+            conninfo,
             schema,
+        };
+        let pool = paycache::db::Db::new(&db.config()).unwrap();
+        pool.migrate().await.unwrap();
+        db
+    }
+
+    /// A database of the test's own, which the `App` reaches through
+    /// PgBouncer in transaction mode (`PAYCACHE_TEST_PG_POOLER`, started by
+    /// `make test` with a server pool of 2 per database — fewer than the
+    /// connections a test's execution environments open): the deployed
+    /// topology, where RDS Proxy stands between the functions and
+    /// PostgreSQL. No startup options reach the pooler (it would refuse
+    /// the connection), so the database, not `search_path`, is the test's
+    /// own. The migrations run through the pooler too.
+    pub async fn pooled() -> Self {
+        crate::logs::init();
+        let base = std::env::var("PAYCACHE_TEST_PG").unwrap_or_default();
+        let pooler = std::env::var("PAYCACHE_TEST_PG_POOLER").unwrap_or_default();
+        assert!(
+            !base.is_empty() && !pooler.is_empty(),
+            "PAYCACHE_TEST_PG and PAYCACHE_TEST_PG_POOLER are not set: run the tests with `make test`, which starts PostgreSQL and PgBouncer"
+        );
+        let name = format!("t_{}_{:08x}", std::process::id(), fastrand::u32(..));
+        let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+            .await
+            .expect("cannot connect to the test PostgreSQL");
+        let task = tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        drop(client);
+        let _ = task.await;
+        let db = Self {
+            conninfo: format!("{base} dbname={name}"),
+            app_conninfo: format!("{pooler} dbname={name}"),
+            schema: "public".to_owned(),
         };
         let pool = paycache::db::Db::new(&db.config()).unwrap();
         pool.migrate().await.unwrap();
@@ -44,7 +88,7 @@ impl TestDb {
 
     pub fn config(&self) -> paycache::config::DatabaseConfig {
         paycache::config::DatabaseConfig {
-            url: paycache::config::Secret::new(self.conninfo.clone()),
+            url: paycache::config::Secret::new(self.app_conninfo.clone()),
             secret_arn: None,
             credentials: None,
             ca_cert: None,

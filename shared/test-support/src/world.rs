@@ -27,6 +27,20 @@ impl World {
         Self { app, redis, db }
     }
 
+    /// A world whose `App` reaches PostgreSQL through PgBouncer in
+    /// transaction mode, as the functions reach it through RDS Proxy
+    /// ([`TestDb::pooled`]).
+    pub async fn pooled(mode: RedisMode, extra: &[(&str, &str)]) -> Self {
+        Self::with_redis_pooled(TestRedis::of_mode(mode), extra).await
+    }
+
+    /// [`World::with_redis`], through PgBouncer ([`World::pooled`]).
+    pub async fn with_redis_pooled(redis: TestRedis, extra: &[(&str, &str)]) -> Self {
+        let db = TestDb::pooled().await;
+        let app = App::new(crate::config(&redis, &db, extra)).unwrap();
+        Self { app, redis, db }
+    }
+
     /// Another execution environment: same configuration, its own
     /// connection, its own circuit breaker.
     pub fn another_environment(&self) -> App {
