@@ -51,7 +51,7 @@ mod liveness;
 pub use lifecycle::{ConnectRefused, Ping, caught_up, connect, disconnect, forget, meta, ping};
 #[cfg(feature = "test-variants")]
 pub use liveness::registered;
-pub use liveness::{Liveness, all_connections, connections, entries, everyone_page, live};
+pub use liveness::{Liveness, connections, entries, everyone_page, live};
 
 /// What the connection registry uses: Redis, the registry's TTL, and the
 /// sessions (a connection lives while its session does).

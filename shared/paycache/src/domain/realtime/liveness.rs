@@ -9,7 +9,6 @@ use super::now_secs;
 use crate::domain::sessions;
 use crate::infra::connection::RedisUnavailable;
 use crate::infra::keys::ConnectionId;
-use crate::infra::keys::REGISTRY_SHARDS;
 use crate::infra::keys::SessionId;
 use crate::infra::keys::UserId;
 use crate::infra::keys::WalletId;
@@ -336,27 +335,4 @@ pub(super) async fn judge(
         }
     }
     Ok((live, dead))
-}
-
-/// Every live connection (announcements), page by page through `ws_all`;
-/// dead ones are forgotten on the way (not closed: see `ws-sender`).
-pub async fn all_connections(
-    connections: &Connections,
-) -> Result<Vec<ConnectionId>, RedisUnavailable> {
-    let mut ids = Vec::new();
-    for shard in 0..REGISTRY_SHARDS {
-        let mut after = String::new();
-        loop {
-            let (next, live, dead) = everyone_page(connections, shard, &after, 500).await?;
-            ids.extend(live);
-            forget(connections, &dead).await?;
-            match next {
-                Some(n) => after = n,
-                None => break,
-            }
-        }
-    }
-    ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-    ids.dedup_by(|a, b| a.as_str() == b.as_str());
-    Ok(ids)
 }
