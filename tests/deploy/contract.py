@@ -20,6 +20,9 @@ code, before anyone deploys.
    rule or schedule sends to can receive (a queue policy, or the sender's
    role); every asynchronously invoked function has an EventInvokeConfig
    with an on-failure destination.
+5. **security groups** - no function lists a security group twice.
+6. **alarms** - every alarm action is a topic CloudWatch can publish to
+   (unencrypted, or under a key of the stack that lets CloudWatch use it).
 
 Each check then runs against a deliberately broken template (BROKEN below:
 an edit the check must catch) and must fail it.
@@ -414,6 +417,56 @@ def check_trust(translated):
     return problems
 
 
+def check_security_groups(translated):
+    """No function lists a security group twice (SAM appends a function's
+    VpcConfig lists to Globals': a group named in both appears twice)."""
+    problems = []
+    for k, fn in functions(translated).items():
+        groups = fn["Properties"].get("VpcConfig", {}).get("SecurityGroupIds", [])
+        seen = [json.dumps(g, sort_keys=True) for g in groups]
+        if len(seen) != len(set(seen)):
+            problems.append(f"{k}: a security group listed twice: {groups}")
+    return problems
+
+
+def check_alarm_actions(translated):
+    """Every alarm action can receive: an SNS topic of the stack, either
+    unencrypted or encrypted with a key of the stack whose policy lets
+    CloudWatch use it (kms:GenerateDataKey* and kms:Decrypt for
+    cloudwatch.amazonaws.com). An AWS managed key (alias/aws/sns) cannot
+    be given that: "Enable compatibility between event sources from AWS
+    services and encrypted topics",
+    https://docs.aws.amazon.com/sns/latest/dg/sns-key-management.html#compatibility-with-aws-services"""
+    problems = []
+    res = translated["Resources"]
+    for k, v in res.items():
+        if v["Type"] != "AWS::CloudWatch::Alarm":
+            continue
+        props = v["Properties"]
+        for action in props.get("AlarmActions", []) + props.get("OKActions", []) + props.get("InsufficientDataActions", []):
+            topic = action.get("Ref") if isinstance(action, dict) else None
+            if topic not in res or res[topic]["Type"] != "AWS::SNS::Topic":
+                problems.append(f"{k}: an action that is not one of the stack's topics: {action}")
+                continue
+            key = res[topic]["Properties"].get("KmsMasterKeyId")
+            if key is None:
+                continue
+            ref = key.get("Ref") if isinstance(key, dict) else None
+            if ref not in res or res[ref]["Type"] != "AWS::KMS::Key":
+                problems.append(f"{k}: its topic {topic} is encrypted with {key}, which CloudWatch may not use")
+                continue
+            grants = set()
+            for st in res[ref]["Properties"].get("KeyPolicy", {}).get("Statement", []):
+                principal = json.dumps(st.get("Principal", {}))
+                if st.get("Effect") == "Allow" and "cloudwatch.amazonaws.com" in principal:
+                    actions = st.get("Action", [])
+                    grants.update([actions] if isinstance(actions, str) else actions)
+            for needed in ("kms:GenerateDataKey*", "kms:Decrypt"):
+                if needed not in grants and "kms:*" not in grants:
+                    problems.append(f"{k}: its topic's key {ref} does not let CloudWatch {needed}")
+    return sorted(set(problems))
+
+
 def check_delivery(template):
     """Real-time delivery: every function agrees on WS_PARTITIONS (a
     publisher and the sender that disagree put entries where no sender
@@ -476,6 +529,10 @@ def main():
 
     problems = check_delivery(template)
     step("delivery: one WS_PARTITIONS everywhere; Senders enables that many ws-sender schedules", not problems, problems)
+    problems = check_security_groups(translated)
+    step("security groups: no function lists one twice", not problems, problems)
+    problems = check_alarm_actions(translated)
+    step("alarms: every alarm action is a topic CloudWatch can publish to", not problems, problems)
 
     # Broken variants: each edit must be caught by the check it breaks.
     res = "Resources"
@@ -525,6 +582,19 @@ def main():
                    {"Fn::Sub": "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:*/*"})
     step("broken trust (a permission for any API of the account) is caught",
          check_trust(translate(any_api)))
+
+    twice = edit(template, [res, "AuthorizerFunction", "Properties", "VpcConfig", "SecurityGroupIds"],
+                 [{"Ref": "FunctionSecurityGroup"}])
+    step("broken security groups (the authorizer naming the Globals' group again) is caught",
+         check_security_groups(translate(twice)))
+    managed_key = edit(template, [res, "AlarmTopic", "Properties", "KmsMasterKeyId"], "alias/aws/sns")
+    step("broken alarms (the topic under the AWS managed key alias/aws/sns) is caught",
+         check_alarm_actions(translate(managed_key)))
+    no_grant = copy.deepcopy(template)
+    no_grant[res]["AlarmTopicKey"]["Properties"]["KeyPolicy"]["Statement"] = \
+        no_grant[res]["AlarmTopicKey"]["Properties"]["KeyPolicy"]["Statement"][:1]
+    step("broken alarms (the topic's key without CloudWatch in its policy) is caught",
+         check_alarm_actions(translate(no_grant)))
 
     print(f"deploy contract: {step.passed} passed, {step.failed} failed", flush=True)
     sys.exit(0 if step.failed == 0 else 1)
