@@ -23,6 +23,8 @@ code, before anyone deploys.
 5. **security groups** - no function lists a security group twice.
 6. **alarms** - every alarm action is a topic CloudWatch can publish to
    (unencrypted, or under a key of the stack that lets CloudWatch use it).
+7. **existing endpoints** - with the VPC's own Secrets Manager and
+   CloudWatch endpoints, every function is let into their security group.
 
 Each check then runs against a deliberately broken template (BROKEN below:
 an edit the check must catch) and must fail it.
@@ -467,6 +469,33 @@ def check_alarm_actions(translated):
     return sorted(set(problems))
 
 
+def check_existing_endpoints(template):
+    """A stack that uses the VPC's existing endpoints (Create...Endpoint=
+    false: a second stack of this template, or endpoints the VPC had) lets
+    its functions into their security group: an ingress rule on
+    ExistingEndpointSecurityGroupId, HTTPS, from every function's group."""
+    params = dict(SAMPLE, CreateSecretsManagerEndpoint="false", CreateCloudWatchEndpoint="false",
+                  ExistingEndpointSecurityGroupId="sg-0existing00000000")
+    translated = translate(template, params)
+    r = Resolver(translated, params)
+    admitted = set()
+    for k, v in translated["Resources"].items():
+        if v["Type"] != "AWS::EC2::SecurityGroupIngress":
+            continue
+        if "Condition" in v and not r.condition(v["Condition"]):
+            continue
+        p = v["Properties"]
+        if r.value(p.get("GroupId")) == "sg-0existing00000000" and r.value(p.get("FromPort")) in (443, "443") \
+                and r.value(p.get("ToPort")) in (443, "443"):
+            admitted.add(json.dumps(p.get("SourceSecurityGroupId"), sort_keys=True))
+    problems = []
+    for k, fn in functions(translated).items():
+        for g in fn["Properties"].get("VpcConfig", {}).get("SecurityGroupIds", []):
+            if json.dumps(g, sort_keys=True) not in admitted:
+                problems.append(f"{k}: its security group {g} is not let into the existing endpoints' group")
+    return sorted(set(problems))
+
+
 def check_delivery(template):
     """Real-time delivery: every function agrees on WS_PARTITIONS (a
     publisher and the sender that disagree put entries where no sender
@@ -533,6 +562,8 @@ def main():
     step("security groups: no function lists one twice", not problems, problems)
     problems = check_alarm_actions(translated)
     step("alarms: every alarm action is a topic CloudWatch can publish to", not problems, problems)
+    problems = check_existing_endpoints(template)
+    step("existing endpoints: their security group lets every function in", not problems, problems)
 
     # Broken variants: each edit must be caught by the check it breaks.
     res = "Resources"
@@ -595,6 +626,10 @@ def main():
         no_grant[res]["AlarmTopicKey"]["Properties"]["KeyPolicy"]["Statement"][:1]
     step("broken alarms (the topic's key without CloudWatch in its policy) is caught",
          check_alarm_actions(translate(no_grant)))
+
+    no_ingress = edit(template, [res, "ExistingEndpointIngress"], delete=True)
+    step("broken existing endpoints (no rule letting the functions into their group) is caught",
+         check_existing_endpoints(no_ingress))
 
     print(f"deploy contract: {step.passed} passed, {step.failed} failed", flush=True)
     sys.exit(0 if step.failed == 0 else 1)
