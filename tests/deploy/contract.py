@@ -25,6 +25,9 @@ code, before anyone deploys.
    (unencrypted, or under a key of the stack that lets CloudWatch use it).
 7. **existing endpoints** - with the VPC's own Secrets Manager and
    CloudWatch endpoints, every function is let into their security group.
+8. **permissions** - every permission a route requires is obtainable by a
+   client (its scope, accepted by the JWT authorizer) or a group the
+   template creates.
 
 Each check then runs against a deliberately broken template (BROKEN below:
 an edit the check must catch) and must fail it.
@@ -496,6 +499,35 @@ def check_existing_endpoints(template):
     return sorted(set(problems))
 
 
+def check_permissions(translated, perms):
+    """Every permission a route may require (`paycache-dev permissions`) is
+    obtainable by some principal the template creates: a user pool client
+    allowed the scope `paycache/<permission>` of the stack's resource
+    server and accepted by the HTTP API's JWT authorizer (its audience), or
+    a user pool group whose sessions the code grants it."""
+    res = translated["Resources"]
+    prefix = perms["scope_prefix"]
+    declared = set()
+    for v in res.values():
+        if v["Type"] == "AWS::Cognito::UserPoolResourceServer":
+            ident = v["Properties"]["Identifier"]
+            declared.update(f"{ident}/{sc['ScopeName']}" for sc in v["Properties"].get("Scopes", []))
+    api = json.dumps([v for v in res.values() if v["Type"] == "AWS::ApiGatewayV2::Api"])
+    obtainable = {}
+    for k, v in res.items():
+        if v["Type"] == "AWS::Cognito::UserPoolClient":
+            if json.dumps({"Ref": k}) not in api:
+                continue  # its tokens are refused by the JWT authorizer
+            for scope in v["Properties"].get("AllowedOAuthScopes", []):
+                if scope.startswith(prefix) and scope in declared:
+                    obtainable.setdefault(scope[len(prefix):], []).append(k)
+        if v["Type"] == "AWS::Cognito::UserPoolGroup":
+            for p in perms["groups"].get(v["Properties"].get("GroupName"), []):
+                obtainable.setdefault(p, []).append(k)
+    return [f"{p}: no client or group the template creates can obtain it"
+            for p in perms["permissions"] if p not in obtainable]
+
+
 def check_delivery(template):
     """Real-time delivery: every function agrees on WS_PARTITIONS (a
     publisher and the sender that disagree put entries where no sender
@@ -564,6 +596,11 @@ def main():
     step("alarms: every alarm action is a topic CloudWatch can publish to", not problems, problems)
     problems = check_existing_endpoints(template)
     step("existing endpoints: their security group lets every function in", not problems, problems)
+    perms = json.loads(dev("permissions").stdout)
+    step("the code lists its permissions", len(perms["permissions"]) >= 5, perms)
+    problems = check_permissions(translated, perms)
+    step("permissions: every one a route requires is obtainable by a client or group of the stack",
+         not problems, problems)
 
     # Broken variants: each edit must be caught by the check it breaks.
     res = "Resources"
@@ -627,6 +664,18 @@ def main():
     step("broken alarms (the topic's key without CloudWatch in its policy) is caught",
          check_alarm_actions(translate(no_grant)))
 
+    no_monitoring = edit(template, [res, "MonitoringClient"], delete=True)
+    no_monitoring = json.loads(json.dumps(no_monitoring).replace(',${MonitoringClient}', '')
+                               .replace(', {"Ref": "MonitoringClient"}', ''))
+    failed = check_permissions(translate(no_monitoring), perms)
+    step("broken permissions (no client may request health.read) is caught, for health.read alone",
+         len(failed) == 1 and failed[0].startswith("health.read:"), failed)
+    unheard = copy.deepcopy(template)
+    auth = unheard[res]["HttpApi"]["Properties"]["Auth"]["Authorizers"]["JwtAuthorizer"]["JwtConfiguration"]
+    auth["audience"]["Fn::If"][1] = [{"Ref": "WebClient"}, {"Ref": "LedgerClient"}]
+    failed = check_permissions(translate(unheard), perms)
+    step("broken permissions (the scoped clients outside the JWT authorizer's audience) is caught",
+         sorted(f.split(":")[0] for f in failed) == ["health.read", "ratelimit.check"], failed)
     no_ingress = edit(template, [res, "ExistingEndpointIngress"], delete=True)
     step("broken existing endpoints (no rule letting the functions into their group) is caught",
          check_existing_endpoints(no_ingress))

@@ -47,6 +47,7 @@ async fn main() -> ExitCode {
         "service-token" => service_token(&args[1..]),
         "init-check" => init_check(&args[1..]).await,
         "aws-calls" => aws_calls(),
+        "permissions" => permissions(),
         "check" => check().await,
         "token" => token(&args[1..]),
         _ => Err(
@@ -54,7 +55,7 @@ async fn main() -> ExitCode {
              paycache-dev login --user <n | user id> [--permission <p>]... [--expires-in <secs>] [--session-id <id>]\n       \
              paycache-dev service-token --client <id> [--scope <permission>]... [--expires-in <secs>]\n       \
              paycache-dev token --user <n | user id> --session-id <id> [--expires-in <secs>]\n       \
-             paycache-dev init-check <function> [--names-only] | aws-calls | check"
+             paycache-dev init-check <function> [--names-only] | aws-calls | permissions | check"
                 .to_owned(),
         ),
     };
@@ -245,6 +246,25 @@ async fn init_check(args: &[String]) -> Result<(), String> {
 }
 
 /// `aws-calls`: every AWS operation the code can make, as JSON.
+/// `permissions`: every permission a route may require, the scope prefix
+/// that grants one to a service, and the groups that grant them to users
+/// (JSON, for the deployment contract test).
+fn permissions() -> Result<(), String> {
+    let groups: serde_json::Map<String, serde_json::Value> = paycache::sessions::GROUP_PERMISSIONS
+        .iter()
+        .map(|(g, p)| ((*g).to_owned(), serde_json::json!(p)))
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({
+            "permissions": paycache::identity::permissions::ALL,
+            "scope_prefix": paycache::identity::SCOPE_PREFIX,
+            "groups": groups,
+        })
+    );
+    Ok(())
+}
+
 fn aws_calls() -> Result<(), String> {
     let calls: Vec<serde_json::Value> = paycache::edge::functions::aws_calls()
         .iter()

@@ -47,6 +47,15 @@ pub mod permissions {
     pub const RATELIMIT_CHECK: &str = "ratelimit.check";
     /// Read the cache's node details (`GET /health/nodes`; operators' services).
     pub const HEALTH_READ: &str = "health.read";
+    /// Every permission a route may require: the deployment contract test
+    /// checks that the template lets some principal obtain each.
+    pub const ALL: &[&str] = &[
+        PROFILES_READ_ANY,
+        WALLETS_READ_ANY,
+        WALLETS_BALANCE_WRITE,
+        RATELIMIT_CHECK,
+        HEALTH_READ,
+    ];
 }
 
 /// Who the token names.
