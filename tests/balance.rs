@@ -1255,3 +1255,54 @@ async fn an_invalidation_keeps_a_writers_fence_and_drops_a_readers_lease(mode: R
     );
 }
 both_modes!(an_invalidation_keeps_a_writers_fence_and_drops_a_readers_lease);
+
+/// A commit that would come after half the fence's TTL is rolled back
+/// (503) — the fence must outlive every write that can still commit — and
+/// one within it goes through. The write waits on the wallet's row lock,
+/// held by the test: 700 ms against a 1 s fence (past its half, within the
+/// whole), then 100 ms.
+async fn a_commit_after_half_the_fence_is_rolled_back(mode: RedisMode) {
+    let w = World::new(mode, &[("BALANCE_FENCE_TTL_MS", "1000")]).await;
+    for (held, status, version) in [
+        (
+            Duration::from_millis(700),
+            StatusCode::SERVICE_UNAVAILABLE,
+            1,
+        ),
+        (Duration::from_millis(100), StatusCode::OK, 2),
+    ] {
+        let wallet = new_wallet(&w, 1000).await;
+        let mut blocker = w.db.client().await;
+        let tx = blocker.transaction().await.unwrap();
+        tx.execute(
+            "SELECT 1 FROM wallets WHERE wallet_id = $1::text::uuid FOR UPDATE",
+            &[&wallet],
+        )
+        .await
+        .unwrap();
+        let app = w.app.clone();
+        let wallet2 = wallet.clone();
+        let write = tokio::spawn(async move {
+            handle(
+                &app,
+                request("PUT", &wallet2, Some(put_body("20.00", "USD", 1)), None),
+            )
+            .await
+        });
+        tokio::time::sleep(held).await;
+        tx.rollback().await.unwrap();
+        let resp = write.await.unwrap();
+        assert_eq!(
+            resp.status(),
+            status,
+            "row lock held {held:?}: {}",
+            body_json(&resp)
+        );
+        assert_eq!(
+            db_version(&w, &wallet).await,
+            version,
+            "row lock held {held:?}"
+        );
+    }
+}
+both_modes!(a_commit_after_half_the_fence_is_rolled_back);
