@@ -1259,19 +1259,25 @@ both_modes!(an_invalidation_keeps_a_writers_fence_and_drops_a_readers_lease);
 /// A commit that would come after half the fence's TTL is rolled back
 /// (503) — the fence must outlive every write that can still commit — and
 /// one within it goes through. The write waits on the wallet's row lock,
-/// held by the test: 700 ms against a 1 s fence (past its half, within the
-/// whole), then 100 ms.
+/// held by the test from the moment the write's fence stands: 2.8 s
+/// against a 4 s fence (past its half, within the whole), then 0.2 s.
 async fn a_commit_after_half_the_fence_is_rolled_back(mode: RedisMode) {
-    let w = World::new(mode, &[("BALANCE_FENCE_TTL_MS", "1000")]).await;
+    let w = World::new(mode, &[("BALANCE_FENCE_TTL_MS", "4000")]).await;
+    let mut raw = w.redis.raw().await;
     for (held, status, version) in [
         (
-            Duration::from_millis(700),
+            Duration::from_millis(2800),
             StatusCode::SERVICE_UNAVAILABLE,
             1,
         ),
-        (Duration::from_millis(100), StatusCode::OK, 2),
+        (Duration::from_millis(200), StatusCode::OK, 2),
     ] {
         let wallet = new_wallet(&w, 1000).await;
+        let lock_key = w
+            .app
+            .keys
+            .wallet_balance(&WalletId::parse(&wallet).unwrap())
+            .lock_key();
         let mut blocker = w.db.client().await;
         let tx = blocker.transaction().await.unwrap();
         tx.execute(
@@ -1289,6 +1295,20 @@ async fn a_commit_after_half_the_fence_is_rolled_back(mode: RedisMode) {
             )
             .await
         });
+        let mut fenced = false;
+        for _ in 0..500 {
+            let holder: Option<String> = redis::cmd("GET")
+                .arg(&lock_key)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            if holder.is_some_and(|h| h.starts_with("w:")) {
+                fenced = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(fenced, "the write fenced");
         tokio::time::sleep(held).await;
         tx.rollback().await.unwrap();
         let resp = write.await.unwrap();
