@@ -554,6 +554,10 @@ async fn a_slow_writer_never_caches_a_row_older_than_an_acknowledged_write(mode:
             write_deciding(&w.app, &id, 200, 1, Duration::ZERO).await,
             Ok(2)
         );
+        assert!(
+            !a.is_finished(),
+            "{case}: A is still on its way out when B is acknowledged"
+        );
         let c_write = match case {
             "invalidation" => {
                 paycache::balance::invalidate(&w.app.balances, &id)
