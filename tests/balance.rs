@@ -1330,3 +1330,40 @@ async fn a_commit_after_half_the_fence_is_rolled_back(mode: RedisMode) {
     }
 }
 both_modes!(a_commit_after_half_the_fence_is_rolled_back);
+
+/// The design's "trigger batch write if buffer is full": the balance write
+/// whose audit append fills the buffer to `AUDIT_FLUSH_THRESHOLD` (or a
+/// multiple) flushes a batch itself, before it answers; the writes before
+/// it leave their events buffered for `audit-flush`.
+async fn a_write_that_fills_the_audit_buffer_flushes_it(mode: RedisMode) {
+    let w = World::new(mode, &[("AUDIT_FLUSH_THRESHOLD", "3")]).await;
+    let wallet = new_wallet(&w, 0).await;
+    let mut flushed = Vec::new();
+    for (i, expected) in (1..=6).zip(1..) {
+        let resp = handle(
+            &w.app,
+            request(
+                "PUT",
+                &wallet,
+                Some(put_body(&format!("{i}.00"), "USD", expected)),
+                None,
+            ),
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::OK, "{}", body_json(&resp));
+        let n: i64 =
+            w.db.client()
+                .await
+                .query_one("SELECT count(*) FROM audit_log", &[])
+                .await
+                .unwrap()
+                .get(0);
+        flushed.push(n);
+    }
+    assert_eq!(
+        flushed,
+        [0, 0, 3, 3, 3, 6],
+        "audit_log rows after each write"
+    );
+}
+both_modes!(a_write_that_fills_the_audit_buffer_flushes_it);
