@@ -1367,3 +1367,48 @@ async fn a_write_that_fills_the_audit_buffer_flushes_it(mode: RedisMode) {
     );
 }
 both_modes!(a_write_that_fills_the_audit_buffer_flushes_it);
+
+/// A write whose version another writer's cache step already published
+/// (that one applied every pending row, this one's too) queues no
+/// delivery of its own: the other's queue entry covers both versions, and
+/// a second would be a round trip for nothing.
+async fn a_write_published_by_another_queues_nothing(mode: RedisMode) {
+    let w = World::new(mode, &[]).await;
+    let wallet = new_wallet(&w, 0).await;
+    let id = WalletId::parse(&wallet).unwrap();
+    // The first writer commits version 2 and stops before its cache step…
+    let first = {
+        let app = w.app.clone();
+        tokio::spawn(
+            async move { write_deciding(&app, &id, 200, 1, Duration::from_millis(1500)).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // …the second commits version 3 and publishes both.
+    assert_eq!(
+        write_deciding(&w.app, &id, 300, 2, Duration::ZERO).await,
+        Ok(3)
+    );
+    assert!(!first.is_finished(), "the first writer is still paused");
+    assert_eq!(first.await.unwrap(), Ok(2));
+    let mut raw = w.redis.raw().await;
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(w.app.keys.ws_deliveries(w.app.delivery.partition(&wallet)))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let kicks: Vec<_> = entries
+        .iter()
+        .filter(|(_, f)| f.contains(&("w".into(), wallet.clone())))
+        .map(|(_, f)| f.clone())
+        .collect();
+    assert_eq!(
+        kicks.len(),
+        1,
+        "one queue entry for both versions: {kicks:?}"
+    );
+    assert!(kicks[0].contains(&("f".into(), "2".into())), "{kicks:?}");
+}
+both_modes!(a_write_published_by_another_queues_nothing);
