@@ -256,10 +256,16 @@ impl Db {
         self.migrate_with_timeout(self.statement_timeout).await
     }
 
-    /// Loads the deterministic local data set; safe to run again.
+    /// Loads the deterministic local data set; safe to run again. One
+    /// transaction, without the role's statement timeout (10,000 users on a
+    /// slow machine may take longer than a function's statement may).
     pub async fn seed_local(&self) -> Result<(), DbError> {
-        let client = self.client().await?;
-        client.batch_execute(LOCAL_SEED).await
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute("SELECT set_config('statement_timeout', '0', true);")
+            .await?;
+        tx.batch_execute(LOCAL_SEED).await?;
+        tx.commit().await
     }
 }
 
