@@ -871,6 +871,15 @@ async fn redis_dies_during_a_write() {
         .get(0);
     assert_eq!(pending, 1, "the cache step is pending in the outbox");
 
+    // A sweep while Redis is still down applies nothing, keeps the row
+    // pending and says so.
+    let report = apply_pending(&w.app.balances, 100).await.unwrap();
+    assert_eq!(
+        (report.wallets, report.rows, report.failed_wallets),
+        (1, 1, 1),
+        "{report:?}"
+    );
+
     // Redis comes back with its data (AOF): the old value was deleted by the
     // fence, and the fence is still up. No read may return version 1.
     if let TestRedis::Standalone(server) = &mut w.redis {
@@ -1412,3 +1421,43 @@ async fn a_write_published_by_another_queues_nothing(mode: RedisMode) {
     assert!(kicks[0].contains(&("f".into(), "2".into())), "{kicks:?}");
 }
 both_modes!(a_write_published_by_another_queues_nothing);
+
+/// The sweep's other failure: the cache step applies, but the wallet
+/// cannot be queued for real-time delivery (the durable Redis that holds
+/// the delivery streams is unreachable) — the row stays pending for the
+/// next sweep, and the report counts the wallet as failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_that_cannot_queue_delivery_keeps_the_row() {
+    let w = World::new(
+        RedisMode::Standalone,
+        &[
+            ("REDIS_DURABLE_URL", "redis://127.0.0.1:1"),
+            ("REDIS_CONNECT_TIMEOUT_MS", "200"),
+        ],
+    )
+    .await;
+    let wallet = new_wallet(&w, 0).await;
+    let resp = handle(
+        &w.app,
+        request("PUT", &wallet, Some(put_body("5.00", "USD", 1)), None),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK, "{}", body_json(&resp));
+    let report = apply_pending(&w.app.balances, 100).await.unwrap();
+    assert_eq!(
+        (report.wallets, report.rows, report.failed_wallets),
+        (1, 1, 1),
+        "{report:?}"
+    );
+    let pending: i64 =
+        w.db.client()
+            .await
+            .query_one(
+                "SELECT count(*) FROM balance_outbox WHERE cache_applied_at IS NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(pending, 1, "the row stays pending");
+}
