@@ -1461,3 +1461,37 @@ async fn a_sweep_that_cannot_queue_delivery_keeps_the_row() {
             .get(0);
     assert_eq!(pending, 1, "the row stays pending");
 }
+
+/// Each `Idempotency-Key`'s record keeps the status its request was
+/// answered with (what an operator reads beside the stored response): 200
+/// applied, 409 conflict, 422 currency mismatch.
+async fn an_idempotency_record_keeps_its_status(mode: RedisMode) {
+    let w = World::new(mode, &[]).await;
+    let wallet = new_wallet(&w, 0).await;
+    for (key, body, status) in [
+        ("k-applied", put_body("1.00", "USD", 1), 200),
+        ("k-conflict", put_body("2.00", "USD", 1), 409),
+        ("k-currency", put_body("3.00", "EUR", 2), 422),
+    ] {
+        let resp = handle(&w.app, request("PUT", &wallet, Some(body), Some(key))).await;
+        assert_eq!(
+            resp.status().as_u16(),
+            status,
+            "{key}: {}",
+            body_json(&resp)
+        );
+        let stored: i16 = w
+            .db
+            .client()
+            .await
+            .query_one(
+                "SELECT status FROM idempotency_keys WHERE wallet_id = $1::text::uuid AND idempotency_key = $2",
+                &[&wallet, &key],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(stored as u16, status, "{key}");
+    }
+}
+both_modes!(an_idempotency_record_keeps_its_status);
