@@ -693,3 +693,42 @@ async fn postgres_sslmode_means_what_it_means_to_libpq() {
     // `require` is reachable in plain text.
     assert_eq!(pg_session(&plain, None).await, Some(false));
 }
+
+/// A connection the pooler refuses is reported with the pooler's own
+/// reason and SQLSTATE — PgBouncer refusing the startup parameter
+/// `options`, as RDS Proxy refuses it ("Feature not supported") — by the
+/// pool and by `paycache-dev check`'s diagnosis, and neither names the
+/// password. The same URL without `options` is served: the refusal is for
+/// that reason alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_names_the_servers_reason() {
+    let pooler = std::env::var("PAYCACHE_TEST_PG_POOLER")
+        .expect("PAYCACHE_TEST_PG_POOLER: run the tests with `make test`");
+    let db = |extra: &str| {
+        paycache::db::Db::new(&paycache::config::DatabaseConfig {
+            url: paycache::config::Secret::new(format!(
+                "{pooler} dbname=postgres password=pw-never-shown{extra}"
+            )),
+            secret_arn: None,
+            credentials: None,
+            ca_cert: None,
+            pool_size: 1,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
+        })
+        .unwrap()
+    };
+    let refused = db(" options='-c statement_timeout=1000'");
+    let err = refused.client().await.unwrap_err().to_string();
+    let diagnosis = refused.diagnose().await.unwrap_err();
+    for said in [&err, &diagnosis] {
+        assert!(
+            said.contains("unsupported startup parameter: options") && said.contains("08P01"),
+            "{said}"
+        );
+        assert!(!said.contains("pw-never-shown"), "{said}");
+    }
+    let served = db("").client().await.unwrap();
+    let one: i32 = served.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
