@@ -42,7 +42,11 @@ mod statements;
 pub use statements::{DbClient, DbTx, Param, Typed};
 
 /// Why a database call failed. Like [`crate::infra::connection::RedisUnavailable`],
-/// the text is safe to log and never carries SQL, server messages or URLs.
+/// the text is safe to log and never carries SQL or URLs; only
+/// [`DbError::Refused`] carries a server message — the reason a server or
+/// pooler gave for refusing a connection, which names no secret. No
+/// handler shows any of it to a client (their problem details are fixed
+/// texts).
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("DATABASE_URL: not a valid PostgreSQL connection string")]
