@@ -55,6 +55,16 @@ pub enum DbError {
     #[error("DATABASE_CA_CERT: not a readable PEM file of certificates")]
     /// The CA file could not be read.
     CaCert,
+    /// `DATABASE_URL` names an RDS database itself (not RDS Proxy) with a
+    /// verifying `sslmode` and no `DATABASE_CA_CERT`: its certificate
+    /// chains to the RDS CA, which no system trusts, so every connection
+    /// would fail verification.
+    #[error(
+        "DATABASE_URL names an RDS database directly with sslmode=verify-ca/verify-full, and DATABASE_CA_CERT is unset: \
+         its certificate chains to the RDS CA, not a public root. Set DATABASE_CA_CERT to the RDS CA bundle \
+         (global-bundle.pem), or connect through RDS Proxy, whose certificates chain to Amazon's public roots"
+    )]
+    RdsNeedsCa,
     #[error("the database is unavailable")]
     /// No connection, or unreadable data.
     Unavailable,
@@ -112,6 +122,9 @@ impl Db {
         let sslmode = sslmode.with_root_ca(config.ca_cert.is_some());
         let mut pg =
             tokio_postgres::Config::from_str(&conninfo).map_err(|_| DbError::InvalidUrl)?;
+        if sslmode.verifies() && config.ca_cert.is_none() && pg.get_hosts().iter().any(rds_itself) {
+            return Err(DbError::RdsNeedsCa);
+        }
         pg.ssl_mode(sslmode.driver());
         pg.connect_timeout(config.connect_timeout);
         if let Some(credentials) = &config.credentials {
@@ -273,6 +286,20 @@ impl Db {
     }
 }
 
+/// An RDS database's own endpoint (an instance, or an Aurora cluster's),
+/// whose certificate chains to the RDS CA — not RDS Proxy's
+/// (`<name>.proxy-<id>.<region>.rds.amazonaws.com`), whose certificates
+/// chain to Amazon Trust Services' public roots ("Using TLS/SSL with RDS
+/// Proxy", Amazon RDS User Guide).
+fn rds_itself(host: &tokio_postgres::config::Host) -> bool {
+    let tokio_postgres::config::Host::Tcp(name) = host else {
+        return false;
+    };
+    let name = name.to_ascii_lowercase();
+    let rds = name.ends_with(".rds.amazonaws.com") || name.ends_with(".rds.amazonaws.com.cn");
+    rds && !name.split('.').any(|label| label.starts_with("proxy-"))
+}
+
 /// rustls with the system roots and `DATABASE_CA_CERT`. The CA file is read
 /// and checked now (a bad one fails init, naming the variable); the
 /// system's roots are loaded at the first connection, so a cold start does
@@ -362,5 +389,62 @@ pub(crate) fn query_error(err: tokio_postgres::Error) -> DbError {
         DbError::Unavailable
     } else {
         DbError::Query(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::infra::config::Secret;
+
+    fn db(url: &str) -> Result<Db, DbError> {
+        Db::new(&DatabaseConfig {
+            url: Secret::new(url),
+            secret_arn: None,
+            credentials: None,
+            ca_cert: None,
+            pool_size: 1,
+            connect_timeout: Duration::from_secs(1),
+            statement_timeout: Duration::from_secs(1),
+        })
+    }
+
+    /// `verify-full` without `DATABASE_CA_CERT` is refused at init for an
+    /// RDS database reached directly (instance or Aurora cluster), and
+    /// accepted through RDS Proxy, with a non-verifying mode, and for any
+    /// other host.
+    #[test]
+    fn verifying_an_rds_database_directly_needs_its_ca() {
+        for (url, refused) in [
+            (
+                "postgres://u@db1.abcdefghij.us-east-1.rds.amazonaws.com/p?sslmode=verify-full",
+                true,
+            ),
+            (
+                "postgres://u@app.cluster-abcdefghij.eu-west-1.rds.amazonaws.com/p?sslmode=verify-ca",
+                true,
+            ),
+            (
+                "host=db1.abcdefghij.cn-north-1.rds.amazonaws.com.cn sslmode=verify-full",
+                true,
+            ),
+            (
+                "postgres://u@app.proxy-abcdefghij.us-east-1.rds.amazonaws.com/p?sslmode=verify-full",
+                false,
+            ),
+            (
+                "postgres://u@db1.abcdefghij.us-east-1.rds.amazonaws.com/p?sslmode=require",
+                false,
+            ),
+            ("postgres://u@db.example.com/p?sslmode=verify-full", false),
+        ] {
+            let result = db(url);
+            assert_eq!(
+                matches!(result, Err(DbError::RdsNeedsCa)),
+                refused,
+                "{url}: {:?}",
+                result.err()
+            );
+        }
     }
 }
