@@ -28,6 +28,8 @@ code, before anyone deploys.
 8. **permissions** - every permission a route requires is obtainable by a
    client (its scope, accepted by the JWT authorizer) or a group the
    template creates.
+9. **cors** - the HTTP API's CORS configuration allows what the code reads
+   and exposes what it answers, for the CorsAllowedOrigin parameter.
 
 Each check then runs against a deliberately broken template (BROKEN below:
 an edit the check must catch) and must fail it.
@@ -528,6 +530,37 @@ def check_permissions(translated, perms):
             for p in perms["permissions"] if p not in obtainable]
 
 
+def check_cors(translated, code, origin="http://localhost:3000"):
+    """Browsers on another origin can call the HTTP API: its CORS
+    configuration (SAM writes it into the API's OpenAPI body as
+    x-amazon-apigateway-cors) allows the origin of the CorsAllowedOrigin
+    parameter, every request header the API reads and every method its
+    routes use, and exposes every response header a client needs — the
+    code's lists (`paycache-dev permissions`)."""
+    cors = None
+    for v in translated["Resources"].values():
+        if v["Type"] == "AWS::ApiGatewayV2::Api":
+            body = v["Properties"].get("Body", {})
+            if "x-amazon-apigateway-cors" in body:
+                cors = body["x-amazon-apigateway-cors"]
+    if cors is None:
+        return ["the HTTP API has no CORS configuration: browsers on another origin cannot call it"]
+    problems = []
+    lower = lambda xs: {x.lower() for x in xs} if isinstance(xs, list) else set()
+    for h in code["cors_request_headers"]:
+        if h not in lower(cors.get("allowHeaders")) and "*" not in lower(cors.get("allowHeaders")):
+            problems.append(f"the request header {h} is not allowed")
+    for h in code["cors_exposed_headers"]:
+        if h not in lower(cors.get("exposeHeaders")):
+            problems.append(f"the response header {h} is not exposed")
+    for m in ("get", "put", "post"):
+        if m not in lower(cors.get("allowMethods")) and "*" not in lower(cors.get("allowMethods")):
+            problems.append(f"the method {m.upper()} is not allowed")
+    if cors.get("allowOrigins") != [origin]:
+        problems.append(f"the allowed origins are not the CorsAllowedOrigin parameter ({origin}): {cors.get('allowOrigins')}")
+    return problems
+
+
 def check_delivery(template):
     """Real-time delivery: every function agrees on WS_PARTITIONS (a
     publisher and the sender that disagree put entries where no sender
@@ -600,6 +633,11 @@ def main():
     step("the code lists its permissions", len(perms["permissions"]) >= 5, perms)
     problems = check_permissions(translated, perms)
     step("permissions: every one a route requires is obtainable by a client or group of the stack",
+         not problems, problems)
+    problems = check_cors(translated, perms)
+    problems += check_cors(translate(template, dict(SAMPLE, CorsAllowedOrigin="https://app.example")),
+                           perms, "https://app.example")
+    step("cors: the HTTP API lets the allowed origin send what the API reads and read what it answers",
          not problems, problems)
 
     # Broken variants: each edit must be caught by the check it breaks.
@@ -676,6 +714,13 @@ def main():
     failed = check_permissions(translate(unheard), perms)
     step("broken permissions (the scoped clients outside the JWT authorizer's audience) is caught",
          sorted(f.split(":")[0] for f in failed) == ["health.read", "ratelimit.check"], failed)
+    no_idem = copy.deepcopy(template)
+    no_idem[res]["HttpApi"]["Properties"]["CorsConfiguration"]["AllowHeaders"] = ["authorization", "content-type"]
+    failed = check_cors(translate(no_idem), perms)
+    step("broken cors (Idempotency-Key not allowed) is caught, for that header alone",
+         failed == ["the request header idempotency-key is not allowed"], failed)
+    no_cors = edit(template, [res, "HttpApi", "Properties", "CorsConfiguration"], delete=True)
+    step("broken cors (no CORS configuration) is caught", check_cors(translate(no_cors), perms))
     no_ingress = edit(template, [res, "ExistingEndpointIngress"], delete=True)
     step("broken existing endpoints (no rule letting the functions into their group) is caught",
          check_existing_endpoints(no_ingress))

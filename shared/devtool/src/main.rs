@@ -247,8 +247,9 @@ async fn init_check(args: &[String]) -> Result<(), String> {
 
 /// `aws-calls`: every AWS operation the code can make, as JSON.
 /// `permissions`: every permission a route may require, the scope prefix
-/// that grants one to a service, and the groups that grant them to users
-/// (JSON, for the deployment contract test).
+/// that grants one to a service, the groups that grant them to users, and
+/// the headers a browser's CORS request may send and read (JSON, for the
+/// deployment contract test).
 fn permissions() -> Result<(), String> {
     let groups: serde_json::Map<String, serde_json::Value> = paycache::sessions::GROUP_PERMISSIONS
         .iter()
@@ -260,6 +261,8 @@ fn permissions() -> Result<(), String> {
             "permissions": paycache::identity::permissions::ALL,
             "scope_prefix": paycache::identity::SCOPE_PREFIX,
             "groups": groups,
+            "cors_request_headers": paycache::http::CORS_REQUEST_HEADERS,
+            "cors_exposed_headers": paycache::http::CORS_EXPOSED_HEADERS,
         })
     );
     Ok(())

@@ -13,6 +13,21 @@ use serde::Serialize;
 
 use crate::patterns::cache_aside::CacheStatus;
 
+/// The request headers a browser on another origin may send (CORS
+/// `Access-Control-Allow-Headers`): what the API reads. The template's
+/// `CorsConfiguration` must list each (deployment contract test).
+pub const CORS_REQUEST_HEADERS: &[&str] = &["authorization", "content-type", "idempotency-key"];
+
+/// The response headers a browser script may read (CORS
+/// `Access-Control-Expose-Headers`): the rate limit's, `Retry-After` and
+/// `Cache-Status`.
+pub const CORS_EXPOSED_HEADERS: &[&str] = &[
+    "ratelimit",
+    "ratelimit-policy",
+    "retry-after",
+    "cache-status",
+];
+
 pub(crate) const PROBLEM_JSON: &str = "application/problem+json";
 pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 /// Largest request body accepted (the contract's 64 KiB).
