@@ -16,11 +16,10 @@ use paycache::keys::WalletId;
 use paycache::routes::{balance, logout, profile_read};
 use paycache_tests::{SignedIn, as_client_token, both_modes, token_id};
 use serde_json::{Value, json};
-use test_support::{
-    RedisCluster, RedisServer, TestRedis, insert_user, insert_wallet, random_uuid, seed_user_id,
-};
+use test_support::{RedisServer, TestRedis, insert_user, insert_wallet, random_uuid, seed_user_id};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::outage::{SHORT, own_redis};
 use crate::realtime::{versions, versions_until, write_until_applied};
 use paycache_tests::realtime::{Rig, Ws, next_frame};
 
@@ -74,14 +73,6 @@ async fn service_read(app: &App, jti: &str, wallet: &str) -> StatusCode {
     Box::pin(balance::handle(app, req)).await.status()
 }
 
-/// Servers of the test's own, so that it can cut them off or pause them.
-fn own_redis(mode: RedisMode) -> TestRedis {
-    match mode {
-        RedisMode::Standalone => TestRedis::Standalone(RedisServer::start()),
-        RedisMode::Cluster => TestRedis::Cluster(RedisCluster::start()),
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outage {
     /// Every node cut off, its data kept (a partition, an unresponsive
@@ -115,12 +106,6 @@ fn end(redis: &mut TestRedis, outage: Outage) {
         _ => unreachable!("the test's own servers"),
     }
 }
-
-const SHORT: [(&str, &str); 3] = [
-    ("REDIS_RESPONSE_TIMEOUT_MS", "200"),
-    ("REDIS_CONNECT_TIMEOUT_MS", "200"),
-    ("CACHE_BREAKER_COOLDOWN_MS", "100"),
-];
 
 /// Sign-outs and revocations not yet applied to Redis.
 async fn pending(rig: &Rig) -> i64 {

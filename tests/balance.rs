@@ -379,6 +379,65 @@ async fn write_once(
     }
 }
 
+/// The wallet's writer fence once its lease key holds one starting with
+/// `prefix` (`"w:"`: any writer's); fails after 2.5 s without.
+async fn until_fenced(w: &World, wallet: &WalletId, prefix: &str, what: &str) -> String {
+    let lock = w.app.keys.wallet_balance(wallet).lock_key();
+    let mut raw = w.redis.raw().await;
+    let mut held = None;
+    for _ in 0..250 {
+        held = redis::cmd("GET")
+            .arg(&lock)
+            .query_async::<Option<String>>(&mut raw)
+            .await
+            .unwrap();
+        if held.as_deref().is_some_and(|h| h.starts_with(prefix)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let held = held.unwrap_or_default();
+    assert!(held.starts_with(prefix), "{what}: {held:?}");
+    held
+}
+
+/// A `PUT` of 20.00 at version 1 that stops after its fence: the test
+/// holds the wallet's row lock — `ROLLBACK` on the returned connection
+/// lets the write go on — and returns once the write's fence stands.
+async fn a_write_held_after_its_fence(
+    w: &World,
+    wallet: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Response<Body>>,
+) {
+    let blocker = w.db.client().await;
+    blocker.batch_execute("BEGIN").await.unwrap();
+    blocker
+        .execute(
+            "SELECT 1 FROM wallets WHERE wallet_id = $1::text::uuid FOR UPDATE",
+            &[&wallet],
+        )
+        .await
+        .unwrap();
+    let (app, owned) = (w.app.clone(), wallet.to_owned());
+    let write = tokio::spawn(async move {
+        handle(
+            &app,
+            request("PUT", &owned, Some(put_body("20.00", "USD", 1)), None),
+        )
+        .await
+    });
+    until_fenced(
+        w,
+        &WalletId::parse(wallet).unwrap(),
+        "w:",
+        "the writer must fence before it touches the database",
+    )
+    .await;
+    (blocker, write)
+}
+
 /// This project's write of `minor` at `expected`, pausing `pause` between
 /// the database's decision and the cache step; `Ok(Ok(version))` when
 /// acknowledged, `Ok(Err(current version))` on a conflict, `Err` when
@@ -571,20 +630,7 @@ async fn a_slow_writer_never_caches_a_row_older_than_an_acknowledged_write(mode:
                     write_deciding(&app, &id, 300, 2, Duration::from_secs(4)).await
                 });
                 // C is inside its fence (it has committed, or is about to).
-                let mut fence = String::new();
-                for _ in 0..100 {
-                    fence = redis::cmd("GET")
-                        .arg(&lock)
-                        .query_async::<Option<String>>(&mut c)
-                        .await
-                        .unwrap()
-                        .unwrap_or_default();
-                    if fence.starts_with("w:3:") {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                assert!(fence.starts_with("w:3:"), "C's fence: {fence:?}");
+                let fence = until_fenced(&w, &id, "w:3:", "C's fence").await;
                 Some((c_write, fence))
             }
             _ => None,
@@ -808,49 +854,13 @@ async fn redis_dies_during_a_write() {
     );
 
     // Hold the wallet's row lock so the write stops after its fence.
-    let mut blocker = w.db.client().await;
-    let tx = blocker.transaction().await.unwrap();
-    tx.execute(
-        "SELECT 1 FROM wallets WHERE wallet_id = $1::text::uuid FOR UPDATE",
-        &[&wallet],
-    )
-    .await
-    .unwrap();
-    let app = w.app.clone();
-    let wallet2 = wallet.clone();
-    let write = tokio::spawn(async move {
-        handle(
-            &app,
-            request("PUT", &wallet2, Some(put_body("20.00", "USD", 1)), None),
-        )
-        .await
-    });
-    let lock_key = w.app.keys.wallet_balance(&id).lock_key();
-    let mut raw = w.redis.raw().await;
-    let mut fenced = false;
-    for _ in 0..100 {
-        let holder: Option<String> = redis::cmd("GET")
-            .arg(&lock_key)
-            .query_async(&mut raw)
-            .await
-            .unwrap();
-        if holder.is_some_and(|h| h.starts_with("w:")) {
-            fenced = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        fenced,
-        "the writer must fence before it touches the database"
-    );
+    let (blocker, write) = a_write_held_after_its_fence(&w, &wallet).await;
 
     // Kill Redis (SIGKILL), then let the write commit.
-    drop(raw);
     if let TestRedis::Standalone(server) = &mut w.redis {
         server.stop();
     }
-    tx.rollback().await.unwrap();
+    blocker.batch_execute("ROLLBACK").await.unwrap();
     let resp = write.await.unwrap();
     assert_eq!(
         resp.status(),
@@ -908,7 +918,7 @@ async fn redis_dies_during_a_write() {
     // gone, reads are cache hits on version 2.
     let mut raw = w.redis.raw().await;
     let _: i64 = redis::cmd("DEL")
-        .arg(&lock_key)
+        .arg(w.app.keys.wallet_balance(&id).lock_key())
         .query_async(&mut raw)
         .await
         .unwrap();
@@ -1276,7 +1286,6 @@ both_modes!(an_invalidation_keeps_a_writers_fence_and_drops_a_readers_lease);
 /// against a 4 s fence (past its half, within the whole), then 0.2 s.
 async fn a_commit_after_half_the_fence_is_rolled_back(mode: RedisMode) {
     let w = World::new(mode, &[("BALANCE_FENCE_TTL_MS", "4000")]).await;
-    let mut raw = w.redis.raw().await;
     for (held, status, version) in [
         (
             Duration::from_millis(2800),
@@ -1286,44 +1295,9 @@ async fn a_commit_after_half_the_fence_is_rolled_back(mode: RedisMode) {
         (Duration::from_millis(200), StatusCode::OK, 2),
     ] {
         let wallet = new_wallet(&w, 1000).await;
-        let lock_key = w
-            .app
-            .keys
-            .wallet_balance(&WalletId::parse(&wallet).unwrap())
-            .lock_key();
-        let mut blocker = w.db.client().await;
-        let tx = blocker.transaction().await.unwrap();
-        tx.execute(
-            "SELECT 1 FROM wallets WHERE wallet_id = $1::text::uuid FOR UPDATE",
-            &[&wallet],
-        )
-        .await
-        .unwrap();
-        let app = w.app.clone();
-        let wallet2 = wallet.clone();
-        let write = tokio::spawn(async move {
-            handle(
-                &app,
-                request("PUT", &wallet2, Some(put_body("20.00", "USD", 1)), None),
-            )
-            .await
-        });
-        let mut fenced = false;
-        for _ in 0..500 {
-            let holder: Option<String> = redis::cmd("GET")
-                .arg(&lock_key)
-                .query_async(&mut raw)
-                .await
-                .unwrap();
-            if holder.is_some_and(|h| h.starts_with("w:")) {
-                fenced = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert!(fenced, "the write fenced");
+        let (blocker, write) = a_write_held_after_its_fence(&w, &wallet).await;
         tokio::time::sleep(held).await;
-        tx.rollback().await.unwrap();
+        blocker.batch_execute("ROLLBACK").await.unwrap();
         let resp = write.await.unwrap();
         assert_eq!(
             resp.status(),

@@ -41,6 +41,14 @@ fn body(resp: &Response<Body>) -> Value {
     serde_json::from_slice(resp.body().as_ref()).unwrap_or(Value::Null)
 }
 
+/// Timeouts short enough that an outage is seen within a test's patience,
+/// and a breaker that lets a call through again 100 ms after it opened.
+pub(crate) const SHORT: [(&str, &str); 3] = [
+    ("REDIS_RESPONSE_TIMEOUT_MS", "200"),
+    ("REDIS_CONNECT_TIMEOUT_MS", "200"),
+    ("CACHE_BREAKER_COOLDOWN_MS", "100"),
+];
+
 /// Servers of the test's own, so that it can stop or pause them.
 pub(crate) fn own_redis(mode: RedisMode) -> TestRedis {
     match mode {
@@ -490,15 +498,7 @@ both_modes!(activity_reaches_postgres_within_the_sync_interval);
 /// real-time checks (`sessions::reload`) does not put the ended sessions
 /// back: both devices stay refused.
 async fn a_sign_out_during_an_outage_reaches_redis(mode: RedisMode) {
-    let mut w = World::with_redis_pooled(
-        own_redis(mode),
-        &[
-            ("REDIS_RESPONSE_TIMEOUT_MS", "200"),
-            ("REDIS_CONNECT_TIMEOUT_MS", "200"),
-            ("CACHE_BREAKER_COOLDOWN_MS", "100"),
-        ],
-    )
-    .await;
+    let mut w = World::with_redis_pooled(own_redis(mode), &SHORT).await;
     let me = seed_user_id(1);
     insert_user(&w.db, 1).await;
     let user = w.sign_in(&me, &[]).await;
@@ -609,15 +609,7 @@ both_modes!(a_sign_out_during_an_outage_reaches_redis);
 /// there; once Redis is back, the first request puts it into Redis. The
 /// broken variant — a gate without the fallback — refuses it (503).
 async fn a_sign_in_during_an_outage_is_admitted(mode: RedisMode) {
-    let mut w = World::with_redis_pooled(
-        own_redis(mode),
-        &[
-            ("REDIS_RESPONSE_TIMEOUT_MS", "200"),
-            ("REDIS_CONNECT_TIMEOUT_MS", "200"),
-            ("CACHE_BREAKER_COOLDOWN_MS", "100"),
-        ],
-    )
-    .await;
+    let mut w = World::with_redis_pooled(own_redis(mode), &SHORT).await;
     let me = seed_user_id(1);
     insert_user(&w.db, 1).await;
     begin(&mut w.redis, Outage::Paused);

@@ -497,39 +497,32 @@ fn start_tls_postgres(dir: &Path) -> TlsPostgres {
     server
 }
 
-/// Whether a pool built for `conninfo` (with `ca` as DATABASE_CA_CERT)
-/// connects, and if so whether its session uses TLS.
-async fn pg_session(conninfo: &str, ca: Option<&Path>) -> Option<bool> {
-    let config = paycache::config::DatabaseConfig {
-        url: paycache::config::Secret::new(conninfo),
+/// A pool of one for `url` (with `ca` as DATABASE_CA_CERT), 5 s timeouts.
+fn pg_pool(url: &str, ca: Option<&Path>) -> paycache::db::Db {
+    paycache::db::Db::new(&paycache::config::DatabaseConfig {
+        url: paycache::config::Secret::new(url),
         secret_arn: None,
         credentials: None,
         ca_cert: ca.map(Path::to_path_buf),
         pool_size: 1,
         connect_timeout: Duration::from_secs(5),
         statement_timeout: Duration::from_secs(5),
-    };
-    let db = paycache::db::Db::new(&config).unwrap();
-    let client = db.client().await.ok()?;
-    let row = client
-        .query_one(
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap();
-    Some(row.get(0))
+    })
+    .unwrap()
+}
+
+/// Whether this session uses TLS.
+const SESSION_SSL: &str = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+
+/// Whether a pool built for `conninfo` (with `ca` as DATABASE_CA_CERT)
+/// connects, and if so whether its session uses TLS.
+async fn pg_session(conninfo: &str, ca: Option<&Path>) -> Option<bool> {
+    let client = pg_pool(conninfo, ca).client().await.ok()?;
+    Some(client.query_one(SESSION_SSL, &[]).await.unwrap().get(0))
 }
 
 async fn session_ssl(client: &tokio_postgres::Client) -> Option<bool> {
-    let row = client
-        .query_one(
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap();
-    Some(row.get(0))
+    Some(client.query_one(SESSION_SSL, &[]).await.unwrap().get(0))
 }
 
 /// `sslmode` as libpq means it, against a TLS PostgreSQL whose certificate
@@ -705,18 +698,10 @@ async fn a_refused_connection_names_the_servers_reason() {
     let pooler = std::env::var("PAYCACHE_TEST_PG_POOLER")
         .expect("PAYCACHE_TEST_PG_POOLER: run the tests with `make test`");
     let db = |extra: &str| {
-        paycache::db::Db::new(&paycache::config::DatabaseConfig {
-            url: paycache::config::Secret::new(format!(
-                "{pooler} dbname=postgres password=pw-never-shown{extra}"
-            )),
-            secret_arn: None,
-            credentials: None,
-            ca_cert: None,
-            pool_size: 1,
-            connect_timeout: Duration::from_secs(5),
-            statement_timeout: Duration::from_secs(5),
-        })
-        .unwrap()
+        pg_pool(
+            &format!("{pooler} dbname=postgres password=pw-never-shown{extra}"),
+            None,
+        )
     };
     let refused = db(" options='-c statement_timeout=1000'");
     let err = refused.client().await.unwrap_err().to_string();

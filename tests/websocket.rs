@@ -46,6 +46,18 @@ async fn ws(w: &World, event: &Value) -> Value {
     websocket(&w.app, event).await
 }
 
+/// `by`'s sign-in ends (this one only), as `POST /sessions/logout` ends it.
+async fn sign_out(w: &World, by: &Signed) {
+    paycache::sessions::end(
+        &w.app.sessions,
+        &UserId::parse(&by.user).unwrap(),
+        &paycache::sessions::Ending::One(paycache::keys::SessionId::parse(&by.session).unwrap()),
+        "test",
+    )
+    .await
+    .unwrap();
+}
+
 async fn connect_ping_disconnect_and_pruning(mode: RedisMode) {
     let w = World::new(mode, &[]).await;
     let user = random_uuid();
@@ -191,14 +203,7 @@ async fn a_connection_lives_no_longer_than_its_sign_in(mode: RedisMode) {
         200
     );
     assert_eq!(registered!(&mut raw).await, vec![conn.clone()]);
-    paycache::sessions::end(
-        &w.app.sessions,
-        &uid,
-        &paycache::sessions::Ending::One(paycache::keys::SessionId::parse(&by.session).unwrap()),
-        "test",
-    )
-    .await
-    .unwrap();
+    sign_out(&w, &by).await;
     // The sign-out took it out of the user's registry already…
     assert!(registered!(&mut raw).await.is_empty());
     // …its ping answers 410 and queues the close…
@@ -673,18 +678,9 @@ both_modes!(a_short_page_is_the_shards_last);
 /// still holds the session signed out during it as live. Through
 /// PgBouncer, as deployed.
 async fn a_ping_after_an_outage_waits_for_its_sign_outs(mode: RedisMode) {
-    use crate::outage::{Outage, begin, end, own_redis};
-    let mut w = World::with_redis_pooled(
-        own_redis(mode),
-        &[
-            ("REDIS_RESPONSE_TIMEOUT_MS", "200"),
-            ("REDIS_CONNECT_TIMEOUT_MS", "200"),
-            ("CACHE_BREAKER_COOLDOWN_MS", "100"),
-        ],
-    )
-    .await;
+    use crate::outage::{Outage, SHORT, begin, end, own_redis};
+    let mut w = World::with_redis_pooled(own_redis(mode), &SHORT).await;
     let user = random_uuid();
-    let uid = UserId::parse(&user).unwrap();
     let by = signed_in(&w, &user, 3600).await;
     let conn = format!("conn{}", &random_uuid()[..8]);
     assert_eq!(
@@ -701,14 +697,7 @@ async fn a_ping_after_an_outage_waits_for_its_sign_outs(mode: RedisMode) {
     // The other environment sees Redis fail…
     assert_eq!(ping(other.clone()).await, 503);
     // …and this one signs the session out: PostgreSQL records it.
-    paycache::sessions::end(
-        &w.app.sessions,
-        &uid,
-        &paycache::sessions::Ending::One(paycache::keys::SessionId::parse(&by.session).unwrap()),
-        "test",
-    )
-    .await
-    .unwrap();
+    sign_out(&w, &by).await;
     end(&mut w.redis, Outage::Paused);
     // Once the other environment answers at all, its answer is the
     // sign-out's.

@@ -21,32 +21,17 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn create() -> Self {
-        crate::logs::init();
-        let base = std::env::var("PAYCACHE_TEST_PG").unwrap_or_default();
-        assert!(
-            !base.is_empty(),
-            "PAYCACHE_TEST_PG is not set: run the tests with `make test`, which starts PostgreSQL"
-        );
-        let schema = format!("t_{}_{:08x}", std::process::id(), fastrand::u32(..));
-        let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-            .await
-            .expect("cannot connect to the test PostgreSQL");
-        let task = tokio::spawn(conn);
-        client
-            .batch_execute(&format!("CREATE SCHEMA {schema}"))
-            .await
-            .unwrap();
-        drop(client);
-        let _ = task.await;
+        let base = base_conninfo();
+        let schema = new_name();
+        on_base(&base, &format!("CREATE SCHEMA {schema}")).await;
         let conninfo = format!("{base} options='-c search_path={schema}'");
-        let db = Self {
+        Self {
             app_conninfo: conninfo.clone(),
             conninfo,
             schema,
-        };
-        let pool = paycache::db::Db::new(&db.config()).unwrap();
-        pool.migrate().await.unwrap();
-        db
+        }
+        .migrated()
+        .await
     }
 
     /// A database of the test's own, which the `App` reaches through
@@ -58,32 +43,28 @@ impl TestDb {
     /// the connection), so the database, not `search_path`, is the test's
     /// own. The migrations run through the pooler too.
     pub async fn pooled() -> Self {
-        crate::logs::init();
-        let base = std::env::var("PAYCACHE_TEST_PG").unwrap_or_default();
+        let base = base_conninfo();
         let pooler = std::env::var("PAYCACHE_TEST_PG_POOLER").unwrap_or_default();
         assert!(
-            !base.is_empty() && !pooler.is_empty(),
-            "PAYCACHE_TEST_PG and PAYCACHE_TEST_PG_POOLER are not set: run the tests with `make test`, which starts PostgreSQL and PgBouncer"
+            !pooler.is_empty(),
+            "PAYCACHE_TEST_PG_POOLER is not set: run the tests with `make test`, which starts PgBouncer"
         );
-        let name = format!("t_{}_{:08x}", std::process::id(), fastrand::u32(..));
-        let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-            .await
-            .expect("cannot connect to the test PostgreSQL");
-        let task = tokio::spawn(conn);
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        drop(client);
-        let _ = task.await;
-        let db = Self {
+        let name = new_name();
+        on_base(&base, &format!("CREATE DATABASE {name}")).await;
+        Self {
             conninfo: format!("{base} dbname={name}"),
             app_conninfo: format!("{pooler} dbname={name}"),
             schema: "public".to_owned(),
-        };
-        let pool = paycache::db::Db::new(&db.config()).unwrap();
+        }
+        .migrated()
+        .await
+    }
+
+    /// This database with the migrations applied, as the `App` reaches it.
+    async fn migrated(self) -> Self {
+        let pool = paycache::db::Db::new(&self.config()).unwrap();
         pool.migrate().await.unwrap();
-        db
+        self
     }
 
     pub fn config(&self) -> paycache::config::DatabaseConfig {
@@ -106,6 +87,33 @@ impl TestDb {
         tokio::spawn(conn);
         client
     }
+}
+
+/// `PAYCACHE_TEST_PG`: the test PostgreSQL itself.
+fn base_conninfo() -> String {
+    crate::logs::init();
+    let base = std::env::var("PAYCACHE_TEST_PG").unwrap_or_default();
+    assert!(
+        !base.is_empty(),
+        "PAYCACHE_TEST_PG is not set: run the tests with `make test`, which starts PostgreSQL"
+    );
+    base
+}
+
+/// A schema or database name of this test's own.
+fn new_name() -> String {
+    format!("t_{}_{:08x}", std::process::id(), fastrand::u32(..))
+}
+
+/// Runs `sql` on the test PostgreSQL itself (a connection of its own).
+async fn on_base(base: &str, sql: &str) {
+    let (client, conn) = tokio_postgres::connect(base, tokio_postgres::NoTls)
+        .await
+        .expect("cannot connect to the test PostgreSQL");
+    let task = tokio::spawn(conn);
+    client.batch_execute(sql).await.unwrap();
+    drop(client);
+    let _ = task.await;
 }
 
 /// The seed data's id for user `n` (see `shared/paycache/seed/local.sql`).
