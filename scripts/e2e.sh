@@ -104,7 +104,7 @@ cargo lambda watch --quiet --ignore-changes -A 127.0.0.1 -P "$LAMBDA_PORT" --con
   >"$STACK/watch.log" 2>&1 &
 E2E_PID=$!
 GW_PID="" PLAIN_GW_PID=""
-trap 'kill $GW_PID $PLAIN_GW_PID $E2E_PID ${ATTACK_PID:-} $(cat "$STACK/schedules.pid" 2>/dev/null) 2>/dev/null || true; wait $GW_PID $PLAIN_GW_PID $E2E_PID 2>/dev/null || true; stop_redis "$STACK/e2e-redis"; stop_pgbouncer "$PGB_DIR"' EXIT
+trap 'kill $GW_PID $PLAIN_GW_PID ${WRONG_GW_PID:-} $E2E_PID ${ATTACK_PID:-} $(cat "$STACK/schedules.pid" 2>/dev/null) 2>/dev/null || true; wait $GW_PID $PLAIN_GW_PID ${WRONG_GW_PID:-} $E2E_PID 2>/dev/null || true; stop_redis "$STACK/e2e-redis"; stop_pgbouncer "$PGB_DIR"' EXIT
 for _ in $(seq 1 600); do
   port_in_use "$LAMBDA_PORT" && break
   kill -0 "$E2E_PID" 2>/dev/null || { cat "$STACK/watch.log" >&2; die "cargo lambda watch exited"; }
@@ -121,7 +121,12 @@ GW_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/paycache-ws-gateway"
 # Its test controls (hold, release, throttle, forget, stats) are for the
 # real-time journey; the management API checks every request's signature
 # against the run's AWS credentials, as IAM does deployed.
+# The front door answers CORS for the reference web client's origin (its
+# browser test serves the page on WEB_PORT), as API Gateway does for
+# CorsAllowedOrigin.
+WEB_PORT=$(free_port)
 "$GW_BIN" --port "$GW_PORT" --lambda "http://127.0.0.1:$LAMBDA_PORT" --front-port "$WATCH_PORT" \
+  --cors-origin "http://localhost:$WEB_PORT" \
   --keep-running ws-sender --run-timeout 30 --test-controls >"$STACK/gateway.log" 2>&1 &
 GW_PID=$!
 # A second gateway as `make run` starts it (no test controls; its
@@ -130,7 +135,13 @@ PLAIN_GW_PORT=$(free_port)
 "$GW_BIN" --port "$PLAIN_GW_PORT" --lambda "http://127.0.0.1:$WATCH_PORT" \
   >"$STACK/gateway-plain.log" 2>&1 &
 PLAIN_GW_PID=$!
-for _ in $(seq 1 120); do port_in_use "$GW_PORT" && port_in_use "$PLAIN_GW_PORT" && port_in_use "$WATCH_PORT" && break; sleep 0.5; done
+# The browser test's broken variant: a front door allowing another origin.
+WRONG_GW_PORT=$(free_port)
+WRONG_FRONT_PORT=$(free_port)
+"$GW_BIN" --port "$WRONG_GW_PORT" --lambda "http://127.0.0.1:$LAMBDA_PORT" --front-port "$WRONG_FRONT_PORT" \
+  --cors-origin "http://localhost:1" >"$STACK/gateway-wrong-origin.log" 2>&1 &
+WRONG_GW_PID=$!
+for _ in $(seq 1 120); do port_in_use "$GW_PORT" && port_in_use "$PLAIN_GW_PORT" && port_in_use "$WATCH_PORT" && port_in_use "$WRONG_FRONT_PORT" && break; sleep 0.5; done
 port_in_use "$GW_PORT" || { cat "$STACK/gateway.log" >&2; die "the WebSocket gateway did not listen on $GW_PORT"; }
 port_in_use "$PLAIN_GW_PORT" || { cat "$STACK/gateway-plain.log" >&2; die "the plain WebSocket gateway did not listen"; }
 port_in_use "$WATCH_PORT" || { cat "$STACK/gateway.log" >&2; die "the front door did not listen on $WATCH_PORT"; }
@@ -157,6 +168,12 @@ fi
 
 log "real-time delivery through the local WebSocket gateway"
 if ! (set -a; source "$ENV_FILE"; set +a; python3 "$ROOT/tests/e2e/realtime.py" "$WATCH_PORT" "$GW_PORT") | tee "$STACK/e2e-realtime.log"; then
+  tail -50 "$STACK/gateway.log" >&2; tail -50 "$STACK/watch.log" >&2; exit 1
+fi
+
+log "the reference web client in headless Chromium, from another origin (screenshots in $STACK/browser)"
+if ! (set -a; source "$ENV_FILE"; set +a; PYTHONPATH="$ROOT/tests/e2e" python3 "$ROOT/tests/e2e/browser.py" \
+  "$WATCH_PORT" "$GW_PORT" "$WRONG_FRONT_PORT" "$WEB_PORT" "$STACK/browser") | tee "$STACK/e2e-browser.log"; then
   tail -50 "$STACK/gateway.log" >&2; tail -50 "$STACK/watch.log" >&2; exit 1
 fi
 
@@ -241,4 +258,4 @@ if ! (set -a; source "$ENV_FILE"; set +a; E2E_REDIS_PORT="$E2E_REDIS_PORT" REDIS
   tail -50 "$STACK/watch.log" >&2; exit 1
 fi
 grep -E "^latency" "$STACK/e2e-realtime.log" "$STACK/e2e-outage.log" || true
-echo "$(tail -n 1 "$STACK/e2e-cases.log"); $(tail -n 1 "$STACK/e2e-realtime.log"); $(tail -n 1 "$STACK/e2e-boundaries.log"); $(tail -n 1 "$STACK/e2e-attacks.log"); $(tail -n 1 "$STACK/e2e-hostile.log"); schemathesis: $st_cases of $st_all requests past the gate, no failures; $(tail -n 1 "$STACK/e2e-burst.log"); $(tail -n 1 "$STACK/e2e-schedules.log"); $(tail -n 1 "$STACK/e2e-outage.log")"
+echo "$(tail -n 1 "$STACK/e2e-cases.log"); $(tail -n 1 "$STACK/e2e-realtime.log"); $(tail -n 1 "$STACK/e2e-browser.log"); $(tail -n 1 "$STACK/e2e-boundaries.log"); $(tail -n 1 "$STACK/e2e-attacks.log"); $(tail -n 1 "$STACK/e2e-hostile.log"); schemathesis: $st_cases of $st_all requests past the gate, no failures; $(tail -n 1 "$STACK/e2e-burst.log"); $(tail -n 1 "$STACK/e2e-schedules.log"); $(tail -n 1 "$STACK/e2e-outage.log")"

@@ -328,6 +328,20 @@ ensure_pgbouncer() {
   command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || apt_install pgbouncer
 }
 
+# The reference web client's browser test: Debian's Chromium and its
+# ChromeDriver, driven by Selenium (PyPI).
+ensure_chromium() {
+  if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    apt_install chromium chromium-driver
+  fi
+  if ! python3 -c 'import selenium' >/dev/null 2>&1; then
+    ensure_python
+    log "pip install selenium (drives Chromium in the web client's test)"
+    python3 -m pip install --quiet 'selenium>=4.20,<5' \
+      || python3 -m pip install --quiet --user --break-system-packages 'selenium>=4.20,<5'
+  fi
+}
+
 pgbouncer_bin() { command -v pgbouncer 2>/dev/null || echo /usr/sbin/pgbouncer; }
 
 # start_pgbouncer dir port pg_port pool_size auth_type [user password]...

@@ -16,6 +16,10 @@
 # requests only, with the stack's AWS credentials; no test controls), and
 # keeps `ws-sender` running (as the deployed schedule does) so that what
 # the functions publish reaches open sockets.
+# The reference web client (shared/web-client) is served on
+# http://localhost:${WEB_PORT:-3000}, another origin than the API: the front
+# door answers CORS for CORS_ALLOWED_ORIGIN (that origin by default) as API
+# Gateway answers it for the template's CorsAllowedOrigin.
 # Ctrl-C stops what it started.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
@@ -32,9 +36,10 @@ ensure_cargo_lambda
 ensure_pyyaml
 check_disk 5
 STARTED_REDIS=0 STARTED_PG="" STARTED_MOTO=0
-WATCH_PID="" GATEWAY_PID="" SCHEDULES_PID=""
+WATCH_PID="" GATEWAY_PID="" SCHEDULES_PID="" WEB_PID=""
 cleanup() {
   set +e
+  if [ -n "$WEB_PID" ]; then kill "$WEB_PID" 2>/dev/null; wait "$WEB_PID" 2>/dev/null; fi
   if [ -n "$SCHEDULES_PID" ]; then kill "$SCHEDULES_PID" 2>/dev/null; wait "$SCHEDULES_PID" 2>/dev/null; fi
   if [ -n "$GATEWAY_PID" ]; then kill "$GATEWAY_PID" 2>/dev/null; wait "$GATEWAY_PID" 2>/dev/null; fi
   if [ -n "$WATCH_PID" ]; then kill "$WATCH_PID" 2>/dev/null; wait "$WATCH_PID" 2>/dev/null; fi
@@ -109,6 +114,9 @@ export AUTH_HS256_SECRET
 if port_in_use "$WS_PORT"; then WS_PORT=$(free_port); fi
 port_in_use "$PORT" && die "port $PORT is in use (PORT= picks another)"
 LAMBDA_PORT=$(free_port)
+WEB_PORT=${WEB_PORT:-3000}
+if port_in_use "$WEB_PORT"; then WEB_PORT=$(free_port); fi
+CORS_ALLOWED_ORIGIN=${CORS_ALLOWED_ORIGIN:-http://localhost:$WEB_PORT}
 # ws-sender posts to the local gateway through the AWS SDK, which signs its
 # requests (SigV4); the gateway checks every signature against the same
 # credentials, as IAM does deployed, so nobody without them can post into a
@@ -193,6 +201,10 @@ cat >&2 <<BANNER
     cargo run -q -p paycache-dev -- service-token --client ledger --scope wallets.balance.write
 
     The functions' metric lines (CloudWatch EMF, one per invocation): tail -f $PAYCACHE_METRICS_FILE
+
+    The reference web client, signed in as seed user 2 (the development sign-in link; CORS
+    is answered for $CORS_ALLOWED_ORIGIN as API Gateway will answer it):
+    http://localhost:$WEB_PORT/?wallet=00000000-0000-4000-9000-000000000008#dev_token=$USER_TOKEN
 BANNER
 # `cargo lambda watch` listens on a private port behind the front door on
 # $PORT (in paycache-ws-gateway), which keeps at most MAX_INFLIGHT
@@ -210,8 +222,16 @@ for _ in $(seq 1 600); do
 done
 "$TARGET/debug/paycache-ws-gateway" --port "$WS_PORT" --lambda "http://127.0.0.1:$LAMBDA_PORT" \
   --front-port "$PORT" --max-inflight "$MAX_INFLIGHT" --queue-timeout "$QUEUE_TIMEOUT" \
-  --keep-running ws-sender &
+  --cors-origin "$CORS_ALLOWED_ORIGIN" --keep-running ws-sender &
 GATEWAY_PID=$!
+# The web client: a copy of shared/web-client with this stack's addresses.
+rm -rf "$STACK/web" && cp -r "$ROOT/shared/web-client" "$STACK/web"
+cat >"$STACK/web/config.js" <<CONFIG
+window.PAYCACHE_CONFIG = {api: "$B", ws: "ws://127.0.0.1:$WS_PORT", wallet: "00000000-0000-4000-9000-000000000008", auth: null};
+CONFIG
+python3 -m http.server --bind 127.0.0.1 --directory "$STACK/web" "$WEB_PORT" >"$STACK/web.log" 2>&1 &
+WEB_PID=$!
+log "web client on http://localhost:$WEB_PORT/ (the sign-in link is above)"
 log "WebSocket gateway on ws://127.0.0.1:$WS_PORT/?token=<access token>"
 # The template's schedules (EventBridge Scheduler deployed), read from
 # template.yaml: audit-flush and metrics-emitter every minute, cache-warmer
@@ -220,4 +240,4 @@ log "WebSocket gateway on ws://127.0.0.1:$WS_PORT/?token=<access token>"
 log "running the template's schedules (scripts/schedules.py):"
 python3 "$ROOT/scripts/schedules.py" "$ROOT/template.yaml" "$B" --kept-running ws-sender &
 SCHEDULES_PID=$!
-wait -n "$WATCH_PID" "$GATEWAY_PID" "$SCHEDULES_PID"
+wait -n "$WATCH_PID" "$GATEWAY_PID" "$SCHEDULES_PID" "$WEB_PID"

@@ -8,6 +8,7 @@ cd "$ROOT"
 ensure_redis
 ensure_postgres
 ensure_pgbouncer
+ensure_chromium
 ensure_cargo_lambda
 ensure_pyyaml
 ensure_moto_server

@@ -29,7 +29,8 @@ code, before anyone deploys.
    client (its scope, accepted by the JWT authorizer) or a group the
    template creates.
 9. **cors** - the HTTP API's CORS configuration allows what the code reads
-   and exposes what it answers, for the CorsAllowedOrigin parameter.
+   and exposes what it answers, for the CorsAllowedOrigin parameter, and
+   lists exactly what the local front door answers (`paycache::http::CORS_*`).
 
 Each check then runs against a deliberately broken template (BROKEN below:
 an edit the check must catch) and must fail it.
@@ -553,9 +554,19 @@ def check_cors(translated, code, origin="http://localhost:3000"):
     for h in code["cors_exposed_headers"]:
         if h not in lower(cors.get("exposeHeaders")):
             problems.append(f"the response header {h} is not exposed")
-    for m in ("get", "put", "post"):
-        if m not in lower(cors.get("allowMethods")) and "*" not in lower(cors.get("allowMethods")):
-            problems.append(f"the method {m.upper()} is not allowed")
+    for m in code["cors_allowed_methods"]:
+        if m.lower() not in lower(cors.get("allowMethods")) and "*" not in lower(cors.get("allowMethods")):
+            problems.append(f"the method {m} is not allowed")
+    # The local front door (`make run`) answers from the same lists: what
+    # the template lists beyond them a browser could use deployed only.
+    for key, listed in (("allowHeaders", code["cors_request_headers"]),
+                        ("exposeHeaders", code["cors_exposed_headers"]),
+                        ("allowMethods", code["cors_allowed_methods"])):
+        extra = lower(cors.get(key)) - {x.lower() for x in listed}
+        if extra:
+            problems.append(f"{key} lists {sorted(extra)}, which the local stack does not (paycache::http::CORS_*)")
+    if cors.get("maxAge") != code["cors_max_age_secs"]:
+        problems.append(f"maxAge is {cors.get('maxAge')}, the local stack's {code['cors_max_age_secs']}")
     if cors.get("allowOrigins") != [origin]:
         problems.append(f"the allowed origins are not the CorsAllowedOrigin parameter ({origin}): {cors.get('allowOrigins')}")
     return problems
@@ -719,6 +730,12 @@ def main():
     failed = check_cors(translate(no_idem), perms)
     step("broken cors (Idempotency-Key not allowed) is caught, for that header alone",
          failed == ["the request header idempotency-key is not allowed"], failed)
+    drift = copy.deepcopy(template)
+    drift[res]["HttpApi"]["Properties"]["CorsConfiguration"]["AllowHeaders"].append("x-debug")
+    drift[res]["HttpApi"]["Properties"]["CorsConfiguration"]["MaxAge"] = 300
+    failed = check_cors(translate(drift), perms)
+    step("broken cors (the template allowing a header and a max age the local stack does not) is caught, for both",
+         len(failed) == 2 and "x-debug" in failed[0] and "maxAge" in failed[1], failed)
     no_cors = edit(template, [res, "HttpApi", "Properties", "CorsConfiguration"], delete=True)
     step("broken cors (no CORS configuration) is caught", check_cors(translate(no_cors), perms))
     no_ingress = edit(template, [res, "ExistingEndpointIngress"], delete=True)

@@ -263,6 +263,8 @@ fn permissions() -> Result<(), String> {
             "groups": groups,
             "cors_request_headers": paycache::http::CORS_REQUEST_HEADERS,
             "cors_exposed_headers": paycache::http::CORS_EXPOSED_HEADERS,
+            "cors_allowed_methods": paycache::http::CORS_ALLOWED_METHODS,
+            "cors_max_age_secs": paycache::http::CORS_MAX_AGE_SECS,
         })
     );
     Ok(())

@@ -35,6 +35,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::cors::Cors;
+
 /// `cargo lambda watch`'s per-function queue capacity: more outstanding
 /// invocations than this can wedge it.
 pub const MAX_INFLIGHT_CEILING: usize = 100;
@@ -217,16 +219,20 @@ struct Front {
         http_body_util::Full<Bytes>,
     >,
     limiter: Limiter,
+    cors: Cors,
 }
 
 /// Serves the front door on `listener`, forwarding every request to
-/// `upstream` (`cargo lambda watch`'s address) through `limiter`.
+/// `upstream` (`cargo lambda watch`'s address) through `limiter`, with
+/// CORS as API Gateway answers it for `cors`'s origins ([`crate::cors`]).
 pub fn serve(
     listener: TcpListener,
     upstream: &str,
     limiter: Limiter,
+    cors: Cors,
 ) -> tokio::task::JoinHandle<()> {
     let front = Front {
+        cors,
         upstream: upstream.trim_end_matches('/').to_owned(),
         client: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http(),
@@ -290,6 +296,9 @@ fn problem(status: StatusCode, detail: String, retry_after: Option<u64>) -> Resp
 
 async fn forward(State(front): State<Front>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
+    if let Some(answer) = front.cors.preflight(&parts.method, &parts.headers) {
+        return answer;
+    }
     let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
         Ok(b) => b,
         Err(_) => {
@@ -318,6 +327,7 @@ async fn forward(State(front): State<Front>, req: Request) -> Response {
         Err(e) => return problem(StatusCode::BAD_REQUEST, e.to_string(), None),
     };
     let key = key(parts.uri.path());
+    let parts_in = parts.headers;
     let client = front.client.clone();
     let call = async move {
         let resp = client.request(upstream).await.map_err(|e| e.to_string())?;
@@ -337,6 +347,7 @@ async fn forward(State(front): State<Front>, req: Request) -> Response {
                     resp.headers_mut().append(name, value.clone());
                 }
             }
+            front.cors.answer(&parts_in, resp.headers_mut());
             resp
         }
         Ok(Err(e)) => problem(
@@ -538,6 +549,7 @@ mod tests {
                         queue_timeout: Duration::from_secs(30),
                         ..Limits::default()
                     }),
+                    Cors::default(),
                 );
                 url
             };

@@ -53,6 +53,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Mutex, mpsc};
 
 mod controls;
+pub mod cors;
 pub mod front;
 mod management;
 pub mod sigv4;

@@ -24,7 +24,10 @@
 //! (default 32) for one route or function; a burst beyond waits, first come
 //! first served, up to `--queue-timeout` seconds (default 10) and
 //! `--max-waiting` requests (default 1024), then is answered 503 with
-//! `Retry-After`.
+//! `Retry-After`. `--cors-origin` (repeatable) is an origin allowed to call
+//! it from a browser: preflights are answered and CORS headers added as API
+//! Gateway answers them for the template's `CorsAllowedOrigin`
+//! ([`paycache_ws_gateway::cors`]).
 
 use std::time::Duration;
 
@@ -33,7 +36,7 @@ use serde_json::json;
 fn usage() -> ! {
     eprintln!(
         "usage: paycache-ws-gateway --port <port> --lambda <cargo lambda watch URL> [--keep-running <function>] [--run-timeout <secs>] [--test-controls]\n\
-         \x20      [--front-port <port> [--max-inflight <n>] [--max-per-route <n>] [--max-waiting <n>] [--queue-timeout <secs>]]\n\
+         \x20      [--front-port <port> [--max-inflight <n>] [--max-per-route <n>] [--max-waiting <n>] [--queue-timeout <secs>] [--cors-origin <scheme://host[:port]>]...]\n\
          management requests must be signed with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
     );
     std::process::exit(2)
@@ -53,6 +56,7 @@ async fn main() {
     let mut run_timeout = Duration::from_secs(60);
     let mut test_controls = false;
     let mut front_port: Option<u16> = None;
+    let mut cors_origins: Vec<String> = Vec::new();
     let mut limits = paycache_ws_gateway::front::Limits::default();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -68,6 +72,7 @@ async fn main() {
                 run_timeout = Duration::from_secs(s.parse().unwrap_or_else(|_| usage()))
             }
             ("--front-port", Some(p)) => front_port = Some(p.parse().unwrap_or_else(|_| usage())),
+            ("--cors-origin", Some(o)) => cors_origins.push(o),
             ("--max-inflight", Some(n)) => {
                 limits.max_inflight = n.parse().unwrap_or_else(|_| usage())
             }
@@ -112,9 +117,15 @@ async fn main() {
             max_per_route = limits.max_per_key,
             max_waiting = limits.max_waiting,
             queue_timeout_s = limits.queue_timeout.as_secs_f64(),
+            cors_origins = ?cors_origins,
             "front door listening"
         );
-        paycache_ws_gateway::front::serve(front, &lambda, limiter.clone());
+        paycache_ws_gateway::front::serve(
+            front,
+            &lambda,
+            limiter.clone(),
+            paycache_ws_gateway::cors::Cors::new(cors_origins.clone()),
+        );
     }
     let options = paycache_ws_gateway::Options::new(
         paycache_ws_gateway::sigv4::Expected::from_env(),

@@ -28,6 +28,14 @@ pub const CORS_EXPOSED_HEADERS: &[&str] = &[
     "cache-status",
 ];
 
+/// The methods a browser on another origin may use (CORS
+/// `Access-Control-Allow-Methods`): the routes' methods, and `OPTIONS`.
+pub const CORS_ALLOWED_METHODS: &[&str] = &["GET", "PUT", "POST", "OPTIONS"];
+
+/// How long a browser may keep a preflight's answer (CORS
+/// `Access-Control-Max-Age`, seconds).
+pub const CORS_MAX_AGE_SECS: u32 = 600;
+
 pub(crate) const PROBLEM_JSON: &str = "application/problem+json";
 pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 /// Largest request body accepted (the contract's 64 KiB).
