@@ -31,6 +31,8 @@ code, before anyone deploys.
 9. **cors** - the HTTP API's CORS configuration allows what the code reads
    and exposes what it answers, for the CorsAllowedOrigin parameter, and
    lists exactly what the local front door answers (`paycache::http::CORS_*`).
+10. **memory** - the functions of the power-tuning table take their group's
+   MemorySize parameter.
 
 Each check then runs against a deliberately broken template (BROKEN below:
 an edit the check must catch) and must fail it.
@@ -599,6 +601,30 @@ def check_delivery(template):
     return problems
 
 
+# The functions of the power-tuning table (make bench), by group: their
+# memory is the group's parameter, chosen from it (docs/operations.md).
+MEMORY_GROUPS = {
+    "HttpMemorySize": ["profile-read", "balance-write", "rate-limit-check", "session-logout", "health-check"],
+    "WebSocketMemorySize": ["authorizer", "ws-connections"],
+}
+
+
+def check_memory(template):
+    """Every function of a measured group takes its memory from the group's
+    parameter (a size chosen from the power-tuning table, not by hand)."""
+    params = dict(SAMPLE, HttpMemorySize="1024", WebSocketMemorySize="512")
+    translated = translate(template, params)
+    r = Resolver(translated, params)
+    problems = []
+    for param, names in MEMORY_GROUPS.items():
+        for k, fn in functions(translated).items():
+            if code_name(fn) in names:
+                got = str(r.value(fn["Properties"].get("MemorySize")))
+                if got != params[param]:
+                    problems.append(f"{code_name(fn)}: MemorySize {got}, not {param} ({params[param]})")
+    return problems
+
+
 def edit(template, path, value=None, delete=False):
     t = copy.deepcopy(template)
     node = t
@@ -636,6 +662,8 @@ def main():
     step("delivery: one WS_PARTITIONS everywhere; Senders enables that many ws-sender schedules", not problems, problems)
     problems = check_security_groups(translated)
     step("security groups: no function lists one twice", not problems, problems)
+    problems = check_memory(template)
+    step("memory: the measured functions take their group's MemorySize parameter", not problems, problems)
     problems = check_alarm_actions(translated)
     step("alarms: every alarm action is a topic CloudWatch can publish to", not problems, problems)
     problems = check_existing_endpoints(template)
@@ -736,6 +764,10 @@ def main():
     failed = check_cors(translate(drift), perms)
     step("broken cors (the template allowing a header and a max age the local stack does not) is caught, for both",
          len(failed) == 2 and "x-debug" in failed[0] and "maxAge" in failed[1], failed)
+    fixed = edit(template, [res, "BalanceWriteFunction", "Properties", "MemorySize"], 256)
+    failed = check_memory(fixed)
+    step("broken memory (balance-write with a fixed MemorySize) is caught, for it alone",
+         len(failed) == 1 and failed[0].startswith("balance-write:"), failed)
     no_cors = edit(template, [res, "HttpApi", "Properties", "CorsConfiguration"], delete=True)
     step("broken cors (no CORS configuration) is caught", check_cors(translate(no_cors), perms))
     no_ingress = edit(template, [res, "ExistingEndpointIngress"], delete=True)

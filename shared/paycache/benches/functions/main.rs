@@ -1,8 +1,12 @@
 //! Budgets of the function binaries themselves (`make bench` builds them in
 //! release first): **cold start** — from process start to the first
 //! `GET /runtime/invocation/next`, i.e. ready for its first event — for
-//! every function, and **peak memory** (`VmHWM`) of the request-serving
-//! functions after a sustained load of events.
+//! every function, **peak memory** (`VmHWM`) of the request-serving
+//! functions after a sustained load of events, and **what Lambda bills**
+//! ([`cost`]): CPU time per warm invocation of every HTTP function against
+//! both floors, and the power-tuning table — billed duration at each memory
+//! size's CPU share (a cgroup CPU quota) and the cost of a million
+//! invocations.
 //!
 //! The binaries talk to a minimal Lambda Runtime API served here (the two
 //! endpoints a runtime uses: next invocation, and its response) and to real
@@ -18,6 +22,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use test_support::RedisServer;
 
+mod cost;
 mod fixtures;
 mod runtime_api;
 
@@ -100,10 +105,16 @@ fn bench(c: &mut Criterion) {
         );
     }
     let env = environment();
-    // PAYCACHE_BENCH_HITS_ONLY: the cache-hit invocations against the floor
-    // and nothing else.
+    // PAYCACHE_BENCH_HITS_ONLY: the cache-hit invocations against the
+    // floors and nothing else; PAYCACHE_BENCH_COST_ONLY: those and the
+    // power-tuning table.
     if std::env::var_os("PAYCACHE_BENCH_HITS_ONLY").is_some() {
         hit_invocations(&env, &dir);
+        return;
+    }
+    if std::env::var_os("PAYCACHE_BENCH_COST_ONLY").is_some() {
+        hit_invocations(&env, &dir);
+        power_tuning(&env, &dir);
         return;
     }
     let mut group = c.benchmark_group("cold_start");
@@ -199,59 +210,26 @@ fn bench(c: &mut Criterion) {
         return;
     }
     hit_invocations(&env, &dir);
-    peak_memory(&env, &dir);
-}
-
-/// Runs `events` through one process of `program` and returns the time of
-/// each invocation after the first `warmup`: event handed out → response
-/// received, as the Lambda service would see it.
-fn invocation_times(
-    program: &std::path::Path,
-    name: &str,
-    env: &Env,
-    extra: &[(&str, &str)],
-    events: Vec<Vec<u8>>,
-    warmup: usize,
-) -> Vec<Duration> {
-    let count = events.len();
-    let api = runtime_api(events);
-    let mut command = Command::new(program);
-    command
-        .env_clear()
-        .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .envs(extra.iter().copied())
-        .env("AWS_LAMBDA_FUNCTION_NAME", name)
-        .env("AWS_LAMBDA_RUNTIME_API", format!("127.0.0.1:{}", api.port))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let child = command
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e} (make bench builds it)", program.display()));
-    let until = Instant::now() + Duration::from_secs(300);
-    while api.answered.load(Ordering::SeqCst) < count && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(20));
+    // PAYCACHE_BENCH_SKIP_POWER_TUNING: not the table per memory size.
+    if std::env::var_os("PAYCACHE_BENCH_SKIP_POWER_TUNING").is_none() {
+        power_tuning(&env, &dir);
     }
-    kill(child);
-    let timings = api.timings.lock().unwrap();
-    timings
-        .iter()
-        .skip(warmup)
-        .filter_map(|(out, back)| Some(back.as_ref()?.duration_since(*out.as_ref()?)))
-        .collect()
+    peak_memory(&env, &dir);
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Cache-hit invocation time of every HTTP function, against the floor (a
-/// minimal `lambda_http` function doing one Redis `GET`; examples/floor.rs)
-/// in the same run, same Runtime API, same Redis. Rounds alternate between
-/// the programs so that machine noise falls on all of them alike.
-fn hit_invocations(env: &Env, dir: &std::path::Path) {
-    const N: usize = 1500;
-    const WARMUP: usize = 300;
+type Load = (String, PathBuf, Vec<Vec<u8>>);
+
+/// The warm invocations measured: the two floors (a minimal `lambda_http`
+/// function doing one Redis `GET`, examples/floor.rs, on the
+/// multi-threaded and on the current-thread runtime) and every HTTP
+/// function on a cache hit, each with `n` events. With
+/// PAYCACHE_BIN_DIR_BEFORE, the two profile hits of the functions built
+/// from another commit too.
+fn hit_loads(env: &Env, dir: &std::path::Path, n: usize) -> Vec<Load> {
     let floor = dir.join("examples/floor");
     if !floor.exists() {
         panic!("{} is not built: `make bench` builds it", floor.display());
@@ -278,7 +256,6 @@ fn hit_invocations(env: &Env, dir: &std::path::Path) {
         for_user(&mut e, SIGNED_IN_USER);
         vec![serde_json::to_vec(&e).unwrap(); n]
     };
-    type Load = (String, PathBuf, Vec<Vec<u8>>);
     // A signed-in user reading their own profile: the session and the
     // blacklist checked, the rate limit, the read — four commands, one
     // round-trip time.
@@ -299,40 +276,52 @@ fn hit_invocations(env: &Env, dir: &std::path::Path) {
             },
             "scopes": null,
         });
-        vec![serde_json::to_vec(&e).unwrap(); N]
+        vec![serde_json::to_vec(&e).unwrap(); n]
     };
     let mut loads: Vec<Load> = [
         (
-            "floor: one Redis GET",
+            FLOOR_MULTI,
             "examples/floor",
-            repeated("profile-read.json", N),
+            repeated("profile-read.json", n),
         ),
         (
-            "floor, current-thread runtime",
+            FLOOR_CURRENT,
             "examples/floor",
-            repeated("profile-read.json", N),
+            repeated("profile-read.json", n),
         ),
-        ("profile-read (hit)", "profile-read", one_user(N)),
-        ("profile-read, signed in", "profile-read", signed_in),
+        ("profile-read (hit)", "profile-read", one_user(n)),
+        (SIGNED_IN, "profile-read", signed_in),
         (
             "balance-write GET (hit)",
             "balance-write",
-            repeated("balance-get.json", N),
+            repeated("balance-get.json", n),
         ),
         (
             "rate-limit-check",
             "rate-limit-check",
-            repeated("rate-limit-check.json", N),
+            repeated("rate-limit-check.json", n),
         ),
         (
             "health-check",
             "health-check",
-            repeated("health-check.json", N / 5),
+            repeated("health-check.json", n / 5),
         ),
         (
             "session-logout",
             "session-logout",
-            repeated("session-logout.json", N),
+            repeated("session-logout.json", n),
+        ),
+        // The WebSocket API's: $connect's authorizer (the token's signature
+        // verified, then no session: denied) and a ping.
+        (
+            "authorizer ($connect)",
+            "authorizer",
+            repeated("authorizer-no-session.json", n),
+        ),
+        (
+            "ws-connections (ping)",
+            "ws-connections",
+            repeated("ws-ping.json", n),
         ),
     ]
     .into_iter()
@@ -340,8 +329,6 @@ fn hit_invocations(env: &Env, dir: &std::path::Path) {
         (label.to_owned(), dir.join(program), events)
     })
     .collect();
-    // PAYCACHE_BIN_DIR_BEFORE: the two profile hits of the functions built
-    // from another commit, in the same rounds.
     if let Some(before) = std::env::var_os("PAYCACHE_BIN_DIR_BEFORE").map(PathBuf::from) {
         let again: Vec<Load> = loads
             .iter()
@@ -356,21 +343,52 @@ fn hit_invocations(env: &Env, dir: &std::path::Path) {
             .collect();
         loads.extend(again);
     }
+    loads
+}
+
+const FLOOR_MULTI: &str = "floor: one Redis GET";
+const FLOOR_CURRENT: &str = "floor, current-thread runtime";
+const SIGNED_IN: &str = "profile-read, signed in";
+
+/// The floor's own environment variables for `label`.
+fn extra_env(label: &str, program: &std::path::Path) -> &'static [(&'static str, &'static str)] {
+    if label == FLOOR_CURRENT {
+        &[("FLOOR_KEY", "bench-floor"), ("FLOOR_CURRENT_THREAD", "1")]
+    } else if program.ends_with("examples/floor") {
+        &[("FLOOR_KEY", "bench-floor")]
+    } else {
+        &[]
+    }
+}
+
+/// Cache-hit invocation time and CPU of every HTTP function, against both
+/// floors in the same run, same Runtime API, same Redis. Rounds alternate
+/// between the programs so that machine noise falls on all of them alike.
+fn hit_invocations(env: &Env, dir: &std::path::Path) {
+    const N: usize = 1500;
+    const WARMUP: usize = 300;
+    let loads = hit_loads(env, dir, N);
     let mut all: Vec<Vec<Duration>> = vec![Vec::new(); loads.len()];
+    let mut cpu: Vec<Vec<Duration>> = vec![Vec::new(); loads.len()];
+    let mut kernel: Vec<[f64; 3]> = vec![[0.0; 3]; loads.len()];
     for _round in 0..3 {
         for (i, (label, program, events)) in loads.iter().enumerate() {
             let name = program.file_name().unwrap().to_str().unwrap();
-            let extra: &[(&str, &str)] = if label.contains("current-thread") {
-                &[("FLOOR_KEY", "bench-floor"), ("FLOOR_CURRENT_THREAD", "1")]
-            } else if name == "floor" {
-                &[("FLOOR_KEY", "bench-floor")]
-            } else {
-                &[]
-            };
             let warmup = if events.len() < N { WARMUP / 5 } else { WARMUP };
-            let mut t = invocation_times(program, name, env, extra, events.clone(), warmup);
-            assert!(!t.is_empty(), "{label}: no invocation answered");
-            all[i].append(&mut t);
+            let extra = extra_env(label, program);
+            let mut r = cost::run(
+                program,
+                name,
+                env,
+                extra,
+                events.clone(),
+                warmup,
+                cost::Under::Plain,
+            );
+            assert!(!r.durations.is_empty(), "{label}: no invocation answered");
+            all[i].append(&mut r.durations);
+            cpu[i].push(r.cpu);
+            kernel[i] = r.kernel;
         }
     }
     let medians: Vec<(Duration, Duration)> = all
@@ -380,21 +398,152 @@ fn hit_invocations(env: &Env, dir: &std::path::Path) {
             (percentile(t, 0.5), percentile(t, 0.9))
         })
         .collect();
-    let floor_median = medians[0].0;
-    let single_median = medians[1].0;
-    println!("\nwarm invocation time, event handed out -> response received (3 rounds):");
+    // CPU per invocation: the median of the rounds.
+    let cpu: Vec<Duration> = cpu
+        .iter_mut()
+        .map(|c| {
+            c.sort();
+            c[c.len() / 2]
+        })
+        .collect();
+    let at = |label: &str| loads.iter().position(|(l, _, _)| l == label).unwrap();
+    let (floor, single) = (at(FLOOR_MULTI), at(FLOOR_CURRENT));
     println!(
-        "  {:<34} {:>10} {:>10} {:>8} {:>16}",
-        "function", "median", "p90", "/floor", "/current-thread"
+        "\nwarm invocations, 3 rounds: wall time (event handed out -> response received) and CPU time per invocation"
     );
-    for ((label, _, _), (median, p90)) in loads.iter().zip(&medians) {
+    println!(
+        "  {:<34} {:>10} {:>10} {:>8} {:>10} {:>9} {:>16} {:>18}",
+        "function",
+        "median",
+        "p90",
+        "/floor",
+        "CPU",
+        "CPU/floor",
+        "CPU/current-thr.",
+        "reads/writes/waits"
+    );
+    for (i, ((label, _, _), (median, p90))) in loads.iter().zip(&medians).enumerate() {
         println!(
-            "  {label:<34} {:>7.1} µs {:>7.1} µs {:>7.2}× {:>15.2}×",
+            "  {label:<34} {:>7.1} µs {:>7.1} µs {:>7.2}× {:>7.1} µs {:>8.2}× {:>15.2}× {:>6.1}/{:.1}/{:.1}",
             median.as_secs_f64() * 1e6,
             p90.as_secs_f64() * 1e6,
-            median.as_secs_f64() / floor_median.as_secs_f64(),
-            median.as_secs_f64() / single_median.as_secs_f64()
+            median.as_secs_f64() / medians[floor].0.as_secs_f64(),
+            cpu[i].as_secs_f64() * 1e6,
+            cpu[i].as_secs_f64() / cpu[floor].as_secs_f64(),
+            cpu[i].as_secs_f64() / cpu[single].as_secs_f64(),
+            kernel[i][0],
+            kernel[i][1],
+            kernel[i][2],
         );
+    }
+    // PAYCACHE_BENCH_PROFILE=<dir>: the signed-in hit and the
+    // current-thread floor once more each, under `perf record`
+    // (docs/operations.md: the flame graphs).
+    if let Some(out) = std::env::var_os("PAYCACHE_BENCH_PROFILE").map(PathBuf::from) {
+        std::fs::create_dir_all(&out).unwrap();
+        for (label, file) in [(SIGNED_IN, "signed-in.perf"), (FLOOR_CURRENT, "floor.perf")] {
+            let (_, program, events) = &loads[at(label)];
+            let name = program.file_name().unwrap().to_str().unwrap();
+            let perf = out.join(file);
+            let extra = extra_env(label, program);
+            cost::run(
+                program,
+                name,
+                env,
+                extra,
+                events.clone(),
+                WARMUP,
+                cost::Under::Perf(&perf),
+            );
+        }
+    }
+    let ratio = cpu[at(SIGNED_IN)].as_secs_f64() / cpu[single].as_secs_f64();
+    println!(
+        "  the signed-in hit's CPU per invocation: {ratio:.2}× the current-thread floor's (budget 1.30×)"
+    );
+}
+
+/// The local counterpart of AWS Lambda Power Tuning: every HTTP function
+/// (and the current-thread floor) at each memory size's CPU share, one
+/// execution environment kept busy; billed duration p50/p99, the highest
+/// rate it sustains, and the cost of a million invocations on arm64.
+fn power_tuning(env: &Env, dir: &std::path::Path) {
+    const N: usize = 600;
+    const WARMUP: usize = 150;
+    let loads: Vec<Load> = hit_loads(env, dir, N)
+        .into_iter()
+        .filter(|(label, _, _)| label != FLOOR_MULTI && !label.ends_with("(before)"))
+        .collect();
+    let quotas: Vec<(u32, cost::Quota)> = match cost::MEMORY_SIZES
+        .iter()
+        .map(|&mb| Ok((mb, cost::Quota::new(&mb.to_string(), cost::share(mb))?)))
+        .collect::<Result<Vec<_>, String>>()
+    {
+        Ok(q) => q,
+        Err(e) => {
+            println!("\npower tuning: skipped, no CPU quota can be set here ({e}); it needs root");
+            return;
+        }
+    };
+    // [load][size] -> billed ms of every invocation, and rates.
+    let mut billed = vec![vec![Vec::<u64>::new(); quotas.len()]; loads.len()];
+    let mut rates = vec![vec![Vec::<f64>::new(); quotas.len()]; loads.len()];
+    for _round in 0..2 {
+        for (s, (_, quota)) in quotas.iter().enumerate() {
+            for (i, (label, program, events)) in loads.iter().enumerate() {
+                let name = program.file_name().unwrap().to_str().unwrap();
+                let warmup = if events.len() < N { WARMUP / 5 } else { WARMUP };
+                let r = cost::run(
+                    program,
+                    name,
+                    env,
+                    extra_env(label, program),
+                    events.clone(),
+                    warmup,
+                    cost::Under::Quota(quota),
+                );
+                billed[i][s].extend(r.durations.iter().map(|d| cost::billed_ms(*d)));
+                rates[i][s].push(r.rate);
+            }
+        }
+    }
+    println!(
+        "\npower tuning (CPU share emulated with a CFS quota per memory size; one execution environment kept busy; \
+         x86_64 here, arm64 deployed; arm64 prices, us-east-1, read {}: ${}/GB-s, ${:.2}/M requests):",
+        cost::PRICES_READ,
+        cost::ARM64_PER_GB_SECOND,
+        cost::PER_MILLION_REQUESTS
+    );
+    println!(
+        "  {:<34} {:>7} {:>11} {:>11} {:>11} {:>10} {:>12}",
+        "function", "memory", "billed p50", "billed p99", "billed mean", "max rate", "$ per 1M"
+    );
+    for (i, (label, _, _)) in loads.iter().enumerate() {
+        let mut best: Option<(f64, u32)> = None;
+        let mut rows = Vec::new();
+        for (s, (mb, _)) in quotas.iter().enumerate() {
+            let b = &mut billed[i][s];
+            b.sort_unstable();
+            let p = |q: f64| b[((b.len() - 1) as f64 * q).round() as usize];
+            let mean = b.iter().sum::<u64>() as f64 / b.len() as f64;
+            let cost = cost::cost_per_million(mean, *mb);
+            let rate = rates[i][s].iter().cloned().fold(0.0, f64::max);
+            if best.is_none_or(|(c, _)| cost < c) {
+                best = Some((cost, *mb));
+            }
+            rows.push((*mb, p(0.5), p(0.99), mean, rate, cost));
+        }
+        for (mb, p50, p99, mean, rate, cost) in rows {
+            let mark = if best.is_some_and(|(_, m)| m == mb) {
+                " cheapest"
+            } else {
+                ""
+            };
+            println!(
+                "  {label:<34} {mb:>4} MB {p50:>8} ms {p99:>8} ms {mean:>8.2} ms {rate:>7.0}/s {:>11.4}${mark}",
+                cost
+            );
+        }
     }
 }
 
