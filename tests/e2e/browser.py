@@ -51,6 +51,27 @@ WAIT = 60
 step = Steps()
 
 
+def keep_senders_running(stop):
+    """ws-sender runs back to back, two at a time, for the whole test (as
+    the deployed schedule overlaps its runs): the gateway's own loop may be
+    waiting on a run the real-time test killed (cargo lambda watch keeps
+    the dead instance), and a second run takes over when one is stuck."""
+    event = {"version": "0", "id": "e2e-browser", "detail-type": "Scheduled Event",
+             "source": "payments.operations", "account": "000000000000",
+             "time": "2026-11-26T00:00:00Z", "region": "us-east-1", "resources": [],
+             "detail": {"run_secs": 15}}
+
+    def loop(delay):
+        time.sleep(delay)
+        while not stop.is_set():
+            try:
+                request("POST", f"{API}/2015-03-31/functions/ws-sender/invocations", None, event)
+            except Exception:
+                time.sleep(1)
+    for delay in (0, 7):
+        threading.Thread(target=loop, args=(delay,), daemon=True).start()
+
+
 def template_cors():
     class Loader(yaml.SafeLoader):
         pass
@@ -278,6 +299,8 @@ def main():
     step("a preflight from another origin gets no CORS headers",
          s == 204 and not any(k.startswith("access-control-") for k in h), f"{s} {h}")
 
+    stop = threading.Event()
+    keep_senders_running(stop)
     hosted = HostedUi()
     server = serve_pages(hosted)
     d = browser()
@@ -385,6 +408,7 @@ def main():
             print(f"console: {entry.get('level')} {entry.get('message')}", flush=True)
         raise
     finally:
+        stop.set()
         d.quit()
         server.shutdown()
         hosted.server.shutdown()
