@@ -57,6 +57,19 @@ async fn new_wallet(w: &World, minor: i64) -> String {
     id
 }
 
+/// Outbox rows whose cache step has not been applied yet (every wallet).
+async fn pending_outbox_rows(w: &World) -> i64 {
+    w.db.client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM balance_outbox WHERE cache_applied_at IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 async fn db_version(w: &World, wallet: &str) -> u64 {
     load_balance(&w.app.db, &WalletId::parse(wallet).unwrap())
         .await
@@ -903,16 +916,7 @@ async fn redis_dies_during_a_write() {
     let report = apply_pending(&w.app.balances, 100).await.unwrap();
     assert_eq!(report.rows, 1);
     assert_eq!(report.failed_wallets, 0);
-    let pending: i64 =
-        w.db.client()
-            .await
-            .query_one(
-                "SELECT count(*) FROM balance_outbox WHERE cache_applied_at IS NULL",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+    let pending = pending_outbox_rows(&w).await;
     assert_eq!(pending, 0);
     // The writer's fence may still be up (it expires by itself); once it is
     // gone, reads are cache hits on version 2.
@@ -1375,11 +1379,8 @@ async fn a_write_published_by_another_queues_nothing(mode: RedisMode) {
     assert!(!first.is_finished(), "the first writer is still paused");
     assert_eq!(first.await.unwrap(), Ok(2));
     let mut raw = w.redis.raw().await;
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(w.app.keys.ws_deliveries(w.app.delivery.partition(&wallet)))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut raw)
+    let entries = raw
+        .stream(&w.app.keys.ws_deliveries(w.app.delivery.partition(&wallet)))
         .await
         .unwrap();
     let kicks: Vec<_> = entries
@@ -1423,16 +1424,7 @@ async fn a_sweep_that_cannot_queue_delivery_keeps_the_row() {
         (1, 1, 1),
         "{report:?}"
     );
-    let pending: i64 =
-        w.db.client()
-            .await
-            .query_one(
-                "SELECT count(*) FROM balance_outbox WHERE cache_applied_at IS NULL",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+    let pending = pending_outbox_rows(&w).await;
     assert_eq!(pending, 1, "the row stays pending");
 }
 

@@ -82,13 +82,10 @@ async fn connect(w: &World, who: &SignedIn) -> ConnectionId {
 /// The connection ids queued to be closed (`ws-sender` closes them).
 async fn queued_closes(w: &World) -> Vec<String> {
     let mut raw = w.redis.raw().await;
-    let mut entries: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    let mut entries = Vec::new();
     for p in 0..w.app.config.delivery.partitions {
-        let part: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-            .arg(w.app.keys.ws_deliveries(p))
-            .arg("-")
-            .arg("+")
-            .query_async(&mut raw)
+        let part = raw
+            .stream(&w.app.keys.ws_deliveries(p))
             .await
             .unwrap_or_default();
         entries.extend(part);

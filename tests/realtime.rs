@@ -609,13 +609,7 @@ async fn queue_entries_out_of_order_skip_nothing(mode: RedisMode) {
             .keys
             .ws_deliveries(rig.app.delivery.partition(&wallet_id));
         let mut raw = rig.w.redis.raw().await;
-        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-            .arg(&stream)
-            .arg("-")
-            .arg("+")
-            .query_async(&mut raw)
-            .await
-            .unwrap();
+        let entries = raw.stream(&stream).await.unwrap();
         assert_eq!(entries.len(), 2);
         for (id, _) in &entries {
             let _: i64 = redis::cmd("XDEL")

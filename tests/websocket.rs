@@ -215,11 +215,8 @@ async fn a_connection_lives_no_longer_than_its_sign_in(mode: RedisMode) {
             .unwrap()
             .is_none()
     );
-    let queued: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(w.app.keys.ws_deliveries(w.app.delivery.partition(&conn)))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut raw)
+    let queued = raw
+        .stream(&w.app.keys.ws_deliveries(w.app.delivery.partition(&conn)))
         .await
         .unwrap();
     assert!(
@@ -382,13 +379,7 @@ async fn resume_refusals(mode: RedisMode) {
     let r = ws(&w, &with(&format!("balance:{mine}:1"))).await;
     assert_eq!(r["statusCode"], 200, "{r}");
     let p = w.app.delivery.partition(&mine);
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(w.app.keys.ws_deliveries(p))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    let entries = raw.stream(&w.app.keys.ws_deliveries(p)).await.unwrap();
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert!(entries[0].1.contains(&("k".into(), "catchup".into())));
     assert!(entries[0].1.contains(&("a".into(), "1".into())));
@@ -483,11 +474,8 @@ async fn announcements_reach_subscribers() {
 /// The delivery stream entries that close `conn`, with their fields.
 async fn close_entries(w: &World, conn: &str) -> Vec<Vec<(String, String)>> {
     let mut raw = w.redis.raw().await;
-    let queued: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(w.app.keys.ws_deliveries(w.app.delivery.partition(conn)))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut raw)
+    let queued = raw
+        .stream(&w.app.keys.ws_deliveries(w.app.delivery.partition(conn)))
         .await
         .unwrap();
     queued

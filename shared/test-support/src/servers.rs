@@ -26,6 +26,21 @@ pub enum RawRedis {
     Cluster(ClusterConnection),
 }
 
+/// A stream entry as `XRANGE` returns it: its id and its field-value pairs.
+pub type StreamEntry = (String, Vec<(String, String)>);
+
+impl RawRedis {
+    /// Every entry of the stream `key` (`XRANGE key - +`), oldest first.
+    pub async fn stream(&mut self, key: &str) -> redis::RedisResult<Vec<StreamEntry>> {
+        redis::cmd("XRANGE")
+            .arg(key)
+            .arg("-")
+            .arg("+")
+            .query_async(self)
+            .await
+    }
+}
+
 impl ConnectionLike for RawRedis {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
