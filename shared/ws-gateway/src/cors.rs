@@ -27,16 +27,31 @@ use paycache::http::{
 
 /// The origins allowed to call the API (`CorsAllowedOrigin` deployed;
 /// `--cors-origin` here). None: every cross-origin call is refused.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Cors {
     origins: Vec<String>,
+    // The lists as header values, joined once.
+    methods: HeaderValue,
+    request_headers: HeaderValue,
+    exposed_headers: HeaderValue,
+}
+
+impl Default for Cors {
+    fn default() -> Self {
+        Self::new(Vec::new())
+    }
 }
 
 impl Cors {
     /// Origins as `scheme://host[:port]`, compared exactly (as the
     /// template's parameter is written: no trailing slash, no path).
     pub fn new(origins: Vec<String>) -> Self {
-        Self { origins }
+        Self {
+            origins,
+            methods: list(CORS_ALLOWED_METHODS),
+            request_headers: list(CORS_REQUEST_HEADERS),
+            exposed_headers: list(CORS_EXPOSED_HEADERS),
+        }
     }
 
     pub fn origins(&self) -> &[String] {
@@ -65,13 +80,10 @@ impl Cors {
         if let Some(origin) = self.allowed(headers) {
             let h = resp.headers_mut();
             h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-            h.insert(
-                header::ACCESS_CONTROL_ALLOW_METHODS,
-                list(CORS_ALLOWED_METHODS),
-            );
+            h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, self.methods.clone());
             h.insert(
                 header::ACCESS_CONTROL_ALLOW_HEADERS,
-                list(CORS_REQUEST_HEADERS),
+                self.request_headers.clone(),
             );
             h.insert(
                 header::ACCESS_CONTROL_MAX_AGE,
@@ -96,7 +108,7 @@ impl Cors {
             response.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
             response.insert(
                 header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                list(CORS_EXPOSED_HEADERS),
+                self.exposed_headers.clone(),
             );
         }
     }
