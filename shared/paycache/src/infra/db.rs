@@ -223,10 +223,10 @@ impl Db {
     /// sets `statement_timeout` on the connecting role in this database —
     /// every later connection of that role starts with it, through any
     /// pooler (RDS Proxy opens its database connections as the same user).
-    /// The migrations themselves run without a server-side limit (under
-    /// this pool's client timeout).
+    /// The migrations themselves run without a server-side limit, under
+    /// the administrative client bound ([`ADMIN_TIMEOUT`]).
     pub async fn migrate_with_timeout(&self, role_timeout: Duration) -> Result<usize, DbError> {
-        let mut client = self.client().await?;
+        let mut client = self.client().await?.with_timeout(ADMIN_TIMEOUT);
         let tx = client.transaction().await?;
         tx.batch_execute(
             "SELECT pg_advisory_xact_lock(7245100001);
@@ -274,10 +274,12 @@ impl Db {
     }
 
     /// Loads the deterministic local data set; safe to run again. One
-    /// transaction, without the role's statement timeout (10,000 users on a
-    /// slow machine may take longer than a function's statement may).
+    /// transaction, without the role's statement timeout and under the
+    /// administrative client bound (10,000 users on a slow machine may take
+    /// longer than a function's statement may: seen in CI, two seeds beside
+    /// the whole test suite ran past the request bound).
     pub async fn seed_local(&self) -> Result<(), DbError> {
-        let mut client = self.client().await?;
+        let mut client = self.client().await?.with_timeout(ADMIN_TIMEOUT);
         let tx = client.transaction().await?;
         tx.batch_execute("SELECT set_config('statement_timeout', '0', true);")
             .await?;
@@ -285,6 +287,11 @@ impl Db {
         tx.commit().await
     }
 }
+
+/// The client-side bound on administrative work (migrations, the local
+/// seed), which runs with the server's `statement_timeout` off: long enough
+/// for a slow machine, short enough that a lost connection still ends it.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// An RDS database's own endpoint (an instance, or an Aurora cluster's),
 /// whose certificate chains to the RDS CA — not RDS Proxy's

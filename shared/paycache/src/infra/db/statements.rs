@@ -203,6 +203,14 @@ impl DbClient {
 
     statements!();
 
+    /// This connection with another client-side bound: for administrative
+    /// work that turns the server's `statement_timeout` off too (migrations,
+    /// the local seed), never for a request.
+    pub(crate) fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
     /// Starts a transaction: its statements share one server connection
     /// (a transaction pooler keeps it until `COMMIT`).
     pub async fn transaction(&mut self) -> Result<DbTx<'_>, DbError> {
